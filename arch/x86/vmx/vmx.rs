@@ -1,0 +1,102 @@
+// SPDX-License-Identifier: GPL-2.0-only
+//! kvm-intel.ko: Intel VMX for kvm-rs.
+//!
+//! At load: checks VMX on every CPU (CPUID, IA32_FEAT_CTL, IA32_VMX_BASIC usable and
+//! identical everywhere, as upstream's vmx_check_processor_compat()), has the core
+//! kernel enter VMX operation (VMXON) on every CPU, then registers with kvm.ko.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+use kernel::prelude::*;
+
+#[path = "../cpus.rs"]
+mod cpus;
+#[path = "../../../src/glue.rs"]
+mod glue;
+// A no_std file shared with the host crate kvm-x86-hw, whose API is `pub`.
+#[allow(unreachable_pub)]
+#[path = "../hw/vmx.rs"]
+mod vmx_hw;
+#[path = "../vendor.rs"]
+mod vendor;
+#[path = "../x86_ops.rs"]
+mod x86_ops;
+
+use vmx_hw as vmx;
+use x86_ops::X86VendorOps;
+
+module! {
+    type: KvmIntel,
+    name: "kvm_intel",
+    authors: ["kvm-rs developers"],
+    description: "Kernel-based Virtual Machine, in Rust: Intel VMX",
+    license: "GPL",
+}
+
+struct Vmx;
+
+impl vendor::Vendor for Vmx {
+    const NAME: &'static core::ffi::CStr = c"kvm_intel";
+    /// `KVM_X86_DEFAULT_VM` only; TDX comes with TDX support.
+    const VM_TYPES: u32 = 1 << 0;
+}
+
+static OPS: X86VendorOps = vendor::ops::<Vmx>();
+
+/// VMXON itself is the core kernel's (x86_virt_get_ref); nothing per CPU yet.
+struct VmxCpu;
+
+impl cpus::PerCpu for VmxCpu {
+    fn enable(&self) -> Result {
+        Ok(())
+    }
+    fn disable(&self) {}
+}
+
+struct KvmIntel {
+    _cpus: cpus::EnabledCpus<VmxCpu>,
+}
+
+impl kernel::Module for KvmIntel {
+    fn init(module: &'static ThisModule) -> Result<Self> {
+        // Every CPU must have usable VMX and the same IA32_VMX_BASIC as the first one.
+        let basic = AtomicU64::new(0);
+        let check = || -> Result<(), vmx::Unusable> {
+            vmx::check(cpus::cpuid(1, 0)[2], || cpus::rdmsr(vmx::MSR_IA32_FEAT_CTL))?;
+            let b = cpus::rdmsr(vmx::MSR_IA32_VMX_BASIC).unwrap_or(0);
+            vmx::Basic(b).validate().map_err(vmx::Unusable::BadVmxBasic)?;
+            match basic.compare_exchange(0, b, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => Ok(()),
+                Err(first) if first == b => Ok(()),
+                Err(_) => Err(vmx::Unusable::Inconsistent),
+            }
+        };
+        if let Err((cpu, why)) = cpus::check_all(check) {
+            // kernel::fmt wants its own Display; the no_std types implement core's.
+            pr_err!("{} {}\n", format_args!("{why}"), cpu);
+            return Err(cpus::eopnotsupp());
+        }
+        pr_info!("{}\n", format_args!("{}", vmx::Basic(basic.load(Ordering::Acquire))));
+
+        let n = cpus::nr_cpu_ids();
+        let mut state = KVec::with_capacity(n, GFP_KERNEL)?;
+        for _ in 0..n {
+            state.push(VmxCpu, GFP_KERNEL)?;
+        }
+        let cpus = cpus::EnabledCpus::enable(glue::KVM_GLUE_VIRT_VMX, state)?;
+
+        // SAFETY: OPS is static; `module` is this module, which unregisters in drop().
+        let r = unsafe { vendor::kvm_rs_vendor_register(&OPS, module.as_ptr().cast()) };
+        if r != 0 {
+            return Err(Error::from_errno(r));
+        }
+        Ok(KvmIntel { _cpus: cpus })
+    }
+}
+
+impl Drop for KvmIntel {
+    fn drop(&mut self) {
+        // SAFETY: registered in init(); no VM exists (VM fds pin this module).
+        unsafe { vendor::kvm_rs_vendor_unregister(&OPS) };
+        // `_cpus` then leaves VMX operation on every CPU.
+    }
+}

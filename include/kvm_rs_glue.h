@@ -1,0 +1,55 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * The C glue of kvm-rs: kernel services that the 7.2 Rust kernel crate does not offer
+ * (fixed-minor misc device with an owner, anon-inode fds, on_each_cpu, MSR access with
+ * exception fixup, the core kernel's SVM/VMX enable refcount, mm pinning).
+ *
+ * Only plain C types and opaque pointers cross this line, so the bindgen output
+ * (generated/glue.rs) does not depend on the kernel's c_flags.
+ *
+ *   kvm_glue_*  implemented in C (src/glue.c), called from Rust; exported to the
+ *               vendor modules, which have no C of their own.
+ *   kvm_rs_*    implemented in Rust, called from C (the fops of /dev/kvm and VM fds)
+ *               or by the vendor modules (registration).
+ */
+#ifndef KVM_RS_GLUE_H
+#define KVM_RS_GLUE_H
+
+enum kvm_glue_virt {
+	KVM_GLUE_VIRT_SVM = 1,
+	KVM_GLUE_VIRT_VMX = 2,
+};
+
+/* /dev/kvm (misc minor 232) with file operations owned by the vendor module. */
+int kvm_glue_dev_register(void *owner);
+void kvm_glue_dev_deregister(void);
+/* A new O_CLOEXEC fd for a VM; on success the file owns the caller's reference. */
+int kvm_glue_vm_fd(void *vm);
+
+/* The creating process's mm, pinned (mmgrab) for the VM's lifetime. */
+void *kvm_glue_mm_grab_current(void);
+void kvm_glue_mm_drop(void *mm);
+int kvm_glue_mm_is_current(const void *mm);
+
+unsigned int kvm_glue_nr_cpu_ids(void);
+unsigned int kvm_glue_smp_processor_id(void);
+/* Runs fn(data) on every online CPU, with interrupts off, and waits for all. */
+void kvm_glue_on_each_cpu(void (*fn)(void *data), void *data);
+
+void kvm_glue_cpuid(unsigned int leaf, unsigned int subleaf, unsigned int regs[4]);
+int kvm_glue_rdmsr_safe(unsigned int msr, unsigned long long *val);
+int kvm_glue_wrmsr_safe(unsigned int msr, unsigned long long val);
+/* x86_virt_get_ref()/put_ref() on the calling CPU (EFER.SVME, or VMXON by the core). */
+int kvm_glue_virt_get_ref(enum kvm_glue_virt virt);
+void kvm_glue_virt_put_ref(enum kvm_glue_virt virt);
+unsigned long long kvm_glue_page_to_phys(void *page);
+
+#ifndef __KVM_RS_BINDGEN__
+long kvm_rs_dev_ioctl(unsigned int cmd, unsigned long arg);
+long kvm_rs_vm_ioctl(void *vm, unsigned int cmd, unsigned long arg);
+void kvm_rs_vm_release(void *vm);
+int kvm_rs_vendor_register(const void *ops, void *owner);
+void kvm_rs_vendor_unregister(const void *ops);
+#endif
+
+#endif /* KVM_RS_GLUE_H */

@@ -1,0 +1,220 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * C glue for kvm.ko; see include/kvm_rs_glue.h. Each function is a thin wrapper with
+ * no policy: decisions are made in Rust.
+ */
+#include <linux/anon_inodes.h>
+#include <linux/file.h>
+#include <linux/fs.h>
+#include <linux/miscdevice.h>
+#include <linux/mm.h>
+#include <linux/module.h>
+#include <linux/moduleparam.h>
+#include <linux/sched/mm.h>
+#include <linux/smp.h>
+#include <asm/cpufeature.h>
+#include <asm/cpuid/api.h>
+#include <asm/msr.h>
+#include <asm/processor.h>
+#include <asm/virt.h>
+
+#include "../include/kvm_rs_glue.h"
+
+/*
+ * The parameters the KVM selftests and QEMU read from /sys/module/kvm/parameters.
+ * Each holds the value that is true of kvm-rs today and refuses any other at load
+ * time: a knob for a feature that does not exist yet would be a lie. Each becomes a
+ * real, writable parameter in the change that implements what it controls.
+ */
+static int fixed_bool_set(const char *val, const struct kernel_param *kp)
+{
+	bool v;
+
+	if (kstrtobool(val, &v))
+		return -EINVAL;
+	return v == *(bool *)kp->arg ? 0 : -EINVAL;
+}
+
+static const struct kernel_param_ops fixed_bool_ops = {
+	.set = fixed_bool_set,
+	.get = param_get_bool,
+};
+
+static int fixed_int_set(const char *val, const struct kernel_param *kp)
+{
+	int v;
+
+	if (kstrtoint(val, 0, &v))
+		return -EINVAL;
+	return v == *(int *)kp->arg ? 0 : -EINVAL;
+}
+
+static const struct kernel_param_ops fixed_int_ops = {
+	.set = fixed_int_set,
+	.get = param_get_int,
+};
+
+/* No instruction emulator yet, so no forced-emulation prefix. */
+static int force_emulation_prefix;
+module_param_cb(force_emulation_prefix, &fixed_int_ops, &force_emulation_prefix, 0444);
+/* Unknown MSR accesses fault (#GP) as upstream's default. */
+static bool ignore_msrs;
+module_param_cb(ignore_msrs, &fixed_bool_ops, &ignore_msrs, 0444);
+/* No vPMU. */
+static bool enable_pmu;
+module_param_cb(enable_pmu, &fixed_bool_ops, &enable_pmu, 0444);
+/* The MMU is a shadow/NPT MMU, not upstream's TDP MMU. */
+static bool tdp_mmu;
+module_param_cb(tdp_mmu, &fixed_bool_ops, &tdp_mmu, 0444);
+
+static long kvm_dev_fops_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
+{
+	return kvm_rs_dev_ioctl(cmd, arg);
+}
+
+static struct file_operations kvm_chardev_fops = {
+	.unlocked_ioctl = kvm_dev_fops_ioctl,
+	.compat_ioctl = kvm_dev_fops_ioctl,
+	.llseek = noop_llseek,
+};
+
+static struct miscdevice kvm_dev = {
+	.minor = KVM_MINOR,
+	.name = "kvm",
+	.fops = &kvm_chardev_fops,
+};
+
+static long kvm_vm_fops_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
+{
+	return kvm_rs_vm_ioctl(filp->private_data, cmd, arg);
+}
+
+static int kvm_vm_fops_release(struct inode *inode, struct file *filp)
+{
+	kvm_rs_vm_release(filp->private_data);
+	return 0;
+}
+
+static struct file_operations kvm_vm_fops = {
+	.release = kvm_vm_fops_release,
+	.unlocked_ioctl = kvm_vm_fops_ioctl,
+	.compat_ioctl = kvm_vm_fops_ioctl,
+	.llseek = noop_llseek,
+};
+
+/*
+ * As upstream's kvm_init(): the fops belong to the vendor module, so an open /dev/kvm
+ * or VM fd pins kvm-amd/kvm-intel (and through its symbol use, kvm.ko).
+ */
+int kvm_glue_dev_register(void *owner)
+{
+	kvm_chardev_fops.owner = owner;
+	kvm_vm_fops.owner = owner;
+	return misc_register(&kvm_dev);
+}
+
+void kvm_glue_dev_deregister(void)
+{
+	misc_deregister(&kvm_dev);
+}
+
+/* As upstream's kvm_dev_ioctl_create_vm(). */
+int kvm_glue_vm_fd(void *vm)
+{
+	struct file *file;
+	int fd;
+
+	fd = get_unused_fd_flags(O_CLOEXEC);
+	if (fd < 0)
+		return fd;
+	file = anon_inode_getfile("kvm-vm", &kvm_vm_fops, vm, O_RDWR);
+	if (IS_ERR(file)) {
+		put_unused_fd(fd);
+		return PTR_ERR(file);
+	}
+	fd_install(fd, file);
+	return fd;
+}
+
+void *kvm_glue_mm_grab_current(void)
+{
+	mmgrab(current->mm);
+	return current->mm;
+}
+
+void kvm_glue_mm_drop(void *mm)
+{
+	mmdrop(mm);
+}
+
+int kvm_glue_mm_is_current(const void *mm)
+{
+	return current->mm == mm;
+}
+
+unsigned int kvm_glue_nr_cpu_ids(void)
+{
+	return nr_cpu_ids;
+}
+EXPORT_SYMBOL_GPL(kvm_glue_nr_cpu_ids);
+
+unsigned int kvm_glue_smp_processor_id(void)
+{
+	return smp_processor_id();
+}
+EXPORT_SYMBOL_GPL(kvm_glue_smp_processor_id);
+
+void kvm_glue_on_each_cpu(void (*fn)(void *data), void *data)
+{
+	on_each_cpu(fn, data, 1);
+}
+EXPORT_SYMBOL_GPL(kvm_glue_on_each_cpu);
+
+void kvm_glue_cpuid(unsigned int leaf, unsigned int subleaf, unsigned int regs[4])
+{
+	cpuid_count(leaf, subleaf, &regs[0], &regs[1], &regs[2], &regs[3]);
+}
+EXPORT_SYMBOL_GPL(kvm_glue_cpuid);
+
+int kvm_glue_rdmsr_safe(unsigned int msr, unsigned long long *val)
+{
+	u64 v;
+	int r = rdmsrq_safe(msr, &v);
+
+	*val = r ? 0 : v;
+	return r;
+}
+EXPORT_SYMBOL_GPL(kvm_glue_rdmsr_safe);
+
+int kvm_glue_wrmsr_safe(unsigned int msr, unsigned long long val)
+{
+	return wrmsrq_safe(msr, val);
+}
+EXPORT_SYMBOL_GPL(kvm_glue_wrmsr_safe);
+
+static int glue_virt_feature(enum kvm_glue_virt virt)
+{
+	return virt == KVM_GLUE_VIRT_SVM ? X86_FEATURE_SVM : X86_FEATURE_VMX;
+}
+
+int kvm_glue_virt_get_ref(enum kvm_glue_virt virt)
+{
+	return x86_virt_get_ref(glue_virt_feature(virt));
+}
+EXPORT_SYMBOL_GPL(kvm_glue_virt_get_ref);
+
+void kvm_glue_virt_put_ref(enum kvm_glue_virt virt)
+{
+	x86_virt_put_ref(glue_virt_feature(virt));
+}
+EXPORT_SYMBOL_GPL(kvm_glue_virt_put_ref);
+
+unsigned long long kvm_glue_page_to_phys(void *page)
+{
+	return page_to_phys((struct page *)page);
+}
+EXPORT_SYMBOL_GPL(kvm_glue_page_to_phys);
+
+/* Implemented in Rust (src/vendor.rs); exported here because only C can. */
+EXPORT_SYMBOL_GPL(kvm_rs_vendor_register);
+EXPORT_SYMBOL_GPL(kvm_rs_vendor_unregister);

@@ -1,0 +1,37 @@
+// SPDX-License-Identifier: GPL-2.0-only
+//! kvm.ko: the generic core of kvm-rs.
+//!
+//! It owns `/dev/kvm` (registered once a vendor module registers, as upstream's
+//! kvm_init()), VM file descriptors and the ABI. Hardware specifics live in
+//! kvm-amd.ko / kvm-intel.ko behind [`x86_ops::X86VendorOps`].
+
+use kernel::prelude::*;
+
+// A no_std library shared with the host crate kvm-abi: its API is `pub`, and kvm.ko
+// uses only part of it.
+#[allow(unreachable_pub, dead_code)]
+#[path = "abi/mod.rs"]
+mod abi;
+mod dev;
+mod glue;
+mod vendor;
+mod vm;
+#[path = "../arch/x86/x86_ops.rs"]
+mod x86_ops;
+
+module! {
+    type: KvmModule,
+    name: "kvm",
+    authors: ["kvm-rs developers"],
+    description: "Kernel-based Virtual Machine, in Rust: generic core",
+    license: "GPL",
+}
+
+struct KvmModule;
+
+impl kernel::Module for KvmModule {
+    fn init(_module: &'static ThisModule) -> Result<Self> {
+        // Nothing to do until a vendor registers: without one there is no /dev/kvm.
+        Ok(KvmModule)
+    }
+}
