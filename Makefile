@@ -8,18 +8,19 @@
 #   make selftests    KVM selftests in the TCG VM: TESTS="..." MODULES=ours|intree|both
 #   make host-test    cargo test of the no_std logic (seconds, no VM)
 #   make lint         rustfmt --check, clippy (host crates and modules), C warnings
-#   make setup        install the host packages and tools (idempotent)
+#   make setup        install the host packages and tools (idempotent; run, check do it)
 
 SHELL := /bin/bash
 ROOT := $(CURDIR)
 ENV := source $(ROOT)/scripts/env.sh &&
 
-# The pinned kernel's build dir, unless KDIR is given (any Rust-enabled 7.2 tree).
-ifeq ($(origin KDIR),undefined)
-KDIR := $(shell $(ENV) $(ROOT)/scripts/kernel.sh --dir 2>/dev/null)
-KDIR_DEP := kernel
-endif
+# KDIR: any Rust-enabled 7.2 build tree; by default the pinned test kernel, built on
+# first use (scripts/kernel.sh). Resolved inside recipes so that `make setup` can run
+# on a machine that has nothing installed yet.
+KDIR ?=
 LLVM ?= 1
+KDIR_SH = $(if $(KDIR),$(KDIR),$$($(ROOT)/scripts/kernel.sh))
+KMAKE = $(ENV) kdir=$(KDIR_SH) && $(MAKE) -C $$kdir M=$(ROOT) LLVM=$(LLVM)
 
 .PHONY: all modules kernel check run selftests host-test lint clean setup clippy fmt-check
 
@@ -31,8 +32,8 @@ setup:
 kernel:
 	@$(ENV) $(ROOT)/scripts/kernel.sh >/dev/null
 
-modules: $(KDIR_DEP)
-	@$(ENV) $(MAKE) -C $(KDIR) M=$(ROOT) LLVM=$(LLVM) modules
+modules:
+	@$(KMAKE) modules
 
 host-test:
 	@$(ENV) cargo test --workspace --quiet
@@ -41,21 +42,21 @@ fmt-check:
 	@$(ENV) cargo fmt --all --check
 	@$(ENV) rustfmt --edition 2021 --check $$(git -C $(ROOT) ls-files 'src/*.rs' 'arch/*.rs')
 
-clippy: $(KDIR_DEP)
+clippy:
 	@$(ENV) cargo clippy --workspace --all-targets --quiet -- -D warnings
-	@$(ENV) $(MAKE) -C $(KDIR) M=$(ROOT) LLVM=$(LLVM) CLIPPY=1 KCFLAGS=-Werror modules
+	@$(KMAKE) CLIPPY=1 KCFLAGS=-Werror KRUSTFLAGS=-Dwarnings modules
 
 lint: fmt-check clippy
 
-check: $(KDIR_DEP)
+check: setup
 	@$(ENV) $(ROOT)/scripts/check.sh
 
-run: modules
-	@$(ENV) $(ROOT)/tests/run-guest.sh
+run: setup modules
+	@$(ENV) $(ROOT)/tests/vm-check.sh run
 
 selftests: modules
 	@$(ENV) $(ROOT)/tests/selftests.sh $(if $(TESTS),--tests "$(TESTS)") --modules $(or $(MODULES),both)
 
 clean:
-	@$(ENV) $(MAKE) -C $(KDIR) M=$(ROOT) clean
+	@$(KMAKE) clean
 	rm -rf $(ROOT)/target

@@ -25,19 +25,27 @@ pub(crate) fn current() -> Option<&'static X86VendorOps> {
 
 /// What the capability logic needs to know about the host.
 pub(crate) fn host() -> Host {
-    Host { vm_types: current().map_or(0, |v| v.vm_types) }
+    Host {
+        vm_types: current().map_or(0, |v| v.vm_types),
+    }
 }
 
 /// Called by a vendor module's init. Mirrors kvm_x86_vendor_init() + kvm_init():
 /// -EEXIST when another vendor is loaded, then /dev/kvm appears.
 #[no_mangle]
-pub(crate) extern "C" fn kvm_rs_vendor_register(ops: *const X86VendorOps, owner: *mut c_void) -> c_int {
+pub(crate) extern "C" fn kvm_rs_vendor_register(
+    ops: *const X86VendorOps,
+    owner: *mut c_void,
+) -> c_int {
     // SAFETY: the vendor passes its static table or null.
     let Some(new) = (unsafe { ops.as_ref() }) else {
         return EINVAL.to_errno();
     };
     if new.size != core::mem::size_of::<X86VendorOps>() {
-        pr_err!("vendor module built against a different kvm.ko (ops size {})\n", new.size);
+        pr_err!(
+            "vendor module built against a different kvm.ko (ops size {})\n",
+            new.size
+        );
         return EINVAL.to_errno();
     }
     if let Err(old) = VENDOR.compare_exchange(
@@ -49,7 +57,10 @@ pub(crate) extern "C" fn kvm_rs_vendor_register(ops: *const X86VendorOps, owner:
         // SAFETY: `old` is the registered vendor's static table (see `current`); it
         // is still loaded since it has not unregistered.
         let old = unsafe { core::ffi::CStr::from_ptr((*old).name) };
-        pr_err!("already loaded vendor module '{}'\n", old.to_str().unwrap_or("?"));
+        pr_err!(
+            "already loaded vendor module '{}'\n",
+            old.to_str().unwrap_or("?")
+        );
         return EEXIST.to_errno();
     }
     // SAFETY: `owner` is the vendor's THIS_MODULE, valid while it is loaded; the glue

@@ -48,7 +48,13 @@ pub(crate) fn create(vm_type: usize) -> Result<isize> {
     if !caps::vm_type_supported(&vendor::host(), vm_type as u64) {
         return Err(EINVAL);
     }
-    let vm = Arc::new(Vm { mm: OwnerMm::current(), vm_type: vm_type as u32 }, GFP_KERNEL)?;
+    let vm = Arc::new(
+        Vm {
+            mm: OwnerMm::current(),
+            vm_type: vm_type as u32,
+        },
+        GFP_KERNEL,
+    )?;
     let raw = Arc::into_raw(vm);
     // SAFETY: on success the new file owns the reference `raw` carries, handed back
     // in kvm_rs_vm_release().

@@ -9,7 +9,7 @@ PLAN is a text file, one test a line:  NAME TIMEOUT_SECONDS COMMAND...
 initramfs that holds busybox, the files given with --add, and (QEMU only) the host's
 root file system read-only at /host.
 
-A test passes when its command exits 0 and the kernel logged no oops, BUG, WARNING,
+A test passes when its command exits 0 (exit status 4 is kselftest's SKIP) and the kernel logged no oops, BUG, WARNING,
 lockdep, KASAN or kmemleak report while it ran. A test that outlives its timeout is
 killed from the host (an in-guest `timeout` does not always fire under emulation):
 the VM is stopped, the test reported TIMEOUT, and a fresh VM runs the remaining tests.
@@ -285,6 +285,8 @@ def run(args):
                             secs = now - current[2]
                             if trouble:
                                 results[i] = ("FAIL", f"kernel: {trouble}", secs)
+                            elif rc == "4":  # KSFT_SKIP
+                                results[i] = ("SKIP", "", secs)
                             elif rc != "0":
                                 results[i] = ("FAIL", f"exit status {rc}", secs)
                             else:
@@ -332,7 +334,7 @@ def run(args):
     failed = 0
     for i, (name, _, _) in enumerate(tests):
         status, reason, secs = results.get(i, ("FAIL", "not run", 0.0))
-        ok = status == "PASS"
+        ok = status in ("PASS", "SKIP")
         failed += not ok
         detail = f" {reason}" if reason else ""
         print(f"{'ok' if ok else 'not ok'} {i + 1} - {name} # {status}{detail} ({secs:.1f}s)")

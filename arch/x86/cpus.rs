@@ -24,7 +24,10 @@ pub(crate) fn on_each_cpu<F: Fn(usize) + Sync>(f: &F) {
     // SAFETY: on_each_cpu(.., wait=1) returns only after every call of the
     // trampoline is done, so the borrowed closure outlives them.
     unsafe {
-        glue::kvm_glue_on_each_cpu(Some(trampoline::<F>), core::ptr::from_ref(f).cast_mut().cast())
+        glue::kvm_glue_on_each_cpu(
+            Some(trampoline::<F>),
+            core::ptr::from_ref(f).cast_mut().cast(),
+        )
     }
 }
 
@@ -61,7 +64,9 @@ pub(crate) fn wrmsr(msr: u32, val: u64) -> Result {
 }
 
 /// Runs `check` on every CPU; returns the first CPU that failed and its error.
-pub(crate) fn check_all<E: Copy + Send>(check: impl Fn() -> Result<(), E> + Sync) -> Result<(), (usize, E)> {
+pub(crate) fn check_all<E: Copy + Send>(
+    check: impl Fn() -> Result<(), E> + Sync,
+) -> Result<(), (usize, E)> {
     struct First<E> {
         cpu: AtomicU32,
         err: UnsafeCell<Option<E>>,
@@ -81,14 +86,19 @@ pub(crate) fn check_all<E: Copy + Send>(check: impl Fn() -> Result<(), E> + Sync
             }
         }
     }
-    let first = First { cpu: AtomicU32::new(u32::MAX), err: UnsafeCell::new(None) };
+    let first = First {
+        cpu: AtomicU32::new(u32::MAX),
+        err: UnsafeCell::new(None),
+    };
     on_each_cpu(&|cpu| {
         if let Err(e) = check() {
             first.record(cpu, e);
         }
     });
     // SAFETY: every writer has finished (on_each_cpu waited).
-    match (first.cpu.load(Ordering::Acquire), unsafe { *first.err.get() }) {
+    match (first.cpu.load(Ordering::Acquire), unsafe {
+        *first.err.get()
+    }) {
         (cpu, Some(e)) => Err((cpu as usize, e)),
         _ => Ok(()),
     }
@@ -123,7 +133,11 @@ impl<T: PerCpu> EnabledCpus<T> {
         for _ in 0..state.len() {
             enabled.push(AtomicBool::new(false), GFP_KERNEL)?;
         }
-        let this = EnabledCpus { virt, state, enabled };
+        let this = EnabledCpus {
+            virt,
+            state,
+            enabled,
+        };
         let err = AtomicI32::new(0);
         on_each_cpu(&|cpu| {
             if let Err(e) = this.enable_cpu(cpu) {

@@ -38,7 +38,9 @@ pub fn vm_type_supported(host: &Host, ty: u64) -> bool {
 mod tests {
     use super::*;
 
-    const HOST: Host = Host { vm_types: 1 << uapi::KVM_X86_DEFAULT_VM };
+    const HOST: Host = Host {
+        vm_types: 1 << uapi::KVM_X86_DEFAULT_VM,
+    };
 
     #[test]
     fn unknown_and_out_of_range_caps_are_absent() {
@@ -46,12 +48,18 @@ mod tests {
         assert_eq!(check_extension(&HOST, uapi::KVM_CAP_USER_MEMORY as u64), 0);
         assert_eq!(check_extension(&HOST, 100_000), 0);
         assert_eq!(check_extension(&HOST, u64::MAX), 0);
-        assert_eq!(check_extension(&HOST, 1 << 32 | uapi::KVM_CAP_CHECK_EXTENSION_VM as u64), 0);
+        assert_eq!(
+            check_extension(&HOST, 1 << 32 | uapi::KVM_CAP_CHECK_EXTENSION_VM as u64),
+            0
+        );
     }
 
     #[test]
     fn reported_caps() {
-        assert_eq!(check_extension(&HOST, uapi::KVM_CAP_CHECK_EXTENSION_VM as u64), 1);
+        assert_eq!(
+            check_extension(&HOST, uapi::KVM_CAP_CHECK_EXTENSION_VM as u64),
+            1
+        );
         assert_eq!(check_extension(&HOST, uapi::KVM_CAP_VM_TYPES as u64), 1);
         let none = Host::default();
         assert_eq!(check_extension(&none, uapi::KVM_CAP_VM_TYPES as u64), 0);
@@ -60,7 +68,10 @@ mod tests {
     #[test]
     fn vm_types() {
         assert!(vm_type_supported(&HOST, uapi::KVM_X86_DEFAULT_VM as u64));
-        assert!(!vm_type_supported(&HOST, uapi::KVM_X86_SW_PROTECTED_VM as u64));
+        assert!(!vm_type_supported(
+            &HOST,
+            uapi::KVM_X86_SW_PROTECTED_VM as u64
+        ));
         assert!(!vm_type_supported(&HOST, 31));
         assert!(!vm_type_supported(&HOST, 32));
         assert!(!vm_type_supported(&HOST, u64::MAX));

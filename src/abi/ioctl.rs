@@ -71,7 +71,10 @@ mod tests {
         // Struct-sized ones: the layout comes from bindgen, the encoding from here.
         assert_eq!(iowr::<super::super::uapi::kvm_cpuid2>(0x05), 0xc008_ae05);
         assert_eq!(ior::<super::super::uapi::kvm_regs>(0x81), 0x8090_ae81);
-        assert_eq!(iow::<super::super::uapi::kvm_userspace_memory_region>(0x46), 0x4020_ae46);
+        assert_eq!(
+            iow::<super::super::uapi::kvm_userspace_memory_region>(0x46),
+            0x4020_ae46
+        );
         assert_eq!(iow::<super::super::uapi::kvm_sregs>(0x84), 0x4138_ae84);
     }
 

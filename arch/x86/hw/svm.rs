@@ -80,7 +80,11 @@ impl Features {
     ];
 
     pub fn from_cpuid(eax: u32, ebx: u32, edx: u32) -> Self {
-        Features { revision: (eax & 0xff) as u8, nr_asids: ebx, edx }
+        Features {
+            revision: (eax & 0xff) as u8,
+            nr_asids: ebx,
+            edx,
+        }
     }
 
     pub fn has(&self, bit: u32) -> bool {
@@ -108,10 +112,22 @@ mod tests {
     #[test]
     fn check_order_and_msr_read() {
         // No SVM: VM_CR must not even be read (it would #GP).
-        assert_eq!(check(0, || panic!("read VM_CR without SVM")), Err(Unusable::NotSupported));
-        assert_eq!(check(CPUID_80000001_ECX_SVM, || Some(VM_CR_SVMDIS)), Err(Unusable::DisabledByBios));
-        assert_eq!(check(CPUID_80000001_ECX_SVM, || None), Err(Unusable::DisabledByBios));
-        assert_eq!(check(CPUID_80000001_ECX_SVM | 1, || Some(!VM_CR_SVMDIS)), Ok(()));
+        assert_eq!(
+            check(0, || panic!("read VM_CR without SVM")),
+            Err(Unusable::NotSupported)
+        );
+        assert_eq!(
+            check(CPUID_80000001_ECX_SVM, || Some(VM_CR_SVMDIS)),
+            Err(Unusable::DisabledByBios)
+        );
+        assert_eq!(
+            check(CPUID_80000001_ECX_SVM, || None),
+            Err(Unusable::DisabledByBios)
+        );
+        assert_eq!(
+            check(CPUID_80000001_ECX_SVM | 1, || Some(!VM_CR_SVMDIS)),
+            Ok(())
+        );
     }
 
     #[test]

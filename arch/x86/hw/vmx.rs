@@ -103,7 +103,11 @@ impl fmt::Display for Basic {
             self.revision_id(),
             self.vmcs_size(),
             self.mem_type(),
-            if self.true_controls() { ", true controls" } else { "" }
+            if self.true_controls() {
+                ", true controls"
+            } else {
+                ""
+            }
         )
     }
 }
@@ -114,14 +118,23 @@ mod tests {
 
     #[test]
     fn check_cases() {
-        assert_eq!(check(0, || panic!("read FEAT_CTL without VMX")), Err(Unusable::NotSupported));
-        assert_eq!(check(CPUID_1_ECX_VMX, || Some(FEAT_CTL_LOCKED)), Err(Unusable::DisabledByBios));
+        assert_eq!(
+            check(0, || panic!("read FEAT_CTL without VMX")),
+            Err(Unusable::NotSupported)
+        );
+        assert_eq!(
+            check(CPUID_1_ECX_VMX, || Some(FEAT_CTL_LOCKED)),
+            Err(Unusable::DisabledByBios)
+        );
         // Enabled but not locked: VMXON would #GP.
         assert_eq!(
             check(CPUID_1_ECX_VMX, || Some(FEAT_CTL_VMX_ENABLED_OUTSIDE_SMX)),
             Err(Unusable::DisabledByBios)
         );
-        assert_eq!(check(CPUID_1_ECX_VMX, || None), Err(Unusable::DisabledByBios));
+        assert_eq!(
+            check(CPUID_1_ECX_VMX, || None),
+            Err(Unusable::DisabledByBios)
+        );
         assert_eq!(check(CPUID_1_ECX_VMX, || Some(0x5)), Ok(()));
     }
 
@@ -135,8 +148,14 @@ mod tests {
         assert!(b.true_controls());
         assert!(!b.only_32bit_addresses());
         assert_eq!(b.validate(), Ok(()));
-        assert_eq!(Basic(0x0000_1001_0000_0001 | 6 << 50).validate(), Err(BasicProblem::VmcsTooLarge));
-        assert_eq!(Basic(0x0000_0400_0000_0001).validate(), Err(BasicProblem::NotWriteBack));
+        assert_eq!(
+            Basic(0x0000_1001_0000_0001 | 6 << 50).validate(),
+            Err(BasicProblem::VmcsTooLarge)
+        );
+        assert_eq!(
+            Basic(0x0000_0400_0000_0001).validate(),
+            Err(BasicProblem::NotWriteBack)
+        );
         assert_eq!(
             Basic(0x0000_0400_0000_0001 | 6 << 50 | 1 << 48).validate(),
             Err(BasicProblem::Only32BitAddresses)

@@ -76,12 +76,18 @@ impl kernel::Module for KvmAmd {
             return Err(cpus::eopnotsupp());
         }
         let [eax, ebx, _, edx] = cpus::cpuid(0x8000_000a, 0);
-        pr_info!("{}\n", format_args!("{}", svm::Features::from_cpuid(eax, ebx, edx)));
+        pr_info!(
+            "{}\n",
+            format_args!("{}", svm::Features::from_cpuid(eax, ebx, edx))
+        );
 
         let n = cpus::nr_cpu_ids();
         let mut areas = KVec::with_capacity(n, GFP_KERNEL)?;
         for _ in 0..n {
-            areas.push(HostSaveArea(Page::alloc_page(GFP_KERNEL | __GFP_ZERO)?), GFP_KERNEL)?;
+            areas.push(
+                HostSaveArea(Page::alloc_page(GFP_KERNEL | __GFP_ZERO)?),
+                GFP_KERNEL,
+            )?;
         }
         let cpus = cpus::EnabledCpus::enable(glue::KVM_GLUE_VIRT_SVM, areas)?;
 

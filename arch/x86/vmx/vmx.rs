@@ -13,11 +13,11 @@ mod cpus;
 #[path = "../../../src/glue.rs"]
 mod glue;
 // A no_std file shared with the host crate kvm-x86-hw, whose API is `pub`.
+#[path = "../vendor.rs"]
+mod vendor;
 #[allow(unreachable_pub)]
 #[path = "../hw/vmx.rs"]
 mod vmx_hw;
-#[path = "../vendor.rs"]
-mod vendor;
 #[path = "../x86_ops.rs"]
 mod x86_ops;
 
@@ -63,7 +63,9 @@ impl kernel::Module for KvmIntel {
         let check = || -> Result<(), vmx::Unusable> {
             vmx::check(cpus::cpuid(1, 0)[2], || cpus::rdmsr(vmx::MSR_IA32_FEAT_CTL))?;
             let b = cpus::rdmsr(vmx::MSR_IA32_VMX_BASIC).unwrap_or(0);
-            vmx::Basic(b).validate().map_err(vmx::Unusable::BadVmxBasic)?;
+            vmx::Basic(b)
+                .validate()
+                .map_err(vmx::Unusable::BadVmxBasic)?;
             match basic.compare_exchange(0, b, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => Ok(()),
                 Err(first) if first == b => Ok(()),
@@ -75,7 +77,10 @@ impl kernel::Module for KvmIntel {
             pr_err!("{} {}\n", format_args!("{why}"), cpu);
             return Err(cpus::eopnotsupp());
         }
-        pr_info!("{}\n", format_args!("{}", vmx::Basic(basic.load(Ordering::Acquire))));
+        pr_info!(
+            "{}\n",
+            format_args!("{}", vmx::Basic(basic.load(Ordering::Acquire)))
+        );
 
         let n = cpus::nr_cpu_ids();
         let mut state = KVec::with_capacity(n, GFP_KERNEL)?;

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Runs a VM test plan (tests/vm/plan-*) against the freshly built modules:
+#   tests/vm-check.sh qemu-amd | bochs-intel | run | runner-selftest   [extra vm.py args]
+# Needs: make (modules), make kernel. Prints TAP; exit status is the runner's.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+. "$root/scripts/env.sh"
+which=$1; shift
+kdir=$("$root/scripts/kernel.sh")
+out="$root/out"; mkdir -p "$out"
+
+# Userspace clients: static, so they run from the initramfs (Bochs has no 9p).
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --quiet -p kvm-rs-clients \
+    --manifest-path "$root/Cargo.toml"
+bin="$root/target/release"
+
+adds=(--add "$root/kvm.ko=/kvm-rs/ours/kvm.ko" --add "$root/kvm-amd.ko=/kvm-rs/ours/kvm-amd.ko"
+      --add "$root/kvm-intel.ko=/kvm-rs/ours/kvm-intel.ko"
+      --add "$bin/kvm-smoke=/kvm-rs/bin/kvm-smoke"
+      --add "$root/tests/vm/leak-loop.sh=/kvm-rs/tests/leak-loop.sh"
+      --add "$root/tests/vm/qemu-guest.sh=/kvm-rs/tests/qemu-guest.sh")
+case "$which" in
+qemu-amd)
+    adds+=(--add "$kdir/virt/lib/irqbypass.ko=/kvm-rs/intree/irqbypass.ko"
+           --add "$kdir/arch/x86/kvm/kvm.ko=/kvm-rs/intree/kvm.ko"
+           --add "$kdir/arch/x86/kvm/kvm-amd.ko=/kvm-rs/intree/kvm-amd.ko")
+    exec python3 "$root/tests/vm.py" --emulator qemu --kernel "$kdir/arch/x86/boot/bzImage" \
+        --plan "$root/tests/vm/plan-qemu-amd" "${adds[@]}" --mem 1G --append kmemleak=on \
+        --log "$out/vm-qemu-amd.log" "$@" ;;
+runner-selftest)
+    tap=$(python3 "$root/tests/vm.py" --emulator qemu --kernel "$kdir/arch/x86/boot/bzImage" \
+        --plan "$root/tests/vm/plan-runner-selftest" --mem 512M --boot-timeout 120 \
+        --log "$out/vm-runner-selftest.log" "$@" || true)
+    echo "$tap" | sed 's/^/# /'
+    # Each test's name starts with the status it must get.
+    bad=0; n=0
+    while read -r name; do
+        n=$((n + 1)); want=${name%%-*}; want=${want^^}
+        echo "$tap" | grep -q "^.*ok $n - $name # $want" || { echo "not ok - $name: want $want"; bad=1; }
+    done < <(grep -Ev '^(#|$)' "$root/tests/vm/plan-runner-selftest" | awk '{print $1}')
+    [ $bad = 0 ] && echo "ok - runner reports PASS, FAIL, SKIP and TIMEOUT as it should"
+    exit $bad ;;
+run)
+    export KVMRS_BZIMAGE="$kdir/arch/x86/boot/bzImage"
+    sed "s|\$KVMRS_BZIMAGE|$KVMRS_BZIMAGE|" "$root/tests/vm/plan-run" > "$out/run.plan"
+    exec python3 "$root/tests/vm.py" --emulator qemu --kernel "$kdir/arch/x86/boot/bzImage" \
+        --plan "$out/run.plan" "${adds[@]}" --host-root --mem 1G --log "$out/vm-run.log" -v "$@" ;;
+bochs-intel)
+    exec python3 "$root/tests/vm.py" --emulator bochs --kernel "$kdir/arch/x86/boot/bzImage" \
+        --plan "$root/tests/vm/plan-bochs-intel" "${adds[@]}" --mem 512M --smp 1 \
+        --boot-timeout 600 --log "$out/vm-bochs-intel.log" "$@" ;;
+*) echo "usage: $0 qemu-amd|bochs-intel|run|runner-selftest" >&2; exit 2 ;;
+esac
