@@ -17,7 +17,13 @@ out="$KVM_RS_CACHE/kernel-$KSRC_VERSION-$key"
 log() { echo "kernel: $*" >&2; }
 
 if [ "${1:-}" = --dir ]; then echo "$out"; exit 0; fi
-if [ -e "$out/.kvm-rs-done" ] && [ -e "$out/usr/include/linux/kvm.h" ]; then echo "$out"; exit 0; fi
+built() { [ -e "$out/.kvm-rs-done" ] && [ -e "$out/usr/include/linux/kvm.h" ]; }
+if built; then echo "$out"; exit 0; fi
+# One build at a time per cache: a second caller waits and then finds it done.
+mkdir -p "$KVM_RS_CACHE"
+exec 9>"$out.lock"
+flock 9
+if built; then echo "$out"; exit 0; fi
 
 if [ ! -e "$src/.kvm-rs-unpacked" ]; then
     log "unpacking linux-source-$KSRC_VERSION $pkgver"

@@ -61,7 +61,7 @@ done
 tap="$out/selftests.tap"
 set +e
 python3 "$root/tests/vm.py" --emulator qemu --kernel "$kdir/arch/x86/boot/bzImage" --host-root \
-    --plan "$plan" --mem 2G --log "$out/selftests.log" \
+    --plan "$plan" --mem 4G --log "$out/selftests.log" \
     --add "$root/kvm.ko=/kvm-rs/ours/kvm.ko" --add "$root/kvm-amd.ko=/kvm-rs/ours/kvm-amd.ko" \
     --add "$kdir/virt/lib/irqbypass.ko=/kvm-rs/intree/irqbypass.ko" \
     --add "$kdir/arch/x86/kvm/kvm.ko=/kvm-rs/intree/kvm.ko" \

@@ -47,7 +47,7 @@ run)
         --plan "$out/run.plan" "${adds[@]}" --host-root --mem 1G --log "$out/vm-run.log" -v "$@" ;;
 bochs-intel)
     exec python3 "$root/tests/vm.py" --emulator bochs --kernel "$kdir/arch/x86/boot/bzImage" \
-        --plan "$root/tests/vm/plan-bochs-intel" "${adds[@]}" --mem 512M --smp 1 \
+        --plan "$root/tests/vm/plan-bochs-intel" "${adds[@]}" --mem 512M --smp 2 \
         --boot-timeout 600 --log "$out/vm-bochs-intel.log" "$@" ;;
 *) echo "usage: $0 qemu-amd|bochs-intel|run|runner-selftest" >&2; exit 2 ;;
 esac

@@ -51,6 +51,7 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mount -t tmpfs tmp /tmp
+mkdir -p /dev/shm && mount -t tmpfs shm /dev/shm
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 if grep -q hostroot /sys/bus/virtio/drivers/9pnet_virtio/*/mount_tag 2>/dev/null; then
     mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 hostroot /host
@@ -161,7 +162,7 @@ class Bochs:
         subprocess.run(["xorriso", "-as", "mkisofs", "-quiet", "-o", self.iso,
                         "-b", "isolinux/isolinux.bin", "-c", "isolinux/boot.cat",
                         "-no-emul-boot", "-boot-load-size", "4", "-boot-info-table", iso_dir],
-                       check=True)
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.serial = os.path.join(workdir, f"serial{start}.txt")
         open(self.serial, "w").close()
         rc = os.path.join(workdir, f"bochsrc{start}")

@@ -60,7 +60,7 @@ impl cpus::PerCpu for HostSaveArea {
 }
 
 struct KvmAmd {
-    _cpus: cpus::EnabledCpus<HostSaveArea>,
+    _reg: vendor::Registration<HostSaveArea>,
 }
 
 fn check_cpu() -> Result<(), svm::Unusable> {
@@ -81,29 +81,9 @@ impl kernel::Module for KvmAmd {
             format_args!("{}", svm::Features::from_cpuid(eax, ebx, edx))
         );
 
-        let n = cpus::nr_cpu_ids();
-        let mut areas = KVec::with_capacity(n, GFP_KERNEL)?;
-        for _ in 0..n {
-            areas.push(
-                HostSaveArea(Page::alloc_page(GFP_KERNEL | __GFP_ZERO)?),
-                GFP_KERNEL,
-            )?;
-        }
-        let cpus = cpus::EnabledCpus::enable(glue::KVM_GLUE_VIRT_SVM, areas)?;
-
-        // SAFETY: OPS is static; `module` is this module, which unregisters in drop().
-        let r = unsafe { vendor::kvm_rs_vendor_register(&OPS, module.as_ptr().cast()) };
-        if r != 0 {
-            return Err(Error::from_errno(r));
-        }
-        Ok(KvmAmd { _cpus: cpus })
-    }
-}
-
-impl Drop for KvmAmd {
-    fn drop(&mut self) {
-        // SAFETY: registered in init(); no VM exists (VM fds pin this module).
-        unsafe { vendor::kvm_rs_vendor_unregister(&OPS) };
-        // `_cpus` then disables SVM on every CPU and frees the save areas.
+        let reg = vendor::Registration::new(&OPS, module, glue::KVM_GLUE_VIRT_SVM, || {
+            Ok(HostSaveArea(Page::alloc_page(GFP_KERNEL | __GFP_ZERO)?))
+        })?;
+        Ok(KvmAmd { _reg: reg })
     }
 }

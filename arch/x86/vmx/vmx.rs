@@ -53,7 +53,7 @@ impl cpus::PerCpu for VmxCpu {
 }
 
 struct KvmIntel {
-    _cpus: cpus::EnabledCpus<VmxCpu>,
+    _reg: vendor::Registration<VmxCpu>,
 }
 
 impl kernel::Module for KvmIntel {
@@ -82,26 +82,7 @@ impl kernel::Module for KvmIntel {
             format_args!("{}", vmx::Basic(basic.load(Ordering::Acquire)))
         );
 
-        let n = cpus::nr_cpu_ids();
-        let mut state = KVec::with_capacity(n, GFP_KERNEL)?;
-        for _ in 0..n {
-            state.push(VmxCpu, GFP_KERNEL)?;
-        }
-        let cpus = cpus::EnabledCpus::enable(glue::KVM_GLUE_VIRT_VMX, state)?;
-
-        // SAFETY: OPS is static; `module` is this module, which unregisters in drop().
-        let r = unsafe { vendor::kvm_rs_vendor_register(&OPS, module.as_ptr().cast()) };
-        if r != 0 {
-            return Err(Error::from_errno(r));
-        }
-        Ok(KvmIntel { _cpus: cpus })
-    }
-}
-
-impl Drop for KvmIntel {
-    fn drop(&mut self) {
-        // SAFETY: registered in init(); no VM exists (VM fds pin this module).
-        unsafe { vendor::kvm_rs_vendor_unregister(&OPS) };
-        // `_cpus` then leaves VMX operation on every CPU.
+        let reg = vendor::Registration::new(&OPS, module, glue::KVM_GLUE_VIRT_VMX, || Ok(VmxCpu))?;
+        Ok(KvmIntel { _reg: reg })
     }
 }
