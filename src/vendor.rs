@@ -17,9 +17,9 @@ static VENDOR: AtomicPtr<X86VendorOps> = AtomicPtr::new(core::ptr::null_mut());
 /// the vendor module, so it cannot unregister (its exit cannot run) while they exist.
 pub(crate) fn current() -> Option<&'static X86VendorOps> {
     let p = VENDOR.load(Ordering::Acquire);
-    // SAFETY: a non-null pointer was registered by the vendor module, points to its
-    // static table and stays valid until it unregisters, which cannot happen while a
-    // caller (see above) runs.
+    // A registered table stays valid until its vendor unregisters, which cannot
+    // happen while a caller (see above) runs.
+    // SAFETY: null, or a registered vendor's static table (see above).
     unsafe { p.as_ref() }
 }
 
@@ -54,8 +54,7 @@ pub(crate) extern "C" fn kvm_rs_vendor_register(
         Ordering::AcqRel,
         Ordering::Acquire,
     ) {
-        // SAFETY: `old` is the registered vendor's static table (see `current`); it
-        // is still loaded since it has not unregistered.
+        // SAFETY: `old` is the registered (so still loaded) vendor's static table.
         let old = unsafe { core::ffi::CStr::from_ptr((*old).name) };
         pr_err!(
             "already loaded vendor module '{}'\n",
@@ -63,8 +62,7 @@ pub(crate) extern "C" fn kvm_rs_vendor_register(
         );
         return EEXIST.to_errno();
     }
-    // SAFETY: `owner` is the vendor's THIS_MODULE, valid while it is loaded; the glue
-    // deregisters the device before the vendor's exit returns (see unregister).
+    // SAFETY: `owner` is the vendor's THIS_MODULE; its exit deregisters the device.
     let r = unsafe { glue::kvm_glue_dev_register(owner) };
     if r != 0 {
         VENDOR.store(core::ptr::null_mut(), Ordering::Release);

@@ -56,8 +56,7 @@ pub(crate) fn create(vm_type: usize) -> Result<isize> {
         GFP_KERNEL,
     )?;
     let raw = Arc::into_raw(vm);
-    // SAFETY: on success the new file owns the reference `raw` carries, handed back
-    // in kvm_rs_vm_release().
+    // SAFETY: on success the file owns `raw`'s reference (see kvm_rs_vm_release).
     let fd = unsafe { glue::kvm_glue_vm_fd(raw.cast_mut().cast()) };
     if fd < 0 {
         // SAFETY: the file was not created, so the reference is still ours.
@@ -86,8 +85,7 @@ impl Vm {
 /// `unlocked_ioctl` of a VM fd.
 #[no_mangle]
 pub(crate) extern "C" fn kvm_rs_vm_ioctl(vm: *mut c_void, cmd: c_uint, arg: c_ulong) -> c_long {
-    // SAFETY: `vm` is the file's private_data, set by create(); the file holds a
-    // reference for as long as its fops can be called.
+    // SAFETY: private_data set by create(); the file holds a reference while fops run.
     let vm = unsafe { &*vm.cast_const().cast::<Vm>() };
     match vm.ioctl(cmd, arg as usize) {
         Ok(v) => v as c_long,

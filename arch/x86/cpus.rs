@@ -21,8 +21,7 @@ pub(crate) fn on_each_cpu<F: Fn(usize) + Sync>(f: &F) {
         // SAFETY: runs in the IPI handler, preemption disabled.
         f(unsafe { glue::kvm_glue_smp_processor_id() } as usize)
     }
-    // SAFETY: on_each_cpu(.., wait=1) returns only after every call of the
-    // trampoline is done, so the borrowed closure outlives them.
+    // SAFETY: on_each_cpu(wait=1) returns after every call, so `f` outlives them.
     unsafe {
         glue::kvm_glue_on_each_cpu(
             Some(trampoline::<F>),
@@ -55,8 +54,7 @@ pub(crate) fn rdmsr(msr: u32) -> Option<u64> {
 /// WRMSR with exception fixup.
 #[allow(dead_code)] // kvm-intel writes no MSR yet.
 pub(crate) fn wrmsr(msr: u32, val: u64) -> Result {
-    // SAFETY: a faulting write is caught by the fixup; callers choose MSRs whose
-    // writes are part of enabling virtualization.
+    // SAFETY: a faulting write is caught by the exception fixup.
     match unsafe { glue::kvm_glue_wrmsr_safe(msr, val) } {
         0 => Ok(()),
         _ => Err(EIO),

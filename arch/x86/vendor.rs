@@ -56,8 +56,7 @@ impl<T: PerCpu> Registration<T> {
             state.push(per_cpu()?, GFP_KERNEL)?;
         }
         let cpus = EnabledCpus::enable(virt, state)?;
-        // SAFETY: `ops` is static and `module` is the caller's THIS_MODULE; drop()
-        // unregisters before either can go away.
+        // SAFETY: `ops` is static, `module` is ours; drop() unregisters before both go.
         let r = unsafe { kvm_rs_vendor_register(ops, module.as_ptr().cast()) };
         if r != 0 {
             return Err(Error::from_errno(r));

@@ -112,10 +112,15 @@ mod tests {
     #[test]
     fn check_order_and_msr_read() {
         // No SVM: VM_CR must not even be read (it would #GP).
+        let read = std::cell::Cell::new(false);
         assert_eq!(
-            check(0, || panic!("read VM_CR without SVM")),
+            check(0, || {
+                read.set(true);
+                None
+            }),
             Err(Unusable::NotSupported)
         );
+        assert!(!read.get(), "the MSR must not be read without the CPUID bit");
         assert_eq!(
             check(CPUID_80000001_ECX_SVM, || Some(VM_CR_SVMDIS)),
             Err(Unusable::DisabledByBios)

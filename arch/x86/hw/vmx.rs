@@ -118,10 +118,15 @@ mod tests {
 
     #[test]
     fn check_cases() {
+        let read = std::cell::Cell::new(false);
         assert_eq!(
-            check(0, || panic!("read FEAT_CTL without VMX")),
+            check(0, || {
+                read.set(true);
+                None
+            }),
             Err(Unusable::NotSupported)
         );
+        assert!(!read.get(), "the MSR must not be read without the CPUID bit");
         assert_eq!(
             check(CPUID_1_ECX_VMX, || Some(FEAT_CTL_LOCKED)),
             Err(Unusable::DisabledByBios)

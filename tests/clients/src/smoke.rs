@@ -50,8 +50,7 @@ fn show(r: Result<i32, i32>) -> String {
 }
 
 fn ioctl(fd: RawFd, cmd: u32, arg: u64) -> Result<i32, i32> {
-    // SAFETY: the commands used here take an integer argument or no argument; a bad
-    // pointer would be the kernel's to reject with -EFAULT, never our memory to corrupt.
+    // SAFETY: integer-argument ioctls only; the kernel validates fd and command.
     let r = unsafe { libc::ioctl(fd, cmd as libc::c_ulong, arg) };
     if r < 0 {
         Err(Error::last_os_error().raw_os_error().unwrap_or(0))
