@@ -120,7 +120,10 @@ mod tests {
             }),
             Err(Unusable::NotSupported)
         );
-        assert!(!read.get(), "the MSR must not be read without the CPUID bit");
+        assert!(
+            !read.get(),
+            "the MSR must not be read without the CPUID bit"
+        );
         assert_eq!(
             check(CPUID_80000001_ECX_SVM, || Some(VM_CR_SVMDIS)),
             Err(Unusable::DisabledByBios)

@@ -126,7 +126,10 @@ mod tests {
             }),
             Err(Unusable::NotSupported)
         );
-        assert!(!read.get(), "the MSR must not be read without the CPUID bit");
+        assert!(
+            !read.get(),
+            "the MSR must not be read without the CPUID bit"
+        );
         assert_eq!(
             check(CPUID_1_ECX_VMX, || Some(FEAT_CTL_LOCKED)),
             Err(Unusable::DisabledByBios)
