@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0-only
 //! `/dev/kvm` ioctls (upstream: kvm_dev_ioctl() and x86's kvm_arch_dev_ioctl()).
 
-use core::ffi::{c_long, c_uint, c_ulong};
+use kernel::ffi::{c_long, c_uint, c_ulong};
 use kernel::prelude::*;
 
 use crate::abi::{caps, ioctl, uapi};
@@ -38,7 +38,7 @@ fn dev_ioctl(cmd: u32, arg: usize) -> Result<isize> {
 /// `unlocked_ioctl` of /dev/kvm (src/glue.c).
 #[no_mangle]
 pub(crate) extern "C" fn kvm_rs_dev_ioctl(cmd: c_uint, arg: c_ulong) -> c_long {
-    match dev_ioctl(cmd, arg as usize) {
+    match dev_ioctl(cmd, arg) {
         Ok(v) => v as c_long,
         Err(e) => e.to_errno() as c_long,
     }

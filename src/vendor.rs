@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0-only
 //! The registered vendor module (kvm-amd or kvm-intel): one at a time.
 
-use core::ffi::{c_int, c_void};
 use core::sync::atomic::{AtomicPtr, Ordering};
+use kernel::ffi::{c_int, c_void};
 use kernel::prelude::*;
 
 use crate::abi::caps::Host;
@@ -55,7 +55,7 @@ pub(crate) extern "C" fn kvm_rs_vendor_register(
         Ordering::Acquire,
     ) {
         // SAFETY: `old` is the registered (so still loaded) vendor's static table.
-        let old = unsafe { core::ffi::CStr::from_ptr((*old).name) };
+        let old = unsafe { CStr::from_char_ptr((*old).name.cast()) };
         pr_err!(
             "already loaded vendor module '{}'\n",
             old.to_str().unwrap_or("?")

@@ -2,7 +2,7 @@
 //! VMs: created by KVM_CREATE_VM, each behind an anon-inode fd ("kvm-vm") that holds
 //! one reference, released when the last fd reference goes away.
 
-use core::ffi::{c_long, c_uint, c_ulong, c_void};
+use kernel::ffi::{c_long, c_uint, c_ulong, c_void};
 use kernel::prelude::*;
 use kernel::sync::Arc;
 
@@ -87,7 +87,7 @@ impl Vm {
 pub(crate) extern "C" fn kvm_rs_vm_ioctl(vm: *mut c_void, cmd: c_uint, arg: c_ulong) -> c_long {
     // SAFETY: private_data set by create(); the file holds a reference while fops run.
     let vm = unsafe { &*vm.cast_const().cast::<Vm>() };
-    match vm.ioctl(cmd, arg as usize) {
+    match vm.ioctl(cmd, arg) {
         Ok(v) => v as c_long,
         Err(e) => e.to_errno() as c_long,
     }

@@ -19,6 +19,10 @@ pub(crate) trait Vendor {
 }
 
 /// The table for vendor `V`, to be kept in a `static` while registered.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "const context, where CStrExt::as_char_ptr cannot be called; the name is ASCII"
+)]
 pub(crate) const fn ops<V: Vendor>() -> X86VendorOps {
     X86VendorOps {
         size: core::mem::size_of::<X86VendorOps>(),
