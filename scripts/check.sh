@@ -6,11 +6,14 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 . "$root/scripts/env.sh"
 cd "$root"
 stage() { printf '\n=== %s\n' "$*"; }
+# Everything the gating stages print also goes to $log, to count the checks at the end.
+mkdir -p out
+log=out/check.log; : > "$log"
 t0=$(date +%s)
 lap() { echo "--- $1: $(( $(date +%s) - t0 ))s since start"; }
 
 stage "host: cargo test (no_std logic, ABI)"
-cargo test --workspace --quiet
+cargo test --workspace --quiet 2>&1 | tee -a "$log"
 lap host-test
 
 stage "lint: rustfmt, clippy, module build with warnings as errors"
@@ -23,17 +26,25 @@ make -s modules
 lap modules
 
 stage "VM runner self-test: it must report FAIL, SKIP and TIMEOUT"
-tests/vm-check.sh runner-selftest
+tests/vm-check.sh runner-selftest | tee -a "$log"
 lap runner-selftest
 
 stage "VM (QEMU TCG, AMD SVM): smoke, unload/reload x20, in-tree reference"
-tests/vm-check.sh qemu-amd
+tests/vm-check.sh qemu-amd | tee -a "$log"
 lap qemu-amd
 
 stage "VM (Bochs, Intel VMX): load, smoke, unload"
-tests/vm-check.sh bochs-intel
+tests/vm-check.sh bochs-intel | tee -a "$log"
 lap bochs-intel
 
 stage "reference run: KVM selftests, in-tree vs ours (report only)"
 tests/selftests.sh --list tests/selftests/check.list --modules both --report-only | tee out/selftests.table
 lap selftests
+
+# One closing line over the gating checks: cargo's test counts and the VM TAP lines.
+passed=$(( $(sed -n 's/^test result: ok\. \([0-9]*\) passed.*/\1/p' "$log" | awk '{s += $1} END {print s + 0}') \
+           + $(grep -cE '^ok ' "$log") ))
+failed=$(grep -cE '^not ok ' "$log" || true)
+echo
+echo "check: $passed passed, $failed failed"
+[ "$failed" = 0 ]
