@@ -4,7 +4,7 @@
 # usage: qemu-guest.sh BZIMAGE_PATH_ON_HOST
 set -u
 k=$1
-for d in dev proc sys tmp; do mountpoint -q /host/$d && continue
+for d in dev proc sys tmp; do grep -q " /host/$d " /proc/mounts && continue
     case $d in
     dev) mount --bind /dev /host/dev ;;
     proc) mount -t proc proc /host/proc ;;
