@@ -36,13 +36,15 @@ modules:
 	@$(KMAKE) modules
 
 host-test:
-	@$(ENV) cargo test --workspace --quiet
+	@$(ENV) $(ROOT)/scripts/kernel.sh --source >/dev/null && cargo test --workspace --quiet
 
 fmt-check:
+	@$(ENV) $(ROOT)/scripts/kernel.sh --source >/dev/null
 	@$(ENV) cargo fmt --all --check
 	@$(ENV) rustfmt --edition 2021 --check $$(git -C $(ROOT) ls-files 'src/*.rs' 'arch/*.rs')
 
 clippy:
+	@$(ENV) $(ROOT)/scripts/kernel.sh --source >/dev/null
 	@$(ENV) cargo clippy --workspace --all-targets --quiet -- -D warnings
 	@$(KMAKE) CLIPPY=1 KCFLAGS=-Werror KRUSTFLAGS=-Dwarnings modules
 

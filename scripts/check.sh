@@ -12,6 +12,10 @@ log=out/check.log; : > "$log"
 t0=$(date +%s)
 lap() { echo "--- $1: $(( $(date +%s) - t0 ))s since start"; }
 
+stage "test kernel (built once, then cached in $KVM_RS_CACHE)"
+scripts/kernel.sh
+lap kernel
+
 stage "host: cargo test (no_std logic, ABI)"
 cargo test --workspace --quiet 2>&1 | tee -a "$log"
 lap host-test

@@ -2,6 +2,8 @@
 # Builds (once) the pinned kvm-rs test kernel and prints its build directory.
 #   kernel.sh          build if needed, print the dir
 #   kernel.sh --dir    print the dir only (what KDIR defaults to)
+#   kernel.sh --source unpack the source if needed and print its dir (host tests
+#                      bindgen the uapi headers from it)
 # Cached outside the repo in $KVM_RS_CACHE (default ~/.cache/kvm-rs), keyed by the
 # linux-source package version, the config fragment and the toolchain versions, so a
 # changed fragment or compiler gives a new build and an unchanged one is reused.
@@ -17,6 +19,21 @@ out="$KVM_RS_CACHE/kernel-$KSRC_VERSION-$key"
 log() { echo "kernel: $*" >&2; }
 
 if [ "${1:-}" = --dir ]; then echo "$out"; exit 0; fi
+
+unpack() {
+    [ -e "$src/.kvm-rs-unpacked" ] && return
+    mkdir -p "$KVM_RS_CACHE"
+    exec 8>"$src.lock"; flock 8
+    [ -e "$src/.kvm-rs-unpacked" ] && { exec 8>&-; return; }
+    log "unpacking linux-source-$KSRC_VERSION $pkgver"
+    rm -rf "$src" "$src.tmp"; mkdir -p "$src.tmp"
+    tar -C "$src.tmp" -xf "/usr/src/linux-source-$KSRC_VERSION.tar.xz"
+    mv "$src.tmp/linux-source-$KSRC_VERSION" "$src"; rmdir "$src.tmp"
+    touch "$src/.kvm-rs-unpacked"
+    exec 8>&-
+}
+if [ "${1:-}" = --source ]; then unpack; echo "$src"; exit 0; fi
+
 built() { [ -e "$out/.kvm-rs-done" ] && [ -e "$out/usr/include/linux/kvm.h" ]; }
 if built; then echo "$out"; exit 0; fi
 # One build at a time per cache: a second caller waits and then finds it done.
@@ -25,13 +42,7 @@ exec 9>"$out.lock"
 flock 9
 if built; then echo "$out"; exit 0; fi
 
-if [ ! -e "$src/.kvm-rs-unpacked" ]; then
-    log "unpacking linux-source-$KSRC_VERSION $pkgver"
-    rm -rf "$src" "$src.tmp"; mkdir -p "$src.tmp"
-    tar -C "$src.tmp" -xf "/usr/src/linux-source-$KSRC_VERSION.tar.xz"
-    mv "$src.tmp/linux-source-$KSRC_VERSION" "$src"; rmdir "$src.tmp"
-    touch "$src/.kvm-rs-unpacked"
-fi
+unpack
 
 mkdir -p "$out"
 kmake() { make -C "$src" O="$out" LLVM=1 "$@"; }
