@@ -67,4 +67,9 @@ done < "$frag"
 log "building (bzImage, modules, uapi headers) with $(nproc) jobs; long on a cold cache"
 kmake -j"$(nproc)" -s bzImage modules headers >&2
 touch "$out/.kvm-rs-done"
+# Builds under other keys are stale (older fragment or toolchain): reclaim their space.
+for d in "$KVM_RS_CACHE"/kernel-"$KSRC_VERSION"-* "$KVM_RS_CACHE"/selftests-kernel-"$KSRC_VERSION"-*; do
+    case "$d" in "$out"|"$out.lock"|*"/selftests-$(basename "$out")") continue ;; esac
+    log "removing stale $d"; rm -rf "$d"
+done
 echo "$out"
