@@ -21,9 +21,7 @@ fn dev_ioctl(cmd: u32, arg: usize) -> Result<isize> {
             Ok(uapi::KVM_API_VERSION as isize)
         }
         ioctl::KVM_CREATE_VM => vm::create(arg),
-        ioctl::KVM_CHECK_EXTENSION => {
-            Ok(caps::check_extension(&vendor::host(), arg as u64) as isize)
-        }
+        ioctl::KVM_CHECK_EXTENSION => Ok(check_extension(arg)),
         ioctl::KVM_GET_VCPU_MMAP_SIZE => {
             if arg != 0 {
                 return Err(EINVAL);
@@ -35,11 +33,21 @@ fn dev_ioctl(cmd: u32, arg: usize) -> Result<isize> {
     }
 }
 
-/// `unlocked_ioctl` of /dev/kvm (src/glue.c).
-#[no_mangle]
-pub(crate) extern "C" fn kvm_rs_dev_ioctl(cmd: c_uint, arg: c_ulong) -> c_long {
-    match dev_ioctl(cmd, arg) {
+/// KVM_CHECK_EXTENSION, the same on /dev/kvm and on a VM fd.
+pub(crate) fn check_extension(arg: usize) -> isize {
+    caps::check_extension(&vendor::host(), arg as u64) as isize
+}
+
+/// An ioctl handler's result as the C file operation returns it: value or -errno.
+pub(crate) fn ioctl_ret(r: Result<isize>) -> c_long {
+    match r {
         Ok(v) => v as c_long,
         Err(e) => e.to_errno() as c_long,
     }
+}
+
+/// `unlocked_ioctl` of /dev/kvm (src/glue.c).
+#[no_mangle]
+pub(crate) extern "C" fn kvm_rs_dev_ioctl(cmd: c_uint, arg: c_ulong) -> c_long {
+    ioctl_ret(dev_ioctl(cmd, arg))
 }

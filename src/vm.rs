@@ -7,7 +7,7 @@ use kernel::prelude::*;
 use kernel::sync::Arc;
 
 use crate::abi::{caps, ioctl};
-use crate::{glue, vendor};
+use crate::{dev, glue, vendor};
 
 /// The creating process's mm, pinned so that the identity check below cannot be
 /// fooled by a recycled address.
@@ -73,9 +73,7 @@ impl Vm {
             return Err(EIO);
         }
         match cmd {
-            ioctl::KVM_CHECK_EXTENSION => {
-                Ok(caps::check_extension(&vendor::host(), arg as u64) as isize)
-            }
+            ioctl::KVM_CHECK_EXTENSION => Ok(dev::check_extension(arg)),
             // x86's kvm_arch_vm_ioctl() answers unknown commands with -ENOTTY.
             _ => Err(ENOTTY),
         }
@@ -87,10 +85,7 @@ impl Vm {
 pub(crate) extern "C" fn kvm_rs_vm_ioctl(vm: *mut c_void, cmd: c_uint, arg: c_ulong) -> c_long {
     // SAFETY: private_data set by create(); the file holds a reference while fops run.
     let vm = unsafe { &*vm.cast_const().cast::<Vm>() };
-    match vm.ioctl(cmd, arg) {
-        Ok(v) => v as c_long,
-        Err(e) => e.to_errno() as c_long,
-    }
+    dev::ioctl_ret(vm.ioctl(cmd, arg))
 }
 
 /// `release` of a VM fd: drops the file's reference.
