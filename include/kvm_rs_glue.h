@@ -32,6 +32,7 @@ void kvm_glue_mm_drop(void *mm);
 int kvm_glue_mm_is_current(const void *mm);
 
 unsigned int kvm_glue_nr_cpu_ids(void);
+unsigned int kvm_glue_num_online_cpus(void);
 unsigned int kvm_glue_smp_processor_id(void);
 /* Runs fn(data) on every online CPU, with interrupts off, and waits for all. */
 void kvm_glue_on_each_cpu(void (*fn)(void *data), void *data);
@@ -44,10 +45,47 @@ int kvm_glue_virt_get_ref(enum kvm_glue_virt virt);
 void kvm_glue_virt_put_ref(enum kvm_glue_virt virt);
 unsigned long long kvm_glue_page_to_phys(void *page);
 
+/* A vCPU's O_CLOEXEC fd ("kvm-vcpu:<id>"); on success the file owns @vcpu. */
+int kvm_glue_vcpu_fd(void *vcpu, unsigned int id);
+
+/* The calling task. */
+int kvm_glue_signal_pending(void);
+void kvm_glue_cond_resched(void);
+/* Sleeps until a signal is pending or kvm_glue_wake() (a halted vCPU). */
+void kvm_glue_halt_wait(void);
+unsigned long long kvm_glue_task_size_max(void);
+unsigned int kvm_glue_tsc_khz(void);
+
+void kvm_glue_irq_disable(void);
+void kvm_glue_irq_enable(void);
+/* Sends an IPI to @cpu and waits for it: a vCPU in guest mode there has exited. */
+void kvm_glue_kick_cpu(unsigned int cpu);
+
+/* Guest memory: one user page of the current mm pinned; unpinned by its address. */
+int kvm_glue_pin_user_page(unsigned long long hva, int write, unsigned long long *phys);
+void kvm_glue_unpin_phys(unsigned long long phys, int dirty);
+void *kvm_glue_phys_to_virt(unsigned long long phys);
+int kvm_glue_pgtable_l5_enabled(void);
+/* Zeroed, physically contiguous kernel memory (SVM's IOPM/MSRPM). */
+void *kvm_glue_alloc_pages_exact(unsigned long size);
+void kvm_glue_free_pages_exact(void *p, unsigned long size);
+unsigned long long kvm_glue_virt_to_phys(void *p);
+void *kvm_glue_virt_to_page(void *p);
+
+/* The guest FPU (struct fpu_guest): allocated, swapped in/out around KVM_RUN. */
+void *kvm_glue_fpu_alloc(void);
+void kvm_glue_fpu_free(void *gfpu);
+void kvm_glue_fpu_load(void *gfpu, int enter);
+/* With interrupts off, just before entry: reload the FPU if a switch dropped it. */
+void kvm_glue_fpu_prepare_entry(void);
+
 #ifndef __KVM_RS_BINDGEN__
 long kvm_rs_dev_ioctl(unsigned int cmd, unsigned long arg);
 long kvm_rs_vm_ioctl(void *vm, unsigned int cmd, unsigned long arg);
 void kvm_rs_vm_release(void *vm);
+long kvm_rs_vcpu_ioctl(void *vcpu, unsigned int cmd, unsigned long arg);
+void kvm_rs_vcpu_release(void *vcpu);
+void *kvm_rs_vcpu_page(void *vcpu, unsigned long pgoff);
 int kvm_rs_vendor_register(const void *ops, void *owner);
 void kvm_rs_vendor_unregister(const void *ops);
 #endif

@@ -5,7 +5,7 @@ use kernel::ffi::{c_long, c_uint, c_ulong};
 use kernel::prelude::*;
 
 use crate::abi::{caps, ioctl, uapi};
-use crate::{vendor, vm};
+use crate::{vcpu, vendor, vm};
 
 /// Bytes userspace mmaps from a vCPU fd: `kvm_run`, the PIO data page, and the
 /// coalesced-MMIO ring page, as upstream x86 with CONFIG_KVM_MMIO lays them out.
@@ -22,6 +22,7 @@ fn dev_ioctl(cmd: u32, arg: usize) -> Result<isize> {
         }
         ioctl::KVM_CREATE_VM => vm::create(arg),
         ioctl::KVM_CHECK_EXTENSION => Ok(check_extension(arg)),
+        ioctl::KVM_GET_SUPPORTED_CPUID => vcpu::get_supported_cpuid(arg),
         ioctl::KVM_GET_VCPU_MMAP_SIZE => {
             if arg != 0 {
                 return Err(EINVAL);

@@ -11,7 +11,12 @@
 #include <linux/module.h>
 #include <linux/moduleparam.h>
 #include <linux/sched/mm.h>
+#include <linux/sched/signal.h>
+#include <linux/slab.h>
 #include <linux/smp.h>
+#include <asm/fpu/api.h>
+#include <asm/io.h>
+#include <asm/tsc.h>
 #include <asm/cpufeature.h>
 #include <asm/cpuid/api.h>
 #include <asm/msr.h>
@@ -102,6 +107,47 @@ static struct file_operations kvm_vm_fops = {
 	.llseek = noop_llseek,
 };
 
+static long kvm_vcpu_fops_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
+{
+	return kvm_rs_vcpu_ioctl(filp->private_data, cmd, arg);
+}
+
+static int kvm_vcpu_fops_release(struct inode *inode, struct file *filp)
+{
+	kvm_rs_vcpu_release(filp->private_data);
+	return 0;
+}
+
+/* kvm_run, the PIO data page and the coalesced-MMIO ring, as kvm_vcpu_fault(). */
+static vm_fault_t kvm_vcpu_fault(struct vm_fault *vmf)
+{
+	struct page *page = kvm_rs_vcpu_page(vmf->vma->vm_file->private_data, vmf->pgoff);
+
+	if (!page)
+		return VM_FAULT_SIGBUS;
+	get_page(page);
+	vmf->page = page;
+	return 0;
+}
+
+static const struct vm_operations_struct kvm_vcpu_vm_ops = {
+	.fault = kvm_vcpu_fault,
+};
+
+static int kvm_vcpu_mmap(struct file *file, struct vm_area_struct *vma)
+{
+	vma->vm_ops = &kvm_vcpu_vm_ops;
+	return 0;
+}
+
+static struct file_operations kvm_vcpu_fops = {
+	.release = kvm_vcpu_fops_release,
+	.unlocked_ioctl = kvm_vcpu_fops_ioctl,
+	.compat_ioctl = kvm_vcpu_fops_ioctl,
+	.mmap = kvm_vcpu_mmap,
+	.llseek = noop_llseek,
+};
+
 /*
  * As upstream's kvm_init(): the fops belong to the vendor module, so an open /dev/kvm
  * or VM fd pins kvm-amd/kvm-intel (and through its symbol use, kvm.ko).
@@ -110,6 +156,7 @@ int kvm_glue_dev_register(void *owner)
 {
 	kvm_chardev_fops.owner = owner;
 	kvm_vm_fops.owner = owner;
+	kvm_vcpu_fops.owner = owner;
 	return misc_register(&kvm_dev);
 }
 
@@ -136,6 +183,142 @@ int kvm_glue_vm_fd(void *vm)
 	return fd;
 }
 
+/* As upstream's create_vcpu_fd(). */
+int kvm_glue_vcpu_fd(void *vcpu, unsigned int id)
+{
+	char name[8 + 1 + 10 + 1];
+
+	snprintf(name, sizeof(name), "kvm-vcpu:%u", id);
+	return anon_inode_getfd(name, &kvm_vcpu_fops, vcpu, O_RDWR | O_CLOEXEC);
+}
+
+int kvm_glue_signal_pending(void)
+{
+	return signal_pending(current);
+}
+
+void kvm_glue_cond_resched(void)
+{
+	cond_resched();
+}
+
+void kvm_glue_halt_wait(void)
+{
+	set_current_state(TASK_INTERRUPTIBLE);
+	if (!signal_pending(current))
+		schedule();
+	__set_current_state(TASK_RUNNING);
+}
+
+unsigned long long kvm_glue_task_size_max(void)
+{
+	return TASK_SIZE_MAX;
+}
+
+unsigned int kvm_glue_tsc_khz(void)
+{
+	return tsc_khz;
+}
+
+void kvm_glue_irq_disable(void)
+{
+	local_irq_disable();
+}
+
+void kvm_glue_irq_enable(void)
+{
+	local_irq_enable();
+}
+
+static void kvm_glue_kick_nop(void *unused)
+{
+}
+
+void kvm_glue_kick_cpu(unsigned int cpu)
+{
+	smp_call_function_single(cpu, kvm_glue_kick_nop, NULL, 1);
+}
+
+int kvm_glue_pin_user_page(unsigned long long hva, int write, unsigned long long *phys)
+{
+	struct page *page;
+	int r = pin_user_pages_fast(hva, 1, write ? FOLL_WRITE : 0, &page);
+
+	if (r != 1)
+		return r < 0 ? r : -EFAULT;
+	*phys = page_to_phys(page);
+	return 0;
+}
+
+void kvm_glue_unpin_phys(unsigned long long phys, int dirty)
+{
+	struct page *page = pfn_to_page(phys >> PAGE_SHIFT);
+
+	unpin_user_pages_dirty_lock(&page, 1, dirty);
+}
+
+void *kvm_glue_phys_to_virt(unsigned long long phys)
+{
+	return phys_to_virt(phys);
+}
+
+int kvm_glue_pgtable_l5_enabled(void)
+{
+	return pgtable_l5_enabled();
+}
+
+void *kvm_glue_alloc_pages_exact(unsigned long size)
+{
+	return alloc_pages_exact(size, GFP_KERNEL | __GFP_ZERO);
+}
+EXPORT_SYMBOL_GPL(kvm_glue_alloc_pages_exact);
+
+void kvm_glue_free_pages_exact(void *p, unsigned long size)
+{
+	free_pages_exact(p, size);
+}
+EXPORT_SYMBOL_GPL(kvm_glue_free_pages_exact);
+
+unsigned long long kvm_glue_virt_to_phys(void *p)
+{
+	return virt_to_phys(p);
+}
+EXPORT_SYMBOL_GPL(kvm_glue_virt_to_phys);
+
+void *kvm_glue_virt_to_page(void *p)
+{
+	return virt_to_page(p);
+}
+
+void *kvm_glue_fpu_alloc(void)
+{
+	struct fpu_guest *gfpu = kzalloc(sizeof(*gfpu), GFP_KERNEL_ACCOUNT);
+
+	if (gfpu && !fpu_alloc_guest_fpstate(gfpu)) {
+		kfree(gfpu);
+		return NULL;
+	}
+	return gfpu;
+}
+
+void kvm_glue_fpu_free(void *gfpu)
+{
+	if (gfpu)
+		fpu_free_guest_fpstate(gfpu);
+	kfree(gfpu);
+}
+
+void kvm_glue_fpu_load(void *gfpu, int enter)
+{
+	fpu_swap_kvm_fpstate(gfpu, enter);
+}
+
+void kvm_glue_fpu_prepare_entry(void)
+{
+	if (test_thread_flag(TIF_NEED_FPU_LOAD))
+		switch_fpu_return();
+}
+
 void *kvm_glue_mm_grab_current(void)
 {
 	mmgrab(current->mm);
@@ -157,6 +340,11 @@ unsigned int kvm_glue_nr_cpu_ids(void)
 	return nr_cpu_ids;
 }
 EXPORT_SYMBOL_GPL(kvm_glue_nr_cpu_ids);
+
+unsigned int kvm_glue_num_online_cpus(void)
+{
+	return num_online_cpus();
+}
 
 unsigned int kvm_glue_smp_processor_id(void)
 {

@@ -12,10 +12,28 @@ use kernel::prelude::*;
 #[allow(unreachable_pub, dead_code)]
 #[path = "abi/mod.rs"]
 mod abi;
+// No_std logic shared with host crates (tested there); kvm.ko uses part of each.
+#[allow(unreachable_pub, dead_code)]
+#[path = "../arch/x86/hw/cpuid.rs"]
+mod cpuid;
 mod dev;
 mod glue;
+#[allow(unreachable_pub, dead_code)]
+#[path = "virt/memslot.rs"]
+mod memslot;
+mod mmu;
+#[allow(unreachable_pub, dead_code)]
+#[path = "../arch/x86/hw/npt.rs"]
+mod npt;
+mod pages;
+#[allow(unreachable_pub, dead_code)]
+#[path = "../arch/x86/hw/sregs.rs"]
+mod sregs;
+mod user;
+mod vcpu;
 mod vendor;
 mod vm;
+#[allow(dead_code)] // Shared with the vendor modules, which use other parts.
 #[path = "../arch/x86/x86_ops.rs"]
 mod x86_ops;
 

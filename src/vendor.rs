@@ -25,8 +25,12 @@ pub(crate) fn current() -> Option<&'static X86VendorOps> {
 
 /// What the capability logic needs to know about the host.
 pub(crate) fn host() -> Host {
+    let v = current();
     Host {
-        vm_types: current().map_or(0, |v| v.vm_types),
+        vm_types: v.map_or(0, |v| v.vm_types),
+        // SAFETY: reads a counter.
+        online_cpus: unsafe { glue::kvm_glue_num_online_cpus() },
+        vcpus: v.is_some_and(|v| v.has_vcpus),
     }
 }
 

@@ -17,6 +17,7 @@ bin="$root/target/release"
 adds=(--add "$root/kvm.ko=/kvm-rs/ours/kvm.ko" --add "$root/kvm-amd.ko=/kvm-rs/ours/kvm-amd.ko"
       --add "$root/kvm-intel.ko=/kvm-rs/ours/kvm-intel.ko"
       --add "$bin/kvm-smoke=/kvm-rs/bin/kvm-smoke"
+      --add "$bin/kvm-guests=/kvm-rs/bin/kvm-guests"
       --add "$root/tests/vm/leak-loop.sh=/kvm-rs/tests/leak-loop.sh"
       --add "$root/tests/vm/qemu-guest.sh=/kvm-rs/tests/qemu-guest.sh")
 case "$which" in

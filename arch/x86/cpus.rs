@@ -149,6 +149,11 @@ impl<T: PerCpu> EnabledCpus<T> {
         }
     }
 
+    #[allow(dead_code)] // kvm-amd reads its per-CPU state; kvm-intel has none yet.
+    pub(crate) fn state(&self) -> &[T] {
+        &self.state
+    }
+
     fn enable_cpu(&self, cpu: usize) -> Result {
         let (Some(state), Some(flag)) = (self.state.get(cpu), self.enabled.get(cpu)) else {
             return Err(EINVAL);

@@ -8,7 +8,8 @@ use kernel::prelude::*;
 
 use super::cpus::{self, EnabledCpus, PerCpu};
 use super::glue;
-use super::x86_ops::X86VendorOps;
+use super::uapi::kvm_sregs;
+use super::x86_ops::{Exit, GuestRegs, VendorVcpu, X86VendorOps};
 
 /// Implemented by each vendor module.
 pub(crate) trait Vendor {
@@ -16,6 +17,115 @@ pub(crate) trait Vendor {
     const NAME: &'static CStr;
     /// Bit `n` set when VMs of type `n` (`KVM_X86_*_VM`) can be created.
     const VM_TYPES: u32;
+    /// Whether vCPUs can be created.
+    const HAS_VCPUS: bool;
+    /// Per-vCPU state (VMCB or VMCS and what goes with it).
+    type Vcpu: Send;
+
+    /// A vCPU in the architectural reset state.
+    fn vcpu_create() -> Result<KBox<Self::Vcpu>>;
+    fn get_sregs(v: &Self::Vcpu, s: &mut kvm_sregs);
+    fn set_sregs(v: &mut Self::Vcpu, s: &kvm_sregs) -> Result;
+    /// Enters the guest once, interrupts off (see `X86VendorOps::run`).
+    fn run(v: &mut Self::Vcpu, regs: &mut GuestRegs, nested_cr3: u64, flush: bool) -> Exit;
+    fn queue_exception(v: &mut Self::Vcpu, vector: u32, error_code: Option<u32>);
+    fn get_msr(v: &Self::Vcpu, index: u32) -> Option<u64>;
+    /// `false` when `index` is not an MSR the vendor keeps.
+    fn set_msr(v: &mut Self::Vcpu, index: u32, data: u64) -> bool;
+}
+
+// The C-ABI entries of the table: each turns the opaque pointer back into the
+// `KBox<V::Vcpu>` that vcpu_create() leaked.
+
+/// # Safety
+/// Called by kvm.ko only: `v` from `vcpu_create::<V>()`, not freed, used under the
+/// vCPU mutex; pointer arguments valid for the call.
+unsafe extern "C" fn vcpu_create<V: Vendor>() -> VendorVcpu {
+    V::vcpu_create().map_or(core::ptr::null_mut(), |b| KBox::into_raw(b).cast())
+}
+
+/// # Safety
+/// Called by kvm.ko only: `v` from `vcpu_create::<V>()`, not freed, used under the
+/// vCPU mutex; pointer arguments valid for the call.
+unsafe extern "C" fn vcpu_free<V: Vendor>(v: VendorVcpu) {
+    if !v.is_null() {
+        // SAFETY: `v` came from vcpu_create::<V>() and kvm.ko frees it once.
+        drop(unsafe { KBox::from_raw(v.cast::<V::Vcpu>()) });
+    }
+}
+
+/// # Safety
+/// Called by kvm.ko only: `v` from `vcpu_create::<V>()`, not freed, used under the
+/// vCPU mutex; pointer arguments valid for the call.
+unsafe extern "C" fn get_sregs<V: Vendor>(v: VendorVcpu, s: *mut c_void) {
+    // SAFETY: kvm.ko passes a live vCPU (serialized by its mutex) and a kvm_sregs.
+    unsafe { V::get_sregs(&*v.cast::<V::Vcpu>(), &mut *s.cast::<kvm_sregs>()) }
+}
+
+/// # Safety
+/// Called by kvm.ko only: `v` from `vcpu_create::<V>()`, not freed, used under the
+/// vCPU mutex; pointer arguments valid for the call.
+unsafe extern "C" fn set_sregs<V: Vendor>(v: VendorVcpu, s: *const c_void) -> c_int {
+    // SAFETY: as get_sregs.
+    match unsafe { V::set_sregs(&mut *v.cast::<V::Vcpu>(), &*s.cast::<kvm_sregs>()) } {
+        Ok(()) => 0,
+        Err(e) => e.to_errno(),
+    }
+}
+
+/// # Safety
+/// Called by kvm.ko only: `v` from `vcpu_create::<V>()`, not freed, used under the
+/// vCPU mutex; pointer arguments valid for the call.
+unsafe extern "C" fn run<V: Vendor>(
+    v: VendorVcpu,
+    regs: *mut GuestRegs,
+    nested_cr3: u64,
+    flush: bool,
+    exit: *mut Exit,
+) {
+    // SAFETY: kvm.ko passes a live vCPU, its registers and an exit record.
+    unsafe { *exit = V::run(&mut *v.cast::<V::Vcpu>(), &mut *regs, nested_cr3, flush) }
+}
+
+/// # Safety
+/// Called by kvm.ko only: `v` from `vcpu_create::<V>()`, not freed, used under the
+/// vCPU mutex; pointer arguments valid for the call.
+unsafe extern "C" fn queue_exception<V: Vendor>(
+    v: VendorVcpu,
+    vector: u32,
+    has_error: bool,
+    error_code: u32,
+) {
+    // SAFETY: kvm.ko passes a live vCPU.
+    let v = unsafe { &mut *v.cast::<V::Vcpu>() };
+    V::queue_exception(v, vector, has_error.then_some(error_code))
+}
+
+/// # Safety
+/// Called by kvm.ko only: `v` from `vcpu_create::<V>()`, not freed, used under the
+/// vCPU mutex; pointer arguments valid for the call.
+unsafe extern "C" fn get_msr<V: Vendor>(v: VendorVcpu, index: u32, data: *mut u64) -> c_int {
+    // SAFETY: kvm.ko passes a live vCPU.
+    match V::get_msr(unsafe { &*v.cast::<V::Vcpu>() }, index) {
+        Some(d) => {
+            // SAFETY: `data` is kvm.ko's out-parameter.
+            unsafe { *data = d };
+            0
+        }
+        None => 1,
+    }
+}
+
+/// # Safety
+/// Called by kvm.ko only: `v` from `vcpu_create::<V>()`, not freed, used under the
+/// vCPU mutex; pointer arguments valid for the call.
+unsafe extern "C" fn set_msr<V: Vendor>(v: VendorVcpu, index: u32, data: u64) -> c_int {
+    // SAFETY: kvm.ko passes a live vCPU.
+    c_int::from(!V::set_msr(
+        unsafe { &mut *v.cast::<V::Vcpu>() },
+        index,
+        data,
+    ))
 }
 
 /// The table for vendor `V`, to be kept in a `static` while registered.
@@ -28,6 +138,15 @@ pub(crate) const fn ops<V: Vendor>() -> X86VendorOps {
         size: core::mem::size_of::<X86VendorOps>(),
         name: V::NAME.as_ptr(),
         vm_types: V::VM_TYPES,
+        has_vcpus: V::HAS_VCPUS,
+        vcpu_create: vcpu_create::<V>,
+        vcpu_free: vcpu_free::<V>,
+        get_sregs: get_sregs::<V>,
+        set_sregs: set_sregs::<V>,
+        run: run::<V>,
+        queue_exception: queue_exception::<V>,
+        get_msr: get_msr::<V>,
+        set_msr: set_msr::<V>,
     }
 }
 
@@ -42,7 +161,8 @@ extern "C" {
 /// virtualization on every CPU and frees the per-CPU state.
 pub(crate) struct Registration<T: PerCpu> {
     ops: &'static X86VendorOps,
-    _cpus: EnabledCpus<T>,
+    #[allow(dead_code)] // Held for its Drop; read through per_cpu().
+    cpus: EnabledCpus<T>,
 }
 
 impl<T: PerCpu> Registration<T> {
@@ -65,7 +185,13 @@ impl<T: PerCpu> Registration<T> {
         if r != 0 {
             return Err(Error::from_errno(r));
         }
-        Ok(Registration { ops, _cpus: cpus })
+        Ok(Registration { ops, cpus })
+    }
+
+    /// The per-CPU state, indexed by CPU id.
+    #[allow(dead_code)] // As EnabledCpus::state.
+    pub(crate) fn per_cpu(&self) -> &[T] {
+        self.cpus.state()
     }
 }
 

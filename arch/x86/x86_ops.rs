@@ -7,7 +7,77 @@
 //! Vendors build it with `vendor::ops::<V>()` (arch/x86/vendor.rs); kvm.ko only ever
 //! sees the table. Entries are added with the features that use them.
 
-use core::ffi::c_char;
+use core::ffi::{c_char, c_int, c_void};
+
+/// Indices into [`GuestRegs::gpr`], the hardware encoding (upstream `VCPU_REGS_*`).
+pub(crate) mod reg {
+    pub(crate) const RAX: usize = 0;
+    pub(crate) const RCX: usize = 1;
+    pub(crate) const RDX: usize = 2;
+    pub(crate) const RBX: usize = 3;
+    pub(crate) const RSP: usize = 4;
+    pub(crate) const RBP: usize = 5;
+    pub(crate) const RSI: usize = 6;
+    pub(crate) const RDI: usize = 7;
+}
+
+/// The registers kvm.ko owns while the vCPU is outside the guest; the vendor moves
+/// RAX/RSP/RIP/RFLAGS in and out of its control structure around each entry and
+/// the others in its entry code.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub(crate) struct GuestRegs {
+    pub(crate) gpr: [u64; 16],
+    pub(crate) rip: u64,
+    pub(crate) rflags: u64,
+}
+
+/// Why the guest stopped, in vendor-neutral terms (`kind`), with the raw reason for
+/// KVM_EXIT_FAIL_ENTRY / internal errors.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Exit {
+    pub(crate) kind: u32,
+    /// IO: bit 0 in, bit 1 string, bit 2 rep; NPF: the page-fault error code bits.
+    pub(crate) flags: u32,
+    pub(crate) hw_reason: u64,
+    /// IO: port; NPF: faulting GPA; MSR: index.
+    pub(crate) info: u64,
+    /// IO: access size in bytes; MSR: value written.
+    pub(crate) info2: u64,
+    /// RIP after the exiting instruction, when the hardware tells (0 if not).
+    pub(crate) next_rip: u64,
+}
+
+/// Values of [`Exit::kind`].
+pub(crate) mod exit {
+    /// Nothing for kvm.ko to do (a host interrupt, already handled): re-enter.
+    pub(crate) const NONE: u32 = 0;
+    pub(crate) const IO: u32 = 1;
+    pub(crate) const HLT: u32 = 2;
+    pub(crate) const SHUTDOWN: u32 = 3;
+    pub(crate) const NPF: u32 = 4;
+    pub(crate) const CPUID: u32 = 5;
+    pub(crate) const RDMSR: u32 = 6;
+    pub(crate) const WRMSR: u32 = 7;
+    pub(crate) const VMMCALL: u32 = 8;
+    pub(crate) const FAIL_ENTRY: u32 = 9;
+    /// An exit kvm-rs does not handle: KVM_EXIT_INTERNAL_ERROR with `hw_reason`.
+    pub(crate) const UNHANDLED: u32 = 10;
+    /// The guest executed an instruction it must get #UD for (VMRUN, XSETBV...).
+    pub(crate) const UD: u32 = 11;
+
+    pub(crate) const IO_IN: u32 = 1 << 0;
+    pub(crate) const IO_STRING: u32 = 1 << 1;
+    pub(crate) const IO_REP: u32 = 1 << 2;
+
+    pub(crate) const PF_PRESENT: u32 = 1 << 0;
+    pub(crate) const PF_WRITE: u32 = 1 << 1;
+    pub(crate) const PF_FETCH: u32 = 1 << 4;
+}
+
+/// Opaque per-vCPU vendor state (a VMCB and friends).
+pub(crate) type VendorVcpu = *mut c_void;
 
 #[repr(C)]
 pub(crate) struct X86VendorOps {
@@ -17,6 +87,30 @@ pub(crate) struct X86VendorOps {
     pub(crate) name: *const c_char,
     /// Bit `n` set when VMs of type `n` (`KVM_X86_*_VM`) can be created.
     pub(crate) vm_types: u32,
+    /// Whether `vcpu_create` can succeed (capabilities depend on it).
+    pub(crate) has_vcpus: bool,
+    /// A vCPU in its reset state (null: -ENOMEM).
+    pub(crate) vcpu_create: unsafe extern "C" fn() -> VendorVcpu,
+    pub(crate) vcpu_free: unsafe extern "C" fn(VendorVcpu),
+    /// `struct kvm_sregs` in and out (the vendor owns segments, CRs, EFER, tables).
+    pub(crate) get_sregs: unsafe extern "C" fn(VendorVcpu, *mut c_void),
+    /// 0, or -EINVAL for a state the hardware would refuse.
+    pub(crate) set_sregs: unsafe extern "C" fn(VendorVcpu, *const c_void) -> c_int,
+    /// Enters the guest once. Interrupts are off; `nested_cr3` is the guest-physical
+    /// page-table root; `flush` asks for this guest's TLB entries to be dropped.
+    pub(crate) run: unsafe extern "C" fn(
+        VendorVcpu,
+        regs: *mut GuestRegs,
+        nested_cr3: u64,
+        flush: bool,
+        exit: *mut Exit,
+    ),
+    /// Queues exception `vector` (with `error_code` if `has_error`) for the next entry.
+    pub(crate) queue_exception:
+        unsafe extern "C" fn(VendorVcpu, vector: u32, has_error: bool, error_code: u32),
+    /// Reads/writes an MSR the vendor keeps; 0, or 1 when it is not one of them.
+    pub(crate) get_msr: unsafe extern "C" fn(VendorVcpu, index: u32, data: *mut u64) -> c_int,
+    pub(crate) set_msr: unsafe extern "C" fn(VendorVcpu, index: u32, data: u64) -> c_int,
 }
 
 // SAFETY: the table is immutable after construction and `name` points to a static

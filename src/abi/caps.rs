@@ -12,7 +12,18 @@ use super::uapi;
 pub struct Host {
     /// Bit `n` set when `KVM_CREATE_VM` accepts machine type `n` (`KVM_X86_*_VM`).
     pub vm_types: u32,
+    /// Online CPUs (`KVM_CAP_NR_VCPUS`, the recommended maximum).
+    pub online_cpus: u32,
+    /// Whether the vendor can create vCPUs (kvm-intel cannot yet).
+    pub vcpus: bool,
 }
+
+/// Upstream x86's limits with CONFIG_KVM_MAX_NR_VCPUS=1024 (the test kernel's).
+pub const MAX_VCPUS: u32 = 1024;
+/// `KVM_MAX_VCPU_IDS`: `KVM_VCPU_ID_RATIO` (4) ids per vCPU.
+pub const MAX_VCPU_IDS: u32 = MAX_VCPUS * 4;
+/// `KVM_USER_MEM_SLOTS` on x86.
+pub const USER_MEM_SLOTS: u32 = 32764;
 
 /// The answer to `KVM_CHECK_EXTENSION(cap)`, on `/dev/kvm` or on a VM fd.
 /// `cap` is the raw ioctl argument (a C `long`): any value is valid input.
@@ -25,6 +36,19 @@ pub fn check_extension(host: &Host, cap: u64) -> i32 {
         uapi::KVM_CAP_CHECK_EXTENSION_VM => 1,
         // KVM_CREATE_VM checks the type against this mask (dev.rs).
         uapi::KVM_CAP_VM_TYPES => host.vm_types as i32,
+        // Memory slots and vCPUs (vm.rs, vcpu.rs), where the vendor runs them.
+        uapi::KVM_CAP_USER_MEMORY
+        | uapi::KVM_CAP_USER_MEMORY2
+        | uapi::KVM_CAP_EXT_CPUID
+        | uapi::KVM_CAP_IMMEDIATE_EXIT
+            if host.vcpus =>
+        {
+            1
+        }
+        uapi::KVM_CAP_NR_MEMSLOTS if host.vcpus => USER_MEM_SLOTS as i32,
+        uapi::KVM_CAP_NR_VCPUS if host.vcpus => host.online_cpus.min(MAX_VCPUS) as i32,
+        uapi::KVM_CAP_MAX_VCPUS if host.vcpus => MAX_VCPUS as i32,
+        uapi::KVM_CAP_MAX_VCPU_ID if host.vcpus => MAX_VCPU_IDS as i32,
         _ => 0,
     }
 }
@@ -40,12 +64,13 @@ mod tests {
 
     const HOST: Host = Host {
         vm_types: 1 << uapi::KVM_X86_DEFAULT_VM,
+        online_cpus: 2,
+        vcpus: true,
     };
 
     #[test]
     fn unknown_and_out_of_range_caps_are_absent() {
         assert_eq!(check_extension(&HOST, uapi::KVM_CAP_IRQCHIP as u64), 0);
-        assert_eq!(check_extension(&HOST, uapi::KVM_CAP_USER_MEMORY as u64), 0);
         assert_eq!(check_extension(&HOST, 100_000), 0);
         assert_eq!(check_extension(&HOST, u64::MAX), 0);
         assert_eq!(
@@ -63,6 +88,26 @@ mod tests {
         assert_eq!(check_extension(&HOST, uapi::KVM_CAP_VM_TYPES as u64), 1);
         let none = Host::default();
         assert_eq!(check_extension(&none, uapi::KVM_CAP_VM_TYPES as u64), 0);
+        assert_eq!(check_extension(&HOST, uapi::KVM_CAP_USER_MEMORY as u64), 1);
+        assert_eq!(check_extension(&HOST, uapi::KVM_CAP_NR_VCPUS as u64), 2);
+        assert_eq!(
+            check_extension(&HOST, uapi::KVM_CAP_MAX_VCPU_ID as u64),
+            4096
+        );
+        assert_eq!(
+            check_extension(&HOST, uapi::KVM_CAP_NR_MEMSLOTS as u64),
+            32764
+        );
+        // A vendor without vCPUs (kvm-intel today) claims none of it.
+        let novcpu = Host {
+            vcpus: false,
+            ..HOST
+        };
+        assert_eq!(
+            check_extension(&novcpu, uapi::KVM_CAP_USER_MEMORY as u64),
+            0
+        );
+        assert_eq!(check_extension(&novcpu, uapi::KVM_CAP_MAX_VCPUS as u64), 0);
     }
 
     #[test]

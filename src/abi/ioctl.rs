@@ -5,7 +5,7 @@
 //! (x86 uses the generic layout), with the argument sizes taken from the bindgen'd
 //! structs. The host tests pin a few against values seen from C.
 
-use super::uapi::KVMIO;
+use super::uapi::{self, KVMIO};
 
 const NRBITS: u32 = 8;
 const TYPEBITS: u32 = 8;
@@ -56,6 +56,23 @@ pub const KVM_GET_API_VERSION: u32 = io(0x00);
 pub const KVM_CREATE_VM: u32 = io(0x01);
 pub const KVM_CHECK_EXTENSION: u32 = io(0x03);
 pub const KVM_GET_VCPU_MMAP_SIZE: u32 = io(0x04);
+pub const KVM_GET_SUPPORTED_CPUID: u32 = iowr::<uapi::kvm_cpuid2>(0x05);
+
+// VM ioctls.
+pub const KVM_CREATE_VCPU: u32 = io(0x41);
+pub const KVM_SET_USER_MEMORY_REGION: u32 = iow::<uapi::kvm_userspace_memory_region>(0x46);
+pub const KVM_SET_USER_MEMORY_REGION2: u32 = iow::<uapi::kvm_userspace_memory_region2>(0x49);
+
+// vCPU ioctls.
+pub const KVM_RUN: u32 = io(0x80);
+pub const KVM_GET_REGS: u32 = ior::<uapi::kvm_regs>(0x81);
+pub const KVM_SET_REGS: u32 = iow::<uapi::kvm_regs>(0x82);
+pub const KVM_GET_SREGS: u32 = ior::<uapi::kvm_sregs>(0x83);
+pub const KVM_SET_SREGS: u32 = iow::<uapi::kvm_sregs>(0x84);
+pub const KVM_SET_CPUID2: u32 = iow::<uapi::kvm_cpuid2>(0x90);
+pub const KVM_GET_CPUID2: u32 = iowr::<uapi::kvm_cpuid2>(0x91);
+pub const KVM_GET_MP_STATE: u32 = ior::<uapi::kvm_mp_state>(0x98);
+pub const KVM_SET_MP_STATE: u32 = iow::<uapi::kvm_mp_state>(0x99);
 
 #[cfg(test)]
 mod tests {

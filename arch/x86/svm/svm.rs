@@ -2,10 +2,11 @@
 //! kvm-amd.ko: AMD SVM for kvm-rs.
 //!
 //! At load: checks SVM on every CPU (CPUID and VM_CR, as upstream's
-//! kvm_is_svm_supported()), enables it on every CPU through the core kernel and points
-//! VM_HSAVE_PA at a per-CPU host save area, then registers with kvm.ko. At unload:
-//! the reverse.
+//! kvm_is_svm_supported()), requires nested paging (the only MMU mode kvm-rs has),
+//! enables SVM on every CPU through the core kernel with a per-CPU host save area,
+//! then registers with kvm.ko. vCPUs are one VMCB each (see vcpu.rs).
 
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use kernel::page::Page;
 use kernel::prelude::*;
 
@@ -13,12 +14,22 @@ use kernel::prelude::*;
 mod cpus;
 #[path = "../../../src/glue.rs"]
 mod glue;
-// A no_std file shared with the host crate kvm-x86-hw, whose API is `pub`.
+#[path = "../../../src/pages.rs"]
+mod pages;
+// No_std files shared with the host crates, whose API is `pub`.
 #[allow(unreachable_pub)]
 #[path = "../hw/svm.rs"]
 mod svm_hw;
+#[allow(unreachable_pub, dead_code)]
+#[path = "../../../src/abi/uapi.rs"]
+mod uapi;
+mod vcpu;
 #[path = "../vendor.rs"]
 mod vendor;
+#[allow(unreachable_pub, dead_code)]
+#[path = "../hw/vmcb.rs"]
+mod vmcb;
+#[allow(dead_code)] // kvm.ko uses all of it; kvm-amd part.
 #[path = "../x86_ops.rs"]
 mod x86_ops;
 
@@ -33,23 +44,23 @@ module! {
     license: "GPL",
 }
 
-struct Svm;
+static OPS: X86VendorOps = vendor::ops::<vcpu::Svm>();
 
-impl vendor::Vendor for Svm {
-    const NAME: &'static core::ffi::CStr = c"kvm_amd";
-    /// `KVM_X86_DEFAULT_VM` only; the SEV types come with SEV support.
-    const VM_TYPES: u32 = 1 << 0;
+/// One CPU's SVM state: the host save area (VM_HSAVE_PA, written by VMRUN), the
+/// VMSAVE area for the host state VMRUN does not switch, and ASID allocation
+/// (upstream's svm_cpu_data).
+pub(crate) struct CpuData {
+    hsave: Page,
+    pub(crate) save_area: Page,
+    pub(crate) asid_generation: AtomicU64,
+    pub(crate) next_asid: AtomicU32,
+    pub(crate) max_asid: u32,
 }
 
-static OPS: X86VendorOps = vendor::ops::<Svm>();
-
-/// One CPU's host save area (the page VMRUN saves host state to).
-struct HostSaveArea(Page);
-
-impl cpus::PerCpu for HostSaveArea {
+impl cpus::PerCpu for CpuData {
     fn enable(&self) -> Result {
         // SAFETY: the page is owned by `self` and stays allocated while enabled.
-        let pa = unsafe { glue::kvm_glue_page_to_phys(self.0.as_ptr().cast()) };
+        let pa = unsafe { glue::kvm_glue_page_to_phys(self.hsave.as_ptr().cast()) };
         cpus::wrmsr(svm::MSR_VM_HSAVE_PA, pa)
     }
 
@@ -59,8 +70,89 @@ impl cpus::PerCpu for HostSaveArea {
     }
 }
 
+/// The per-CPU array while registered (vCPUs run only then: their fds pin us).
+static CPU_DATA: AtomicPtr<CpuData> = AtomicPtr::new(core::ptr::null_mut());
+static NR_CPU_DATA: AtomicUsize = AtomicUsize::new(0);
+
+/// This CPU's data; called with interrupts off.
+pub(crate) fn this_cpu() -> Option<(u32, &'static CpuData)> {
+    // SAFETY: interrupts are off, so the CPU cannot change under us.
+    let cpu = unsafe { glue::kvm_glue_smp_processor_id() };
+    let base = CPU_DATA.load(Ordering::Acquire);
+    if base.is_null() || cpu as usize >= NR_CPU_DATA.load(Ordering::Acquire) {
+        return None;
+    }
+    // SAFETY: the array has NR_CPU_DATA entries and lives while we are registered.
+    Some((cpu, unsafe { &*base.add(cpu as usize) }))
+}
+
+/// IOPM and MSRPM with every bit set: every port and MSR access exits, shared by all
+/// vCPUs (read-only to the hardware).
+pub(crate) struct Permissions {
+    iopm: *mut core::ffi::c_void,
+    msrpm: *mut core::ffi::c_void,
+}
+
+const IOPM_SIZE: usize = 3 * 4096;
+const MSRPM_SIZE: usize = 2 * 4096;
+
+static IOPM_PA: AtomicU64 = AtomicU64::new(0);
+static MSRPM_PA: AtomicU64 = AtomicU64::new(0);
+
+pub(crate) fn iopm_pa() -> u64 {
+    IOPM_PA.load(Ordering::Acquire)
+}
+
+pub(crate) fn msrpm_pa() -> u64 {
+    MSRPM_PA.load(Ordering::Acquire)
+}
+
+impl Permissions {
+    fn new() -> Result<Self> {
+        // SAFETY: plain allocations, checked below and freed in drop.
+        let (iopm, msrpm) = unsafe {
+            (
+                glue::kvm_glue_alloc_pages_exact(IOPM_SIZE as u64),
+                glue::kvm_glue_alloc_pages_exact(MSRPM_SIZE as u64),
+            )
+        };
+        let this = Permissions { iopm, msrpm };
+        if iopm.is_null() || msrpm.is_null() {
+            return Err(ENOMEM);
+        }
+        // SAFETY: both regions were just allocated with these sizes.
+        unsafe {
+            core::ptr::write_bytes(iopm.cast::<u8>(), 0xff, IOPM_SIZE);
+            core::ptr::write_bytes(msrpm.cast::<u8>(), 0xff, MSRPM_SIZE);
+            IOPM_PA.store(glue::kvm_glue_virt_to_phys(iopm), Ordering::Release);
+            MSRPM_PA.store(glue::kvm_glue_virt_to_phys(msrpm), Ordering::Release);
+        }
+        Ok(this)
+    }
+}
+
+impl Drop for Permissions {
+    fn drop(&mut self) {
+        // SAFETY: allocated in new() with these sizes (free ignores null).
+        unsafe {
+            if !self.iopm.is_null() {
+                glue::kvm_glue_free_pages_exact(self.iopm, IOPM_SIZE as u64);
+            }
+            if !self.msrpm.is_null() {
+                glue::kvm_glue_free_pages_exact(self.msrpm, MSRPM_SIZE as u64);
+            }
+        }
+    }
+}
+
+// SAFETY: the maps are written once at init, then only read by hardware.
+unsafe impl Send for Permissions {}
+// SAFETY: as above.
+unsafe impl Sync for Permissions {}
+
 struct KvmAmd {
-    _reg: vendor::Registration<HostSaveArea>,
+    reg: vendor::Registration<CpuData>,
+    _perm: Permissions,
 }
 
 fn check_cpu() -> Result<(), svm::Unusable> {
@@ -76,14 +168,37 @@ impl kernel::Module for KvmAmd {
             return Err(cpus::eopnotsupp());
         }
         let [eax, ebx, _, edx] = cpus::cpuid(0x8000_000a, 0);
-        pr_info!(
-            "{}\n",
-            format_args!("{}", svm::Features::from_cpuid(eax, ebx, edx))
-        );
-
+        let features = svm::Features::from_cpuid(eax, ebx, edx);
+        pr_info!("{}\n", format_args!("{features}"));
+        if features.edx & svm::Features::NPT == 0 {
+            pr_err!("Nested Paging not supported: kvm-rs needs it\n");
+            return Err(cpus::eopnotsupp());
+        }
+        vcpu::set_nrips(features.edx & svm::Features::NRIPS != 0);
+        let max_asid = features.nr_asids.saturating_sub(1).max(1);
+        let perm = Permissions::new()?;
         let reg = vendor::Registration::new(&OPS, module, glue::KVM_GLUE_VIRT_SVM, || {
-            Ok(HostSaveArea(Page::alloc_page(GFP_KERNEL | __GFP_ZERO)?))
+            Ok(CpuData {
+                hsave: Page::alloc_page(GFP_KERNEL | __GFP_ZERO)?,
+                save_area: Page::alloc_page(GFP_KERNEL | __GFP_ZERO)?,
+                asid_generation: AtomicU64::new(1),
+                next_asid: AtomicU32::new(max_asid + 1),
+                max_asid,
+            })
         })?;
-        Ok(KvmAmd { _reg: reg })
+        let cpus = reg.per_cpu();
+        NR_CPU_DATA.store(cpus.len(), Ordering::Release);
+        CPU_DATA.store(cpus.as_ptr().cast_mut(), Ordering::Release);
+        Ok(KvmAmd { reg, _perm: perm })
+    }
+}
+
+impl Drop for KvmAmd {
+    fn drop(&mut self) {
+        // Unregistered only when `reg` drops, after this; no vCPU exists by now
+        // (their fds pin this module), so nothing reads these any more.
+        let _ = &self.reg;
+        CPU_DATA.store(core::ptr::null_mut(), Ordering::Release);
+        NR_CPU_DATA.store(0, Ordering::Release);
     }
 }

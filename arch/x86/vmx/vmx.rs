@@ -13,11 +13,15 @@ mod cpus;
 #[path = "../../../src/glue.rs"]
 mod glue;
 // A no_std file shared with the host crate kvm-x86-hw, whose API is `pub`.
+#[allow(unreachable_pub, dead_code)]
+#[path = "../../../src/abi/uapi.rs"]
+mod uapi;
 #[path = "../vendor.rs"]
 mod vendor;
 #[allow(unreachable_pub)]
 #[path = "../hw/vmx.rs"]
 mod vmx_hw;
+#[allow(dead_code)] // kvm.ko uses all of it.
 #[path = "../x86_ops.rs"]
 mod x86_ops;
 
@@ -38,7 +42,35 @@ impl vendor::Vendor for Vmx {
     const NAME: &'static core::ffi::CStr = c"kvm_intel";
     /// `KVM_X86_DEFAULT_VM` only; TDX comes with TDX support.
     const VM_TYPES: u32 = 1 << 0;
+    const HAS_VCPUS: bool = false;
+    type Vcpu = NoVcpu;
+
+    /// VMX vCPUs (VMCS, VM entry) are not written yet: KVM_CREATE_VCPU fails with
+    /// -EOPNOTSUPP on Intel, so nothing below is ever reached.
+    fn vcpu_create() -> Result<KBox<NoVcpu>> {
+        Err(cpus::eopnotsupp())
+    }
+    fn get_sregs(_: &NoVcpu, _: &mut uapi::kvm_sregs) {}
+    fn set_sregs(_: &mut NoVcpu, _: &uapi::kvm_sregs) -> Result {
+        Err(cpus::eopnotsupp())
+    }
+    fn run(_: &mut NoVcpu, _: &mut x86_ops::GuestRegs, _: u64, _: bool) -> x86_ops::Exit {
+        x86_ops::Exit {
+            kind: x86_ops::exit::FAIL_ENTRY,
+            ..Default::default()
+        }
+    }
+    fn queue_exception(_: &mut NoVcpu, _: u32, _: Option<u32>) {}
+    fn get_msr(_: &NoVcpu, _: u32) -> Option<u64> {
+        None
+    }
+    fn set_msr(_: &mut NoVcpu, _: u32, _: u64) -> bool {
+        false
+    }
 }
+
+/// Stands for the VMCS-backed vCPU to come.
+struct NoVcpu;
 
 static OPS: X86VendorOps = vendor::ops::<Vmx>();
 

@@ -1,0 +1,209 @@
+//! The CPUID kvm-rs offers guests (`KVM_GET_SUPPORTED_CPUID`): the host's, filtered
+//! to what is virtualized today, plus the KVM paravirt signature. Features are added
+//! to the masks with the code that makes them work (e.g. XSAVE with XCR0 switching).
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Entry {
+    pub function: u32,
+    pub index: u32,
+    pub flags: u32,
+    pub eax: u32,
+    pub ebx: u32,
+    pub ecx: u32,
+    pub edx: u32,
+}
+
+/// `KVM_CPUID_FLAG_SIGNIFCANT_INDEX`.
+pub const SIGNIFICANT_INDEX: u32 = 1;
+/// Upstream's KVM_MAX_CPUID_ENTRIES.
+pub const MAX_ENTRIES: usize = 256;
+
+// Leaf 1: SSE3 PCLMULQDQ SSSE3 CX16 SSE4.1 SSE4.2 MOVBE POPCNT AES RDRAND. No
+// XSAVE/AVX (guest XCR0 is not switched yet), no x2APIC, no MONITOR.
+const L1_ECX: u32 =
+    1 | 1 << 1 | 1 << 9 | 1 << 13 | 1 << 19 | 1 << 20 | 1 << 22 | 1 << 23 | 1 << 25 | 1 << 30;
+pub const L1_ECX_HYPERVISOR: u32 = 1 << 31;
+// FPU VME DE PSE TSC MSR PAE CX8 APIC SEP PGE CMOV PAT PSE36 CLFLUSH MMX FXSR SSE SSE2.
+const L1_EDX: u32 = 0x7f
+    | 1 << 8
+    | 1 << 9
+    | 1 << 11
+    | 1 << 13
+    | 1 << 15
+    | 1 << 16
+    | 1 << 17
+    | 1 << 19
+    | 1 << 23
+    | 1 << 24
+    | 1 << 25
+    | 1 << 26;
+// Leaf 7.0 EBX: FSGSBASE BMI1 SMEP BMI2 ERMS ADX SMAP CLFLUSHOPT SHA.
+const L7_EBX: u32 = 1 | 1 << 3 | 1 << 7 | 1 << 8 | 1 << 9 | 1 << 19 | 1 << 20 | 1 << 23 | 1 << 29;
+// 8000_0001 ECX: LAHF ABM SSE4A MISALIGNSSE PREFETCHW. EDX: SYSCALL NX LM.
+const X1_ECX: u32 = 1 | 1 << 5 | 1 << 6 | 1 << 7 | 1 << 8;
+pub const X1_EDX_SYSCALL: u32 = 1 << 11;
+pub const X1_EDX_NX: u32 = 1 << 20;
+pub const X1_EDX_LM: u32 = 1 << 29;
+const X1_EDX: u32 = X1_EDX_SYSCALL | X1_EDX_NX | X1_EDX_LM;
+
+/// "KVMKVMKVM\0\0\0" in EBX, ECX, EDX.
+pub const KVM_SIGNATURE: [u32; 3] = [0x4b4d_564b, 0x564b_4d56, 0x0000_004d];
+
+/// Fills `out` with the supported entries; `None` if it is too small (-E2BIG).
+pub fn supported(host: impl Fn(u32, u32) -> [u32; 4], out: &mut [Entry]) -> Option<usize> {
+    let mut n = 0;
+    let mut push = |e: Entry| -> Option<()> {
+        *out.get_mut(n)? = e;
+        n += 1;
+        Some(())
+    };
+    let leaf = |function: u32, index: u32, flags: u32, r: [u32; 4]| Entry {
+        function,
+        index,
+        flags,
+        eax: r[0],
+        ebx: r[1],
+        ecx: r[2],
+        edx: r[3],
+    };
+    let h0 = host(0, 0);
+    let max = h0[0].min(7);
+    push(leaf(0, 0, 0, [max, h0[1], h0[2], h0[3]]))?;
+    if max >= 1 {
+        let h = host(1, 0);
+        // The initial APIC id (EBX[31:24]) is the vCPU's, which userspace sets.
+        let r = [
+            h[0],
+            h[1] & 0x00ff_ffff,
+            (h[2] & L1_ECX) | L1_ECX_HYPERVISOR,
+            h[3] & L1_EDX,
+        ];
+        push(leaf(1, 0, 0, r))?;
+    }
+    if max >= 7 {
+        let h = host(7, 0);
+        push(leaf(7, 0, SIGNIFICANT_INDEX, [0, h[1] & L7_EBX, 0, 0]))?;
+    }
+    push(leaf(
+        0x4000_0000,
+        0,
+        0,
+        [
+            0x4000_0001,
+            KVM_SIGNATURE[0],
+            KVM_SIGNATURE[1],
+            KVM_SIGNATURE[2],
+        ],
+    ))?;
+    push(leaf(0x4000_0001, 0, 0, [0; 4]))?;
+    let x0 = host(0x8000_0000, 0);
+    let xmax = x0[0].min(0x8000_0008);
+    push(leaf(0x8000_0000, 0, 0, [xmax, x0[1], x0[2], x0[3]]))?;
+    if xmax >= 0x8000_0001 {
+        let h = host(0x8000_0001, 0);
+        push(leaf(
+            0x8000_0001,
+            0,
+            0,
+            [h[0], 0, h[2] & X1_ECX, h[3] & X1_EDX],
+        ))?;
+    }
+    for f in 0x8000_0002..=0x8000_0004u32 {
+        if xmax >= f {
+            push(leaf(f, 0, 0, host(f, 0)))?;
+        }
+    }
+    if xmax >= 0x8000_0008 {
+        let h = host(0x8000_0008, 0);
+        push(leaf(0x8000_0008, 0, 0, [h[0] & 0xffff, 0, 0, 0]))?;
+    }
+    Some(n)
+}
+
+/// The entry userspace set for `function`/`index` (upstream kvm_find_cpuid_entry2).
+pub fn find(entries: &[Entry], function: u32, index: u32) -> Option<&Entry> {
+    entries
+        .iter()
+        .find(|e| e.function == function && (e.flags & SIGNIFICANT_INDEX == 0 || e.index == index))
+}
+
+/// Guest physical address width from its CPUID (36 without leaf 8000_0008).
+pub fn maxphyaddr(entries: &[Entry]) -> u32 {
+    find(entries, 0x8000_0008, 0).map_or(36, |e| e.eax & 0xff)
+}
+
+/// EFER bits the guest's CPUID allows (upstream __kvm_valid_efer()).
+pub fn efer_allowed(entries: &[Entry]) -> u64 {
+    let edx = find(entries, 0x8000_0001, 0).map_or(0, |e| e.edx);
+    let mut ok = 0;
+    if edx & X1_EDX_SYSCALL != 0 {
+        ok |= 1; // SCE
+    }
+    if edx & X1_EDX_LM != 0 {
+        ok |= 1 << 8 | 1 << 10; // LME, LMA
+    }
+    if edx & X1_EDX_NX != 0 {
+        ok |= 1 << 11;
+    }
+    ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A host that reports every feature bit and max leaves beyond ours.
+    fn rich(f: u32, _i: u32) -> [u32; 4] {
+        match f {
+            0 => [0x10, 1, 2, 3],
+            0x8000_0000 => [0x8000_0021, 1, 2, 3],
+            0x8000_0008 => [0x3030, !0, !0, !0],
+            _ => [f, !0, !0, !0],
+        }
+    }
+
+    #[test]
+    fn filtered() {
+        let mut out = [Entry::default(); MAX_ENTRIES];
+        let n = supported(rich, &mut out).unwrap();
+        let e = &out[..n];
+        assert_eq!(find(e, 0, 0).unwrap().eax, 7);
+        let l1 = find(e, 1, 0).unwrap();
+        assert_eq!(l1.ecx & (1 << 26), 0, "no XSAVE");
+        assert_ne!(l1.ecx & L1_ECX_HYPERVISOR, 0);
+        assert_eq!(l1.ebx >> 24, 0);
+        assert_eq!(find(e, 0x8000_0000, 0).unwrap().eax, 0x8000_0008);
+        assert_eq!(find(e, 0x8000_0001, 0).unwrap().edx, X1_EDX);
+        assert_eq!(find(e, 0x4000_0000, 0).unwrap().ebx, KVM_SIGNATURE[0]);
+        assert_eq!(maxphyaddr(e), 0x30);
+        assert_eq!(efer_allowed(e), 1 | 1 << 8 | 1 << 10 | 1 << 11);
+        assert_eq!(find(e, 7, 1), None, "leaf 7 is indexed");
+        assert!(find(e, 7, 0).is_some());
+    }
+
+    #[test]
+    fn too_small_is_e2big() {
+        let mut out = [Entry::default(); 3];
+        assert_eq!(supported(rich, &mut out), None);
+    }
+
+    #[test]
+    fn small_host() {
+        let mut out = [Entry::default(); MAX_ENTRIES];
+        let n = supported(
+            |f, _| {
+                if f == 0x8000_0000 {
+                    [0x8000_0001, 0, 0, 0]
+                } else {
+                    [1, 0, 0, 0]
+                }
+            },
+            &mut out,
+        )
+        .unwrap();
+        assert!(find(&out[..n], 7, 0).is_none());
+        assert!(find(&out[..n], 0x8000_0008, 0).is_none());
+        assert_eq!(maxphyaddr(&out[..n]), 36);
+        assert_eq!(efer_allowed(&[]), 0);
+    }
+}

@@ -1,0 +1,495 @@
+// SPDX-License-Identifier: GPL-2.0-only
+//! An SVM vCPU: one VMCB, its reset state (upstream init_vmcb()), register access,
+//! VMRUN and the decoding of #VMEXIT into kvm.ko's vendor-neutral [`Exit`].
+
+use core::sync::atomic::{AtomicBool, Ordering};
+use kernel::prelude::*;
+
+use super::pages::Pages;
+use super::uapi::{kvm_dtable, kvm_segment, kvm_sregs};
+use super::vendor::Vendor;
+use super::vmcb::{self as vm, Seg, SegAttr, Vmcb};
+use super::x86_ops::{exit, reg, Exit, GuestRegs};
+use super::{iopm_pa, msrpm_pa, this_cpu};
+
+extern "C" {
+    // arch/x86/svm/vmenter.S
+    fn __kvm_rs_svm_vcpu_run(vmcb_pa: u64, regs: *mut GuestRegs, host_save_pa: u64);
+}
+
+static NRIPS: AtomicBool = AtomicBool::new(false);
+
+/// Whether the CPU reports the next RIP on intercepts (without it, kvm.ko skips
+/// by the known length of the intercepted instruction).
+pub(crate) fn set_nrips(on: bool) {
+    NRIPS.store(on, Ordering::Relaxed);
+}
+
+const MSR_EFER: u32 = 0xc000_0080;
+const MSR_STAR: u32 = 0xc000_0081;
+const MSR_LSTAR: u32 = 0xc000_0082;
+const MSR_CSTAR: u32 = 0xc000_0083;
+const MSR_SFMASK: u32 = 0xc000_0084;
+const MSR_FS_BASE: u32 = 0xc000_0100;
+const MSR_GS_BASE: u32 = 0xc000_0101;
+const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
+const MSR_SYSENTER_CS: u32 = 0x174;
+const MSR_SYSENTER_ESP: u32 = 0x175;
+const MSR_SYSENTER_EIP: u32 = 0x176;
+const MSR_PAT: u32 = 0x277;
+
+const UD_VECTOR: u32 = 6;
+const AC_VECTOR: u32 = 17;
+const EVTINJ_VALID: u32 = 1 << 31;
+const EVTINJ_VALID_ERR: u32 = 1 << 11;
+const EVTINJ_TYPE_EXEPT: u32 = 3 << 8;
+
+pub(crate) struct Svm;
+
+pub(crate) struct SvmVcpu {
+    vmcb: Pages,
+    /// ASID generation of `cpu` this vCPU's ASID belongs to (0: none).
+    asid_generation: u64,
+    cpu: u32,
+}
+
+impl SvmVcpu {
+    fn vmcb(&mut self) -> &mut Vmcb {
+        // SAFETY: the page is a VMCB owned by this vCPU; `&mut self` is exclusive
+        // (the hardware only touches it inside VMRUN, under the same borrow).
+        unsafe { &mut *self.vmcb.as_ptr().cast::<Vmcb>() }
+    }
+
+    fn vmcb_ref(&self) -> &Vmcb {
+        // SAFETY: as vmcb(), shared.
+        unsafe { &*self.vmcb.as_ptr().cast::<Vmcb>() }
+    }
+}
+
+fn seg(selector: u16, base: u64, limit: u32, attrib: u16) -> Seg {
+    Seg {
+        selector,
+        attrib,
+        limit,
+        base,
+    }
+}
+
+/// The architectural reset state (upstream init_vmcb() + kvm_vcpu_reset()).
+fn init_vmcb(v: &mut Vmcb) {
+    let c = &mut v.control;
+    c.intercepts[vm::INTERCEPT_EXCEPTION] = 1 << AC_VECTOR;
+    c.intercepts[vm::INTERCEPT_WORD3] = vm::INTR
+        | vm::NMI
+        | vm::SMI
+        | vm::CPUID
+        | vm::INVD
+        | vm::HLT
+        | vm::INVLPGA
+        | vm::IOIO_PROT
+        | vm::MSR_PROT
+        | vm::TASK_SWITCH
+        | vm::SHUTDOWN;
+    c.intercepts[vm::INTERCEPT_WORD4] = vm::VMRUN
+        | vm::VMMCALL
+        | vm::VMLOAD
+        | vm::VMSAVE
+        | vm::STGI
+        | vm::CLGI
+        | vm::SKINIT
+        | vm::WBINVD
+        | vm::MONITOR
+        | vm::MWAIT
+        | vm::XSETBV
+        | vm::RDPRU;
+    c.iopm_base_pa = iopm_pa();
+    c.msrpm_base_pa = msrpm_pa();
+    c.int_ctl = vm::V_INTR_MASKING;
+    c.misc_ctl = vm::NP_ENABLE;
+
+    let s = &mut v.save;
+    let data = 0x93; // present, S, read/write, accessed
+    s.cs = seg(0xf000, 0xffff_0000, 0xffff, 0x9b);
+    s.ds = seg(0, 0, 0xffff, data);
+    s.es = s.ds;
+    s.ss = s.ds;
+    s.fs = s.ds;
+    s.gs = s.ds;
+    s.gdtr = seg(0, 0, 0xffff, 0);
+    s.idtr = s.gdtr;
+    s.ldtr = seg(0, 0, 0xffff, 0x82);
+    s.tr = seg(0, 0, 0xffff, 0x83);
+    s.cr0 = 0x6000_0010;
+    s.cr4 = 0;
+    s.cr3 = 0;
+    s.efer = vm::EFER_SVME;
+    s.dr6 = 0xffff_0ff0;
+    s.dr7 = 0x400;
+    s.g_pat = 0x0007_0406_0007_0406;
+    s.cpl = 0;
+}
+
+fn get_seg(s: &Seg) -> kvm_segment {
+    let a = SegAttr::unpack(s.attrib);
+    kvm_segment {
+        base: s.base,
+        limit: s.limit,
+        selector: s.selector,
+        type_: a.type_,
+        present: u8::from(a.present),
+        dpl: a.dpl,
+        db: u8::from(a.db),
+        s: u8::from(a.s),
+        l: u8::from(a.l),
+        // The VMCB does not keep G; synthesize a legal one, as upstream.
+        g: u8::from(s.limit > 0xfffff),
+        avl: u8::from(a.avl),
+        unusable: u8::from(!a.present),
+        padding: 0,
+    }
+}
+
+fn set_seg(k: &kvm_segment) -> Seg {
+    let attrib = if k.unusable != 0 {
+        0
+    } else {
+        SegAttr {
+            type_: k.type_,
+            s: k.s != 0,
+            dpl: k.dpl,
+            present: k.present != 0,
+            avl: k.avl != 0,
+            l: k.l != 0,
+            db: k.db != 0,
+            g: k.g != 0,
+        }
+        .pack()
+    };
+    seg(k.selector, k.base, k.limit, attrib)
+}
+
+fn dtable(s: &Seg) -> kvm_dtable {
+    kvm_dtable {
+        base: s.base,
+        limit: s.limit as u16,
+        padding: [0; 3],
+    }
+}
+
+fn clgi() {
+    // SAFETY: SVM is enabled on this CPU (registration); GIF is set again by stgi()
+    // right after the guest runs.
+    unsafe { core::arch::asm!("clgi", options(nomem, nostack)) }
+}
+
+fn stgi() {
+    // SAFETY: as clgi().
+    unsafe { core::arch::asm!("stgi", options(nomem, nostack)) }
+}
+
+fn exit_of(kind: u32) -> Exit {
+    Exit {
+        kind,
+        ..Default::default()
+    }
+}
+
+impl Vendor for Svm {
+    const NAME: &'static core::ffi::CStr = c"kvm_amd";
+    /// `KVM_X86_DEFAULT_VM` only; the SEV types come with SEV support.
+    const VM_TYPES: u32 = 1 << 0;
+    const HAS_VCPUS: bool = true;
+    type Vcpu = SvmVcpu;
+
+    fn vcpu_create() -> Result<KBox<SvmVcpu>> {
+        let mut v = KBox::new(
+            SvmVcpu {
+                vmcb: Pages::new(4096)?,
+                asid_generation: 0,
+                cpu: u32::MAX,
+            },
+            GFP_KERNEL,
+        )?;
+        init_vmcb(v.vmcb());
+        Ok(v)
+    }
+
+    fn get_sregs(v: &SvmVcpu, k: &mut kvm_sregs) {
+        let s = &v.vmcb_ref().save;
+        k.cs = get_seg(&{ s.cs });
+        k.ds = get_seg(&{ s.ds });
+        k.es = get_seg(&{ s.es });
+        k.fs = get_seg(&{ s.fs });
+        k.gs = get_seg(&{ s.gs });
+        k.ss = get_seg(&{ s.ss });
+        k.tr = get_seg(&{ s.tr });
+        k.ldt = get_seg(&{ s.ldtr });
+        // The accessed bit is always set in the cache of a usable data segment, and
+        // TR is always busy: as upstream's svm_get_segment(), for Intel compatibility.
+        for d in [&mut k.ds, &mut k.es, &mut k.fs, &mut k.gs] {
+            if d.unusable == 0 {
+                d.type_ |= 1;
+            }
+        }
+        k.tr.type_ |= 2;
+        if k.ss.unusable != 0 {
+            k.ss.db = 0;
+        }
+        k.ss.dpl = s.cpl;
+        k.gdt = dtable(&{ s.gdtr });
+        k.idt = dtable(&{ s.idtr });
+        k.cr0 = s.cr0;
+        k.cr2 = s.cr2;
+        k.cr3 = s.cr3;
+        k.cr4 = s.cr4;
+        k.efer = s.efer & !vm::EFER_SVME;
+    }
+
+    fn set_sregs(v: &mut SvmVcpu, k: &kvm_sregs) -> Result {
+        let s = &mut v.vmcb().save;
+        s.cs = set_seg(&k.cs);
+        s.ds = set_seg(&k.ds);
+        s.es = set_seg(&k.es);
+        s.fs = set_seg(&k.fs);
+        s.gs = set_seg(&k.gs);
+        s.ss = set_seg(&k.ss);
+        s.tr = set_seg(&k.tr);
+        s.ldtr = set_seg(&k.ldt);
+        s.cpl = k.ss.dpl & 3;
+        s.gdtr = seg(0, k.gdt.base, k.gdt.limit.into(), 0);
+        s.idtr = seg(0, k.idt.base, k.idt.limit.into(), 0);
+        s.cr0 = k.cr0;
+        s.cr2 = k.cr2;
+        s.cr3 = k.cr3;
+        s.cr4 = k.cr4;
+        s.efer = k.efer | vm::EFER_SVME;
+        Ok(())
+    }
+
+    fn run(v: &mut SvmVcpu, regs: &mut GuestRegs, nested_cr3: u64, flush: bool) -> Exit {
+        let Some((cpu, cd)) = this_cpu() else {
+            return Exit {
+                kind: exit::FAIL_ENTRY,
+                hw_reason: vm::EXIT_ERR,
+                ..Default::default()
+            };
+        };
+        // A fresh ASID on this CPU is a clean TLB (upstream pre_svm_run/new_asid).
+        if v.cpu != cpu || flush {
+            v.cpu = cpu;
+            v.asid_generation = 0;
+        }
+        let mut generation = cd.asid_generation.load(Ordering::Relaxed);
+        let vmcb_pa = v.vmcb.phys();
+        if v.asid_generation != generation {
+            let mut next = cd.next_asid.load(Ordering::Relaxed);
+            let c = &mut v.vmcb().control;
+            if next > cd.max_asid {
+                generation += 1;
+                cd.asid_generation.store(generation, Ordering::Relaxed);
+                next = 1;
+                c.tlb_ctl = 1; // TLB_CONTROL_FLUSH_ALL_ASID
+            }
+            c.asid = next;
+            cd.next_asid.store(next + 1, Ordering::Relaxed);
+            v.asid_generation = generation;
+        }
+        let vmcb = v.vmcb();
+        vmcb.control.nested_cr3 = nested_cr3;
+        vmcb.control.clean = 0;
+        vmcb.save.rax = regs.gpr[reg::RAX];
+        vmcb.save.rsp = regs.gpr[reg::RSP];
+        vmcb.save.rip = regs.rip;
+        vmcb.save.rflags = regs.rflags;
+
+        // SAFETY: the per-CPU save area is this CPU's page.
+        let host_save = unsafe { super::glue::kvm_glue_page_to_phys(cd.save_area.as_ptr().cast()) };
+        clgi();
+        // SAFETY: interrupts are off (kvm.ko) and GIF is clear; the VMCB is a valid
+        // guest state for this vCPU, `regs` its registers.
+        unsafe { __kvm_rs_svm_vcpu_run(vmcb_pa, regs, host_save) };
+        stgi();
+
+        let vmcb = v.vmcb();
+        vmcb.control.tlb_ctl = 0;
+        regs.gpr[reg::RAX] = vmcb.save.rax;
+        regs.gpr[reg::RSP] = vmcb.save.rsp;
+        regs.rip = vmcb.save.rip;
+        regs.rflags = vmcb.save.rflags;
+        // An event cut short by the exit is delivered again (svm_complete_interrupts).
+        let int_info = vmcb.control.exit_int_info;
+        if int_info & EVTINJ_VALID != 0 {
+            vmcb.control.event_inj = int_info;
+            vmcb.control.event_inj_err = vmcb.control.exit_int_info_err;
+        }
+        let ex = decode_exit(vmcb, regs.rip);
+        if ex.kind == exit::SHUTDOWN {
+            // The reinitialized VMCB has no ASID.
+            v.asid_generation = 0;
+        }
+        ex
+    }
+
+    fn queue_exception(v: &mut SvmVcpu, vector: u32, error_code: Option<u32>) {
+        Svm::queue_exception_vmcb(v.vmcb(), vector & 0xff, error_code);
+    }
+
+    fn get_msr(v: &SvmVcpu, index: u32) -> Option<u64> {
+        let s = &v.vmcb_ref().save;
+        Some(match index {
+            MSR_EFER => s.efer & !vm::EFER_SVME,
+            MSR_STAR => s.star,
+            MSR_LSTAR => s.lstar,
+            MSR_CSTAR => s.cstar,
+            MSR_SFMASK => s.sfmask,
+            MSR_FS_BASE => s.fs.base,
+            MSR_GS_BASE => s.gs.base,
+            MSR_KERNEL_GS_BASE => s.kernel_gs_base,
+            MSR_SYSENTER_CS => s.sysenter_cs,
+            MSR_SYSENTER_ESP => s.sysenter_esp,
+            MSR_SYSENTER_EIP => s.sysenter_eip,
+            MSR_PAT => s.g_pat,
+            _ => return None,
+        })
+    }
+
+    fn set_msr(v: &mut SvmVcpu, index: u32, data: u64) -> bool {
+        let s = &mut v.vmcb().save;
+        match index {
+            MSR_EFER => s.efer = data | vm::EFER_SVME,
+            MSR_STAR => s.star = data,
+            MSR_LSTAR => s.lstar = data,
+            MSR_CSTAR => s.cstar = data,
+            MSR_SFMASK => s.sfmask = data,
+            MSR_FS_BASE => s.fs.base = data,
+            MSR_GS_BASE => s.gs.base = data,
+            MSR_KERNEL_GS_BASE => s.kernel_gs_base = data,
+            MSR_SYSENTER_CS => s.sysenter_cs = data,
+            MSR_SYSENTER_ESP => s.sysenter_esp = data,
+            MSR_SYSENTER_EIP => s.sysenter_eip = data,
+            MSR_PAT => s.g_pat = data,
+            _ => return false,
+        }
+        true
+    }
+}
+
+/// #VMEXIT as kvm.ko sees it. Exits that need nothing from kvm.ko (host
+/// interrupts, instructions the guest gets #UD for) are finished here.
+fn decode_exit(vmcb: &mut Vmcb, rip: u64) -> Exit {
+    let c = vmcb.control;
+    let nrips = NRIPS.load(Ordering::Relaxed);
+    // Without NRIPS, the length of the (prefix-free) intercepted instruction.
+    let next = |len: u64| {
+        if nrips {
+            c.next_rip
+        } else {
+            rip.wrapping_add(len)
+        }
+    };
+    let (info1, info2) = (c.exit_info_1, c.exit_info_2);
+    let code = c.exit_code;
+    match code {
+        vm::EXIT_INTR | vm::EXIT_NMI | vm::EXIT_SMI => exit_of(exit::NONE),
+        vm::EXIT_HLT => Exit {
+            next_rip: next(1),
+            ..exit_of(exit::HLT)
+        },
+        vm::EXIT_IOIO => {
+            let mut flags = 0;
+            if info1 & vm::IOIO_TYPE_IN != 0 {
+                flags |= exit::IO_IN;
+            }
+            if info1 & vm::IOIO_STR != 0 {
+                flags |= exit::IO_STRING;
+            }
+            if info1 & vm::IOIO_REP != 0 {
+                flags |= exit::IO_REP;
+            }
+            let size = match (info1 & vm::IOIO_SIZE_MASK) >> vm::IOIO_SIZE_SHIFT {
+                1 => 1,
+                2 => 2,
+                _ => 4,
+            };
+            Exit {
+                kind: exit::IO,
+                flags,
+                info: info1 >> 16,
+                info2: size,
+                // IOIO always reports the next RIP in EXITINFO2.
+                next_rip: info2,
+                hw_reason: c.exit_code,
+            }
+        }
+        vm::EXIT_CPUID => Exit {
+            next_rip: next(2),
+            ..exit_of(exit::CPUID)
+        },
+        vm::EXIT_MSR => Exit {
+            kind: if info1 == 0 { exit::RDMSR } else { exit::WRMSR },
+            next_rip: next(2),
+            ..Default::default()
+        },
+        vm::EXIT_VMMCALL => Exit {
+            next_rip: next(3),
+            ..exit_of(exit::VMMCALL)
+        },
+        vm::EXIT_SHUTDOWN => {
+            // The VMCB is undefined after a shutdown intercept: start over from the
+            // INIT state, as upstream's shutdown_interception() (kvm.ko resets the
+            // registers it owns).
+            // SAFETY: a VMCB is plain data; all-zero is its starting point.
+            unsafe { core::ptr::write_bytes(core::ptr::from_mut(vmcb), 0, 1) };
+            init_vmcb(vmcb);
+            exit_of(exit::SHUTDOWN)
+        }
+        vm::EXIT_NPF => Exit {
+            kind: exit::NPF,
+            flags: info1 as u32,
+            info: info2,
+            hw_reason: c.exit_code,
+            ..Default::default()
+        },
+        vm::EXIT_ERR => Exit {
+            kind: exit::FAIL_ENTRY,
+            hw_reason: c.exit_code,
+            ..Default::default()
+        },
+        code if code == vm::EXIT_EXCP_BASE + u64::from(AC_VECTOR) => {
+            Svm::queue_exception_vmcb(vmcb, AC_VECTOR, Some(info1 as u32));
+            exit_of(exit::NONE)
+        }
+        // No nested SVM, no MONITOR/MWAIT, no XSAVE for guests yet: #UD, as the
+        // guest's CPUID promises.
+        0x80..=0x86 | 0x8a..=0x8b | 0x8d | 0x8e => {
+            Svm::queue_exception_vmcb(vmcb, UD_VECTOR, None);
+            exit_of(exit::NONE)
+        }
+        // INVD, WBINVD: nothing to do for a guest without assigned devices.
+        0x76 | 0x89 => Exit {
+            next_rip: next(2),
+            ..exit_of(exit::NONE)
+        },
+        code => Exit {
+            kind: exit::UNHANDLED,
+            hw_reason: code,
+            info: info1,
+            info2,
+            ..Default::default()
+        },
+    }
+}
+
+impl Svm {
+    fn queue_exception_vmcb(vmcb: &mut Vmcb, vector: u32, error_code: Option<u32>) {
+        vmcb.control.event_inj = vector
+            | EVTINJ_TYPE_EXEPT
+            | EVTINJ_VALID
+            | if error_code.is_some() {
+                EVTINJ_VALID_ERR
+            } else {
+                0
+            };
+        vmcb.control.event_inj_err = error_code.unwrap_or(0);
+    }
+}

@@ -1,0 +1,119 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * VMRUN for kvm-amd.ko, after upstream's __svm_vcpu_run (arch/x86/kvm/svm/vmenter.S),
+ * without SPEC_CTRL switching (kvm-rs does not expose it to guests yet).
+ */
+#include <linux/linkage.h>
+#include <asm/asm.h>
+#include <asm/frame.h>
+#include <asm/nospec-branch.h>
+
+/* struct GuestRegs (arch/x86/x86_ops.rs): gpr[16] in hardware order. */
+#define R_RCX (1 * 8)
+#define R_RDX (2 * 8)
+#define R_RBX (3 * 8)
+#define R_RBP (5 * 8)
+#define R_RSI (6 * 8)
+#define R_RDI (7 * 8)
+#define R_R8  (8 * 8)
+#define R_R9  (9 * 8)
+#define R_R10 (10 * 8)
+#define R_R11 (11 * 8)
+#define R_R12 (12 * 8)
+#define R_R13 (13 * 8)
+#define R_R14 (14 * 8)
+#define R_R15 (15 * 8)
+
+.section .noinstr.text, "ax"
+
+/*
+ * void __kvm_rs_svm_vcpu_run(u64 vmcb_pa, struct GuestRegs *regs, u64 host_save_pa)
+ *
+ * Called with interrupts and GIF off. Host state that VMRUN does not switch (FS, GS,
+ * TR, LDTR, KernelGSBase, STAR/LSTAR/CSTAR/SFMASK, SYSENTER_*) goes through VMSAVE to
+ * the per-CPU area and back with VMLOAD; the guest's through its own VMCB.
+ * Interrupts are enabled only while GIF is clear, so none is taken here: a host
+ * interrupt arriving in the guest is an INTR #VMEXIT (with V_INTR_MASKING and the
+ * host's IF set, as both hardware and QEMU's model deliver it), and is taken by the
+ * caller once it sets GIF again.
+ */
+SYM_FUNC_START(__kvm_rs_svm_vcpu_run)
+	push %rbp
+	mov  %rsp, %rbp
+	push %r15
+	push %r14
+	push %r13
+	push %r12
+	push %rbx
+	push %rdx		/* 16(%rsp): host save area */
+	push %rsi		/*  8(%rsp): regs */
+	push %rdi		/*  0(%rsp): vmcb */
+
+	mov %rdx, %rax
+	vmsave %rax
+	mov %rdi, %rax
+	vmload %rax
+
+	mov R_RCX(%rsi), %rcx
+	mov R_RDX(%rsi), %rdx
+	mov R_RBX(%rsi), %rbx
+	mov R_RBP(%rsi), %rbp
+	mov R_RDI(%rsi), %rdi
+	mov R_R8(%rsi),  %r8
+	mov R_R9(%rsi),  %r9
+	mov R_R10(%rsi), %r10
+	mov R_R11(%rsi), %r11
+	mov R_R12(%rsi), %r12
+	mov R_R13(%rsi), %r13
+	mov R_R14(%rsi), %r14
+	mov R_R15(%rsi), %r15
+	mov R_RSI(%rsi), %rsi
+
+	sti
+	vmrun %rax
+	cli
+
+	/* RAX and RSP are the host's again (restored by #VMEXIT). */
+	mov 8(%rsp), %rax
+	mov %rcx, R_RCX(%rax)
+	mov %rdx, R_RDX(%rax)
+	mov %rbx, R_RBX(%rax)
+	mov %rbp, R_RBP(%rax)
+	mov %rsi, R_RSI(%rax)
+	mov %rdi, R_RDI(%rax)
+	mov %r8,  R_R8(%rax)
+	mov %r9,  R_R9(%rax)
+	mov %r10, R_R10(%rax)
+	mov %r11, R_R11(%rax)
+	mov %r12, R_R12(%rax)
+	mov %r13, R_R13(%rax)
+	mov %r14, R_R14(%rax)
+	mov %r15, R_R15(%rax)
+
+	mov 0(%rsp), %rax
+	vmsave %rax
+	mov 16(%rsp), %rax
+	vmload %rax
+
+	/* Stuff the RSB before any RET, as upstream. */
+	FILL_RETURN_BUFFER %rax, RSB_CLEAR_LOOPS, X86_FEATURE_RSB_VMEXIT
+
+	/* No guest value may survive in a register (speculation). */
+	xor %ecx, %ecx
+	xor %edx, %edx
+	xor %esi, %esi
+	xor %edi, %edi
+	xor %r8d, %r8d
+	xor %r9d, %r9d
+	xor %r10d, %r10d
+	xor %r11d, %r11d
+
+	add $24, %rsp
+	pop %rbx
+	pop %r12
+	pop %r13
+	pop %r14
+	pop %r15
+	pop %rbp
+	RET
+SYM_FUNC_END(__kvm_rs_svm_vcpu_run)

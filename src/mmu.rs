@@ -1,0 +1,152 @@
+// SPDX-License-Identifier: GPL-2.0-only
+//! The nested-paging MMU: one 4-level NPT per VM mapping guest-physical pages to
+//! pinned pages of the VM's user memory, filled on NPF exits and zapped when memory
+//! slots change. Entry rules live in arch/x86/hw/npt.rs.
+//!
+//! Zapping is two-phase so that a page is never unpinned while a vCPU might still
+//! reach it: [`Mmu::zap`] makes the leaves non-present (keeping the page), the VM
+//! then makes every vCPU leave the guest and flush (vm.rs), and only then
+//! [`Mmu::release_zapped`] unpins.
+
+use kernel::prelude::*;
+
+use crate::glue;
+use crate::npt;
+use crate::pages::Pages;
+
+pub(crate) struct Mmu {
+    root: Pages,
+    /// 4, or 5 when the host uses 5-level paging: the NPT walk has the host's depth
+    /// (upstream get_npt_level()).
+    levels: u32,
+    /// Every table below the root, freed with the MMU.
+    tables: KVec<Pages>,
+}
+
+/// Entries of the table at physical address `pa`.
+fn entries<'a>(pa: u64) -> &'a [core::sync::atomic::AtomicU64] {
+    // SAFETY: `pa` is one of this MMU's table pages (allocated, page-sized and
+    // aligned, in the direct map); the hardware reads them concurrently, so entries
+    // are accessed atomically. The tables live as long as the Mmu.
+    unsafe {
+        let p = glue::kvm_glue_phys_to_virt(pa).cast::<core::sync::atomic::AtomicU64>();
+        core::slice::from_raw_parts(p, 512)
+    }
+}
+
+use core::sync::atomic::Ordering::{Acquire, Release};
+
+impl Mmu {
+    pub(crate) fn new() -> Result<Self> {
+        Ok(Mmu {
+            root: Pages::new(4096)?,
+            // SAFETY: reads a boot-time property.
+            levels: if unsafe { glue::kvm_glue_pgtable_l5_enabled() } != 0 {
+                5
+            } else {
+                npt::LEVELS
+            },
+            tables: KVec::new(),
+        })
+    }
+
+    /// The nested CR3.
+    pub(crate) fn root_pa(&self) -> u64 {
+        self.root.phys()
+    }
+
+    /// Maps `gfn` to the pinned host page `hpa`. Returns `false` if `gfn` was
+    /// already mapped (another vCPU won the race): the caller unpins its page.
+    pub(crate) fn map(&mut self, gfn: u64, hpa: u64, writable: bool) -> Result<bool> {
+        let mut table = self.root_pa();
+        for level in (2..=self.levels).rev() {
+            let e = entries(table).get(npt::index(gfn, level)).ok_or(EINVAL)?;
+            let cur = e.load(Acquire);
+            table = if npt::is_present(cur) {
+                npt::addr(cur)
+            } else {
+                let t = Pages::new(4096)?;
+                let pa = t.phys();
+                self.tables.push(t, GFP_KERNEL)?;
+                e.store(npt::table(pa), Release);
+                pa
+            };
+        }
+        let e = entries(table).get(npt::index(gfn, 1)).ok_or(EINVAL)?;
+        let cur = e.load(Acquire);
+        if npt::is_present(cur) || cur & npt::ZAPPED != 0 {
+            return Ok(false);
+        }
+        e.store(npt::leaf(hpa, writable), Release);
+        Ok(true)
+    }
+
+    /// Makes every leaf in [start, end) non-present; the pages stay pinned until
+    /// [`Mmu::release_zapped`]. Returns whether anything was zapped.
+    pub(crate) fn zap(&mut self, start: u64, end: u64) -> bool {
+        let mut any = false;
+        walk(self.root_pa(), self.levels, 0, start, end, &mut |e| {
+            let v = e.load(Acquire);
+            if npt::is_present(v) {
+                e.store(npt::zap(v), Release);
+                any = true;
+            }
+        });
+        any
+    }
+
+    /// Unpins the pages of zapped leaves in [start, end).
+    pub(crate) fn release_zapped(&mut self, start: u64, end: u64) {
+        walk(self.root_pa(), self.levels, 0, start, end, &mut |e| {
+            let v = e.load(Acquire);
+            if v & npt::ZAPPED != 0 {
+                e.store(0, Release);
+                unpin(v);
+            }
+        });
+    }
+}
+
+fn unpin(leaf: u64) {
+    // SAFETY: the leaf holds the pin taken when it was mapped; it is cleared first,
+    // so this is the only unpin.
+    unsafe { glue::kvm_glue_unpin_phys(npt::addr(leaf), i32::from(leaf & npt::PINNED_WRITE != 0)) }
+}
+
+/// Calls `f` on every leaf entry (present or zapped) covering [start, end) under
+/// the table at `pa` of `level`, whose first gfn is `base`.
+fn walk(
+    pa: u64,
+    level: u32,
+    base: u64,
+    start: u64,
+    end: u64,
+    f: &mut impl FnMut(&core::sync::atomic::AtomicU64),
+) {
+    let span = npt::entry_span(level);
+    for (i, e) in entries(pa).iter().enumerate() {
+        let eb = npt::entry_base(base, level, i);
+        if eb >= end || eb.saturating_add(span) <= start {
+            continue;
+        }
+        let v = e.load(Acquire);
+        if level == 1 {
+            if v != 0 {
+                f(e);
+            }
+        } else if npt::is_present(v) {
+            walk(npt::addr(v), level - 1, eb, start, end, f);
+        }
+    }
+}
+
+impl Drop for Mmu {
+    fn drop(&mut self) {
+        // No vCPU can run any more (they are freed before the MMU): unpin all.
+        walk(self.root_pa(), self.levels, 0, 0, u64::MAX, &mut |e| {
+            let v = e.load(Acquire);
+            e.store(0, Release);
+            unpin(v);
+        });
+    }
+}

@@ -1,0 +1,83 @@
+// SPDX-License-Identifier: GPL-2.0-only
+//! Copying uapi structs from and to ioctl arguments.
+
+use kernel::prelude::*;
+use kernel::uaccess::{UserPtr, UserSlice};
+
+use crate::abi::uapi;
+
+/// A C struct of the uapi that any byte pattern is a valid value of, and that has
+/// no implicit padding (the uapi headers spell padding out), so copying its bytes
+/// in either direction is sound.
+///
+/// # Safety
+/// Only for such structs.
+pub(crate) unsafe trait Pod: Copy + Default {}
+
+macro_rules! pod {
+    ($($t:ident),* $(,)?) => {
+        // SAFETY: uapi structs of integers and arrays with explicit padding.
+        $(unsafe impl Pod for uapi::$t {})*
+    };
+}
+
+pod!(
+    kvm_regs,
+    kvm_sregs,
+    kvm_userspace_memory_region,
+    kvm_userspace_memory_region2,
+    kvm_mp_state,
+    kvm_cpuid_entry2,
+    kvm_msr_entry,
+);
+
+fn as_bytes_mut<T: Pod>(v: &mut T) -> &mut [u8] {
+    // SAFETY: T is Pod: every byte pattern is valid, and the slice covers exactly `v`.
+    unsafe { core::slice::from_raw_parts_mut(core::ptr::from_mut(v).cast::<u8>(), size_of::<T>()) }
+}
+
+fn as_bytes<T: Pod>(v: &T) -> &[u8] {
+    // SAFETY: T is Pod without implicit padding, so all its bytes are initialized.
+    unsafe { core::slice::from_raw_parts(core::ptr::from_ref(v).cast::<u8>(), size_of::<T>()) }
+}
+
+/// Reads a `T` at user address `addr` (-EFAULT if unmapped).
+pub(crate) fn read<T: Pod>(addr: usize) -> Result<T> {
+    let mut v = T::default();
+    UserSlice::new(UserPtr::from_addr(addr), size_of::<T>())
+        .reader()
+        .read_slice(as_bytes_mut(&mut v))?;
+    Ok(v)
+}
+
+/// Writes `v` at user address `addr` (-EFAULT if unmapped).
+pub(crate) fn write<T: Pod>(addr: usize, v: &T) -> Result {
+    UserSlice::new(UserPtr::from_addr(addr), size_of::<T>())
+        .writer()
+        .write_slice(as_bytes(v))
+}
+
+/// Reads `n` consecutive `T`s at `addr`.
+pub(crate) fn read_array<T: Pod>(addr: usize, n: usize) -> Result<KVec<T>> {
+    let mut out = KVec::with_capacity(n, GFP_KERNEL)?;
+    let mut r = UserSlice::new(
+        UserPtr::from_addr(addr),
+        n.checked_mul(size_of::<T>()).ok_or(E2BIG)?,
+    )
+    .reader();
+    for _ in 0..n {
+        let mut v = T::default();
+        r.read_slice(as_bytes_mut(&mut v))?;
+        out.push(v, GFP_KERNEL)?;
+    }
+    Ok(out)
+}
+
+/// Writes `items` consecutively at `addr`.
+pub(crate) fn write_array<T: Pod>(addr: usize, items: &[T]) -> Result {
+    let mut w = UserSlice::new(UserPtr::from_addr(addr), size_of_val(items)).writer();
+    for v in items {
+        w.write_slice(as_bytes(v))?;
+    }
+    Ok(())
+}

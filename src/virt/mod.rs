@@ -1,0 +1,2 @@
+// Shared by the host crate (lib.rs) and the kvm.ko build.
+pub mod memslot;

@@ -1,0 +1,1081 @@
+//! kvm-guests: tiny guests run through the standard KVM ABI, inside the test VM.
+//!
+//! Each case makes a VM without an in-kernel irqchip, one 2 MiB memslot at GPA 0 and
+//! vCPU 0, writes hand-assembled machine code into guest memory, sets SREGS/REGS and
+//! checks what KVM_RUN reports in `kvm_run`. Every assertion is upstream KVM's
+//! behaviour (read from the 7.2 source, cited where not obvious), so the binary passes
+//! against the in-tree modules, the reference.
+//!
+//!     kvm-guests [CASE]      all cases, or only CASE (to bisect a failure)
+//!
+//! Prints one `ok`/`not ok` line per check and `N passed, M failed`; exits 1 on failure.
+
+use std::ffi::CString;
+use std::fmt;
+use std::fs;
+use std::io::Error;
+use std::os::fd::RawFd;
+use std::ptr;
+
+use kvm_abi::ioctl::{io, ior, iow, iowr, KVM_CREATE_VM, KVM_GET_VCPU_MMAP_SIZE};
+use kvm_abi::uapi;
+use kvm_abi::uapi::{kvm_regs, kvm_run, kvm_segment, kvm_sregs, kvm_userspace_memory_region};
+
+// The vCPU and memslot ioctls this client needs (include/uapi/linux/kvm.h).
+const KVM_GET_SUPPORTED_CPUID: u32 = iowr::<uapi::kvm_cpuid2>(0x05);
+const KVM_CREATE_VCPU: u32 = io(0x41);
+const KVM_SET_USER_MEMORY_REGION: u32 = iow::<kvm_userspace_memory_region>(0x46);
+const KVM_RUN: u32 = io(0x80);
+const KVM_GET_REGS: u32 = ior::<kvm_regs>(0x81);
+const KVM_SET_REGS: u32 = iow::<kvm_regs>(0x82);
+const KVM_GET_SREGS: u32 = ior::<kvm_sregs>(0x83);
+const KVM_SET_SREGS: u32 = iow::<kvm_sregs>(0x84);
+const KVM_SET_CPUID2: u32 = iow::<uapi::kvm_cpuid2>(0x90);
+
+const PAGE: u64 = 4096;
+const MEM_SIZE: usize = 2 << 20;
+/// Where the PIO data lives in the vCPU mapping: `KVM_PIO_PAGE_OFFSET` pages in.
+const PIO_OFFSET: u64 = uapi::KVM_PIO_PAGE_OFFSET as u64 * PAGE;
+/// x86: `KVM_MEM_SLOTS_NUM - KVM_INTERNAL_MEM_SLOTS` = 32767 - 3.
+const KVM_USER_MEM_SLOTS: u32 = 32764;
+/// KVM_MAX_CPUID_ENTRIES.
+const MAX_CPUID: usize = 256;
+
+const CR0_PE: u64 = 1 << 0;
+const CR0_ET: u64 = 1 << 4;
+const CR0_NE: u64 = 1 << 5;
+const CR0_PG: u64 = 1 << 31;
+const CR4_PAE: u64 = 1 << 5;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+
+struct Report {
+    passed: u32,
+    failed: u32,
+}
+
+impl Report {
+    fn check(&mut self, what: &str, ok: bool, detail: impl fmt::Display) {
+        if ok {
+            self.passed += 1;
+            println!("ok - {what}");
+        } else {
+            self.failed += 1;
+            println!("not ok - {what}: {detail}");
+        }
+    }
+
+    /// Checks that `r` is the result `want` (a value, or `Err(errno)`).
+    fn expect(&mut self, what: &str, r: Result<i32, i32>, want: Result<i32, i32>) {
+        self.check(
+            what,
+            r == want,
+            format!("got {}, want {}", show(r), show(want)),
+        );
+    }
+
+    /// Checks the next exit of a guest.
+    fn exit(&mut self, what: &str, got: &Exit, want: &Exit) {
+        self.check(what, got == want, format!("got {got}, want {want}"));
+    }
+
+    /// Checks a register value.
+    fn reg(&mut self, what: &str, got: u64, want: u64) {
+        self.check(what, got == want, format!("got {got:#x}, want {want:#x}"));
+    }
+}
+
+fn show(r: Result<i32, i32>) -> String {
+    match r {
+        Ok(v) => format!("{v}"),
+        Err(e) => format!("-{}", Error::from_raw_os_error(e)),
+    }
+}
+
+fn errno() -> i32 {
+    Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// An ioctl whose argument is an integer (or a deliberately bad pointer such as NULL).
+fn ioctl(fd: RawFd, cmd: u32, arg: u64) -> Result<i32, i32> {
+    // SAFETY: the argument is an integer or an address the kernel validates (copy_*_user).
+    let r = unsafe { libc::ioctl(fd, cmd as libc::c_ulong, arg) };
+    if r < 0 {
+        Err(errno())
+    } else {
+        Ok(r)
+    }
+}
+
+/// An ioctl whose argument points to a `T`, the struct `cmd` encodes (or, for the
+/// CPUID ioctls, a header followed by as many entries as its `nent` says).
+fn ioctl_ref<T>(fd: RawFd, cmd: u32, arg: &mut T) -> Result<i32, i32> {
+    // SAFETY: `arg` is valid for reads and writes of the size the command accesses.
+    let r = unsafe { libc::ioctl(fd, cmd as libc::c_ulong, arg as *mut T) };
+    if r < 0 {
+        Err(errno())
+    } else {
+        Ok(r)
+    }
+}
+
+fn open(path: &str, flags: i32) -> Result<RawFd, i32> {
+    let c = CString::new(path).map_err(|_| libc::EINVAL)?;
+    // SAFETY: `c` is a valid NUL-terminated path.
+    let fd = unsafe { libc::open(c.as_ptr(), flags) };
+    if fd < 0 {
+        Err(errno())
+    } else {
+        Ok(fd)
+    }
+}
+
+fn close(fd: RawFd) {
+    // SAFETY: closing an fd this program owns.
+    unsafe { libc::close(fd) };
+}
+
+/// A setup step that must succeed for the case to go on.
+fn sys(what: &str, r: Result<i32, i32>) -> Result<i32, String> {
+    r.map_err(|e| format!("{what}: {}", show(Err(e))))
+}
+
+/// Anonymous private memory, page aligned.
+struct Mem {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Mem {
+    fn new(len: usize) -> Result<Mem, String> {
+        // SAFETY: a fresh anonymous mapping; no existing memory is affected.
+        let p = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(format!("mmap guest memory: {}", Error::last_os_error()));
+        }
+        Ok(Mem { ptr: p.cast(), len })
+    }
+
+    fn addr(&self) -> u64 {
+        self.ptr as u64
+    }
+
+    fn write(&self, off: u64, bytes: &[u8]) {
+        let off = off as usize;
+        assert!(off + bytes.len() <= self.len, "write outside guest memory");
+        // SAFETY: in bounds of our mapping (checked above); the vCPU is not running.
+        unsafe { ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.add(off), bytes.len()) };
+    }
+
+    fn read(&self, off: u64, len: usize) -> Vec<u8> {
+        let off = off as usize;
+        assert!(off + len <= self.len, "read outside guest memory");
+        let mut v = vec![0; len];
+        // SAFETY: in bounds of our mapping (checked above); the vCPU is not running.
+        unsafe { ptr::copy_nonoverlapping(self.ptr.add(off), v.as_mut_ptr(), len) };
+        v
+    }
+
+    fn write_u64(&self, off: u64, v: u64) {
+        self.write(off, &v.to_le_bytes());
+    }
+
+    fn read_u64(&self, off: u64) -> u64 {
+        let b = self.read(off, 8);
+        u64::from_le_bytes(b.try_into().unwrap_or([0; 8]))
+    }
+}
+
+impl Drop for Mem {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the mapping this struct owns.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// What one KVM_RUN came back with.
+#[derive(PartialEq)]
+enum Exit {
+    /// KVM_EXIT_IO; `data` is what the page at `offset` holds for OUT, empty for IN.
+    Io {
+        dir: u32,
+        size: u8,
+        port: u16,
+        count: u32,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    /// KVM_EXIT_MMIO; `data` is the written bytes, empty for a read.
+    Mmio {
+        addr: u64,
+        len: u32,
+        write: bool,
+        data: Vec<u8>,
+    },
+    Hlt,
+    Shutdown,
+    Other(u32),
+    Failed(i32),
+}
+
+fn out(port: u16, size: u8, count: u32, data: &[u8]) -> Exit {
+    Exit::Io {
+        dir: uapi::KVM_EXIT_IO_OUT,
+        size,
+        port,
+        count,
+        offset: PIO_OFFSET,
+        data: data.to_vec(),
+    }
+}
+
+fn inp(port: u16, size: u8, count: u32) -> Exit {
+    Exit::Io {
+        dir: uapi::KVM_EXIT_IO_IN,
+        size,
+        port,
+        count,
+        offset: PIO_OFFSET,
+        data: Vec::new(),
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl fmt::Display for Exit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Exit::Io {
+                dir,
+                size,
+                port,
+                count,
+                offset,
+                data,
+            } => {
+                let d = if *dir == uapi::KVM_EXIT_IO_OUT {
+                    "OUT"
+                } else if *dir == uapi::KVM_EXIT_IO_IN {
+                    "IN"
+                } else {
+                    "dir?"
+                };
+                write!(
+                    f,
+                    "IO {d}({dir}) port {port:#x} size {size} count {count} offset {offset:#x} [{}]",
+                    hex(data)
+                )
+            }
+            Exit::Mmio {
+                addr,
+                len,
+                write,
+                data,
+            } => write!(
+                f,
+                "MMIO {} {addr:#x} len {len} [{}]",
+                if *write { "write" } else { "read" },
+                hex(data)
+            ),
+            Exit::Hlt => write!(f, "HLT"),
+            Exit::Shutdown => write!(f, "SHUTDOWN"),
+            Exit::Other(r) => write!(f, "exit_reason {r}"),
+            Exit::Failed(e) => write!(f, "KVM_RUN {}", show(Err(*e))),
+        }
+    }
+}
+
+/// A VM with one memslot and vCPU 0, its `kvm_run` mapped.
+struct Guest {
+    kvm: RawFd,
+    vm: RawFd,
+    vcpu: RawFd,
+    run: *mut kvm_run,
+    run_size: usize,
+    mem: Mem,
+}
+
+impl Guest {
+    fn new(kvm: RawFd) -> Result<Guest, String> {
+        let mem = Mem::new(MEM_SIZE)?;
+        let vm = sys("KVM_CREATE_VM", ioctl(kvm, KVM_CREATE_VM, 0))?;
+        let mut g = Guest {
+            kvm,
+            vm,
+            vcpu: -1,
+            run: ptr::null_mut(),
+            run_size: 0,
+            mem,
+        };
+        let mut region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: MEM_SIZE as u64,
+            userspace_addr: g.mem.addr(),
+        };
+        sys(
+            "KVM_SET_USER_MEMORY_REGION",
+            ioctl_ref(vm, KVM_SET_USER_MEMORY_REGION, &mut region),
+        )?;
+        g.vcpu = sys("KVM_CREATE_VCPU", ioctl(vm, KVM_CREATE_VCPU, 0))?;
+        let size = sys(
+            "KVM_GET_VCPU_MMAP_SIZE",
+            ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE, 0),
+        )? as usize;
+        // SAFETY: a fresh shared mapping of the vCPU fd, as large as KVM says it is.
+        let p = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                g.vcpu,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(format!("mmap vCPU: {}", Error::last_os_error()));
+        }
+        g.run = p.cast();
+        g.run_size = size;
+        Ok(g)
+    }
+
+    fn regs(&self) -> Result<kvm_regs, String> {
+        let mut r = kvm_regs::default();
+        sys("KVM_GET_REGS", ioctl_ref(self.vcpu, KVM_GET_REGS, &mut r))?;
+        Ok(r)
+    }
+
+    fn set_regs(&self, mut r: kvm_regs) -> Result<(), String> {
+        sys("KVM_SET_REGS", ioctl_ref(self.vcpu, KVM_SET_REGS, &mut r)).map(drop)
+    }
+
+    fn sregs(&self) -> Result<kvm_sregs, String> {
+        let mut s = kvm_sregs::default();
+        sys("KVM_GET_SREGS", ioctl_ref(self.vcpu, KVM_GET_SREGS, &mut s))?;
+        Ok(s)
+    }
+
+    fn set_sregs(&self, mut s: kvm_sregs) -> Result<(), String> {
+        sys("KVM_SET_SREGS", ioctl_ref(self.vcpu, KVM_SET_SREGS, &mut s)).map(drop)
+    }
+
+    /// Real mode from the reset state, but with CS at 0 so that RIP is a GPA.
+    fn real_mode(&self, rip: u64, rax: u64) -> Result<(), String> {
+        let mut s = self.sregs()?;
+        s.cs.base = 0;
+        s.cs.selector = 0;
+        self.set_sregs(s)?;
+        self.set_regs(kvm_regs {
+            rip,
+            rax,
+            rflags: 2,
+            ..Default::default()
+        })
+    }
+
+    /// Flat 32-bit protected mode (no paging), segments loaded through SREGS only.
+    fn flat32(&self, rip: u64) -> Result<kvm_sregs, String> {
+        let mut s = self.sregs()?;
+        let code = flat_segment(8, 11);
+        let data = flat_segment(0x10, 3);
+        s.cs = code;
+        (s.ds, s.es, s.fs, s.gs, s.ss) = (data, data, data, data, data);
+        s.cr0 = CR0_PE | CR0_ET | CR0_NE;
+        self.set_sregs(s)?;
+        self.set_regs(kvm_regs {
+            rip,
+            rflags: 2,
+            ..Default::default()
+        })?;
+        Ok(s)
+    }
+
+    /// Copies the vCPU's supported CPUID into the vCPU (long mode needs CPUID.LM).
+    fn set_supported_cpuid(&self) -> Result<(), String> {
+        let mut c = Cpuid {
+            nent: MAX_CPUID as u32,
+            padding: 0,
+            entries: [uapi::kvm_cpuid_entry2::default(); MAX_CPUID],
+        };
+        sys(
+            "KVM_GET_SUPPORTED_CPUID",
+            ioctl_ref(self.kvm, KVM_GET_SUPPORTED_CPUID, &mut c),
+        )?;
+        sys(
+            "KVM_SET_CPUID2",
+            ioctl_ref(self.vcpu, KVM_SET_CPUID2, &mut c),
+        )
+        .map(drop)
+    }
+
+    fn state(&self) -> kvm_run {
+        // SAFETY: `run` maps a whole `kvm_run`; the vCPU is not running.
+        unsafe { ptr::read_volatile(self.run) }
+    }
+
+    /// Bytes of the vCPU mapping (the PIO data page lives there).
+    fn run_bytes(&self, off: u64, len: usize) -> Option<Vec<u8>> {
+        let off = usize::try_from(off).ok()?;
+        if off.checked_add(len)? > self.run_size {
+            return None;
+        }
+        let mut v = vec![0; len];
+        // SAFETY: in bounds of the vCPU mapping (checked above).
+        unsafe { ptr::copy_nonoverlapping(self.run.cast::<u8>().add(off), v.as_mut_ptr(), len) };
+        Some(v)
+    }
+
+    /// Supplies the data of a pending IN at `io.data_offset`.
+    fn set_io_data(&self, bytes: &[u8]) {
+        // SAFETY: reading the PIO member of the exit union, plain integers.
+        let off = unsafe { self.state().__bindgen_anon_1.io.data_offset } as usize;
+        assert!(
+            off + bytes.len() <= self.run_size,
+            "PIO data outside the mapping"
+        );
+        // SAFETY: in bounds of the vCPU mapping (checked above).
+        unsafe {
+            ptr::copy_nonoverlapping(bytes.as_ptr(), self.run.cast::<u8>().add(off), bytes.len())
+        };
+    }
+
+    /// Supplies the data of a pending MMIO read.
+    fn set_mmio_data(&self, bytes: &[u8]) {
+        let mut d = [0u8; 8];
+        d[..bytes.len()].copy_from_slice(bytes);
+        // SAFETY: `run` maps a whole `kvm_run`; the vCPU is not running.
+        unsafe { ptr::addr_of_mut!((*self.run).__bindgen_anon_1.mmio.data).write_volatile(d) };
+    }
+
+    fn set_immediate_exit(&self, v: u8) {
+        // SAFETY: `run` maps a whole `kvm_run`; the vCPU is not running.
+        unsafe { ptr::addr_of_mut!((*self.run).immediate_exit).write_volatile(v) };
+    }
+
+    /// KVM_RUN, and what it exited with.
+    fn step(&self) -> Exit {
+        if let Err(e) = ioctl(self.vcpu, KVM_RUN, 0) {
+            return Exit::Failed(e);
+        }
+        let r = self.state();
+        match r.exit_reason {
+            uapi::KVM_EXIT_IO => {
+                // SAFETY: the PIO member of the exit union is valid for KVM_EXIT_IO.
+                let io = unsafe { r.__bindgen_anon_1.io };
+                let data = if u32::from(io.direction) == uapi::KVM_EXIT_IO_OUT {
+                    let len = usize::from(io.size) * io.count as usize;
+                    self.run_bytes(io.data_offset, len).unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                Exit::Io {
+                    dir: io.direction.into(),
+                    size: io.size,
+                    port: io.port,
+                    count: io.count,
+                    offset: io.data_offset,
+                    data,
+                }
+            }
+            uapi::KVM_EXIT_MMIO => {
+                // SAFETY: the MMIO member of the exit union is valid for KVM_EXIT_MMIO.
+                let m = unsafe { r.__bindgen_anon_1.mmio };
+                let write = m.is_write != 0;
+                Exit::Mmio {
+                    addr: m.phys_addr,
+                    len: m.len,
+                    write,
+                    data: if write {
+                        m.data[..(m.len as usize).min(8)].to_vec()
+                    } else {
+                        Vec::new()
+                    },
+                }
+            }
+            uapi::KVM_EXIT_HLT => Exit::Hlt,
+            uapi::KVM_EXIT_SHUTDOWN => Exit::Shutdown,
+            other => Exit::Other(other),
+        }
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        if !self.run.is_null() {
+            // SAFETY: unmapping the vCPU mapping this struct owns.
+            unsafe { libc::munmap(self.run.cast(), self.run_size) };
+        }
+        if self.vcpu >= 0 {
+            close(self.vcpu);
+        }
+        close(self.vm);
+    }
+}
+
+/// `struct kvm_cpuid2` with room for its entries.
+#[repr(C)]
+struct Cpuid {
+    nent: u32,
+    padding: u32,
+    entries: [uapi::kvm_cpuid_entry2; MAX_CPUID],
+}
+
+fn flat_segment(selector: u16, type_: u8) -> kvm_segment {
+    kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector,
+        type_,
+        present: 1,
+        dpl: 0,
+        db: 1,
+        s: 1,
+        l: 0,
+        g: 1,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    }
+}
+
+/// Real mode port I/O through the fast PIO path: OUT, IN with data from userspace,
+/// OUT of what IN read, HLT. Also the health check after `bad-args`.
+fn real_io(t: &mut Report, kvm: RawFd, name: &str) -> Result<(), String> {
+    let g = Guest::new(kvm)?;
+    g.mem.write(
+        0x1000,
+        &[
+            0xb0, 0x42, // mov al, 0x42
+            0xe6, 0x10, // out 0x10, al
+            0xe4, 0x11, // in al, 0x11
+            0xe6, 0x12, // out 0x12, al
+            0xf4, // hlt
+        ],
+    );
+    g.real_mode(0x1000, 0xaabb_ccdd)?;
+    t.exit(
+        &format!("{name}: out 0x10, al"),
+        &g.step(),
+        &out(0x10, 1, 1, &[0x42]),
+    );
+    t.exit(&format!("{name}: in al, 0x11"), &g.step(), &inp(0x11, 1, 1));
+    g.set_io_data(&[0x99]);
+    t.exit(
+        &format!("{name}: out 0x12, al gives what IN read"),
+        &g.step(),
+        &out(0x12, 1, 1, &[0x99]),
+    );
+    t.exit(&format!("{name}: hlt"), &g.step(), &Exit::Hlt);
+    let r = g.regs()?;
+    t.reg(&format!("{name}: RIP is past the HLT"), r.rip, 0x1009);
+    // An 8-bit IN merges into RAX (kvm_fast_pio_in / complete_fast_pio_in).
+    t.reg(
+        &format!("{name}: RAX keeps its upper bits"),
+        r.rax,
+        0xaabb_cc99,
+    );
+    Ok(())
+}
+
+/// REP OUTSB / REP INSB, which KVM emulates.
+fn real_string_io(t: &mut Report, kvm: RawFd) -> Result<(), String> {
+    let g = Guest::new(kvm)?;
+    let bytes = [0xa1, 0xb2, 0xc3, 0xd4];
+    g.mem.write(0x2000, &bytes);
+    g.mem.write(
+        0x1000,
+        &[
+            0xbe, 0x00, 0x20, // mov si, 0x2000
+            0xb9, 0x04, 0x00, // mov cx, 4
+            0xba, 0x20, 0x00, // mov dx, 0x20
+            0xf3, 0x6e, // rep outsb
+            0xbf, 0x00, 0x30, // mov di, 0x3000
+            0xb9, 0x03, 0x00, // mov cx, 3
+            0xba, 0x21, 0x00, // mov dx, 0x21
+            0xf3, 0x6c, // rep insb
+            0xf4, // hlt
+        ],
+    );
+    g.real_mode(0x1000, 0)?;
+    // OUTS goes to userspace one element per exit: em_out passes count 1 to
+    // emulator_pio_out, and x86_emulate_instruction exits before restarting the REP.
+    for (i, b) in bytes.iter().enumerate() {
+        t.exit(
+            &format!("real-string-io: rep outsb element {i} is its own exit"),
+            &g.step(),
+            &out(0x20, 1, 1, &[*b]),
+        );
+    }
+    // INS reads ahead: pio_in_emulated asks for min(RCX, rest of page, 1024) elements
+    // in one exit.
+    t.exit(
+        "real-string-io: rep insb is one exit of count 3",
+        &g.step(),
+        &inp(0x21, 1, 3),
+    );
+    g.set_io_data(&[0x11, 0x22, 0x33]);
+    t.exit("real-string-io: hlt", &g.step(), &Exit::Hlt);
+    let m = g.mem.read(0x3000, 4);
+    t.check(
+        "real-string-io: rep insb stored the 3 bytes",
+        m == [0x11, 0x22, 0x33, 0],
+        hex(&m),
+    );
+    let r = g.regs()?;
+    t.reg("real-string-io: RCX", r.rcx, 0);
+    t.reg("real-string-io: RSI", r.rsi, 0x2004);
+    t.reg("real-string-io: RDI", r.rdi, 0x3003);
+    t.reg("real-string-io: RIP", r.rip, 0x1017);
+    Ok(())
+}
+
+/// 32-bit protected mode entered through SREGS.
+fn pm32(t: &mut Report, kvm: RawFd) -> Result<(), String> {
+    let g = Guest::new(kvm)?;
+    g.mem.write(
+        0x1000,
+        &[
+            0xb8, 0x78, 0x56, 0x34, 0x12, // mov eax, 0x12345678
+            0xe7, 0x30, // out 0x30, eax
+            0xf4, // hlt
+        ],
+    );
+    let want = g.flat32(0x1000)?;
+    let s = g.sregs()?;
+    t.check(
+        "pm32: SREGS read back",
+        s.cr0 & (CR0_PE | CR0_PG) == CR0_PE
+            && s.cs.db == 1
+            && s.cs.l == 0
+            && s.cs.limit == want.cs.limit
+            && s.cs.selector == 8
+            && s.ss.db == 1,
+        format!("cr0 {:#x} cs {:?}", s.cr0, s.cs),
+    );
+    t.exit(
+        "pm32: out 0x30, eax",
+        &g.step(),
+        &out(0x30, 4, 1, &0x1234_5678u32.to_le_bytes()),
+    );
+    t.exit("pm32: hlt", &g.step(), &Exit::Hlt);
+    t.reg("pm32: RIP", g.regs()?.rip, 0x1008);
+    Ok(())
+}
+
+/// 64-bit long mode with identity-mapped 2 MiB page tables.
+fn long64(t: &mut Report, kvm: RawFd) -> Result<(), String> {
+    let g = Guest::new(kvm)?;
+    // PML4 at 0x10000 -> PDPT at 0x11000 -> PD at 0x12000, PD[0] a 2 MiB page at 0.
+    g.mem.write_u64(0x10000, 0x11000 | 3); // present, writable
+    g.mem.write_u64(0x11000, 0x12000 | 3);
+    g.mem.write_u64(0x12000, 0x83); // present, writable, PS
+    g.mem.write(
+        0x1000,
+        &[
+            0x48, 0xb8, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22,
+            0x11, // mov rax, 0x1122334455667788
+            0xe7, 0x40, // out 0x40, eax
+            0x48, 0x89, 0x04, 0x25, 0x00, 0xf0, 0x1f, 0x00, // mov [0x1ff000], rax
+            0xf4, // hlt
+        ],
+    );
+    let mut s = g.flat32(0x1000)?;
+    s.cs.l = 1;
+    s.cs.db = 0;
+    s.cr3 = 0x10000;
+    s.cr4 = CR4_PAE;
+    s.cr0 = CR0_PE | CR0_ET | CR0_NE | CR0_PG;
+    s.efer = EFER_LME | EFER_LMA;
+    // Without KVM_SET_CPUID2 the guest has no CPUID.LM, so EFER.LME is invalid
+    // (kvm_is_valid_sregs -> kvm_valid_efer -> __kvm_valid_efer).
+    let mut s0 = s;
+    t.expect(
+        "long64: SET_SREGS into long mode without CPUID.LM",
+        ioctl_ref(g.vcpu, KVM_SET_SREGS, &mut s0),
+        Err(libc::EINVAL),
+    );
+    g.set_supported_cpuid()?;
+    g.set_sregs(s)?;
+    let back = g.sregs()?;
+    t.check(
+        "long64: SREGS read back",
+        back.efer & (EFER_LME | EFER_LMA) == EFER_LME | EFER_LMA
+            && back.cr0 & CR0_PG != 0
+            && back.cr3 == 0x10000
+            && back.cs.l == 1,
+        format!(
+            "efer {:#x} cr0 {:#x} cr3 {:#x} cs.l {}",
+            back.efer, back.cr0, back.cr3, back.cs.l
+        ),
+    );
+    t.exit(
+        "long64: out 0x40, eax",
+        &g.step(),
+        &out(0x40, 4, 1, &0x5566_7788u32.to_le_bytes()),
+    );
+    t.exit("long64: hlt", &g.step(), &Exit::Hlt);
+    let m = g.mem.read_u64(0x1f_f000);
+    t.reg(
+        "long64: the store reached guest memory",
+        m,
+        0x1122_3344_5566_7788,
+    );
+    let r = g.regs()?;
+    t.reg("long64: RAX", r.rax, 0x1122_3344_5566_7788);
+    t.reg("long64: RIP", r.rip, 0x1015);
+    Ok(())
+}
+
+/// Accesses to a GPA without a memslot go to userspace as MMIO.
+fn mmio(t: &mut Report, kvm: RawFd) -> Result<(), String> {
+    let g = Guest::new(kvm)?;
+    g.mem.write(
+        0x1000,
+        &[
+            0xc7, 0x05, 0x00, 0x00, 0x00, 0xd0, 0xef, 0xbe, 0xad,
+            0xde, // mov dword [0xd0000000], 0xdeadbeef
+            0xa1, 0x04, 0x00, 0x00, 0xd0, // mov eax, [0xd0000004]
+            0xe7, 0x50, // out 0x50, eax
+            0xf4, // hlt
+        ],
+    );
+    g.flat32(0x1000)?;
+    t.exit(
+        "mmio: write",
+        &g.step(),
+        &Exit::Mmio {
+            addr: 0xd000_0000,
+            len: 4,
+            write: true,
+            data: 0xdead_beefu32.to_le_bytes().to_vec(),
+        },
+    );
+    t.exit(
+        "mmio: read",
+        &g.step(),
+        &Exit::Mmio {
+            addr: 0xd000_0004,
+            len: 4,
+            write: false,
+            data: Vec::new(),
+        },
+    );
+    g.set_mmio_data(&0xcafe_f00du32.to_le_bytes());
+    t.exit(
+        "mmio: the read returned what userspace supplied",
+        &g.step(),
+        &out(0x50, 4, 1, &0xcafe_f00du32.to_le_bytes()),
+    );
+    t.exit("mmio: hlt", &g.step(), &Exit::Hlt);
+    t.reg("mmio: RIP", g.regs()?.rip, 0x1012);
+    Ok(())
+}
+
+/// #UD with an empty IDT: #GP, #DF, shutdown.
+fn triple_fault(t: &mut Report, kvm: RawFd) -> Result<(), String> {
+    let g = Guest::new(kvm)?;
+    g.mem.write(0x1000, &[0x0f, 0x0b]); // ud2
+    let mut s = g.flat32(0x1000)?;
+    s.idt.base = 0;
+    s.idt.limit = 0;
+    g.set_sregs(s)?;
+    t.exit(
+        "triple-fault: ud2 with IDT limit 0",
+        &g.step(),
+        &Exit::Shutdown,
+    );
+    if fs::metadata("/sys/module/kvm_amd").is_ok() {
+        // SVM: the VMCB is undefined after a SHUTDOWN intercept, so KVM INITs the vCPU
+        // (svm.c shutdown_interception -> kvm_vcpu_reset).
+        let r = g.regs()?;
+        let s = g.sregs()?;
+        t.check(
+            "triple-fault: SVM INITs the vCPU after SHUTDOWN",
+            r.rip == 0xfff0 && s.cs.selector == 0xf000 && s.cr0 & CR0_PE == 0,
+            format!("rip {:#x} cs {:#x} cr0 {:#x}", r.rip, s.cs.selector, s.cr0),
+        );
+    }
+    Ok(())
+}
+
+/// Argument checking of the memslot and vCPU ioctls, then a guest still runs.
+fn bad_args(t: &mut Report, kvm: RawFd) -> Result<(), String> {
+    {
+        let mem = Mem::new(MEM_SIZE)?;
+        let vm = sys("KVM_CREATE_VM", ioctl(kvm, KVM_CREATE_VM, 0))?;
+        let set = |slot: u32, gpa: u64, size: u64, hva: u64| {
+            let mut region = kvm_userspace_memory_region {
+                slot,
+                flags: 0,
+                guest_phys_addr: gpa,
+                memory_size: size,
+                userspace_addr: hva,
+            };
+            ioctl_ref(vm, KVM_SET_USER_MEMORY_REGION, &mut region)
+        };
+        let (hva, size) = (mem.addr(), MEM_SIZE as u64);
+        // kvm_set_memory_region's sanity checks.
+        t.expect(
+            "bad-args: memslot GPA not page aligned",
+            set(0, 0x1001, size, hva),
+            Err(libc::EINVAL),
+        );
+        t.expect(
+            "bad-args: memslot size not page aligned",
+            set(0, 0, 0x1001, hva),
+            Err(libc::EINVAL),
+        );
+        t.expect(
+            "bad-args: memslot HVA not page aligned",
+            set(0, 0, size, hva + 1),
+            Err(libc::EINVAL),
+        );
+        t.expect(
+            "bad-args: memslot GPA range wraps",
+            set(0, !(PAGE - 1), size, hva),
+            Err(libc::EINVAL),
+        );
+        // kvm_vm_ioctl_set_memory_region: (u16)slot >= KVM_USER_MEM_SLOTS.
+        t.expect(
+            "bad-args: memslot id KVM_USER_MEM_SLOTS",
+            set(KVM_USER_MEM_SLOTS, 0, size, hva),
+            Err(libc::EINVAL),
+        );
+        // Deleting (size 0) a slot that does not exist: -EINVAL (!old || !old->npages).
+        t.expect(
+            "bad-args: deleting an empty memslot",
+            set(5, 0, 0, 0),
+            Err(libc::EINVAL),
+        );
+        t.expect("bad-args: memslot 0", set(0, 0, size, hva), Ok(0));
+        // The same region again changes nothing and succeeds.
+        t.expect("bad-args: memslot 0 again", set(0, 0, size, hva), Ok(0));
+        // A live slot's size and HVA cannot change, only its GPA and flags.
+        t.expect(
+            "bad-args: resizing memslot 0",
+            set(0, 0, size / 2, hva),
+            Err(libc::EINVAL),
+        );
+        // kvm_check_memslot_overlap.
+        t.expect(
+            "bad-args: memslot 1 overlapping memslot 0",
+            set(1, size / 2, size, hva),
+            Err(libc::EEXIST),
+        );
+        t.expect(
+            "bad-args: memslot 1 adjacent to memslot 0",
+            set(1, size, size, hva),
+            Ok(0),
+        );
+        t.expect("bad-args: deleting memslot 1", set(1, size, 0, 0), Ok(0));
+        t.expect(
+            "bad-args: deleting memslot 1 twice",
+            set(1, size, 0, 0),
+            Err(libc::EINVAL),
+        );
+
+        // vCPU ids: kvm_vm_ioctl_create_vcpu / kvm_arch_vcpu_precreate.
+        t.expect(
+            "bad-args: CREATE_VCPU(0xffffffff)",
+            ioctl(vm, KVM_CREATE_VCPU, 0xffff_ffff),
+            Err(libc::EINVAL),
+        );
+        let vcpu = ioctl(vm, KVM_CREATE_VCPU, 0);
+        t.check("bad-args: CREATE_VCPU(0)", vcpu.is_ok(), show(vcpu));
+        t.expect(
+            "bad-args: CREATE_VCPU(0) twice",
+            ioctl(vm, KVM_CREATE_VCPU, 0),
+            Err(libc::EEXIST),
+        );
+        if let Ok(vcpu) = vcpu {
+            // The vCPU ioctls copy to/from the user pointer: a NULL one is -EFAULT.
+            t.expect(
+                "bad-args: GET_REGS(NULL)",
+                ioctl(vcpu, KVM_GET_REGS, 0),
+                Err(libc::EFAULT),
+            );
+            t.expect(
+                "bad-args: SET_REGS(NULL)",
+                ioctl(vcpu, KVM_SET_REGS, 0),
+                Err(libc::EFAULT),
+            );
+            t.expect(
+                "bad-args: GET_SREGS(NULL)",
+                ioctl(vcpu, KVM_GET_SREGS, 0),
+                Err(libc::EFAULT),
+            );
+            t.expect(
+                "bad-args: SET_SREGS(NULL)",
+                ioctl(vcpu, KVM_SET_SREGS, 0),
+                Err(libc::EFAULT),
+            );
+            // kvm_vcpu_ioctl: KVM_RUN takes no argument.
+            t.expect(
+                "bad-args: KVM_RUN(1)",
+                ioctl(vcpu, KVM_RUN, 1),
+                Err(libc::EINVAL),
+            );
+            // kvm_vcpu_ioctl: a foreign ioctl type; kvm_arch_vcpu_ioctl: unknown KVM one.
+            t.expect(
+                "bad-args: vCPU TCGETS",
+                ioctl(vcpu, libc::TCGETS as u32, 0),
+                Err(libc::EINVAL),
+            );
+            t.expect(
+                "bad-args: vCPU unknown KVM ioctl",
+                ioctl(vcpu, io(0xfe), 0),
+                Err(libc::EINVAL),
+            );
+            // kvm_is_valid_sregs / kvm_is_valid_cr0.
+            let mut s = kvm_sregs::default();
+            let got = ioctl_ref(vcpu, KVM_GET_SREGS, &mut s);
+            t.expect("bad-args: GET_SREGS", got, Ok(0));
+            let mut bad = s;
+            bad.cr0 = CR0_PG | CR0_ET;
+            t.expect(
+                "bad-args: SET_SREGS with CR0.PG but not PE",
+                ioctl_ref(vcpu, KVM_SET_SREGS, &mut bad),
+                Err(libc::EINVAL),
+            );
+            let mut bad = s;
+            bad.cs.l = 1;
+            t.expect(
+                "bad-args: SET_SREGS with CS.L outside long mode",
+                ioctl_ref(vcpu, KVM_SET_SREGS, &mut bad),
+                Err(libc::EINVAL),
+            );
+            close(vcpu);
+        }
+        close(vm);
+    }
+    real_io(t, kvm, "bad-args: afterwards real-io")
+}
+
+/// `kvm_run.immediate_exit`: KVM_RUN returns -EINTR without running the guest, but
+/// completes a pending IN first.
+fn immediate_exit(t: &mut Report, kvm: RawFd) -> Result<(), String> {
+    let g = Guest::new(kvm)?;
+    g.mem.write(
+        0x1000,
+        &[
+            0xb0, 0x42, // mov al, 0x42
+            0xe6, 0x10, // out 0x10, al
+            0xe4, 0x11, // in al, 0x11
+            0xe6, 0x12, // out 0x12, al
+            0xf4, // hlt
+        ],
+    );
+    g.real_mode(0x1000, 0)?;
+    g.set_immediate_exit(1);
+    t.expect(
+        "immediate-exit: KVM_RUN is -EINTR",
+        ioctl(g.vcpu, KVM_RUN, 0),
+        Err(libc::EINTR),
+    );
+    // kvm_arch_vcpu_ioctl_run returns -EINTR for !wants_to_run without writing
+    // exit_reason (only a pending signal sets KVM_EXIT_INTR), so a fresh vCPU still
+    // reads KVM_EXIT_UNKNOWN.
+    let reason = g.state().exit_reason;
+    t.check(
+        "immediate-exit: exit_reason untouched",
+        reason == uapi::KVM_EXIT_UNKNOWN,
+        reason,
+    );
+    t.reg(
+        "immediate-exit: the guest did not run",
+        g.regs()?.rip,
+        0x1000,
+    );
+    g.set_immediate_exit(0);
+    t.exit(
+        "immediate-exit: then runs",
+        &g.step(),
+        &out(0x10, 1, 1, &[0x42]),
+    );
+    t.exit("immediate-exit: in al, 0x11", &g.step(), &inp(0x11, 1, 1));
+    g.set_io_data(&[0x99]);
+    g.set_immediate_exit(1);
+    t.expect(
+        "immediate-exit: KVM_RUN with a pending IN is -EINTR",
+        ioctl(g.vcpu, KVM_RUN, 0),
+        Err(libc::EINTR),
+    );
+    // complete_userspace_io runs before the wants_to_run check.
+    let r = g.regs()?;
+    t.check(
+        "immediate-exit: the pending IN completed",
+        r.rip == 0x1006 && r.rax & 0xff == 0x99,
+        format!("rip {:#x} rax {:#x}", r.rip, r.rax),
+    );
+    g.set_immediate_exit(0);
+    t.exit(
+        "immediate-exit: out 0x12, al",
+        &g.step(),
+        &out(0x12, 1, 1, &[0x99]),
+    );
+    t.exit("immediate-exit: hlt", &g.step(), &Exit::Hlt);
+    Ok(())
+}
+
+type Case = fn(&mut Report, RawFd) -> Result<(), String>;
+
+fn main() {
+    let cases: [(&str, Case); 8] = [
+        ("real-io", |t, kvm| real_io(t, kvm, "real-io")),
+        ("real-string-io", real_string_io),
+        ("pm32", pm32),
+        ("long64", long64),
+        ("mmio", mmio),
+        ("triple-fault", triple_fault),
+        ("bad-args", bad_args),
+        ("immediate-exit", immediate_exit),
+    ];
+    let only = std::env::args().nth(1);
+    if let Some(name) = &only {
+        if !cases.iter().any(|(n, _)| n == name) {
+            let names: Vec<_> = cases.iter().map(|(n, _)| *n).collect();
+            eprintln!("usage: kvm-guests [{}]", names.join("|"));
+            std::process::exit(2);
+        }
+    }
+    let mut t = Report {
+        passed: 0,
+        failed: 0,
+    };
+    let kvm = match open("/dev/kvm", libc::O_RDWR | libc::O_CLOEXEC) {
+        Ok(fd) => fd,
+        Err(e) => {
+            t.check("open /dev/kvm", false, Error::from_raw_os_error(e));
+            println!("{} passed, {} failed", t.passed, t.failed);
+            std::process::exit(1);
+        }
+    };
+    for (name, case) in cases {
+        if only.as_deref().is_some_and(|o| o != name) {
+            continue;
+        }
+        if let Err(e) = case(&mut t, kvm) {
+            t.check(&format!("{name}: setup"), false, e);
+        }
+    }
+    close(kvm);
+    println!("{} passed, {} failed", t.passed, t.failed);
+    std::process::exit(if t.failed == 0 { 0 } else { 1 });
+}
