@@ -50,6 +50,19 @@ pub(crate) fn read<T: Pod>(addr: usize) -> Result<T> {
     Ok(v)
 }
 
+/// Reads the first `len` bytes of a `T` at `addr`, the rest zero: an older, shorter
+/// version of a struct that grew (as upstream copies `kvm_userspace_memory_region`
+/// into a zeroed `_region2`).
+pub(crate) fn read_prefix<T: Pod>(addr: usize, len: usize) -> Result<T> {
+    let mut v = T::default();
+    let bytes = as_bytes_mut(&mut v);
+    let head = bytes.get_mut(..len).ok_or(EINVAL)?;
+    UserSlice::new(UserPtr::from_addr(addr), len)
+        .reader()
+        .read_slice(head)?;
+    Ok(v)
+}
+
 /// Writes `v` at user address `addr` (-EFAULT if unmapped).
 pub(crate) fn write<T: Pod>(addr: usize, v: &T) -> Result {
     UserSlice::new(UserPtr::from_addr(addr), size_of::<T>())

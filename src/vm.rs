@@ -108,21 +108,17 @@ impl Vm {
         self.check_owner()?;
         match cmd {
             ioctl::KVM_CHECK_EXTENSION => Ok(dev::check_extension(arg)),
-            ioctl::KVM_SET_USER_MEMORY_REGION => {
-                let r: uapi::kvm_userspace_memory_region = user::read(arg)?;
-                if r.flags & !memslot::V1_FLAGS != 0 {
+            ioctl::KVM_SET_USER_MEMORY_REGION | ioctl::KVM_SET_USER_MEMORY_REGION2 => {
+                let v1 = cmd == ioctl::KVM_SET_USER_MEMORY_REGION;
+                let len = if v1 {
+                    size_of::<uapi::kvm_userspace_memory_region>()
+                } else {
+                    size_of::<uapi::kvm_userspace_memory_region2>()
+                };
+                let r: uapi::kvm_userspace_memory_region2 = user::read_prefix(arg, len)?;
+                if v1 && r.flags & !memslot::V1_FLAGS != 0 {
                     return Err(EINVAL);
                 }
-                self.set_memory_region(memslot::Region {
-                    slot: r.slot,
-                    flags: r.flags,
-                    guest_phys_addr: r.guest_phys_addr,
-                    memory_size: r.memory_size,
-                    userspace_addr: r.userspace_addr,
-                })
-            }
-            ioctl::KVM_SET_USER_MEMORY_REGION2 => {
-                let r: uapi::kvm_userspace_memory_region2 = user::read(arg)?;
                 self.set_memory_region(memslot::Region {
                     slot: r.slot,
                     flags: r.flags,

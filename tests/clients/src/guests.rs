@@ -19,6 +19,9 @@ use std::ptr;
 
 use kvm_abi::ioctl::{io, ior, iow, iowr, KVM_CREATE_VM, KVM_GET_VCPU_MMAP_SIZE};
 use kvm_abi::uapi;
+mod report;
+use report::{errno, ioctl, show, Report};
+
 use kvm_abi::uapi::{kvm_regs, kvm_run, kvm_segment, kvm_sregs, kvm_userspace_memory_region};
 
 // The vCPU and memslot ioctls this client needs (include/uapi/linux/kvm.h).
@@ -49,31 +52,13 @@ const CR4_PAE: u64 = 1 << 5;
 const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
 
-struct Report {
-    passed: u32,
-    failed: u32,
+/// Checks only guests make.
+trait Checks {
+    fn exit(&mut self, what: &str, got: &Exit, want: &Exit);
+    fn reg(&mut self, what: &str, got: u64, want: u64);
 }
 
-impl Report {
-    fn check(&mut self, what: &str, ok: bool, detail: impl fmt::Display) {
-        if ok {
-            self.passed += 1;
-            println!("ok - {what}");
-        } else {
-            self.failed += 1;
-            println!("not ok - {what}: {detail}");
-        }
-    }
-
-    /// Checks that `r` is the result `want` (a value, or `Err(errno)`).
-    fn expect(&mut self, what: &str, r: Result<i32, i32>, want: Result<i32, i32>) {
-        self.check(
-            what,
-            r == want,
-            format!("got {}, want {}", show(r), show(want)),
-        );
-    }
-
+impl Checks for Report {
     /// Checks the next exit of a guest.
     fn exit(&mut self, what: &str, got: &Exit, want: &Exit) {
         self.check(what, got == want, format!("got {got}, want {want}"));
@@ -82,28 +67,6 @@ impl Report {
     /// Checks a register value.
     fn reg(&mut self, what: &str, got: u64, want: u64) {
         self.check(what, got == want, format!("got {got:#x}, want {want:#x}"));
-    }
-}
-
-fn show(r: Result<i32, i32>) -> String {
-    match r {
-        Ok(v) => format!("{v}"),
-        Err(e) => format!("-{}", Error::from_raw_os_error(e)),
-    }
-}
-
-fn errno() -> i32 {
-    Error::last_os_error().raw_os_error().unwrap_or(0)
-}
-
-/// An ioctl whose argument is an integer (or a deliberately bad pointer such as NULL).
-fn ioctl(fd: RawFd, cmd: u32, arg: u64) -> Result<i32, i32> {
-    // SAFETY: the argument is an integer or an address the kernel validates (copy_*_user).
-    let r = unsafe { libc::ioctl(fd, cmd as libc::c_ulong, arg) };
-    if r < 0 {
-        Err(errno())
-    } else {
-        Ok(r)
     }
 }
 

@@ -16,48 +16,8 @@ use kvm_abi::ioctl::{
 };
 use kvm_abi::uapi;
 
-struct Report {
-    passed: u32,
-    failed: u32,
-}
-
-impl Report {
-    fn check(&mut self, what: &str, ok: bool, detail: impl std::fmt::Display) {
-        if ok {
-            self.passed += 1;
-            println!("ok - {what}");
-        } else {
-            self.failed += 1;
-            println!("not ok - {what}: {detail}");
-        }
-    }
-
-    /// Checks that `r` is the result `want` (a value, or `Err(errno)`).
-    fn expect(&mut self, what: &str, r: Result<i32, i32>, want: Result<i32, i32>) {
-        self.check(
-            what,
-            r == want,
-            format!("got {}, want {}", show(r), show(want)),
-        );
-    }
-}
-
-fn show(r: Result<i32, i32>) -> String {
-    match r {
-        Ok(v) => format!("{v}"),
-        Err(e) => format!("-{}", Error::from_raw_os_error(e)),
-    }
-}
-
-fn ioctl(fd: RawFd, cmd: u32, arg: u64) -> Result<i32, i32> {
-    // SAFETY: integer-argument ioctls only; the kernel validates fd and command.
-    let r = unsafe { libc::ioctl(fd, cmd as libc::c_ulong, arg) };
-    if r < 0 {
-        Err(Error::last_os_error().raw_os_error().unwrap_or(0))
-    } else {
-        Ok(r)
-    }
-}
+mod report;
+use report::{ioctl, show, Report};
 
 fn open(path: &str, flags: i32) -> Result<RawFd, i32> {
     let c = CString::new(path).map_err(|_| libc::EINVAL)?;
