@@ -25,9 +25,7 @@ pub(crate) struct Mmu {
 
 /// Entries of the table at physical address `pa`.
 fn entries<'a>(pa: u64) -> &'a [core::sync::atomic::AtomicU64] {
-    // SAFETY: `pa` is one of this MMU's table pages (allocated, page-sized and
-    // aligned, in the direct map); the hardware reads them concurrently, so entries
-    // are accessed atomically. The tables live as long as the Mmu.
+    // SAFETY: `pa` is one of this MMU's table pages (allocated, page-sized and aligned, in the direct map); the hardware reads them concurrently, so entries are accessed atomically. The tables live as long as the Mmu.
     unsafe {
         let p = glue::kvm_glue_phys_to_virt(pa).cast::<core::sync::atomic::AtomicU64>();
         core::slice::from_raw_parts(p, 512)
@@ -108,8 +106,7 @@ impl Mmu {
 }
 
 fn unpin(leaf: u64) {
-    // SAFETY: the leaf holds the pin taken when it was mapped; it is cleared first,
-    // so this is the only unpin.
+    // SAFETY: the leaf holds the pin taken when it was mapped; it is cleared first, so this is the only unpin.
     unsafe { glue::kvm_glue_unpin_phys(npt::addr(leaf), i32::from(leaf & npt::PINNED_WRITE != 0)) }
 }
 

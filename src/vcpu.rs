@@ -137,8 +137,7 @@ impl Vcpu {
     }
 
     fn run_write<T: Copy>(&self, off: usize, v: T) {
-        // SAFETY: inside the kvm_run page (run_ptr), naturally aligned per the ABI;
-        // userspace may access it concurrently, hence volatile.
+        // SAFETY: inside the kvm_run page (run_ptr), naturally aligned per the ABI; userspace may access it concurrently, hence volatile.
         unsafe { self.run_ptr(off).cast::<T>().write_volatile(v) }
     }
 
@@ -555,10 +554,9 @@ impl Vcpu {
                 self.run_write(run::U + 4, 2u32);
                 self.run_write(run::U + 8, ex.hw_reason);
                 // SAFETY: reads the CPU number only.
-                self.run_write(
-                    run::U + 16,
-                    u64::from(unsafe { glue::kvm_glue_smp_processor_id() }),
-                );
+                // SAFETY: reads the CPU number only.
+                let cpu = unsafe { glue::kvm_glue_smp_processor_id() };
+                self.run_write(run::U + 16, u64::from(cpu));
                 Next::User(Ok(0))
             }
         }
@@ -586,9 +584,9 @@ impl Vcpu {
         }
         let writable = !slot.readonly();
         let mut hpa = 0u64;
+        let (hva, w) = (slot.hva(gfn), i32::from(writable));
         // SAFETY: the VM's owner mm is current (checked by the ioctl); pins one page.
-        let r =
-            unsafe { glue::kvm_glue_pin_user_page(slot.hva(gfn), i32::from(writable), &mut hpa) };
+        let r = unsafe { glue::kvm_glue_pin_user_page(hva, w, &mut hpa) };
         if r != 0 {
             return Next::User(Err(EFAULT));
         }

@@ -121,11 +121,8 @@ unsafe extern "C" fn get_msr<V: Vendor>(v: VendorVcpu, index: u32, data: *mut u6
 /// vCPU mutex; pointer arguments valid for the call.
 unsafe extern "C" fn set_msr<V: Vendor>(v: VendorVcpu, index: u32, data: u64) -> c_int {
     // SAFETY: kvm.ko passes a live vCPU.
-    c_int::from(!V::set_msr(
-        unsafe { &mut *v.cast::<V::Vcpu>() },
-        index,
-        data,
-    ))
+    let v = unsafe { &mut *v.cast::<V::Vcpu>() };
+    c_int::from(!V::set_msr(v, index, data))
 }
 
 /// The table for vendor `V`, to be kept in a `static` while registered.

@@ -55,8 +55,7 @@ pub(crate) struct SvmVcpu {
 
 impl SvmVcpu {
     fn vmcb(&mut self) -> &mut Vmcb {
-        // SAFETY: the page is a VMCB owned by this vCPU; `&mut self` is exclusive
-        // (the hardware only touches it inside VMRUN, under the same borrow).
+        // SAFETY: the page is a VMCB owned by this vCPU; `&mut self` is exclusive (the hardware only touches it inside VMRUN, under the same borrow).
         unsafe { &mut *self.vmcb.as_ptr().cast::<Vmcb>() }
     }
 
@@ -177,8 +176,7 @@ fn dtable(s: &Seg) -> kvm_dtable {
 }
 
 fn clgi() {
-    // SAFETY: SVM is enabled on this CPU (registration); GIF is set again by stgi()
-    // right after the guest runs.
+    // SAFETY: SVM is enabled on this CPU (registration); GIF is set again by stgi() right after the guest runs.
     unsafe { core::arch::asm!("clgi", options(nomem, nostack)) }
 }
 
@@ -305,8 +303,7 @@ impl Vendor for Svm {
         // SAFETY: the per-CPU save area is this CPU's page.
         let host_save = unsafe { super::glue::kvm_glue_page_to_phys(cd.save_area.as_ptr().cast()) };
         clgi();
-        // SAFETY: interrupts are off (kvm.ko) and GIF is clear; the VMCB is a valid
-        // guest state for this vCPU, `regs` its registers.
+        // SAFETY: interrupts are off (kvm.ko) and GIF is clear; the VMCB is a valid guest state for this vCPU, `regs` its registers.
         unsafe { __kvm_rs_svm_vcpu_run(vmcb_pa, regs, host_save) };
         stgi();
 
