@@ -45,14 +45,15 @@ int kvm_glue_virt_get_ref(enum kvm_glue_virt virt);
 void kvm_glue_virt_put_ref(enum kvm_glue_virt virt);
 unsigned long long kvm_glue_page_to_phys(void *page);
 
+/* A binary-stats fd (read-only, pread-able); on success the file owns @stats. */
+int kvm_glue_stats_fd(void *stats, const char *name);
+int kvm_glue_current_pid(void);
 /* A vCPU's O_CLOEXEC fd ("kvm-vcpu:<id>"); on success the file owns @vcpu. */
 int kvm_glue_vcpu_fd(void *vcpu, unsigned int id);
 
 /* The calling task. */
 int kvm_glue_signal_pending(void);
 void kvm_glue_cond_resched(void);
-/* Sleeps until a signal is pending or kvm_glue_wake() (a halted vCPU). */
-void kvm_glue_halt_wait(void);
 unsigned long long kvm_glue_task_size_max(void);
 unsigned int kvm_glue_tsc_khz(void);
 
@@ -72,6 +73,28 @@ void kvm_glue_free_pages_exact(void *p, unsigned long size);
 unsigned long long kvm_glue_virt_to_phys(void *p);
 void *kvm_glue_virt_to_page(void *p);
 
+/*
+ * A vCPU's waiter: where a halted vCPU sleeps, and what other vCPUs, its LAPIC
+ * timer (an hrtimer) and interrupt sources poke. A poke sets a pending flag,
+ * wakes the sleeper and, when the vCPU is in guest mode on another CPU, sends that
+ * CPU a reschedule IPI so the guest exits.
+ */
+void *kvm_glue_waiter_new(void);
+/* Publishes that the vCPU is in guest mode on @cpu_plus_one - 1 (0: it is not). */
+void kvm_glue_waiter_set_cpu(void *w, unsigned int cpu_plus_one);
+unsigned int kvm_glue_waiter_cpu(void *w);
+void kvm_glue_waiter_free(void *w);
+/* Arms the timer for absolute CLOCK_MONOTONIC @ns (0: cancels it). */
+void kvm_glue_waiter_arm(void *w, unsigned long long ns);
+void kvm_glue_waiter_poke(void *w);
+/* Reads and clears the pending flag. */
+int kvm_glue_waiter_take(void *w);
+int kvm_glue_waiter_pending(void *w);
+/* Sleeps until poked or a signal is pending. */
+void kvm_glue_waiter_block(void *w);
+unsigned long long kvm_glue_ktime_ns(void);
+unsigned long long kvm_glue_rdtsc(void);
+
 /* The guest FPU (struct fpu_guest): allocated, swapped in/out around KVM_RUN. */
 void *kvm_glue_fpu_alloc(void);
 void kvm_glue_fpu_free(void *gfpu);
@@ -86,6 +109,8 @@ void kvm_rs_vm_release(void *vm);
 long kvm_rs_vcpu_ioctl(void *vcpu, unsigned int cmd, unsigned long arg);
 void kvm_rs_vcpu_release(void *vcpu);
 void *kvm_rs_vcpu_page(void *vcpu, unsigned long pgoff);
+long kvm_rs_stats_read(void *stats, char __user *buf, unsigned long size, long long *pos);
+void kvm_rs_stats_release(void *stats);
 int kvm_rs_vendor_register(const void *ops, void *owner);
 void kvm_rs_vendor_unregister(const void *ops);
 #endif

@@ -5,6 +5,7 @@
  */
 #include <linux/anon_inodes.h>
 #include <linux/file.h>
+#include <linux/hrtimer.h>
 #include <linux/fs.h>
 #include <linux/miscdevice.h>
 #include <linux/mm.h>
@@ -14,6 +15,8 @@
 #include <linux/sched/signal.h>
 #include <linux/slab.h>
 #include <linux/smp.h>
+#include <linux/wait.h>
+#include <trace/events/ipi.h>
 #include <asm/fpu/api.h>
 #include <asm/io.h>
 #include <asm/tsc.h>
@@ -80,6 +83,24 @@ static long kvm_dev_fops_ioctl(struct file *filp, unsigned int cmd, unsigned lon
 static struct file_operations kvm_chardev_fops = {
 	.unlocked_ioctl = kvm_dev_fops_ioctl,
 	.compat_ioctl = kvm_dev_fops_ioctl,
+	.llseek = noop_llseek,
+};
+
+static ssize_t kvm_stats_fops_read(struct file *filp, char __user *buf, size_t size,
+				   loff_t *pos)
+{
+	return kvm_rs_stats_read(filp->private_data, buf, size, pos);
+}
+
+static int kvm_stats_fops_release(struct inode *inode, struct file *filp)
+{
+	kvm_rs_stats_release(filp->private_data);
+	return 0;
+}
+
+static struct file_operations kvm_stats_fops = {
+	.read = kvm_stats_fops_read,
+	.release = kvm_stats_fops_release,
 	.llseek = noop_llseek,
 };
 
@@ -157,6 +178,7 @@ int kvm_glue_dev_register(void *owner)
 	kvm_chardev_fops.owner = owner;
 	kvm_vm_fops.owner = owner;
 	kvm_vcpu_fops.owner = owner;
+	kvm_stats_fops.owner = owner;
 	return misc_register(&kvm_dev);
 }
 
@@ -183,6 +205,29 @@ int kvm_glue_vm_fd(void *vm)
 	return fd;
 }
 
+/* As upstream's kvm_vm_ioctl_get_stats_fd(): read-only, pread-able. */
+int kvm_glue_stats_fd(void *stats, const char *name)
+{
+	struct file *file;
+	int fd;
+
+	fd = get_unused_fd_flags(O_CLOEXEC);
+	if (fd < 0)
+		return fd;
+	file = anon_inode_getfile_fmode(name, &kvm_stats_fops, stats, O_RDONLY, FMODE_PREAD);
+	if (IS_ERR(file)) {
+		put_unused_fd(fd);
+		return PTR_ERR(file);
+	}
+	fd_install(fd, file);
+	return fd;
+}
+
+int kvm_glue_current_pid(void)
+{
+	return task_pid_nr(current);
+}
+
 /* As upstream's create_vcpu_fd(). */
 int kvm_glue_vcpu_fd(void *vcpu, unsigned int id)
 {
@@ -200,14 +245,6 @@ int kvm_glue_signal_pending(void)
 void kvm_glue_cond_resched(void)
 {
 	cond_resched();
-}
-
-void kvm_glue_halt_wait(void)
-{
-	set_current_state(TASK_INTERRUPTIBLE);
-	if (!signal_pending(current))
-		schedule();
-	__set_current_state(TASK_RUNNING);
 }
 
 unsigned long long kvm_glue_task_size_max(void)
@@ -228,6 +265,115 @@ void kvm_glue_irq_disable(void)
 void kvm_glue_irq_enable(void)
 {
 	local_irq_enable();
+}
+
+struct kvm_glue_waiter {
+	struct hrtimer timer;
+	wait_queue_head_t wq;
+	atomic_t pending;
+	unsigned int guest_cpu;
+};
+
+void kvm_glue_waiter_poke(void *p)
+{
+	struct kvm_glue_waiter *w = p;
+	unsigned int cpu;
+
+	atomic_set(&w->pending, 1);
+	/* Pairs with the vCPU publishing guest mode before it checks pending. */
+	smp_mb__after_atomic();
+	cpu = READ_ONCE(w->guest_cpu);
+	if (cpu) {
+		/* On its own CPU the vCPU is not in the guest while this runs. */
+		if (cpu - 1 != get_cpu())
+			smp_send_reschedule(cpu - 1);
+		put_cpu();
+	}
+	wake_up_interruptible(&w->wq);
+}
+
+static enum hrtimer_restart kvm_glue_waiter_fire(struct hrtimer *t)
+{
+	kvm_glue_waiter_poke(container_of(t, struct kvm_glue_waiter, timer));
+	return HRTIMER_NORESTART;
+}
+
+void kvm_glue_waiter_set_cpu(void *p, unsigned int cpu_plus_one)
+{
+	struct kvm_glue_waiter *w = p;
+
+	WRITE_ONCE(w->guest_cpu, cpu_plus_one);
+	/* Pairs with kvm_glue_waiter_poke(): publish before reading pending. */
+	smp_mb();
+}
+
+unsigned int kvm_glue_waiter_cpu(void *p)
+{
+	struct kvm_glue_waiter *w = p;
+
+	return READ_ONCE(w->guest_cpu);
+}
+
+void *kvm_glue_waiter_new(void)
+{
+	struct kvm_glue_waiter *w = kzalloc(sizeof(*w), GFP_KERNEL_ACCOUNT);
+
+	if (!w)
+		return NULL;
+	hrtimer_setup(&w->timer, kvm_glue_waiter_fire, CLOCK_MONOTONIC, HRTIMER_MODE_ABS);
+	init_waitqueue_head(&w->wq);
+	return w;
+}
+
+void kvm_glue_waiter_free(void *p)
+{
+	struct kvm_glue_waiter *w = p;
+
+	if (!w)
+		return;
+	hrtimer_cancel(&w->timer);
+	kfree(w);
+}
+
+void kvm_glue_waiter_arm(void *p, unsigned long long ns)
+{
+	struct kvm_glue_waiter *w = p;
+
+	if (!ns)
+		hrtimer_cancel(&w->timer);
+	else
+		hrtimer_start(&w->timer, ns_to_ktime(ns), HRTIMER_MODE_ABS);
+}
+
+int kvm_glue_waiter_take(void *p)
+{
+	struct kvm_glue_waiter *w = p;
+
+	return atomic_xchg(&w->pending, 0);
+}
+
+int kvm_glue_waiter_pending(void *p)
+{
+	struct kvm_glue_waiter *w = p;
+
+	return atomic_read(&w->pending);
+}
+
+void kvm_glue_waiter_block(void *p)
+{
+	struct kvm_glue_waiter *w = p;
+
+	wait_event_interruptible(w->wq, atomic_read(&w->pending));
+}
+
+unsigned long long kvm_glue_ktime_ns(void)
+{
+	return ktime_get_ns();
+}
+
+unsigned long long kvm_glue_rdtsc(void)
+{
+	return rdtsc();
 }
 
 static void kvm_glue_kick_nop(void *unused)

@@ -17,7 +17,15 @@ mod abi;
 #[path = "../arch/x86/hw/cpuid.rs"]
 mod cpuid;
 mod dev;
+mod emul;
+#[allow(unreachable_pub, dead_code)]
+#[path = "../arch/x86/hw/emulate.rs"]
+mod emulate;
 mod glue;
+mod irqchip;
+#[allow(unreachable_pub, dead_code)]
+#[path = "../arch/x86/hw/lapic.rs"]
+mod lapic;
 #[allow(unreachable_pub, dead_code)]
 #[path = "virt/memslot.rs"]
 mod memslot;
@@ -29,6 +37,10 @@ mod pages;
 #[allow(unreachable_pub, dead_code)]
 #[path = "../arch/x86/hw/sregs.rs"]
 mod sregs;
+mod stats;
+#[allow(unreachable_pub, dead_code)]
+#[path = "virt/stats.rs"]
+mod statsfmt;
 mod user;
 mod vcpu;
 mod vendor;

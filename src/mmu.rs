@@ -21,6 +21,8 @@ pub(crate) struct Mmu {
     levels: u32,
     /// Every table below the root, freed with the MMU.
     tables: KVec<Pages>,
+    /// Present 4K leaves (the `pages_4k` statistic).
+    pub(crate) mapped: u64,
 }
 
 /// Entries of the table at physical address `pa`.
@@ -45,6 +47,7 @@ impl Mmu {
                 npt::LEVELS
             },
             tables: KVec::new(),
+            mapped: 0,
         })
     }
 
@@ -76,21 +79,23 @@ impl Mmu {
             return Ok(false);
         }
         e.store(npt::leaf(hpa, writable), Release);
+        self.mapped += 1;
         Ok(true)
     }
 
     /// Makes every leaf in [start, end) non-present; the pages stay pinned until
     /// [`Mmu::release_zapped`]. Returns whether anything was zapped.
     pub(crate) fn zap(&mut self, start: u64, end: u64) -> bool {
-        let mut any = false;
+        let mut n = 0;
         walk(self.root_pa(), self.levels, 0, start, end, &mut |e| {
             let v = e.load(Acquire);
             if npt::is_present(v) {
                 e.store(npt::zap(v), Release);
-                any = true;
+                n += 1;
             }
         });
-        any
+        self.mapped -= n;
+        n != 0
     }
 
     /// Unpins the pages of zapped leaves in [start, end).

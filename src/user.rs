@@ -29,7 +29,13 @@ pod!(
     kvm_mp_state,
     kvm_cpuid_entry2,
     kvm_msr_entry,
+    kvm_irqchip,
+    kvm_lapic_state,
+    kvm_enable_cap,
 );
+
+// SAFETY: any 8 bytes are a u64.
+unsafe impl Pod for u64 {}
 
 fn as_bytes_mut<T: Pod>(v: &mut T) -> &mut [u8] {
     // SAFETY: T is Pod: every byte pattern is valid, and the slice covers exactly `v`.

@@ -4,16 +4,20 @@
 //! guest through the vendor and handles exits in the kernel or hands them to
 //! userspace through kvm_run.
 
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::Ordering;
 use kernel::ffi::{c_long, c_uint, c_ulong, c_void};
-use kernel::new_mutex;
 use kernel::prelude::*;
-use kernel::sync::{Arc, Mutex};
+use kernel::sync::{Arc, Mutex, SpinLock};
+use kernel::{new_mutex, new_spinlock};
 
 use crate::abi::{ioctl, uapi};
 use crate::cpuid::{self, Entry};
+use crate::emul::{self, Cpu, Failure};
+use crate::emulate::{self, Insn, Op, WalkError};
+use crate::lapic::{self, Action, Irq, Lapic};
 use crate::pages::Pages;
 use crate::sregs;
+use crate::stats::{self, vcpu as st_, Counters};
 use crate::vm::Vm;
 use crate::x86_ops::{exit, reg, Exit, GuestRegs, VendorVcpu, X86VendorOps};
 use crate::{dev, glue, user, vendor};
@@ -43,6 +47,24 @@ enum Pending {
         rip: u64,
         next_rip: u64,
     },
+    /// An MMIO read at `rip` that `insn` waits for (complete_emulated_mmio).
+    MmioRead {
+        insn: Insn,
+        rip: u64,
+        next_rip: u64,
+        gpa: u64,
+    },
+    /// One OUTS element went out; advance and, with REP, run it again.
+    StringOut {
+        insn: Insn,
+        rip: u64,
+    },
+    /// INS of `count` elements: store them at ES:rDI.
+    StringIn {
+        insn: Insn,
+        rip: u64,
+        count: u64,
+    },
 }
 
 struct Vendor(VendorVcpu);
@@ -60,18 +82,50 @@ struct State {
     pending: Pending,
     cpuid: KVec<Entry>,
     mp_state: u32,
+    /// MSR_IA32_APICBASE without an in-kernel LAPIC (with one, the LAPIC's).
     apic_base: u64,
     /// The VM's TLB generation this vCPU last flushed for.
     tlb_gen: u64,
+    /// KVM_GET/SET_TSC_KHZ (upstream virtual_tsc_khz).
+    tsc_khz: u32,
+    /// When the waiter's timer is armed for (0: not armed).
+    armed_ns: u64,
 }
 
-#[pin_data(PinnedDrop)]
+/// A vCPU's glue waiter (see kvm_glue_waiter_* in the glue header).
+struct Waiter(*mut c_void);
+// SAFETY: the glue object is made for use from any thread (atomics, a waitqueue).
+unsafe impl Send for Waiter {}
+// SAFETY: as above.
+unsafe impl Sync for Waiter {}
+
+impl Waiter {
+    fn poke(&self) {
+        // SAFETY: a live waiter (freed in drop only).
+        unsafe { glue::kvm_glue_waiter_poke(self.0) }
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        // SAFETY: allocated by kvm_glue_waiter_new (or null), freed once.
+        unsafe { glue::kvm_glue_waiter_free(self.0) }
+    }
+}
+
+#[pin_data]
 pub(crate) struct Vcpu {
     pub(crate) id: u32,
     run: Pages,
     pio: Pages,
-    /// CPU number + 1 while in guest mode, 0 outside (see Vm::flush_all).
-    guest_cpu: AtomicU32,
+    /// Where the vCPU sleeps when halted; also says which CPU it is in guest mode
+    /// on (see Vm::flush_all).
+    waiter: Waiter,
+    /// The in-kernel LAPIC (when the VM had an irqchip when this vCPU was
+    /// created). Other vCPUs lock it briefly to deliver IPIs.
+    #[pin]
+    lapic: SpinLock<Option<Lapic>>,
+    pub(crate) stats: Counters<{ stats::vcpu::DESCS.len() }>,
     #[pin]
     state: Mutex<State>,
 }
@@ -85,7 +139,7 @@ const RESET_RIP: u64 = 0xfff0;
 const RFLAGS_FIXED: u64 = 0x2;
 
 impl Vcpu {
-    pub(crate) fn new(id: u32) -> Result<Arc<Self>> {
+    pub(crate) fn new(id: u32, irqchip: bool, tsc_khz: u32) -> Result<Arc<Self>> {
         let ops = ops()?;
         // SAFETY: returns an owned vendor vCPU or null.
         let v = unsafe { (ops.vcpu_create)() };
@@ -93,7 +147,7 @@ impl Vcpu {
             return Err(ENOMEM);
         }
         let vendor = Vendor(v);
-        // SAFETY: a plain allocation, owned by State (freed in PinnedDrop).
+        // SAFETY: a plain allocation, owned by State (freed by its Drop).
         let fpu = Fpu(unsafe { glue::kvm_glue_fpu_alloc() });
         let regs = reset_regs(&[]);
         let state = State {
@@ -102,29 +156,52 @@ impl Vcpu {
             regs,
             pending: Pending::None,
             cpuid: KVec::new(),
-            mp_state: uapi::KVM_MP_STATE_RUNNABLE,
-            apic_base: 0xfee0_0000 | 1 << 11 | if id == 0 { 1 << 8 } else { 0 },
+            // Application processors wait for INIT/SIPI when the LAPIC is in the
+            // kernel (kvm_arch_vcpu_create()).
+            mp_state: if irqchip && id != 0 {
+                uapi::KVM_MP_STATE_UNINITIALIZED
+            } else {
+                uapi::KVM_MP_STATE_RUNNABLE
+            },
+            apic_base: lapic::APIC_DEFAULT_BASE
+                | lapic::MSR_APICBASE_ENABLE
+                | if id == 0 { lapic::MSR_APICBASE_BSP } else { 0 },
             tlb_gen: 0,
+            tsc_khz: 0,
+            armed_ns: 0,
         };
-        if state.fpu.0.is_null() {
-            drop_state(&state);
+        // SAFETY: a plain allocation, owned by the Waiter.
+        let waiter = Waiter(unsafe { glue::kvm_glue_waiter_new() });
+        if state.fpu.0.is_null() || waiter.0.is_null() {
             return Err(ENOMEM);
         }
+        let mut state = state;
+        // As kvm_arch_vcpu_create(), whose kvm_set_tsc_khz() result is not checked.
+        let _ = set_tsc_khz(&mut state, tsc_khz);
+        let lapic = irqchip.then(|| Lapic::new(id, tsc_khz));
         Arc::pin_init(
             try_pin_init!(Vcpu {
                 id,
                 run: Pages::new(PAGE_SIZE)?,
                 pio: Pages::new(PAGE_SIZE)?,
-                guest_cpu: AtomicU32::new(0),
+                waiter,
+                lapic <- new_spinlock!(lapic),
+                stats: Counters::new(),
                 state <- new_mutex!(state),
             }),
             GFP_KERNEL,
         )
     }
 
+    /// CPU number + 1 while in guest mode, 0 outside.
+    fn guest_cpu(&self) -> u32 {
+        // SAFETY: a live waiter.
+        unsafe { glue::kvm_glue_waiter_cpu(self.waiter.0) }
+    }
+
     /// If the vCPU is in guest mode, makes it exit and waits until it has.
     pub(crate) fn kick(&self) {
-        let c = self.guest_cpu.load(Ordering::SeqCst);
+        let c = self.guest_cpu();
         if c != 0 {
             // SAFETY: an online CPU number; waits for an IPI only.
             unsafe { glue::kvm_glue_kick_cpu(c - 1) };
@@ -178,7 +255,7 @@ impl Vcpu {
                 let mut s = uapi::kvm_sregs::default();
                 // SAFETY: a live vendor vCPU under the mutex; `s` is a kvm_sregs.
                 unsafe { (ops.get_sregs)(st.vendor.0, core::ptr::from_mut(&mut s).cast()) };
-                s.apic_base = st.apic_base;
+                s.apic_base = self.apic_base(&st);
                 user::write(arg, &s)?;
                 Ok(0)
             }
@@ -197,6 +274,11 @@ impl Vcpu {
                 ) && s.efer & !cpuid::efer_allowed(&st.cpuid) == 0;
                 if !ok {
                     return Err(EINVAL);
+                }
+                if let Some(l) = (*self.lapic.lock()).as_mut() {
+                    if !set_apic_base(l, &st.cpuid, s.apic_base, true) {
+                        return Err(EINVAL);
+                    }
                 }
                 // SAFETY: as KVM_GET_SREGS.
                 let r = unsafe { (ops.set_sregs)(st.vendor.0, core::ptr::from_ref(&s).cast()) };
@@ -218,6 +300,15 @@ impl Vcpu {
                     entries.push(from_uapi(e), GFP_KERNEL)?;
                 }
                 st.cpuid = entries;
+                // kvm_vcpu_after_set_cpuid(): the LAPIC follows the new CPUID.
+                let l1 = cpuid::find(&st.cpuid, 1, 0).map_or(0, |e| e.ecx);
+                if let Some(l) = (*self.lapic.lock()).as_mut() {
+                    l.set_guest_caps(
+                        l1 & cpuid::L1_ECX_X2APIC != 0,
+                        l1 & cpuid::L1_ECX_TSC_DEADLINE != 0,
+                        false,
+                    );
+                }
                 Ok(0)
             }
             ioctl::KVM_GET_CPUID2 => {
@@ -245,16 +336,116 @@ impl Vcpu {
             }
             ioctl::KVM_SET_MP_STATE => {
                 let m: uapi::kvm_mp_state = user::read(arg)?;
-                // Without an in-kernel LAPIC only RUNNABLE is a state KVM can be in.
-                if m.mp_state != uapi::KVM_MP_STATE_RUNNABLE {
+                // kvm_arch_vcpu_ioctl_set_mpstate(): without an in-kernel LAPIC only
+                // RUNNABLE is a state KVM can be in.
+                let lapic = self.lapic.lock().is_some();
+                st.mp_state = match m.mp_state {
+                    uapi::KVM_MP_STATE_RUNNABLE => m.mp_state,
+                    uapi::KVM_MP_STATE_UNINITIALIZED
+                    | uapi::KVM_MP_STATE_HALTED
+                    | uapi::KVM_MP_STATE_AP_RESET_HOLD
+                    | uapi::KVM_MP_STATE_INIT_RECEIVED
+                        if lapic =>
+                    {
+                        m.mp_state
+                    }
+                    // Obsolete: wait-for-SIPI. The SIPI itself is not re-pended (a
+                    // vector is not part of the ABI); upstream re-sends the last one.
+                    uapi::KVM_MP_STATE_SIPI_RECEIVED if lapic => uapi::KVM_MP_STATE_INIT_RECEIVED,
+                    _ => return Err(EINVAL),
+                };
+                self.waiter.poke();
+                Ok(0)
+            }
+            ioctl::KVM_GET_LAPIC => {
+                let mut out = LapicState::default();
+                let g = self.lapic.lock();
+                let l = g.as_ref().ok_or(EINVAL)?;
+                l.get_state(&mut out.0, false, now_ns());
+                drop(g);
+                user::write(arg, &out)?;
+                Ok(0)
+            }
+            ioctl::KVM_SET_LAPIC => {
+                if self.lapic.lock().is_none() {
                     return Err(EINVAL);
                 }
-                st.mp_state = m.mp_state;
+                let inp: LapicState = user::read(arg)?;
+                let mut g = self.lapic.lock();
+                let l = (*g).as_mut().ok_or(EINVAL)?;
+                l.set_state(&inp.0, false, now_ns()).map_err(|_| EINVAL)?;
+                st.regs.cr8 = l.cr8();
+                drop(g);
+                self.waiter.poke();
+                Ok(0)
+            }
+            ioctl::KVM_GET_TSC_KHZ => Ok(st.tsc_khz as isize),
+            ioctl::KVM_SET_TSC_KHZ => {
+                let khz = if arg as u32 == 0 {
+                    // SAFETY: reads a kernel variable.
+                    unsafe { glue::kvm_glue_tsc_khz() }
+                } else {
+                    arg as u32
+                };
+                if let Some(l) = (*self.lapic.lock()).as_mut() {
+                    l.set_tsc_khz(khz);
+                }
+                set_tsc_khz(&mut st, khz)?;
                 Ok(0)
             }
             // kvm_arch_vcpu_ioctl() answers unknown commands with -EINVAL.
             _ => Err(EINVAL),
         }
+    }
+}
+
+/// `struct kvm_lapic_state` as bytes (the uapi spells it with C chars).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct LapicState([u8; lapic::STATE_SIZE]);
+impl Default for LapicState {
+    fn default() -> Self {
+        LapicState([0; lapic::STATE_SIZE])
+    }
+}
+// SAFETY: a byte array.
+unsafe impl user::Pod for LapicState {}
+const _: () = assert!(size_of::<LapicState>() == size_of::<uapi::kvm_lapic_state>());
+
+/// kvm_apic_set_base(): x2APIC mode is reserved unless the guest's CPUID has it.
+fn set_apic_base(l: &mut Lapic, cpuid: &[Entry], v: u64, host: bool) -> bool {
+    let x2apic = cpuid::find(cpuid, 1, 0).is_some_and(|e| e.ecx & cpuid::L1_ECX_X2APIC != 0);
+    if v & lapic::MSR_APICBASE_X2APIC != 0 && !x2apic {
+        return false;
+    }
+    l.set_base(v, host, cpuid::maxphyaddr(cpuid)).is_ok()
+}
+
+fn now_ns() -> u64 {
+    // SAFETY: reads the clock.
+    unsafe { glue::kvm_glue_ktime_ns() }
+}
+
+/// The guest's TSC now (no TSC offset yet: the host's).
+fn now_tsc() -> u64 {
+    // SAFETY: reads the TSC.
+    unsafe { glue::kvm_glue_rdtsc() }
+}
+
+/// kvm_set_tsc_khz() without TSC scaling: the rate is recorded either way (as
+/// upstream's virtual_tsc_khz), but only one within upstream's 250 ppm tolerance
+/// of the host's succeeds. Upstream "catches up" a faster guest TSC instead of
+/// failing; kvm-rs does not emulate that.
+fn set_tsc_khz(st: &mut State, khz: u32) -> Result {
+    st.tsc_khz = khz;
+    // SAFETY: reads a kernel variable.
+    let host = u64::from(unsafe { glue::kvm_glue_tsc_khz() });
+    let lo = host * (1_000_000 - 250) / 1_000_000;
+    let hi = host * (1_000_000 + 250) / 1_000_000;
+    if (lo..=hi).contains(&u64::from(khz)) {
+        Ok(())
+    } else {
+        Err(EINVAL)
     }
 }
 
@@ -340,19 +531,14 @@ fn set_regs(g: &mut GuestRegs, r: &uapi::kvm_regs) {
 }
 
 /// Frees what State owns outside Rust (vendor vCPU, guest FPU).
-fn drop_state(st: &State) {
-    if let Some(ops) = vendor::current() {
-        // SAFETY: created for this vCPU, freed once (the vCPU is going away).
-        unsafe { (ops.vcpu_free)(st.vendor.0) };
-    }
-    // SAFETY: allocated by kvm_glue_fpu_alloc (or null), freed once.
-    unsafe { glue::kvm_glue_fpu_free(st.fpu.0) };
-}
-
-#[pinned_drop]
-impl PinnedDrop for Vcpu {
-    fn drop(self: Pin<&mut Self>) {
-        drop_state(&self.state.lock());
+impl Drop for State {
+    fn drop(&mut self) {
+        if let Some(ops) = vendor::current() {
+            // SAFETY: created for this vCPU, freed once (the vCPU is going away).
+            unsafe { (ops.vcpu_free)(self.vendor.0) };
+        }
+        // SAFETY: allocated by kvm_glue_fpu_alloc (or null), freed once.
+        unsafe { glue::kvm_glue_fpu_free(self.fpu.0) };
     }
 }
 
@@ -364,31 +550,102 @@ enum Next {
     User(Result<isize>),
 }
 
+impl Next {
+    /// As a completion's result: None to go on into the guest.
+    fn into_user(self) -> Option<Result<isize>> {
+        match self {
+            Next::Guest => None,
+            Next::User(r) => Some(r),
+        }
+    }
+}
+
+/// The RIP after `insn` at `rip` (wrapping at 4G outside 64-bit mode, as the
+/// emulator's _eip).
+fn next_ip(_st: &State, insn: &Insn, rip: u64) -> u64 {
+    let n = rip.wrapping_add(u64::from(insn.len));
+    if insn.mode == emulate::Mode::Prot64 {
+        n
+    } else {
+        n & 0xffff_ffff
+    }
+}
+
+const PF_VECTOR: u32 = 14;
+
 impl Vcpu {
     fn vcpu_run(&self, vm: &Vm, ops: &X86VendorOps, st: &mut State) -> Result<isize> {
-        self.complete_userspace(st);
+        if let Some(r) = self.complete_userspace(vm, ops, st) {
+            return r;
+        }
         if self.run_read_u8(run::IMMEDIATE_EXIT) != 0 {
             return Err(EINTR);
+        }
+        let has_lapic = self.lapic.lock().is_some();
+        if has_lapic && st.mp_state == uapi::KVM_MP_STATE_UNINITIALIZED {
+            // As upstream: an AP waiting for INIT blocks once, then KVM_RUN returns
+            // (-EAGAIN, or -EINTR for a signal) so that userspace sees its new state.
+            self.accept_events(ops, st);
+            if st.mp_state == uapi::KVM_MP_STATE_UNINITIALIZED {
+                // SAFETY: a live waiter.
+                unsafe { glue::kvm_glue_waiter_block(self.waiter.0) };
+                self.accept_events(ops, st);
+            }
+            // SAFETY: plain query of the current task.
+            if unsafe { glue::kvm_glue_signal_pending() } != 0 {
+                self.set_exit(uapi::KVM_EXIT_INTR);
+                return Err(EINTR);
+            }
+            return Err(EAGAIN);
         }
         // SAFETY: the guest FPU state is this vCPU's; swapped back below.
         unsafe { glue::kvm_glue_fpu_load(st.fpu.0, 1) };
         let r = loop {
             // SAFETY: plain queries of the current task.
             if unsafe { glue::kvm_glue_signal_pending() } != 0 {
+                self.stats.inc(st_::SIGNAL_EXITS);
                 self.set_exit(uapi::KVM_EXIT_INTR);
                 break Err(EINTR);
             }
             // SAFETY: process context, no locks held but our own mutex.
             unsafe { glue::kvm_glue_cond_resched() };
+            if has_lapic {
+                // SAFETY: a live waiter; what poked it is looked at just below.
+                unsafe { glue::kvm_glue_waiter_take(self.waiter.0) };
+                self.accept_events(ops, st);
+                if st.mp_state == uapi::KVM_MP_STATE_HALTED && self.halt_wakes(ops, st) {
+                    st.mp_state = uapi::KVM_MP_STATE_RUNNABLE;
+                }
+                if st.mp_state != uapi::KVM_MP_STATE_RUNNABLE {
+                    self.stats.set(st_::BLOCKING, 1);
+                    // SAFETY: a live waiter; returns on a poke, the timer or a signal.
+                    unsafe { glue::kvm_glue_waiter_block(self.waiter.0) };
+                    self.stats.set(st_::BLOCKING, 0);
+                    self.stats.inc(st_::HALT_WAKEUP);
+                    continue;
+                }
+                self.inject_interrupt(ops, st);
+            }
             let nested_cr3 = vm.mmu.lock().root_pa();
             let mut ex = Exit::default();
             // SAFETY: interrupts off from here to the enable below, as VMRUN needs.
             unsafe { glue::kvm_glue_irq_disable() };
             // SAFETY: interrupts are off, so the CPU number is stable.
             let cpu = unsafe { glue::kvm_glue_smp_processor_id() };
-            self.guest_cpu.store(cpu + 1, Ordering::SeqCst);
-            // Read after publishing guest mode: a zap either sees us in the guest
-            // and kicks, or bumped the generation before this load.
+            // SAFETY: a live waiter; publishing guest mode is a full barrier.
+            unsafe { glue::kvm_glue_waiter_set_cpu(self.waiter.0, cpu + 1) };
+            // Read after publishing guest mode: a poke either sees us in the guest
+            // and sends an IPI (taken as an exit), or happened before this check.
+            // SAFETY: a live waiter.
+            if has_lapic && unsafe { glue::kvm_glue_waiter_pending(self.waiter.0) } != 0 {
+                // SAFETY: as above.
+                unsafe { glue::kvm_glue_waiter_set_cpu(self.waiter.0, 0) };
+                // SAFETY: pairs with the disable above.
+                unsafe { glue::kvm_glue_irq_enable() };
+                continue;
+            }
+            // Same for a zap: it either sees us in the guest and kicks, or bumped
+            // the generation before this load.
             let gen = vm.tlb_gen.load(Ordering::SeqCst);
             let flush = gen != st.tlb_gen;
             st.tlb_gen = gen;
@@ -396,9 +653,15 @@ impl Vcpu {
             unsafe { glue::kvm_glue_fpu_prepare_entry() };
             // SAFETY: the vendor vCPU and registers are ours (mutex held).
             unsafe { (ops.run)(st.vendor.0, &mut st.regs, nested_cr3, flush, &mut ex) };
-            self.guest_cpu.store(0, Ordering::Release);
+            // SAFETY: a live waiter.
+            unsafe { glue::kvm_glue_waiter_set_cpu(self.waiter.0, 0) };
             // SAFETY: pairs with the disable above; pending host interrupts run now.
             unsafe { glue::kvm_glue_irq_enable() };
+            if let Some(l) = (*self.lapic.lock()).as_mut() {
+                // The guest may have written CR8 without an exit (V_TPR).
+                l.set_cr8(st.regs.cr8);
+            }
+            self.stats.inc(st_::EXITS);
             match self.handle_exit(vm, ops, st, &ex) {
                 Next::Guest => {}
                 Next::User(r) => break r,
@@ -409,42 +672,452 @@ impl Vcpu {
         r
     }
 
-    /// Finishes an instruction whose data userspace provided (complete_fast_pio_*).
-    fn complete_userspace(&self, st: &mut State) {
-        let p = core::mem::replace(&mut st.pending, Pending::None);
-        if let Pending::Pio {
-            input,
-            size,
-            rip,
-            next_rip,
-        } = p
-        {
-            // Userspace moved RIP: the instruction is no longer there to finish.
-            if st.regs.rip != rip {
-                return;
-            }
-            if input {
-                let mut buf = [0u8; 8];
-                // SAFETY: the PIO page is ours and at least `size` (<= 4) bytes long.
-                unsafe {
-                    core::ptr::copy_nonoverlapping(self.pio_data(), buf.as_mut_ptr(), size as usize)
-                };
-                let val = u64::from_le_bytes(buf);
-                let rax = &mut st.regs.gpr[reg::RAX];
-                // 8/16-bit IN merges into RAX, 32-bit zero-extends.
-                *rax = match size {
-                    1 => (*rax & !0xff) | (val & 0xff),
-                    2 => (*rax & !0xffff) | (val & 0xffff),
-                    _ => val & 0xffff_ffff,
-                };
-            }
-            st.regs.rip = next_rip;
+    /// The LAPIC's timer, INIT and SIPI (upstream kvm_apic_accept_events() and the
+    /// timer's expiry work), and the host timer armed for its next expiry.
+    fn accept_events(&self, ops: &X86VendorOps, st: &mut State) {
+        let mut g = self.lapic.lock();
+        let Some(l) = (*g).as_mut() else {
+            return;
+        };
+        l.timer_poll(now_ns());
+        let init = l.take_init();
+        if init {
+            l.init();
         }
+        let sipi = l.take_sipi();
+        let expiry = l.next_timer_expiry().unwrap_or(0);
+        let cr8 = l.cr8();
+        drop(g);
+        if expiry != st.armed_ns {
+            // SAFETY: a live waiter.
+            unsafe { glue::kvm_glue_waiter_arm(self.waiter.0, expiry) };
+            st.armed_ns = expiry;
+        }
+        if init {
+            // kvm_vcpu_reset(vcpu, true): the BSP runs again, APs wait for SIPI.
+            // SAFETY: a live vendor vCPU under the mutex.
+            unsafe { (ops.reset)(st.vendor.0) };
+            st.regs = reset_regs(&st.cpuid);
+            st.pending = Pending::None;
+            st.mp_state = if self.id == 0 {
+                uapi::KVM_MP_STATE_RUNNABLE
+            } else {
+                uapi::KVM_MP_STATE_INIT_RECEIVED
+            };
+        }
+        if let Some(vector) = sipi {
+            if st.mp_state == uapi::KVM_MP_STATE_INIT_RECEIVED {
+                // kvm_vcpu_deliver_sipi_vector(): start at vector:0000 in real mode.
+                let mut s = uapi::kvm_sregs::default();
+                // SAFETY: a live vendor vCPU; `s` is a kvm_sregs.
+                unsafe { (ops.get_sregs)(st.vendor.0, core::ptr::from_mut(&mut s).cast()) };
+                s.cs.selector = u16::from(vector) << 8;
+                s.cs.base = u64::from(vector) << 12;
+                // SAFETY: as above; the INIT state with a new CS is a valid state.
+                unsafe { (ops.set_sregs)(st.vendor.0, core::ptr::from_ref(&s).cast()) };
+                st.regs.rip = 0;
+                st.mp_state = uapi::KVM_MP_STATE_RUNNABLE;
+            }
+        }
+        st.regs.cr8 = cr8;
+    }
+
+    /// Whether a halted vCPU has something to run for (kvm_vcpu_has_events()).
+    fn halt_wakes(&self, ops: &X86VendorOps, st: &State) -> bool {
+        let pending = self
+            .lapic
+            .lock()
+            .as_ref()
+            .is_some_and(|l| l.pending_interrupt().is_some());
+        // SAFETY: a live vendor vCPU under the mutex.
+        pending && unsafe { (ops.interrupt_allowed)(st.vendor.0, st.regs.rflags) }
+    }
+
+    /// Injects the LAPIC's highest pending interrupt, or asks to exit as soon as
+    /// the guest can take it (upstream kvm_check_and_inject_events()).
+    fn inject_interrupt(&self, ops: &X86VendorOps, st: &mut State) {
+        let mut g = self.lapic.lock();
+        let Some(l) = (*g).as_mut() else {
+            return;
+        };
+        if l.pending_interrupt().is_none() {
+            return;
+        }
+        // SAFETY: a live vendor vCPU under the mutex.
+        if unsafe { (ops.interrupt_allowed)(st.vendor.0, st.regs.rflags) } {
+            if let Some(vector) = l.ack_interrupt() {
+                st.regs.cr8 = l.cr8();
+                // SAFETY: as above.
+                unsafe { (ops.inject_irq)(st.vendor.0, vector.into()) };
+                self.stats.inc(st_::IRQ_INJECTIONS);
+            }
+        } else {
+            // SAFETY: as above.
+            unsafe { (ops.enable_irq_window)(st.vendor.0) };
+        }
+    }
+
+    /// Delivers `irq` from vCPU `source` if this vCPU's LAPIC accepts it.
+    pub(crate) fn deliver_irq(&self, irq: &Irq, source: u32) -> bool {
+        let mut g = self.lapic.lock();
+        let Some(l) = (*g).as_mut() else {
+            return false;
+        };
+        if !l.matches(irq, source, source == self.id) {
+            return false;
+        }
+        let accepted = l.accept(irq);
+        drop(g);
+        if accepted {
+            self.waiter.poke();
+        }
+        accepted
+    }
+
+    /// Carries out what a LAPIC register write asked for.
+    fn lapic_action(&self, vm: &Vm, a: Action) {
+        match a {
+            Action::SendIpi(irq) => vm.deliver_irq(&irq, self.id),
+            // No IOAPIC model yet, so no level-triggered line to re-arm; the timer
+            // is re-armed by accept_events() before the next entry.
+            Action::Eoi { .. } | Action::TimerChanged | Action::None => {}
+        }
+    }
+
+    fn apic_base(&self, st: &State) -> u64 {
+        self.lapic
+            .lock()
+            .as_ref()
+            .map_or(st.apic_base, |l| l.base())
+    }
+
+    /// Finishes an instruction whose data userspace provided (upstream's
+    /// complete_userspace_io callbacks). An MMIO read-modify-write can need a second
+    /// exit, for its write.
+    fn complete_userspace(
+        &self,
+        vm: &Vm,
+        ops: &X86VendorOps,
+        st: &mut State,
+    ) -> Option<Result<isize>> {
+        let p = core::mem::replace(&mut st.pending, Pending::None);
+        // Userspace moved RIP: the instruction is no longer there to finish.
+        let at = |rip: u64| st.regs.rip == rip;
+        match p {
+            Pending::None => {}
+            Pending::Pio {
+                input,
+                size,
+                rip,
+                next_rip,
+            } if at(rip) => {
+                if input {
+                    let val = u64::from_le_bytes(self.pio_bytes());
+                    let rax = &mut st.regs.gpr[reg::RAX];
+                    // 8/16-bit IN merges into RAX, 32-bit zero-extends.
+                    *rax = match size {
+                        1 => (*rax & !0xff) | (val & 0xff),
+                        2 => (*rax & !0xffff) | (val & 0xffff),
+                        _ => val & 0xffff_ffff,
+                    };
+                }
+                st.regs.rip = next_rip;
+            }
+            Pending::MmioRead {
+                insn,
+                rip,
+                next_rip,
+                gpa,
+            } if at(rip) => {
+                let mut d = [0u8; 8];
+                for (i, b) in d.iter_mut().enumerate() {
+                    *b = self.run_read_u8(run::U + 8 + i);
+                }
+                if let Some(w) = self.finish_read(st, &insn, u64::from_le_bytes(d)) {
+                    st.regs.rip = next_rip;
+                    self.mmio_exit(gpa, insn.op_size, Some(w));
+                    return Some(Ok(0));
+                }
+                st.regs.rip = next_rip;
+            }
+            Pending::StringOut { insn, rip } if at(rip) => {
+                emulate::string_advance(&insn, &mut st.regs.gpr, st.regs.rflags, 1);
+                self.string_next(st, &insn, rip);
+            }
+            Pending::StringIn { insn, rip, count } if at(rip) => {
+                let cpu = self.cpu(ops, st);
+                let size = u64::from(insn.op_size);
+                let mut buf = [0u8; 8];
+                for i in 0..count {
+                    let ea = emulate::string_dst_address(&insn, &st.regs.gpr);
+                    let la = cpu.linear(0, ea);
+                    let off = (i * size) as usize;
+                    let n = insn.op_size as usize;
+                    // SAFETY: the PIO page is ours; count * size <= 1024 (ins_read_ahead).
+                    unsafe {
+                        core::ptr::copy_nonoverlapping(
+                            self.pio_data().wrapping_add(off % PAGE_SIZE),
+                            buf.as_mut_ptr(),
+                            n.min(8),
+                        )
+                    };
+                    let stored = cpu
+                        .translate(vm, la, true, false)
+                        .map_err(Failure::Walk)
+                        .and_then(|gpa| {
+                            emul::write_phys(vm, gpa, buf.get(..n).unwrap_or(&[]))
+                                .ok_or(Failure::Emulation)
+                        });
+                    if let Err(f) = stored {
+                        return self.failure(ops, st, f, la).into_user();
+                    }
+                    emulate::string_advance(&insn, &mut st.regs.gpr, st.regs.rflags, 1);
+                }
+                self.string_next(st, &insn, rip);
+            }
+            _ => {}
+        }
+        None
+    }
+
+    /// After string I/O elements: the next instruction, or the same one again
+    /// while REP has elements left (it exits again).
+    fn string_next(&self, st: &mut State, insn: &Insn, rip: u64) {
+        if emulate::string_done(insn, &st.regs.gpr, st.regs.rflags) {
+            st.regs.rip = next_ip(st, insn, rip);
+        }
+    }
+
+    /// The first 8 bytes of the PIO page.
+    fn pio_bytes(&self) -> [u8; 8] {
+        let mut buf = [0u8; 8];
+        // SAFETY: the PIO page is ours and page-sized.
+        unsafe { core::ptr::copy_nonoverlapping(self.pio_data(), buf.as_mut_ptr(), 8) };
+        buf
+    }
+
+    /// Completes `insn` with `value` read from its memory operand; returns what it
+    /// writes back to memory, if anything (RMW ALU ops, XCHG).
+    fn finish_read(&self, st: &mut State, insn: &Insn, value: u64) -> Option<u64> {
+        match insn.op {
+            Op::Load { .. } => {
+                emulate::complete_load(insn, &mut st.regs.gpr, value);
+                None
+            }
+            Op::Xchg { .. } => {
+                let old = emulate::store_value(insn, &st.regs.gpr);
+                emulate::complete_load(insn, &mut st.regs.gpr, value);
+                old
+            }
+            _ => {
+                let (w, flags) = emulate::alu(insn, &mut st.regs.gpr, st.regs.rflags, value);
+                st.regs.rflags = flags | RFLAGS_FIXED;
+                w
+            }
+        }
+    }
+
+    /// Fills kvm_run for KVM_EXIT_MMIO: a write of `data`, or a read.
+    fn mmio_exit(&self, gpa: u64, len: u8, data: Option<u64>) {
+        self.stats.inc(st_::MMIO_EXITS);
+        self.set_exit(uapi::KVM_EXIT_MMIO);
+        self.run_write(run::U, gpa);
+        let d = data.unwrap_or(0).to_le_bytes();
+        for (i, b) in d.iter().enumerate() {
+            let v = if i < len as usize { *b } else { 0 };
+            self.run_write(run::U + 8 + i, v);
+        }
+        self.run_write(run::U + 16, u32::from(len));
+        self.run_write(run::U + 20, u8::from(data.is_some()));
+    }
+
+    /// The state the emulator reads (segments, control registers).
+    fn cpu(&self, ops: &X86VendorOps, st: &State) -> Cpu {
+        let mut s = uapi::kvm_sregs::default();
+        // SAFETY: a live vendor vCPU under the mutex; `s` is a kvm_sregs.
+        unsafe { (ops.get_sregs)(st.vendor.0, core::ptr::from_mut(&mut s).cast()) };
+        Cpu::new(s, st.regs.rflags, cpuid::maxphyaddr(&st.cpuid))
+    }
+
+    /// An instruction that could not be emulated: a #PF for the guest when its
+    /// own page tables were in the way, else an emulation failure for userspace.
+    fn failure(&self, ops: &X86VendorOps, st: &mut State, f: Failure, la: u64) -> Next {
+        match f {
+            Failure::Walk(WalkError::PageFault { error_code }) => {
+                let mut s = uapi::kvm_sregs::default();
+                // SAFETY: a live vendor vCPU; `s` is a kvm_sregs.
+                unsafe { (ops.get_sregs)(st.vendor.0, core::ptr::from_mut(&mut s).cast()) };
+                s.cr2 = la;
+                // SAFETY: as above; only CR2 changed.
+                unsafe { (ops.set_sregs)(st.vendor.0, core::ptr::from_ref(&s).cast()) };
+                // SAFETY: as above.
+                unsafe { (ops.queue_exception)(st.vendor.0, PF_VECTOR, true, error_code) };
+                Next::Guest
+            }
+            _ => self.emulation_failure(),
+        }
+    }
+
+    /// NPF on a GPA that is not RAM (or a write to a read-only slot): emulate the
+    /// instruction against the in-kernel LAPIC or exit with KVM_EXIT_MMIO
+    /// (upstream handle_mmio_page_fault() → x86_emulate_instruction()).
+    fn emulate_mmio(&self, vm: &Vm, ops: &X86VendorOps, st: &mut State, gpa: u64) -> Next {
+        let cpu = self.cpu(ops, st);
+        let rip = st.regs.rip;
+        let insn = match cpu.fetch_decode(vm, rip) {
+            Ok(i) => i,
+            Err(f) => return self.failure(ops, st, f, cpu.linear(1, rip)),
+        };
+        if insn.is_string() || insn.lock && matches!(insn.op, Op::Alu { .. }) {
+            // String MMIO and atomics on MMIO are not emulated yet.
+            return self.emulation_failure();
+        }
+        let next_rip = next_ip(st, &insn, rip);
+        if let Some(n) = self.lapic_mmio(vm, st, &insn, gpa, next_rip) {
+            return n;
+        }
+        match insn.op {
+            Op::Store { .. } => {
+                let v = emulate::store_value(&insn, &st.regs.gpr);
+                // Upstream advances RIP before the write exit (writeback).
+                st.regs.rip = next_rip;
+                self.mmio_exit(gpa, insn.op_size, Some(v.unwrap_or(0)));
+                Next::User(Ok(0))
+            }
+            Op::Load { .. } | Op::Alu { .. } | Op::Xchg { .. } => {
+                st.pending = Pending::MmioRead {
+                    insn,
+                    rip,
+                    next_rip,
+                    gpa,
+                };
+                self.mmio_exit(gpa, insn.op_size, None);
+                Next::User(Ok(0))
+            }
+            _ => self.emulation_failure(),
+        }
+    }
+
+    /// An access to the xAPIC page of an enabled in-kernel LAPIC, done in the kernel.
+    fn lapic_mmio(
+        &self,
+        vm: &Vm,
+        st: &mut State,
+        insn: &Insn,
+        gpa: u64,
+        next_rip: u64,
+    ) -> Option<Next> {
+        let mut g = self.lapic.lock();
+        let l = (*g).as_mut()?;
+        let base = l.mmio_base()?;
+        if gpa < base || gpa >= base + 4096 {
+            return None;
+        }
+        let off = (gpa - base) as u32;
+        let len = u32::from(insn.op_size);
+        let now = now_ns();
+        let action = match insn.op {
+            Op::Store { .. } => {
+                let v = emulate::store_value(insn, &st.regs.gpr).unwrap_or(0);
+                l.mmio_write_sized(off, len, v as u32, now)
+            }
+            _ => {
+                let v = l.mmio_read(off, len, now);
+                drop(g);
+                if let Some(w) = self.finish_read(st, insn, v.into()) {
+                    let mut g = self.lapic.lock();
+                    let a = (*g).as_mut().map_or(Action::None, |l| {
+                        l.mmio_write_sized(off, len, w as u32, now)
+                    });
+                    drop(g);
+                    self.lapic_action(vm, a);
+                }
+                st.regs.rip = next_rip;
+                if let Some(l) = (*self.lapic.lock()).as_ref() {
+                    st.regs.cr8 = l.cr8();
+                }
+                return Some(Next::Guest);
+            }
+        };
+        st.regs.cr8 = l.cr8();
+        drop(g);
+        self.lapic_action(vm, action);
+        st.regs.rip = next_rip;
+        Some(Next::Guest)
+    }
+
+    /// INS/OUTS (IOIO exit with the string bit): OUTS exits once per element, INS
+    /// once per read-ahead batch, as upstream's emulator does.
+    fn emulate_string_io(&self, vm: &Vm, ops: &X86VendorOps, st: &mut State, ex: &Exit) -> Next {
+        let cpu = self.cpu(ops, st);
+        let rip = st.regs.rip;
+        let insn = match cpu.fetch_decode(vm, rip) {
+            Ok(i) => i,
+            Err(f) => return self.failure(ops, st, f, cpu.linear(1, rip)),
+        };
+        let port = ex.info as u16;
+        let size = insn.op_size;
+        if emulate::string_count(&insn, &st.regs.gpr) == 0 {
+            st.regs.rip = next_ip(st, &insn, rip);
+            return Next::Guest;
+        }
+        let (input, count) = match insn.op {
+            Op::Outs => {
+                let la = cpu.linear(insn.seg, emulate::string_src_address(&insn, &st.regs.gpr));
+                let mut buf = [0u8; 8];
+                let n = usize::from(size).min(8);
+                let read = cpu
+                    .translate(vm, la, false, false)
+                    .map_err(Failure::Walk)
+                    .and_then(|gpa| {
+                        emul::read_phys(vm, gpa, buf.get_mut(..n).unwrap_or(&mut []))
+                            .ok_or(Failure::Emulation)
+                    });
+                if let Err(f) = read {
+                    return self.failure(ops, st, f, la);
+                }
+                // SAFETY: the PIO page is ours; n <= 8.
+                unsafe { core::ptr::copy_nonoverlapping(buf.as_ptr(), self.pio_data(), n) };
+                st.pending = Pending::StringOut { insn, rip };
+                (false, 1)
+            }
+            Op::Ins => {
+                let count = emulate::ins_read_ahead(&insn, &st.regs.gpr, st.regs.rflags);
+                st.pending = Pending::StringIn { insn, rip, count };
+                (true, count)
+            }
+            _ => return self.emulation_failure(),
+        };
+        self.stats.inc(st_::IO_EXITS);
+        self.io_exit(input, size, port, count as u32);
+        Next::User(Ok(0))
+    }
+
+    /// Fills kvm_run for KVM_EXIT_IO; the data is at the start of the PIO page.
+    fn io_exit(&self, input: bool, size: u8, port: u16, count: u32) {
+        self.set_exit(uapi::KVM_EXIT_IO);
+        let u = run::U;
+        let dir = if input {
+            uapi::KVM_EXIT_IO_IN
+        } else {
+            uapi::KVM_EXIT_IO_OUT
+        };
+        self.run_write(u, dir as u8);
+        self.run_write(u + 1, size);
+        self.run_write(u + 2, port);
+        self.run_write(u + 4, count);
+        self.run_write(
+            u + 8,
+            u64::from(uapi::KVM_PIO_PAGE_OFFSET) * PAGE_SIZE as u64,
+        );
     }
 
     fn handle_exit(&self, vm: &Vm, ops: &X86VendorOps, st: &mut State, ex: &Exit) -> Next {
         match ex.kind {
             exit::NONE | exit::UD => {
+                if ex.kind == exit::NONE && ex.next_rip == 0 {
+                    self.stats.inc(st_::IRQ_EXITS);
+                }
                 if ex.next_rip != 0 {
                     st.regs.rip = ex.next_rip;
                 }
@@ -464,35 +1137,30 @@ impl Vcpu {
                         )
                     };
                 }
+                self.stats.inc(st_::IO_EXITS);
                 st.pending = Pending::Pio {
                     input,
                     size,
                     rip: st.regs.rip,
                     next_rip: ex.next_rip,
                 };
-                self.set_exit(uapi::KVM_EXIT_IO);
-                let u = run::U;
-                self.run_write(
-                    u,
-                    if input {
-                        uapi::KVM_EXIT_IO_IN
-                    } else {
-                        uapi::KVM_EXIT_IO_OUT
-                    } as u8,
-                );
-                self.run_write(u + 1, size);
-                self.run_write(u + 2, ex.info as u16);
-                self.run_write(u + 4, 1u32);
-                self.run_write(
-                    u + 8,
-                    u64::from(uapi::KVM_PIO_PAGE_OFFSET) * PAGE_SIZE as u64,
-                );
+                self.io_exit(input, size, ex.info as u16, 1);
                 Next::User(Ok(0))
             }
             exit::HLT => {
+                self.stats.inc(st_::HALT_EXITS);
                 st.regs.rip = ex.next_rip;
+                if self.lapic.lock().is_some() {
+                    // The in-kernel LAPIC wakes it (kvm_emulate_halt()).
+                    st.mp_state = uapi::KVM_MP_STATE_HALTED;
+                    return Next::Guest;
+                }
                 self.set_exit(uapi::KVM_EXIT_HLT);
                 Next::User(Ok(0))
+            }
+            exit::IRQ_WINDOW => {
+                self.stats.inc(st_::IRQ_WINDOW_EXITS);
+                Next::Guest
             }
             exit::SHUTDOWN => {
                 // The vendor put the vCPU in its INIT state; so are the registers.
@@ -501,7 +1169,7 @@ impl Vcpu {
                 self.set_exit(uapi::KVM_EXIT_SHUTDOWN);
                 Next::User(Ok(0))
             }
-            exit::NPF => self.page_fault(vm, ex),
+            exit::NPF => self.page_fault(vm, ops, st, ex),
             exit::CPUID => {
                 let (f, i) = (st.regs.gpr[reg::RAX] as u32, st.regs.gpr[reg::RCX] as u32);
                 let e = cpuid::find(&st.cpuid, f, i).copied().unwrap_or_default();
@@ -523,7 +1191,7 @@ impl Vcpu {
                     v.is_some()
                 } else {
                     let v = (st.regs.gpr[reg::RDX] << 32) | (st.regs.gpr[reg::RAX] & 0xffff_ffff);
-                    self.set_msr(ops, st, index, v)
+                    self.set_msr(vm, ops, st, index, v)
                 };
                 if ok {
                     st.regs.rip = ex.next_rip;
@@ -547,13 +1215,12 @@ impl Vcpu {
                 self.run_write(run::U + 8, unsafe { glue::kvm_glue_smp_processor_id() });
                 Next::User(Ok(0))
             }
-            exit::IO => self.emulation_failure(),
+            exit::IO => self.emulate_string_io(vm, ops, st, ex),
             _ => {
                 self.set_exit(uapi::KVM_EXIT_INTERNAL_ERROR);
                 self.run_write(run::U, uapi::KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON);
                 self.run_write(run::U + 4, 2u32);
                 self.run_write(run::U + 8, ex.hw_reason);
-                // SAFETY: reads the CPU number only.
                 // SAFETY: reads the CPU number only.
                 let cpu = unsafe { glue::kvm_glue_smp_processor_id() };
                 self.run_write(run::U + 16, u64::from(cpu));
@@ -562,8 +1229,8 @@ impl Vcpu {
         }
     }
 
-    /// An access kvm-rs would have to emulate (MMIO, string I/O): there is no
-    /// instruction emulator yet, so report it as upstream reports a failed emulation.
+    /// An instruction the emulator does not handle, reported as upstream reports a
+    /// failed emulation (handle_emulation_failure() without the instruction bytes).
     fn emulation_failure(&self) -> Next {
         self.set_exit(uapi::KVM_EXIT_INTERNAL_ERROR);
         self.run_write(run::U, uapi::KVM_INTERNAL_ERROR_EMULATION);
@@ -572,15 +1239,15 @@ impl Vcpu {
     }
 
     /// NPF: map the page backing the GPA, or report what cannot be mapped.
-    fn page_fault(&self, vm: &Vm, ex: &Exit) -> Next {
+    fn page_fault(&self, vm: &Vm, ops: &X86VendorOps, st: &mut State, ex: &Exit) -> Next {
         let gfn = ex.info >> 12;
         let write = ex.flags & exit::PF_WRITE != 0;
         let (slot, gen) = vm.find_slot(gfn);
         let Some(slot) = slot else {
-            return self.emulation_failure();
+            return self.emulate_mmio(vm, ops, st, ex.info);
         };
         if write && slot.readonly() {
-            return self.emulation_failure();
+            return self.emulate_mmio(vm, ops, st, ex.info);
         }
         let writable = !slot.readonly();
         let mut hpa = 0u64;
@@ -597,9 +1264,14 @@ impl Vcpu {
             // Slots changed while we pinned: fault again with the new ones.
             Ok(false)
         };
+        let pages = mmu.mapped;
         drop(mmu);
         match mapped {
-            Ok(true) => Next::Guest,
+            Ok(true) => {
+                vm.stats.set(stats::vm::PAGES_4K, pages);
+                self.stats.inc(st_::PF_FIXED);
+                Next::Guest
+            }
             other => {
                 // SAFETY: our pin, not handed to the MMU.
                 unsafe { glue::kvm_glue_unpin_phys(hpa, 0) };
@@ -613,7 +1285,13 @@ impl Vcpu {
 
     fn get_msr(&self, ops: &X86VendorOps, st: &State, index: u32) -> Option<u64> {
         match index {
-            MSR_IA32_APICBASE => Some(st.apic_base),
+            MSR_IA32_APICBASE => Some(self.apic_base(st)),
+            lapic::MSR_TSC_DEADLINE | lapic::X2APIC_MSR_BASE..=X2APIC_MSR_LAST => self
+                .lapic
+                .lock()
+                .as_ref()?
+                .read_msr(index, now_ns(), now_tsc())
+                .ok(),
             _ => {
                 let mut v = 0;
                 // SAFETY: a live vendor vCPU under the mutex.
@@ -622,8 +1300,34 @@ impl Vcpu {
         }
     }
 
-    fn set_msr(&self, ops: &X86VendorOps, st: &mut State, index: u32, v: u64) -> bool {
+    fn set_msr(&self, vm: &Vm, ops: &X86VendorOps, st: &mut State, index: u32, v: u64) -> bool {
         match index {
+            MSR_IA32_APICBASE => {
+                let mut g = self.lapic.lock();
+                match (*g).as_mut() {
+                    Some(l) => set_apic_base(l, &st.cpuid, v, false),
+                    None => {
+                        st.apic_base = v;
+                        true
+                    }
+                }
+            }
+            lapic::MSR_TSC_DEADLINE | lapic::X2APIC_MSR_BASE..=X2APIC_MSR_LAST => {
+                let mut g = self.lapic.lock();
+                let Some(l) = (*g).as_mut() else {
+                    return false;
+                };
+                let r = l.write_msr(index, v, now_ns(), now_tsc());
+                st.regs.cr8 = l.cr8();
+                drop(g);
+                match r {
+                    Ok(a) => {
+                        self.lapic_action(vm, a);
+                        true
+                    }
+                    Err(_) => false,
+                }
+            }
             MSR_EFER => {
                 // Reserved (by the guest's CPUID) bits fault; LMA is the CPU's.
                 if v & !cpuid::efer_allowed(&st.cpuid) != 0 {
@@ -643,6 +1347,7 @@ impl Vcpu {
 }
 
 const MSR_IA32_APICBASE: u32 = 0x1b;
+const X2APIC_MSR_LAST: u32 = 0x8ff;
 /// include/uapi/linux/kvm_para.h
 const KVM_ENOSYS: i64 = 1000;
 const MSR_EFER: u32 = 0xc000_0080;
@@ -676,6 +1381,13 @@ fn file<'a>(p: *mut c_void) -> &'a VcpuFile {
 #[no_mangle]
 pub(crate) extern "C" fn kvm_rs_vcpu_ioctl(p: *mut c_void, cmd: c_uint, arg: c_ulong) -> c_long {
     let f = file(p);
+    if cmd == ioctl::KVM_GET_STATS_FD {
+        // Needs the references, not the vCPU lock.
+        let r =
+            f.vm.check_owner()
+                .and_then(|()| stats::vcpu_fd(f.vm.clone(), f.vcpu.clone()));
+        return dev::ioctl_ret(r);
+    }
     dev::ioctl_ret(f.vcpu.ioctl(&f.vm, cmd, arg))
 }
 

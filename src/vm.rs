@@ -3,15 +3,18 @@
 //! one reference; vCPU fds hold one each. Memory slots, the MMU and the vCPUs live
 //! here and go with the last reference (upstream kvm_destroy_vm()).
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use kernel::ffi::{c_long, c_uint, c_ulong, c_void};
 use kernel::new_mutex;
 use kernel::prelude::*;
 use kernel::sync::{Arc, ArcBorrow, Mutex};
 
 use crate::abi::{caps, ioctl, uapi};
+use crate::irqchip::Irqchip;
+use crate::lapic::Irq;
 use crate::memslot::{self, Slot};
 use crate::mmu::Mmu;
+use crate::stats::{self, Counters};
 use crate::vcpu::{self, Vcpu};
 use crate::{dev, glue, user, vendor};
 
@@ -48,6 +51,9 @@ use caps::{MAX_VCPUS, MAX_VCPU_IDS};
 #[pin_data]
 pub(crate) struct Vm {
     mm: OwnerMm,
+    /// The creator's pid, for the stats file id ("kvm-<pid>").
+    pub(crate) pid: i32,
+    pub(crate) stats: Counters<{ stats::vm::DESCS.len() }>,
     #[allow(dead_code)] // Read by the vendor hooks of protected VM types.
     vm_type: u32,
     /// Sorted by base gfn (memslot.rs). Taken before `mmu`.
@@ -55,15 +61,30 @@ pub(crate) struct Vm {
     slots: Mutex<KVec<Slot>>,
     #[pin]
     pub(crate) mmu: Mutex<Mmu>,
-    /// Taken after `mmu` (kicks walk the list under the MMU lock).
+    /// Taken after `mmu` (kicks walk the list under the MMU lock), and after a
+    /// vCPU's own state (IPIs walk the list from a running vCPU).
     #[pin]
-    vcpus: Mutex<KVec<Arc<Vcpu>>>,
+    locked: Mutex<VmLocked>,
+    /// Set once by KVM_CREATE_IRQCHIP, before any vCPU exists: vCPUs created
+    /// afterwards get an in-kernel LAPIC.
+    pub(crate) has_irqchip: AtomicBool,
     /// Bumped (under `mmu`) whenever slots change: a fault that pinned a page for
     /// an older generation must not map it.
     pub(crate) slots_gen: AtomicU64,
     /// Bumped whenever NPT entries are zapped: vCPUs flush their TLB on entry when
     /// it differs from what they last saw.
     pub(crate) tlb_gen: AtomicU64,
+}
+
+/// What upstream guards with kvm->lock: the vCPU list and the VM-wide settings that
+/// may only change before the first vCPU exists.
+pub(crate) struct VmLocked {
+    pub(crate) vcpus: KVec<Arc<Vcpu>>,
+    /// KVM_CAP_MAX_VCPU_ID (0: not set yet; fixed at the first KVM_CREATE_VCPU).
+    max_vcpu_ids: u32,
+    /// KVM_SET_TSC_KHZ on the VM: what new vCPUs start with.
+    pub(crate) default_tsc_khz: u32,
+    pub(crate) irqchip: Option<KBox<Irqchip>>,
 }
 
 /// KVM_CREATE_VM: returns the new fd.
@@ -74,10 +95,20 @@ pub(crate) fn create(vm_type: usize) -> Result<isize> {
     let vm = Arc::pin_init(
         try_pin_init!(Vm {
             mm: OwnerMm::current(),
+            // SAFETY: reads the current task's pid.
+            pid: unsafe { glue::kvm_glue_current_pid() },
+            stats: Counters::new(),
             vm_type: vm_type as u32,
             slots <- new_mutex!(KVec::new()),
             mmu <- new_mutex!(Mmu::new()?),
-            vcpus <- new_mutex!(KVec::new()),
+            locked <- new_mutex!(VmLocked {
+                vcpus: KVec::new(),
+                max_vcpu_ids: 0,
+                // SAFETY: reads a kernel variable.
+                default_tsc_khz: unsafe { glue::kvm_glue_tsc_khz() },
+                irqchip: None,
+            }),
+            has_irqchip: AtomicBool::new(false),
             slots_gen: AtomicU64::new(0),
             tlb_gen: AtomicU64::new(0),
         }),
@@ -128,6 +159,70 @@ impl Vm {
                 })
             }
             ioctl::KVM_CREATE_VCPU => self.create_vcpu(arg),
+            ioctl::KVM_GET_STATS_FD => stats::vm_fd(self.clone()),
+            ioctl::KVM_ENABLE_CAP => {
+                let c: uapi::kvm_enable_cap = user::read(arg)?;
+                self.enable_cap(&c)
+            }
+            ioctl::KVM_GET_TSC_KHZ => Ok(self.locked.lock().default_tsc_khz as isize),
+            ioctl::KVM_SET_TSC_KHZ => {
+                // Without TSC scaling any rate is accepted here, as upstream; whether
+                // a vCPU can run at it is KVM_SET_TSC_KHZ on the vCPU's business.
+                let khz = if arg as u32 == 0 {
+                    // SAFETY: reads a kernel variable.
+                    unsafe { glue::kvm_glue_tsc_khz() }
+                } else {
+                    arg as u32
+                };
+                let mut l = self.locked.lock();
+                if !l.vcpus.is_empty() {
+                    return Err(EINVAL);
+                }
+                l.default_tsc_khz = khz;
+                Ok(0)
+            }
+            // SVM has no real-mode TSS or identity map to place (svm_set_tss_addr()).
+            ioctl::KVM_SET_TSS_ADDR => Ok(0),
+            ioctl::KVM_SET_IDENTITY_MAP_ADDR => {
+                let _addr: u64 = user::read(arg)?;
+                if !self.locked.lock().vcpus.is_empty() {
+                    return Err(EINVAL);
+                }
+                Ok(0)
+            }
+            ioctl::KVM_CREATE_IRQCHIP => {
+                let mut l = self.locked.lock();
+                if l.irqchip.is_some() {
+                    return Err(EEXIST);
+                }
+                if !l.vcpus.is_empty() {
+                    return Err(EINVAL);
+                }
+                l.irqchip = Some(KBox::new(Irqchip::new(), GFP_KERNEL)?);
+                self.has_irqchip.store(true, Ordering::SeqCst);
+                Ok(0)
+            }
+            ioctl::KVM_GET_IRQCHIP => {
+                let mut chip: uapi::kvm_irqchip = user::read(arg)?;
+                self.locked
+                    .lock()
+                    .irqchip
+                    .as_ref()
+                    .ok_or(ENXIO)?
+                    .get(&mut chip)?;
+                user::write(arg, &chip)?;
+                Ok(0)
+            }
+            ioctl::KVM_SET_IRQCHIP => {
+                let chip: uapi::kvm_irqchip = user::read(arg)?;
+                self.locked
+                    .lock()
+                    .irqchip
+                    .as_mut()
+                    .ok_or(ENXIO)?
+                    .set(&chip)?;
+                Ok(0)
+            }
             // x86's kvm_arch_vm_ioctl() answers unknown commands with -ENOTTY.
             _ => Err(ENOTTY),
         }
@@ -160,6 +255,7 @@ impl Vm {
                     self.flush_all();
                 }
                 mmu.release_zapped(o.base_gfn, o.end_gfn());
+                self.stats.set(stats::vm::PAGES_4K, mmu.mapped);
             }
         }
         match change {
@@ -194,31 +290,75 @@ impl Vm {
         )
     }
 
+    /// KVM_ENABLE_CAP on the VM (upstream kvm_vm_ioctl_enable_cap()).
+    fn enable_cap(&self, c: &uapi::kvm_enable_cap) -> Result<isize> {
+        if c.flags != 0 {
+            return Err(EINVAL);
+        }
+        match c.cap {
+            uapi::KVM_CAP_MAX_VCPU_ID => {
+                let want = c.args[0];
+                if want > u64::from(MAX_VCPU_IDS) {
+                    return Err(EINVAL);
+                }
+                let mut l = self.locked.lock();
+                // Settable once, before any vCPU (which fixes it at the maximum).
+                if u64::from(l.max_vcpu_ids) == want {
+                    Ok(0)
+                } else if l.max_vcpu_ids == 0 {
+                    l.max_vcpu_ids = want as u32;
+                    Ok(0)
+                } else {
+                    Err(EINVAL)
+                }
+            }
+            _ => Err(EINVAL),
+        }
+    }
+
+    /// Delivers an interrupt message from the LAPIC of vCPU `source` to every
+    /// vCPU whose LAPIC it addresses (upstream kvm_irq_delivery_to_apic()).
+    /// Lowest-priority delivery goes to the first match (upstream arbitrates).
+    pub(crate) fn deliver_irq(&self, irq: &Irq, source: u32) {
+        let l = self.locked.lock();
+        for v in l.vcpus.iter() {
+            if v.deliver_irq(irq, source) && irq.delivery_mode == crate::lapic::delivery::LOWEST {
+                break;
+            }
+        }
+    }
+
     /// Makes every vCPU flush its TLB before it next runs guest code, and waits
     /// until none is still running on old translations. Called with `mmu` held.
     fn flush_all(&self) {
+        self.stats.inc(stats::vm::REMOTE_TLB_FLUSH_REQUESTS);
+        self.stats.inc(stats::vm::REMOTE_TLB_FLUSH);
         self.tlb_gen.fetch_add(1, Ordering::SeqCst);
-        for v in self.vcpus.lock().iter() {
+        for v in self.locked.lock().vcpus.iter() {
             v.kick();
         }
     }
 
     fn create_vcpu(self: &Arc<Self>, id: usize) -> Result<isize> {
-        if id >= MAX_VCPU_IDS as usize {
+        let mut l = self.locked.lock();
+        // kvm_arch_vcpu_precreate(): the first vCPU fixes the id limit.
+        if l.max_vcpu_ids == 0 {
+            l.max_vcpu_ids = MAX_VCPU_IDS;
+        }
+        if id >= l.max_vcpu_ids as usize {
             return Err(EINVAL);
         }
         let id = id as u32;
-        let mut vcpus = self.vcpus.lock();
-        if vcpus.len() >= MAX_VCPUS as usize {
+        if l.vcpus.len() >= MAX_VCPUS as usize {
             return Err(EINVAL);
         }
-        if vcpus.iter().any(|v| v.id == id) {
+        if l.vcpus.iter().any(|v| v.id == id) {
             return Err(EEXIST);
         }
-        vcpus.reserve(1, GFP_KERNEL)?;
-        let v = Vcpu::new(id)?;
+        l.vcpus.reserve(1, GFP_KERNEL)?;
+        let v = Vcpu::new(id, l.irqchip.is_some(), l.default_tsc_khz)?;
         let fd = vcpu::create_fd(self.clone(), v.clone())?;
-        vcpus.push_within_capacity(v).map_err(|_| ENOMEM)?;
+        l.vcpus.push_within_capacity(v).map_err(|_| ENOMEM)?;
         Ok(fd)
     }
 }

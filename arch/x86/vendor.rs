@@ -32,6 +32,10 @@ pub(crate) trait Vendor {
     fn get_msr(v: &Self::Vcpu, index: u32) -> Option<u64>;
     /// `false` when `index` is not an MSR the vendor keeps.
     fn set_msr(v: &mut Self::Vcpu, index: u32, data: u64) -> bool;
+    fn interrupt_allowed(v: &Self::Vcpu, rflags: u64) -> bool;
+    fn inject_irq(v: &mut Self::Vcpu, vector: u8);
+    fn enable_irq_window(v: &mut Self::Vcpu);
+    fn reset(v: &mut Self::Vcpu);
 }
 
 // The C-ABI entries of the table: each turns the opaque pointer back into the
@@ -125,6 +129,35 @@ unsafe extern "C" fn set_msr<V: Vendor>(v: VendorVcpu, index: u32, data: u64) ->
     c_int::from(!V::set_msr(v, index, data))
 }
 
+/// # Safety
+/// Called by kvm.ko only: `v` from `vcpu_create::<V>()`, not freed, used under the
+/// vCPU mutex.
+unsafe extern "C" fn interrupt_allowed<V: Vendor>(v: VendorVcpu, rflags: u64) -> bool {
+    // SAFETY: kvm.ko passes a live vCPU.
+    V::interrupt_allowed(unsafe { &*v.cast::<V::Vcpu>() }, rflags)
+}
+
+/// # Safety
+/// As interrupt_allowed.
+unsafe extern "C" fn inject_irq<V: Vendor>(v: VendorVcpu, vector: u32) {
+    // SAFETY: kvm.ko passes a live vCPU.
+    V::inject_irq(unsafe { &mut *v.cast::<V::Vcpu>() }, vector as u8)
+}
+
+/// # Safety
+/// As interrupt_allowed.
+unsafe extern "C" fn enable_irq_window<V: Vendor>(v: VendorVcpu) {
+    // SAFETY: kvm.ko passes a live vCPU.
+    V::enable_irq_window(unsafe { &mut *v.cast::<V::Vcpu>() })
+}
+
+/// # Safety
+/// As interrupt_allowed.
+unsafe extern "C" fn reset<V: Vendor>(v: VendorVcpu) {
+    // SAFETY: kvm.ko passes a live vCPU.
+    V::reset(unsafe { &mut *v.cast::<V::Vcpu>() })
+}
+
 /// The table for vendor `V`, to be kept in a `static` while registered.
 #[expect(
     clippy::disallowed_methods,
@@ -144,6 +177,10 @@ pub(crate) const fn ops<V: Vendor>() -> X86VendorOps {
         queue_exception: queue_exception::<V>,
         get_msr: get_msr::<V>,
         set_msr: set_msr::<V>,
+        interrupt_allowed: interrupt_allowed::<V>,
+        inject_irq: inject_irq::<V>,
+        enable_irq_window: enable_irq_window::<V>,
+        reset: reset::<V>,
     }
 }
 

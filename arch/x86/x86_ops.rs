@@ -30,6 +30,8 @@ pub(crate) struct GuestRegs {
     pub(crate) gpr: [u64; 16],
     pub(crate) rip: u64,
     pub(crate) rflags: u64,
+    /// The guest's TPR as CR8 (bits 3:0), kept in sync with the in-kernel LAPIC.
+    pub(crate) cr8: u64,
 }
 
 /// Why the guest stopped, in vendor-neutral terms (`kind`), with the raw reason for
@@ -66,6 +68,8 @@ pub(crate) mod exit {
     pub(crate) const UNHANDLED: u32 = 10;
     /// The guest executed an instruction it must get #UD for (VMRUN, XSETBV...).
     pub(crate) const UD: u32 = 11;
+    /// The guest can take an interrupt now (the window `enable_irq_window` asked for).
+    pub(crate) const IRQ_WINDOW: u32 = 12;
 
     pub(crate) const IO_IN: u32 = 1 << 0;
     pub(crate) const IO_STRING: u32 = 1 << 1;
@@ -111,6 +115,16 @@ pub(crate) struct X86VendorOps {
     /// Reads/writes an MSR the vendor keeps; 0, or 1 when it is not one of them.
     pub(crate) get_msr: unsafe extern "C" fn(VendorVcpu, index: u32, data: *mut u64) -> c_int,
     pub(crate) set_msr: unsafe extern "C" fn(VendorVcpu, index: u32, data: u64) -> c_int,
+    /// Whether an external interrupt can be injected now: the guest's RFLAGS.IF
+    /// (`rflags`), no interrupt shadow, no other event being injected.
+    pub(crate) interrupt_allowed: unsafe extern "C" fn(VendorVcpu, rflags: u64) -> bool,
+    /// Injects external interrupt `vector` on the next entry.
+    pub(crate) inject_irq: unsafe extern "C" fn(VendorVcpu, vector: u32),
+    /// Makes the guest exit with `exit::IRQ_WINDOW` as soon as it can take an interrupt.
+    pub(crate) enable_irq_window: unsafe extern "C" fn(VendorVcpu),
+    /// Puts the vendor state in the INIT state (segments, CRs, EFER; kvm.ko owns
+    /// the registers).
+    pub(crate) reset: unsafe extern "C" fn(VendorVcpu),
 }
 
 // SAFETY: the table is immutable after construction and `name` points to a static

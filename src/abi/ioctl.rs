@@ -57,11 +57,25 @@ pub const KVM_CREATE_VM: u32 = io(0x01);
 pub const KVM_CHECK_EXTENSION: u32 = io(0x03);
 pub const KVM_GET_VCPU_MMAP_SIZE: u32 = io(0x04);
 pub const KVM_GET_SUPPORTED_CPUID: u32 = iowr::<uapi::kvm_cpuid2>(0x05);
+pub const KVM_GET_MSR_INDEX_LIST: u32 = iowr::<uapi::kvm_msr_list>(0x02);
+pub const KVM_GET_MSR_FEATURE_INDEX_LIST: u32 = iowr::<uapi::kvm_msr_list>(0x0a);
 
 // VM ioctls.
 pub const KVM_CREATE_VCPU: u32 = io(0x41);
 pub const KVM_SET_USER_MEMORY_REGION: u32 = iow::<uapi::kvm_userspace_memory_region>(0x46);
 pub const KVM_SET_USER_MEMORY_REGION2: u32 = iow::<uapi::kvm_userspace_memory_region2>(0x49);
+pub const KVM_GET_DIRTY_LOG: u32 = iow::<uapi::kvm_dirty_log>(0x42);
+pub const KVM_SET_TSS_ADDR: u32 = io(0x47);
+pub const KVM_SET_IDENTITY_MAP_ADDR: u32 = iow::<u64>(0x48);
+pub const KVM_CREATE_IRQCHIP: u32 = io(0x60);
+pub const KVM_IRQ_LINE: u32 = iow::<uapi::kvm_irq_level>(0x61);
+pub const KVM_GET_IRQCHIP: u32 = iowr::<uapi::kvm_irqchip>(0x62);
+pub const KVM_SET_IRQCHIP: u32 = ior::<uapi::kvm_irqchip>(0x63);
+pub const KVM_SET_TSC_KHZ: u32 = io(0xa2);
+pub const KVM_GET_TSC_KHZ: u32 = io(0xa3);
+pub const KVM_ENABLE_CAP: u32 = iow::<uapi::kvm_enable_cap>(0xa3);
+pub const KVM_GET_STATS_FD: u32 = io(0xce);
+pub const KVM_PRE_FAULT_MEMORY: u32 = iowr::<uapi::kvm_pre_fault_memory>(0xd5);
 
 // vCPU ioctls.
 pub const KVM_RUN: u32 = io(0x80);
@@ -73,6 +87,24 @@ pub const KVM_SET_CPUID2: u32 = iow::<uapi::kvm_cpuid2>(0x90);
 pub const KVM_GET_CPUID2: u32 = iowr::<uapi::kvm_cpuid2>(0x91);
 pub const KVM_GET_MP_STATE: u32 = ior::<uapi::kvm_mp_state>(0x98);
 pub const KVM_SET_MP_STATE: u32 = iow::<uapi::kvm_mp_state>(0x99);
+pub const KVM_TRANSLATE: u32 = iowr::<uapi::kvm_translation>(0x85);
+pub const KVM_GET_MSRS: u32 = iowr::<uapi::kvm_msrs>(0x88);
+pub const KVM_SET_MSRS: u32 = iow::<uapi::kvm_msrs>(0x89);
+pub const KVM_GET_FPU: u32 = ior::<uapi::kvm_fpu>(0x8c);
+pub const KVM_SET_FPU: u32 = iow::<uapi::kvm_fpu>(0x8d);
+pub const KVM_GET_LAPIC: u32 = ior::<uapi::kvm_lapic_state>(0x8e);
+pub const KVM_SET_LAPIC: u32 = iow::<uapi::kvm_lapic_state>(0x8f);
+pub const KVM_GET_VCPU_EVENTS: u32 = ior::<uapi::kvm_vcpu_events>(0x9f);
+pub const KVM_SET_VCPU_EVENTS: u32 = iow::<uapi::kvm_vcpu_events>(0xa0);
+pub const KVM_GET_DEBUGREGS: u32 = ior::<uapi::kvm_debugregs>(0xa1);
+pub const KVM_SET_DEBUGREGS: u32 = iow::<uapi::kvm_debugregs>(0xa2);
+pub const KVM_GET_XSAVE: u32 = ior::<uapi::kvm_xsave>(0xa4);
+pub const KVM_SET_XSAVE: u32 = iow::<uapi::kvm_xsave>(0xa5);
+pub const KVM_GET_XCRS: u32 = ior::<uapi::kvm_xcrs>(0xa6);
+pub const KVM_SET_XCRS: u32 = iow::<uapi::kvm_xcrs>(0xa7);
+pub const KVM_GET_SREGS2: u32 = ior::<uapi::kvm_sregs2>(0xcc);
+pub const KVM_SET_SREGS2: u32 = iow::<uapi::kvm_sregs2>(0xcd);
+pub const KVM_GET_XSAVE2: u32 = ior::<uapi::kvm_xsave>(0xcf);
 
 #[cfg(test)]
 mod tests {
@@ -93,6 +125,18 @@ mod tests {
             0x4020_ae46
         );
         assert_eq!(iow::<super::super::uapi::kvm_sregs>(0x84), 0x4138_ae84);
+        assert_eq!(KVM_GET_LAPIC, 0x8400_ae8e);
+        assert_eq!(KVM_GET_IRQCHIP, 0xc208_ae62);
+        assert_eq!(KVM_SET_IRQCHIP, 0x8208_ae63);
+        assert_eq!(KVM_ENABLE_CAP, 0x4068_aea3);
+        assert_eq!(KVM_GET_VCPU_EVENTS, 0x8040_ae9f);
+        assert_eq!(KVM_GET_MSRS, 0xc008_ae88);
+        assert_eq!(KVM_GET_XSAVE, 0x9000_aea4);
+        assert_eq!(KVM_GET_FPU, 0x81a0_ae8c);
+        assert_eq!(KVM_GET_DEBUGREGS, 0x8080_aea1);
+        assert_eq!(KVM_GET_XCRS, 0x8188_aea6);
+        assert_eq!(KVM_TRANSLATE, 0xc018_ae85);
+        assert_eq!(KVM_GET_SREGS2, 0x8140_aecc);
     }
 
     #[test]

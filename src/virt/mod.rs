@@ -1,2 +1,3 @@
 // Shared by the host crate (lib.rs) and the kvm.ko build.
 pub mod memslot;
+pub mod stats;

@@ -18,10 +18,24 @@ pub const SIGNIFICANT_INDEX: u32 = 1;
 /// Upstream's KVM_MAX_CPUID_ENTRIES.
 pub const MAX_ENTRIES: usize = 256;
 
-// Leaf 1: SSE3 PCLMULQDQ SSSE3 CX16 SSE4.1 SSE4.2 MOVBE POPCNT AES RDRAND. No
-// XSAVE/AVX (guest XCR0 is not switched yet), no x2APIC, no MONITOR.
-const L1_ECX: u32 =
-    1 | 1 << 1 | 1 << 9 | 1 << 13 | 1 << 19 | 1 << 20 | 1 << 22 | 1 << 23 | 1 << 25 | 1 << 30;
+// Leaf 1: SSE3 PCLMULQDQ SSSE3 CX16 SSE4.1 SSE4.2 x2APIC MOVBE POPCNT
+// TSC-deadline AES RDRAND (x2APIC and TSC-deadline are the in-kernel LAPIC's; as
+// upstream's EMULATED_F they are offered where the host has them). No XSAVE/AVX
+// (guest XCR0 is not switched yet), no MONITOR.
+pub const L1_ECX_X2APIC: u32 = 1 << 21;
+pub const L1_ECX_TSC_DEADLINE: u32 = 1 << 24;
+const L1_ECX: u32 = 1
+    | 1 << 1
+    | 1 << 9
+    | 1 << 13
+    | 1 << 19
+    | 1 << 20
+    | L1_ECX_X2APIC
+    | 1 << 22
+    | 1 << 23
+    | L1_ECX_TSC_DEADLINE
+    | 1 << 25
+    | 1 << 30;
 pub const L1_ECX_HYPERVISOR: u32 = 1 << 31;
 // FPU VME DE PSE TSC MSR PAE CX8 APIC SEP PGE CMOV PAT PSE36 CLFLUSH MMX FXSR SSE SSE2.
 const L1_EDX: u32 = 0x7f

@@ -134,6 +134,7 @@ pub const INTR: u32 = 1 << 0;
 pub const NMI: u32 = 1 << 1;
 pub const SMI: u32 = 1 << 2;
 pub const INIT: u32 = 1 << 3;
+pub const VINTR: u32 = 1 << 4;
 pub const CPUID: u32 = 1 << 18;
 pub const INVD: u32 = 1 << 22;
 pub const HLT: u32 = 1 << 24;
@@ -160,6 +161,15 @@ pub const RDPRU: u32 = 1 << 14;
 
 /// `int_ctl`: V_INTR_MASKING, so the guest's RFLAGS.IF does not mask host interrupts.
 pub const V_INTR_MASKING: u32 = 1 << 24;
+/// `int_ctl`: the guest's TPR (CR8) while V_INTR_MASKING is on.
+pub const V_TPR_MASK: u32 = 0xf;
+/// `int_ctl`: a virtual interrupt is pending (used only to open an interrupt window).
+pub const V_IRQ: u32 = 1 << 8;
+pub const V_INTR_PRIO_SHIFT: u32 = 16;
+/// `int_ctl`: the virtual interrupt ignores V_TPR.
+pub const V_IGN_TPR: u32 = 1 << 20;
+/// `int_state`: the guest is in an interrupt shadow (STI/MOV SS).
+pub const INTERRUPT_SHADOW: u32 = 1 << 0;
 /// `misc_ctl`: nested paging enable.
 pub const NP_ENABLE: u64 = 1 << 0;
 /// `tlb_ctl`: flush this guest's TLB entries on VMRUN.
@@ -174,6 +184,7 @@ pub const EXIT_INTR: u64 = 0x060;
 pub const EXIT_NMI: u64 = 0x061;
 pub const EXIT_SMI: u64 = 0x062;
 pub const EXIT_INIT: u64 = 0x063;
+pub const EXIT_VINTR: u64 = 0x064;
 pub const EXIT_CPUID: u64 = 0x072;
 pub const EXIT_HLT: u64 = 0x078;
 pub const EXIT_IOIO: u64 = 0x07b;

@@ -128,6 +128,13 @@ fn init_vmcb(v: &mut Vmcb) {
     s.cpl = 0;
 }
 
+/// Back to the INIT state (the VMCB has no ASID afterwards).
+fn reinit_vmcb(vmcb: &mut Vmcb) {
+    // SAFETY: a VMCB is plain data; all-zero is its starting point.
+    unsafe { core::ptr::write_bytes(core::ptr::from_mut(vmcb), 0, 1) };
+    init_vmcb(vmcb);
+}
+
 fn get_seg(s: &Seg) -> kvm_segment {
     let a = SegAttr::unpack(s.attrib);
     kvm_segment {
@@ -299,6 +306,7 @@ impl Vendor for Svm {
         vmcb.save.rsp = regs.gpr[reg::RSP];
         vmcb.save.rip = regs.rip;
         vmcb.save.rflags = regs.rflags;
+        vmcb.control.int_ctl = (vmcb.control.int_ctl & !vm::V_TPR_MASK) | (regs.cr8 as u32 & 0xf);
 
         // SAFETY: the per-CPU save area is this CPU's page.
         let host_save = unsafe { super::glue::kvm_glue_page_to_phys(cd.save_area.as_ptr().cast()) };
@@ -313,6 +321,7 @@ impl Vendor for Svm {
         regs.gpr[reg::RSP] = vmcb.save.rsp;
         regs.rip = vmcb.save.rip;
         regs.rflags = vmcb.save.rflags;
+        regs.cr8 = u64::from(vmcb.control.int_ctl & vm::V_TPR_MASK);
         // An event cut short by the exit is delivered again (svm_complete_interrupts).
         let int_info = vmcb.control.exit_int_info;
         if int_info & EVTINJ_VALID != 0 {
@@ -369,7 +378,35 @@ impl Vendor for Svm {
         }
         true
     }
+
+    fn interrupt_allowed(v: &SvmVcpu, rflags: u64) -> bool {
+        let c = &v.vmcb_ref().control;
+        // As svm_interrupt_blocked() outside nested guests (GIF is always set).
+        rflags & RFLAGS_IF != 0
+            && c.int_state & vm::INTERRUPT_SHADOW == 0
+            && c.event_inj & EVTINJ_VALID == 0
+    }
+
+    fn inject_irq(v: &mut SvmVcpu, vector: u8) {
+        // svm_inject_irq(): an external interrupt, type 0.
+        v.vmcb().control.event_inj = u32::from(vector) | EVTINJ_VALID;
+    }
+
+    fn enable_irq_window(v: &mut SvmVcpu) {
+        // svm_set_vintr(): a dummy virtual interrupt that ignores the TPR makes the
+        // CPU exit (VINTR intercept) as soon as the guest is interruptible.
+        let c = &mut v.vmcb().control;
+        c.int_ctl |= vm::V_IRQ | vm::V_IGN_TPR | (0xf << vm::V_INTR_PRIO_SHIFT);
+        c.intercepts[vm::INTERCEPT_WORD3] |= vm::VINTR;
+    }
+
+    fn reset(v: &mut SvmVcpu) {
+        reinit_vmcb(v.vmcb());
+        v.asid_generation = 0;
+    }
 }
+
+const RFLAGS_IF: u64 = 1 << 9;
 
 /// #VMEXIT as kvm.ko sees it. Exits that need nothing from kvm.ko (host
 /// interrupts, instructions the guest gets #UD for) are finished here.
@@ -386,8 +423,29 @@ fn decode_exit(vmcb: &mut Vmcb, rip: u64) -> Exit {
     };
     let (info1, info2) = (c.exit_info_1, c.exit_info_2);
     let code = c.exit_code;
+    // An intercepted instruction that kvm.ko completes is skipped, which ends an
+    // STI/MOV SS shadow (skip_emulated_instruction() clears it): STI; HLT must
+    // be able to wake for an interrupt.
+    if matches!(
+        code,
+        vm::EXIT_HLT
+            | vm::EXIT_IOIO
+            | vm::EXIT_CPUID
+            | vm::EXIT_MSR
+            | vm::EXIT_VMMCALL
+            | 0x76
+            | 0x89
+    ) {
+        vmcb.control.int_state &= !vm::INTERRUPT_SHADOW;
+    }
     match code {
         vm::EXIT_INTR | vm::EXIT_NMI | vm::EXIT_SMI => exit_of(exit::NONE),
+        vm::EXIT_VINTR => {
+            // svm_clear_vintr(): the window is open; kvm.ko injects what is pending.
+            vmcb.control.int_ctl &= !(vm::V_IRQ | vm::V_IGN_TPR | (0xf << vm::V_INTR_PRIO_SHIFT));
+            vmcb.control.intercepts[vm::INTERCEPT_WORD3] &= !vm::VINTR;
+            exit_of(exit::IRQ_WINDOW)
+        }
         vm::EXIT_HLT => Exit {
             next_rip: next(1),
             ..exit_of(exit::HLT)
@@ -435,9 +493,7 @@ fn decode_exit(vmcb: &mut Vmcb, rip: u64) -> Exit {
             // The VMCB is undefined after a shutdown intercept: start over from the
             // INIT state, as upstream's shutdown_interception() (kvm.ko resets the
             // registers it owns).
-            // SAFETY: a VMCB is plain data; all-zero is its starting point.
-            unsafe { core::ptr::write_bytes(core::ptr::from_mut(vmcb), 0, 1) };
-            init_vmcb(vmcb);
+            reinit_vmcb(vmcb);
             exit_of(exit::SHUTDOWN)
         }
         vm::EXIT_NPF => Exit {

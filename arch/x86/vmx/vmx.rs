@@ -67,6 +67,12 @@ impl vendor::Vendor for Vmx {
     fn set_msr(_: &mut NoVcpu, _: u32, _: u64) -> bool {
         false
     }
+    fn interrupt_allowed(_: &NoVcpu, _: u64) -> bool {
+        false
+    }
+    fn inject_irq(_: &mut NoVcpu, _: u8) {}
+    fn enable_irq_window(_: &mut NoVcpu) {}
+    fn reset(_: &mut NoVcpu) {}
 }
 
 /// Stands for the VMCS-backed vCPU to come.

@@ -1,7 +1,7 @@
 //! kvm-guests: tiny guests run through the standard KVM ABI, inside the test VM.
 //!
-//! Each case makes a VM without an in-kernel irqchip, one 2 MiB memslot at GPA 0 and
-//! vCPU 0, writes hand-assembled machine code into guest memory, sets SREGS/REGS and
+//! Each case makes a VM (without an in-kernel irqchip unless it tests the LAPIC), one
+//! 2 MiB memslot at GPA 0 and vCPU 0, writes hand-assembled machine code into guest memory, sets SREGS/REGS and
 //! checks what KVM_RUN reports in `kvm_run`. Every assertion is upstream KVM's
 //! behaviour (read from the 7.2 source, cited where not obvious), so the binary passes
 //! against the in-tree modules, the reference.
@@ -34,6 +34,11 @@ const KVM_SET_REGS: u32 = iow::<kvm_regs>(0x82);
 const KVM_GET_SREGS: u32 = ior::<kvm_sregs>(0x83);
 const KVM_SET_SREGS: u32 = iow::<kvm_sregs>(0x84);
 const KVM_SET_CPUID2: u32 = iow::<uapi::kvm_cpuid2>(0x90);
+const KVM_CREATE_IRQCHIP: u32 = io(0x60);
+const KVM_GET_LAPIC: u32 = ior::<uapi::kvm_lapic_state>(0x8e);
+const KVM_GET_MP_STATE: u32 = ior::<uapi::kvm_mp_state>(0x98);
+const KVM_GET_TSC_KHZ: u32 = io(0xa3);
+const KVM_GET_STATS_FD: u32 = io(0xce);
 
 const PAGE: u64 = 4096;
 const MEM_SIZE: usize = 2 << 20;
@@ -274,8 +279,23 @@ struct Guest {
 
 impl Guest {
     fn new(kvm: RawFd) -> Result<Guest, String> {
+        Guest::create(kvm, false)
+    }
+
+    /// With KVM_CREATE_IRQCHIP before the vCPU, so that it has an in-kernel LAPIC.
+    fn with_irqchip(kvm: RawFd) -> Result<Guest, String> {
+        Guest::create(kvm, true)
+    }
+
+    fn create(kvm: RawFd, irqchip: bool) -> Result<Guest, String> {
         let mem = Mem::new(MEM_SIZE)?;
         let vm = sys("KVM_CREATE_VM", ioctl(kvm, KVM_CREATE_VM, 0))?;
+        if irqchip {
+            if let Err(e) = sys("KVM_CREATE_IRQCHIP", ioctl(vm, KVM_CREATE_IRQCHIP, 0)) {
+                close(vm);
+                return Err(e);
+            }
+        }
         let mut g = Guest {
             kvm,
             vm,
@@ -554,6 +574,160 @@ fn real_io(t: &mut Report, kvm: RawFd, name: &str) -> Result<(), String> {
         r.rax,
         0xaabb_cc99,
     );
+    Ok(())
+}
+
+/// One u64 statistic by name from a binary stats fd (KVM_GET_STATS_FD's format).
+fn read_stat(fd: RawFd, name: &str) -> Option<u64> {
+    let mut h = [0u8; 24];
+    // SAFETY: reads into a local buffer of the given size.
+    if unsafe { libc::pread(fd, h.as_mut_ptr().cast(), h.len(), 0) } != 24 {
+        return None;
+    }
+    let u = |o: usize| u32::from_le_bytes(h[o..o + 4].try_into().unwrap()) as usize;
+    let (name_size, n, desc_off, data_off) = (u(4), u(8), u(16), u(20));
+    let dsize = 16 + name_size;
+    let mut d = vec![0u8; dsize * n];
+    // SAFETY: as above.
+    let r = unsafe { libc::pread(fd, d.as_mut_ptr().cast(), d.len(), desc_off as i64) };
+    if r != d.len() as isize {
+        return None;
+    }
+    for i in 0..n {
+        let desc = &d[i * dsize..(i + 1) * dsize];
+        let nm = &desc[16..];
+        let end = nm.iter().position(|&b| b == 0).unwrap_or(nm.len());
+        if &nm[..end] == name.as_bytes() {
+            let off = u32::from_le_bytes(desc[8..12].try_into().unwrap()) as usize;
+            let mut v = [0u8; 8];
+            // SAFETY: as above.
+            let r = unsafe { libc::pread(fd, v.as_mut_ptr().cast(), 8, (data_off + off) as i64) };
+            return (r == 8).then(|| u64::from_le_bytes(v));
+        }
+    }
+    None
+}
+
+/// The in-kernel LAPIC: x2APIC mode through MSRs, a one-shot timer that wakes the
+/// vCPU from HLT (no KVM_EXIT_HLT with an in-kernel LAPIC) and is delivered through
+/// the real-mode IVT, EOI, and KVM_GET_LAPIC / KVM_GET_STATS_FD showing it.
+fn lapic_timer(t: &mut Report, kvm: RawFd) -> Result<(), String> {
+    let g = Guest::with_irqchip(kvm)?;
+    g.set_supported_cpuid()?;
+    let mut code = vec![
+        0x66, 0xb9, 0x1b, 0, 0, 0, // mov ecx, MSR_IA32_APICBASE
+        0x0f, 0x32, // rdmsr
+        0x66, 0x0d, 0x00, 0x0c, 0, 0, // or eax, ENABLE | X2APIC
+        0x0f, 0x30, // wrmsr
+    ];
+    let wrmsr = |code: &mut Vec<u8>, msr: u32, val: u32| {
+        code.extend([0x66, 0xb9]);
+        code.extend(msr.to_le_bytes()); // mov ecx, msr
+        code.extend([0x66, 0xb8]);
+        code.extend(val.to_le_bytes()); // mov eax, val
+        code.extend([0x66, 0x31, 0xd2, 0x0f, 0x30]); // xor edx, edx; wrmsr
+    };
+    wrmsr(&mut code, 0x80f, 0x1ff); // SVR: software-enabled
+    wrmsr(&mut code, 0x83e, 0xb); // TDCR: divide by 1
+    wrmsr(&mut code, 0x832, 0x40); // LVTT: one-shot, vector 0x40
+    wrmsr(&mut code, 0x838, 1_000_000); // TMICT: 1 ms at KVM's 1 GHz APIC bus
+    code.extend([
+        0xfb, // sti
+        0xf4, // hlt
+        0xb0, 0x01, // mov al, 1
+        0xe6, 0x11, // out 0x11, al
+        0xeb, 0xfe, // jmp $
+    ]);
+    g.mem.write(0x1000, &code);
+    let mut handler = vec![0xb0, 0x42, 0xe6, 0x10]; // mov al, 0x42; out 0x10, al
+    wrmsr(&mut handler, 0x80b, 0); // EOI
+    handler.push(0xcf); // iret
+    g.mem.write(0x2000, &handler);
+    // IVT entry 0x40: 0000:2000.
+    g.mem.write(0x40 * 4, &[0x00, 0x20, 0x00, 0x00]);
+    g.real_mode(0x1000, 0)?;
+    let mut s = g.sregs()?;
+    s.ss.base = 0;
+    s.ss.selector = 0;
+    g.set_sregs(s)?;
+    let mut r = g.regs()?;
+    r.rsp = 0x8000;
+    g.set_regs(r)?;
+
+    t.exit(
+        "lapic-timer: the timer interrupt's handler runs",
+        &g.step(),
+        &out(0x10, 1, 1, &[0x42]),
+    );
+    let mut l = uapi::kvm_lapic_state::default();
+    sys("KVM_GET_LAPIC", ioctl_ref(g.vcpu, KVM_GET_LAPIC, &mut l))?;
+    let reg = |l: &uapi::kvm_lapic_state, off: usize| {
+        u32::from_le_bytes(std::array::from_fn(|i| l.regs[off + i] as u8))
+    };
+    t.reg(
+        "lapic-timer: LVTT as the guest wrote it",
+        reg(&l, 0x320).into(),
+        0x40,
+    );
+    // ISR bit 0x40 (register 0x100 + 0x10 * (0x40 / 32)) while the handler runs.
+    t.reg(
+        "lapic-timer: vector 0x40 in service",
+        (reg(&l, 0x120) & 1).into(),
+        1,
+    );
+    t.reg(
+        "lapic-timer: x2APIC id is the vCPU's",
+        reg(&l, 0x20).into(),
+        0,
+    );
+    let mut m = uapi::kvm_mp_state::default();
+    sys(
+        "KVM_GET_MP_STATE",
+        ioctl_ref(g.vcpu, KVM_GET_MP_STATE, &mut m),
+    )?;
+    t.reg(
+        "lapic-timer: running again",
+        m.mp_state.into(),
+        uapi::KVM_MP_STATE_RUNNABLE.into(),
+    );
+    t.exit(
+        "lapic-timer: IRET returns past the HLT",
+        &g.step(),
+        &out(0x11, 1, 1, &[0x01]),
+    );
+    sys("KVM_GET_LAPIC", ioctl_ref(g.vcpu, KVM_GET_LAPIC, &mut l))?;
+    t.reg(
+        "lapic-timer: EOI cleared ISR",
+        (reg(&l, 0x120) & 1).into(),
+        0,
+    );
+
+    let khz = ioctl(g.vm, KVM_GET_TSC_KHZ, 0);
+    t.check(
+        "lapic-timer: KVM_GET_TSC_KHZ on the VM",
+        khz.is_ok_and(|k| k > 0),
+        show(khz),
+    );
+    let vkhz = ioctl(g.vcpu, KVM_GET_TSC_KHZ, 0);
+    t.check(
+        "lapic-timer: the vCPU's TSC rate is the VM's",
+        vkhz == khz,
+        show(vkhz),
+    );
+    let fd = sys("KVM_GET_STATS_FD", ioctl(g.vcpu, KVM_GET_STATS_FD, 0))?;
+    let halts = read_stat(fd, "halt_exits");
+    t.check(
+        "lapic-timer: stats count the HLT",
+        halts.is_some_and(|n| n >= 1),
+        format!("{halts:?}"),
+    );
+    let inj = read_stat(fd, "irq_injections");
+    t.check(
+        "lapic-timer: stats count the injection",
+        inj.is_some_and(|n| n >= 1),
+        format!("{inj:?}"),
+    );
+    close(fd);
     Ok(())
 }
 
@@ -1000,7 +1174,7 @@ fn immediate_exit(t: &mut Report, kvm: RawFd) -> Result<(), String> {
 type Case = fn(&mut Report, RawFd) -> Result<(), String>;
 
 fn main() {
-    let cases: [(&str, Case); 8] = [
+    let cases: [(&str, Case); 9] = [
         ("real-io", |t, kvm| real_io(t, kvm, "real-io")),
         ("real-string-io", real_string_io),
         ("pm32", pm32),
@@ -1009,6 +1183,7 @@ fn main() {
         ("triple-fault", triple_fault),
         ("bad-args", bad_args),
         ("immediate-exit", immediate_exit),
+        ("lapic-timer", lapic_timer),
     ];
     let only = std::env::args().nth(1);
     if let Some(name) = &only {
