@@ -48,6 +48,9 @@ unsafe impl Sync for OwnerMm {}
 
 use caps::{MAX_VCPUS, MAX_VCPU_IDS};
 
+/// KVM_MIN_ALLOC_MMU_PAGES.
+const KVM_MIN_ALLOC_MMU_PAGES: usize = 64;
+
 #[pin_data]
 pub(crate) struct Vm {
     mm: OwnerMm,
@@ -179,6 +182,14 @@ impl Vm {
                     return Err(EINVAL);
                 }
                 l.default_tsc_khz = khz;
+                Ok(0)
+            }
+            // A cap on shadow-MMU pages (kvm_vm_ioctl_set_nr_mmu_pages()). The NPT
+            // MMU has no shadow pages, as upstream's TDP MMU: only the bound is checked.
+            ioctl::KVM_SET_NR_MMU_PAGES => {
+                if arg < KVM_MIN_ALLOC_MMU_PAGES {
+                    return Err(EINVAL);
+                }
                 Ok(0)
             }
             // SVM has no real-mode TSS or identity map to place (svm_set_tss_addr()).

@@ -45,6 +45,20 @@ pub fn check_extension(host: &Host, cap: u64) -> i32 {
         {
             1
         }
+        // KVM_GET/SET_TSC_KHZ, the binary stats fds, KVM_ENABLE_CAP on the VM,
+        // MP states with the in-kernel LAPIC, KVM_SET_NR_MMU_PAGES, the SVM no-ops
+        // KVM_SET_TSS_ADDR / KVM_SET_IDENTITY_MAP_ADDR (vm.rs, vcpu.rs, stats.rs).
+        uapi::KVM_CAP_GET_TSC_KHZ
+        | uapi::KVM_CAP_BINARY_STATS_FD
+        | uapi::KVM_CAP_ENABLE_CAP_VM
+        | uapi::KVM_CAP_MP_STATE
+        | uapi::KVM_CAP_MMU_SHADOW_CACHE_CONTROL
+        | uapi::KVM_CAP_SET_TSS_ADDR
+        | uapi::KVM_CAP_SET_IDENTITY_MAP_ADDR
+            if host.vcpus =>
+        {
+            1
+        }
         uapi::KVM_CAP_NR_MEMSLOTS if host.vcpus => USER_MEM_SLOTS as i32,
         uapi::KVM_CAP_NR_VCPUS if host.vcpus => host.online_cpus.min(MAX_VCPUS) as i32,
         uapi::KVM_CAP_MAX_VCPUS if host.vcpus => MAX_VCPUS as i32,
@@ -108,6 +122,9 @@ mod tests {
             0
         );
         assert_eq!(check_extension(&novcpu, uapi::KVM_CAP_MAX_VCPUS as u64), 0);
+        assert_eq!(check_extension(&novcpu, uapi::KVM_CAP_GET_TSC_KHZ as u64), 0);
+        assert_eq!(check_extension(&HOST, uapi::KVM_CAP_GET_TSC_KHZ as u64), 1);
+        assert_eq!(check_extension(&HOST, uapi::KVM_CAP_BINARY_STATS_FD as u64), 1);
     }
 
     #[test]

@@ -53,6 +53,10 @@ const L1_EDX: u32 = 0x7f
     | 1 << 26;
 // Leaf 7.0 EBX: FSGSBASE BMI1 SMEP BMI2 ERMS ADX SMAP CLFLUSHOPT SHA.
 const L7_EBX: u32 = 1 | 1 << 3 | 1 << 7 | 1 << 8 | 1 << 9 | 1 << 19 | 1 << 20 | 1 << 23 | 1 << 29;
+// Leaf 7.0 ECX: LA57 (5-level guest paging: the NPT walk does it, and the
+// emulator's page walker knows it).
+pub const L7_ECX_LA57: u32 = 1 << 16;
+const L7_ECX: u32 = L7_ECX_LA57;
 // 8000_0001 ECX: LAHF ABM SSE4A MISALIGNSSE PREFETCHW. EDX: SYSCALL NX LM.
 const X1_ECX: u32 = 1 | 1 << 5 | 1 << 6 | 1 << 7 | 1 << 8;
 pub const X1_EDX_SYSCALL: u32 = 1 << 11;
@@ -96,7 +100,7 @@ pub fn supported(host: impl Fn(u32, u32) -> [u32; 4], out: &mut [Entry]) -> Opti
     }
     if max >= 7 {
         let h = host(7, 0);
-        push(leaf(7, 0, SIGNIFICANT_INDEX, [0, h[1] & L7_EBX, 0, 0]))?;
+        push(leaf(7, 0, SIGNIFICANT_INDEX, [0, h[1] & L7_EBX, h[2] & L7_ECX, 0]))?;
     }
     push(leaf(
         0x4000_0000,
