@@ -99,6 +99,9 @@ unsigned long long kvm_glue_rdtsc(void);
 void *kvm_glue_fpu_alloc(void);
 void kvm_glue_fpu_free(void *gfpu);
 void kvm_glue_fpu_load(void *gfpu, int enter);
+unsigned int kvm_glue_fpu_uabi_size(void *gfpu);
+void kvm_glue_fpu_get_xsave(void *gfpu, void *buf, unsigned int size);
+int kvm_glue_fpu_set_xsave(void *gfpu, void *buf);
 /* With interrupts off, just before entry: reload the FPU if a switch dropped it. */
 void kvm_glue_fpu_prepare_entry(void);
 

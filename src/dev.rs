@@ -23,6 +23,7 @@ fn dev_ioctl(cmd: u32, arg: usize) -> Result<isize> {
         ioctl::KVM_CREATE_VM => vm::create(arg),
         ioctl::KVM_CHECK_EXTENSION => Ok(check_extension(arg)),
         ioctl::KVM_GET_SUPPORTED_CPUID => vcpu::get_supported_cpuid(arg),
+        ioctl::KVM_GET_MSR_INDEX_LIST => vcpu::msr_index_list(arg),
         ioctl::KVM_GET_VCPU_MMAP_SIZE => {
             if arg != 0 {
                 return Err(EINVAL);

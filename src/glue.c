@@ -375,6 +375,7 @@ unsigned long long kvm_glue_rdtsc(void)
 {
 	return rdtsc();
 }
+EXPORT_SYMBOL_GPL(kvm_glue_rdtsc);
 
 static void kvm_glue_kick_nop(void *unused)
 {
@@ -445,6 +446,28 @@ void *kvm_glue_fpu_alloc(void)
 		return NULL;
 	}
 	return gfpu;
+}
+
+unsigned int kvm_glue_fpu_uabi_size(void *gfpu)
+{
+	return ((struct fpu_guest *)gfpu)->uabi_size;
+}
+
+/* KVM_GET_XSAVE: FP and SSE state only, as guests get no XSAVE features yet. */
+void kvm_glue_fpu_get_xsave(void *gfpu, void *buf, unsigned int size)
+{
+	fpu_copy_guest_fpstate_to_uabi(gfpu, buf, size, XFEATURE_MASK_FPSSE, 0);
+}
+
+/* KVM_SET_XSAVE (kvm_vcpu_ioctl_x86_set_xsave()). */
+int kvm_glue_fpu_set_xsave(void *gfpu, void *buf)
+{
+	struct fpu_guest *g = gfpu;
+	union fpregs_state *xstate = buf;
+	u32 pkru = 0;
+
+	xstate->xsave.header.xfeatures &= ~g->fpstate->xfd;
+	return fpu_copy_uabi_to_guest_fpstate(g, buf, XFEATURE_MASK_FPSSE, &pkru);
 }
 
 void kvm_glue_fpu_free(void *gfpu)

@@ -32,10 +32,14 @@ pod!(
     kvm_irqchip,
     kvm_lapic_state,
     kvm_enable_cap,
+    kvm_vcpu_events,
+    kvm_debugregs,
 );
 
 // SAFETY: any 8 bytes are a u64.
 unsafe impl Pod for u64 {}
+// SAFETY: any 4 bytes are a u32.
+unsafe impl Pod for u32 {}
 
 fn as_bytes_mut<T: Pod>(v: &mut T) -> &mut [u8] {
     // SAFETY: T is Pod: every byte pattern is valid, and the slice covers exactly `v`.
@@ -90,6 +94,22 @@ pub(crate) fn read_array<T: Pod>(addr: usize, n: usize) -> Result<KVec<T>> {
         out.push(v, GFP_KERNEL)?;
     }
     Ok(out)
+}
+
+/// Reads `n` bytes at `addr`.
+pub(crate) fn read_bytes(addr: usize, n: usize) -> Result<KVec<u8>> {
+    let mut v = KVec::from_elem(0u8, n, GFP_KERNEL)?;
+    UserSlice::new(UserPtr::from_addr(addr), n)
+        .reader()
+        .read_slice(&mut v)?;
+    Ok(v)
+}
+
+/// Writes `bytes` at `addr`.
+pub(crate) fn write_bytes(addr: usize, bytes: &[u8]) -> Result {
+    UserSlice::new(UserPtr::from_addr(addr), bytes.len())
+        .writer()
+        .write_slice(bytes)
 }
 
 /// Writes `items` consecutively at `addr`.

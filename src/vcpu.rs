@@ -90,6 +90,15 @@ struct State {
     tsc_khz: u32,
     /// When the waiter's timer is armed for (0: not armed).
     armed_ns: u64,
+    /// The vCPU has entered the guest (upstream kvm_vcpu_has_run()).
+    ran: bool,
+    /// MSR_IA32_MISC_ENABLE.
+    misc_enable: u64,
+    /// NMIs waiting for the guest to be able to take one.
+    nmi_pending: u32,
+    /// DR0-3 as userspace set them. kvm-rs does not load them into the hardware
+    /// yet (no debug-register switching), so they are state only.
+    db: [u64; 4],
 }
 
 /// A vCPU's glue waiter (see kvm_glue_waiter_* in the glue header).
@@ -169,6 +178,10 @@ impl Vcpu {
             tlb_gen: 0,
             tsc_khz: 0,
             armed_ns: 0,
+            ran: false,
+            nmi_pending: 0,
+            misc_enable: MISC_ENABLE_RESET,
+            db: [0; 4],
         };
         // SAFETY: a plain allocation, owned by the Waiter.
         let waiter = Waiter(unsafe { glue::kvm_glue_waiter_new() });
@@ -299,6 +312,17 @@ impl Vcpu {
                 for e in raw.iter() {
                     entries.push(from_uapi(e), GFP_KERNEL)?;
                 }
+                // After the first entry CPUID is frozen: only the same table is
+                // accepted (kvm_cpuid_check_equal()).
+                if st.ran {
+                    return if entries.len() == st.cpuid.len()
+                        && entries.iter().zip(st.cpuid.iter()).all(|(a, b)| a == b)
+                    {
+                        Ok(0)
+                    } else {
+                        Err(EINVAL)
+                    };
+                }
                 st.cpuid = entries;
                 // kvm_vcpu_after_set_cpuid(): the LAPIC follows the new CPUID.
                 let l1 = cpuid::find(&st.cpuid, 1, 0).map_or(0, |e| e.ecx);
@@ -380,6 +404,95 @@ impl Vcpu {
                 Ok(0)
             }
             ioctl::KVM_GET_TSC_KHZ => Ok(st.tsc_khz as isize),
+            ioctl::KVM_GET_MSRS | ioctl::KVM_SET_MSRS => {
+                self.msrs(vm, ops, &mut st, arg, cmd == ioctl::KVM_SET_MSRS)
+            }
+            ioctl::KVM_GET_VCPU_EVENTS => {
+                let mut e = uapi::kvm_vcpu_events::default();
+                // SAFETY: a live vendor vCPU under the mutex; `e` is a kvm_vcpu_events.
+                unsafe { (ops.get_events)(st.vendor.0, core::ptr::from_mut(&mut e).cast()) };
+                e.nmi.pending = u8::from(st.nmi_pending != 0);
+                e.flags = uapi::KVM_VCPUEVENT_VALID_NMI_PENDING
+                    | uapi::KVM_VCPUEVENT_VALID_SHADOW
+                    | uapi::KVM_VCPUEVENT_VALID_SMM;
+                user::write(arg, &e)?;
+                Ok(0)
+            }
+            ioctl::KVM_SET_VCPU_EVENTS => {
+                let e: uapi::kvm_vcpu_events = user::read(arg)?;
+                // kvm_vcpu_ioctl_x86_set_vcpu_events(): no exception payloads, no
+                // SMM (neither is enabled or supported), exceptions below 32 but NMI.
+                let valid = uapi::KVM_VCPUEVENT_VALID_NMI_PENDING
+                    | uapi::KVM_VCPUEVENT_VALID_SIPI_VECTOR
+                    | uapi::KVM_VCPUEVENT_VALID_SHADOW
+                    | uapi::KVM_VCPUEVENT_VALID_SMM;
+                if e.flags & !valid != 0
+                    || e.exception.injected != 0 && (e.exception.nr > 31 || e.exception.nr == 2)
+                    || e.flags & uapi::KVM_VCPUEVENT_VALID_SMM != 0 && e.smi.smm != 0
+                {
+                    return Err(EINVAL);
+                }
+                // SAFETY: a live vendor vCPU under the mutex; `e` is a kvm_vcpu_events.
+                unsafe { (ops.set_events)(st.vendor.0, core::ptr::from_ref(&e).cast()) };
+                if e.flags & uapi::KVM_VCPUEVENT_VALID_NMI_PENDING != 0 {
+                    st.nmi_pending = e.nmi.pending.into();
+                }
+                Ok(0)
+            }
+            ioctl::KVM_GET_DEBUGREGS => {
+                let mut d = uapi::kvm_debugregs {
+                    db: st.db,
+                    ..Default::default()
+                };
+                // SAFETY: a live vendor vCPU under the mutex.
+                d.dr6 = unsafe { (ops.get_dr)(st.vendor.0, 6) };
+                // SAFETY: as above.
+                d.dr7 = unsafe { (ops.get_dr)(st.vendor.0, 7) };
+                user::write(arg, &d)?;
+                Ok(0)
+            }
+            ioctl::KVM_SET_DEBUGREGS => {
+                let d: uapi::kvm_debugregs = user::read(arg)?;
+                // kvm_dr6_valid()/kvm_dr7_valid(): the upper halves are reserved.
+                if d.flags != 0 || d.dr6 >> 32 != 0 || d.dr7 >> 32 != 0 {
+                    return Err(EINVAL);
+                }
+                st.db = d.db;
+                // SAFETY: a live vendor vCPU under the mutex.
+                unsafe { (ops.set_dr)(st.vendor.0, 6, d.dr6) };
+                // SAFETY: as above.
+                unsafe { (ops.set_dr)(st.vendor.0, 7, d.dr7) };
+                Ok(0)
+            }
+            ioctl::KVM_GET_XSAVE => {
+                // SAFETY: the vCPU's guest FPU.
+                let size = unsafe { glue::kvm_glue_fpu_uabi_size(st.fpu.0) } as usize;
+                if size > XSAVE_SIZE {
+                    return Err(EINVAL);
+                }
+                let mut buf = KVec::from_elem(0u8, XSAVE_SIZE, GFP_KERNEL)?;
+                // SAFETY: `buf` has XSAVE_SIZE bytes; the FPU is not in use by the guest (mutex held).
+                unsafe {
+                    glue::kvm_glue_fpu_get_xsave(
+                        st.fpu.0,
+                        buf.as_mut_ptr().cast(),
+                        XSAVE_SIZE as u32,
+                    )
+                };
+                user::write_bytes(arg, &buf)?;
+                Ok(0)
+            }
+            ioctl::KVM_SET_XSAVE => {
+                // SAFETY: the vCPU's guest FPU.
+                let size = unsafe { glue::kvm_glue_fpu_uabi_size(st.fpu.0) } as usize;
+                let mut buf = user::read_bytes(arg, size.max(XSAVE_SIZE))?;
+                // SAFETY: `buf` holds at least the FPU's uabi size.
+                let r = unsafe { glue::kvm_glue_fpu_set_xsave(st.fpu.0, buf.as_mut_ptr().cast()) };
+                if r != 0 {
+                    return Err(Error::from_errno(r));
+                }
+                Ok(0)
+            }
             ioctl::KVM_SET_TSC_KHZ => {
                 let khz = if arg as u32 == 0 {
                     // SAFETY: reads a kernel variable.
@@ -430,6 +543,65 @@ fn now_ns() -> u64 {
 fn now_tsc() -> u64 {
     // SAFETY: reads the TSC.
     unsafe { glue::kvm_glue_rdtsc() }
+}
+
+/// `sizeof(struct kvm_xsave)`.
+const XSAVE_SIZE: usize = 4096;
+
+/// The MSRs KVM_GET_MSR_INDEX_LIST reports: those KVM_GET/SET_MSRS save and
+/// restore (upstream msrs_to_save + emulated_msrs, as far as kvm-rs has them).
+pub(crate) const MSRS_TO_SAVE: [u32; 13] = [
+    MSR_IA32_SYSENTER_CS,
+    MSR_IA32_SYSENTER_ESP,
+    MSR_IA32_SYSENTER_EIP,
+    MSR_STAR,
+    MSR_CSTAR,
+    MSR_KERNEL_GS_BASE,
+    MSR_SYSCALL_MASK,
+    MSR_LSTAR,
+    MSR_IA32_TSC,
+    MSR_IA32_CR_PAT,
+    MSR_IA32_APICBASE,
+    lapic::MSR_TSC_DEADLINE,
+    MSR_IA32_MISC_ENABLE,
+];
+const MSR_IA32_TSC: u32 = 0x10;
+const MSR_IA32_SYSENTER_CS: u32 = 0x174;
+const MSR_IA32_SYSENTER_ESP: u32 = 0x175;
+const MSR_IA32_SYSENTER_EIP: u32 = 0x176;
+const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
+const MSR_IA32_CR_PAT: u32 = 0x277;
+const MSR_STAR: u32 = 0xc000_0081;
+const MSR_LSTAR: u32 = 0xc000_0082;
+const MSR_CSTAR: u32 = 0xc000_0083;
+const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
+const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
+/// MSR_IA32_MISC_ENABLE's reset value: fast strings, PEBS and BTS unavailable
+/// (upstream kvm_vcpu_reset()).
+const MISC_ENABLE_RESET: u64 = 1 | 1 << 11 | 1 << 12;
+/// upstream MAX_IO_MSRS.
+const MAX_IO_MSRS: u32 = 256;
+
+/// The header of `struct kvm_msrs` and `struct kvm_msr_list`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub(crate) struct MsrsHeader {
+    pub(crate) nmsrs: u32,
+    pub(crate) pad: u32,
+}
+// SAFETY: two u32s.
+unsafe impl user::Pod for MsrsHeader {}
+
+/// KVM_GET_MSR_INDEX_LIST on /dev/kvm (the -E2BIG protocol of upstream).
+pub(crate) fn msr_index_list(arg: usize) -> Result<isize> {
+    let n = MSRS_TO_SAVE.len() as u32;
+    let want: u32 = user::read(arg)?;
+    user::write(arg, &n)?;
+    if want < n {
+        return Err(E2BIG);
+    }
+    user::write_array(arg + 4, &MSRS_TO_SAVE)?;
+    Ok(0)
 }
 
 /// kvm_set_tsc_khz() without TSC scaling: the rate is recorded either way (as
@@ -626,6 +798,10 @@ impl Vcpu {
                 }
                 self.inject_interrupt(ops, st);
             }
+            // SAFETY: a live vendor vCPU under the mutex.
+            if st.nmi_pending != 0 && unsafe { (ops.inject_nmi)(st.vendor.0) } {
+                st.nmi_pending -= 1;
+            }
             let nested_cr3 = vm.mmu.lock().root_pa();
             let mut ex = Exit::default();
             // SAFETY: interrupts off from here to the enable below, as VMRUN needs.
@@ -649,6 +825,7 @@ impl Vcpu {
             let gen = vm.tlb_gen.load(Ordering::SeqCst);
             let flush = gen != st.tlb_gen;
             st.tlb_gen = gen;
+            st.ran = true;
             // SAFETY: interrupts off, this task's FPU is the guest's.
             unsafe { glue::kvm_glue_fpu_prepare_entry() };
             // SAFETY: the vendor vCPU and registers are ours (mutex held).
@@ -685,9 +862,11 @@ impl Vcpu {
             l.init();
         }
         let sipi = l.take_sipi();
+        let nmis = l.take_nmis();
         let expiry = l.next_timer_expiry().unwrap_or(0);
         let cr8 = l.cr8();
         drop(g);
+        st.nmi_pending = st.nmi_pending.saturating_add(nmis);
         if expiry != st.armed_ns {
             // SAFETY: a live waiter.
             unsafe { glue::kvm_glue_waiter_arm(self.waiter.0, expiry) };
@@ -849,6 +1028,10 @@ impl Vcpu {
                 let size = u64::from(insn.op_size);
                 let mut buf = [0u8; 8];
                 for i in 0..count {
+                    // Userspace may have lowered RCX: stop where REP would.
+                    if insn.rep.is_some() && emulate::string_count(&insn, &st.regs.gpr) == 0 {
+                        break;
+                    }
                     let ea = emulate::string_dst_address(&insn, &st.regs.gpr);
                     let la = cpu.linear(0, ea);
                     let off = (i * size) as usize;
@@ -1191,7 +1374,7 @@ impl Vcpu {
                     v.is_some()
                 } else {
                     let v = (st.regs.gpr[reg::RDX] << 32) | (st.regs.gpr[reg::RAX] & 0xffff_ffff);
-                    self.set_msr(vm, ops, st, index, v)
+                    self.set_msr(vm, ops, st, index, v, false)
                 };
                 if ok {
                     st.regs.rip = ex.next_rip;
@@ -1229,6 +1412,22 @@ impl Vcpu {
         }
     }
 
+    /// KVM_INTERNAL_ERROR_DELIVERY_EV with upstream's data: exit info 2, reason,
+    /// exit info 1, the GPA and the CPU of the last entry.
+    fn vectoring_exit(&self, ex: &Exit) -> Next {
+        self.set_exit(uapi::KVM_EXIT_INTERNAL_ERROR);
+        self.run_write(run::U, uapi::KVM_INTERNAL_ERROR_DELIVERY_EV);
+        self.run_write(run::U + 4, 5u32);
+        self.run_write(run::U + 8, ex.info);
+        self.run_write(run::U + 16, ex.hw_reason);
+        self.run_write(run::U + 24, u64::from(ex.flags & !exit::VECTORING));
+        self.run_write(run::U + 32, ex.info);
+        // SAFETY: reads the CPU number only.
+        let cpu = unsafe { glue::kvm_glue_smp_processor_id() };
+        self.run_write(run::U + 40, u64::from(cpu));
+        Next::User(Ok(0))
+    }
+
     /// An instruction the emulator does not handle, reported as upstream reports a
     /// failed emulation (handle_emulation_failure() without the instruction bytes).
     fn emulation_failure(&self) -> Next {
@@ -1243,12 +1442,17 @@ impl Vcpu {
         let gfn = ex.info >> 12;
         let write = ex.flags & exit::PF_WRITE != 0;
         let (slot, gen) = vm.find_slot(gfn);
-        let Some(slot) = slot else {
-            return self.emulate_mmio(vm, ops, st, ex.info);
-        };
-        if write && slot.readonly() {
+        if slot.is_none() || write && slot.is_some_and(|s| s.readonly()) {
+            if ex.flags & exit::VECTORING != 0 {
+                // MMIO while delivering an event cannot be emulated
+                // (kvm_prepare_event_vectoring_exit()).
+                return self.vectoring_exit(ex);
+            }
             return self.emulate_mmio(vm, ops, st, ex.info);
         }
+        let Some(slot) = slot else {
+            return self.emulation_failure();
+        };
         let writable = !slot.readonly();
         let mut hpa = 0u64;
         let (hva, w) = (slot.hva(gfn), i32::from(writable));
@@ -1283,15 +1487,68 @@ impl Vcpu {
         }
     }
 
+    /// KVM_GET_MSRS / KVM_SET_MSRS: entries in order up to the first that fails;
+    /// returns how many were done (upstream msr_io()).
+    fn msrs(
+        &self,
+        vm: &Vm,
+        ops: &X86VendorOps,
+        st: &mut State,
+        arg: usize,
+        set: bool,
+    ) -> Result<isize> {
+        let h: MsrsHeader = user::read(arg)?;
+        if h.nmsrs >= MAX_IO_MSRS {
+            return Err(E2BIG);
+        }
+        let base = arg + size_of::<MsrsHeader>();
+        let mut e: KVec<uapi::kvm_msr_entry> = user::read_array(base, h.nmsrs as usize)?;
+        let mut done = 0;
+        for m in e.iter_mut() {
+            let ok = if set {
+                self.set_msr(vm, ops, st, m.index, m.data, true)
+            } else {
+                match self.get_msr(ops, st, m.index) {
+                    Some(v) => {
+                        m.data = v;
+                        true
+                    }
+                    None => false,
+                }
+            };
+            if !ok {
+                break;
+            }
+            done += 1;
+        }
+        if !set {
+            user::write_array(base, &e)?;
+        }
+        Ok(done)
+    }
+
+    /// The guest's TSC now (the host's plus the vendor's offset).
+    fn guest_tsc(&self, ops: &X86VendorOps, st: &State) -> u64 {
+        let mut v = 0;
+        // SAFETY: a live vendor vCPU under the mutex.
+        if unsafe { (ops.get_msr)(st.vendor.0, MSR_IA32_TSC, &mut v) } != 0 {
+            return now_tsc();
+        }
+        v
+    }
+
     fn get_msr(&self, ops: &X86VendorOps, st: &State, index: u32) -> Option<u64> {
         match index {
             MSR_IA32_APICBASE => Some(self.apic_base(st)),
-            lapic::MSR_TSC_DEADLINE | lapic::X2APIC_MSR_BASE..=X2APIC_MSR_LAST => self
-                .lapic
-                .lock()
-                .as_ref()?
-                .read_msr(index, now_ns(), now_tsc())
-                .ok(),
+            MSR_IA32_MISC_ENABLE => Some(st.misc_enable),
+            lapic::MSR_TSC_DEADLINE | lapic::X2APIC_MSR_BASE..=X2APIC_MSR_LAST => {
+                let tsc = self.guest_tsc(ops, st);
+                match (*self.lapic.lock()).as_ref() {
+                    Some(l) => l.read_msr(index, now_ns(), tsc).ok(),
+                    // Without a LAPIC the deadline reads 0 (kvm_get_lapic_tscdeadline_msr()).
+                    None => (index == lapic::MSR_TSC_DEADLINE).then_some(0),
+                }
+            }
             _ => {
                 let mut v = 0;
                 // SAFETY: a live vendor vCPU under the mutex.
@@ -1300,12 +1557,25 @@ impl Vcpu {
         }
     }
 
-    fn set_msr(&self, vm: &Vm, ops: &X86VendorOps, st: &mut State, index: u32, v: u64) -> bool {
+    /// Writes an MSR for the guest (WRMSR) or for userspace (`host`, KVM_SET_MSRS).
+    fn set_msr(
+        &self,
+        vm: &Vm,
+        ops: &X86VendorOps,
+        st: &mut State,
+        index: u32,
+        v: u64,
+        host: bool,
+    ) -> bool {
         match index {
+            MSR_IA32_MISC_ENABLE => {
+                st.misc_enable = v;
+                true
+            }
             MSR_IA32_APICBASE => {
                 let mut g = self.lapic.lock();
                 match (*g).as_mut() {
-                    Some(l) => set_apic_base(l, &st.cpuid, v, false),
+                    Some(l) => set_apic_base(l, &st.cpuid, v, host),
                     None => {
                         st.apic_base = v;
                         true
@@ -1313,11 +1583,13 @@ impl Vcpu {
                 }
             }
             lapic::MSR_TSC_DEADLINE | lapic::X2APIC_MSR_BASE..=X2APIC_MSR_LAST => {
+                let tsc = self.guest_tsc(ops, st);
                 let mut g = self.lapic.lock();
                 let Some(l) = (*g).as_mut() else {
-                    return false;
+                    // Without a LAPIC a deadline write is dropped, as upstream.
+                    return index == lapic::MSR_TSC_DEADLINE;
                 };
-                let r = l.write_msr(index, v, now_ns(), now_tsc());
+                let r = l.write_msr(index, v, now_ns(), tsc);
                 st.regs.cr8 = l.cr8();
                 drop(g);
                 match r {

@@ -8,7 +8,7 @@ use kernel::prelude::*;
 
 use super::cpus::{self, EnabledCpus, PerCpu};
 use super::glue;
-use super::uapi::kvm_sregs;
+use super::uapi::{kvm_sregs, kvm_vcpu_events};
 use super::x86_ops::{Exit, GuestRegs, VendorVcpu, X86VendorOps};
 
 /// Implemented by each vendor module.
@@ -36,6 +36,11 @@ pub(crate) trait Vendor {
     fn inject_irq(v: &mut Self::Vcpu, vector: u8);
     fn enable_irq_window(v: &mut Self::Vcpu);
     fn reset(v: &mut Self::Vcpu);
+    fn inject_nmi(v: &mut Self::Vcpu) -> bool;
+    fn get_events(v: &Self::Vcpu, e: &mut kvm_vcpu_events);
+    fn set_events(v: &mut Self::Vcpu, e: &kvm_vcpu_events);
+    fn get_dr(v: &Self::Vcpu, n: u32) -> u64;
+    fn set_dr(v: &mut Self::Vcpu, n: u32, val: u64);
 }
 
 // The C-ABI entries of the table: each turns the opaque pointer back into the
@@ -158,6 +163,41 @@ unsafe extern "C" fn reset<V: Vendor>(v: VendorVcpu) {
     V::reset(unsafe { &mut *v.cast::<V::Vcpu>() })
 }
 
+/// # Safety
+/// As interrupt_allowed.
+unsafe extern "C" fn inject_nmi<V: Vendor>(v: VendorVcpu) -> bool {
+    // SAFETY: kvm.ko passes a live vCPU.
+    V::inject_nmi(unsafe { &mut *v.cast::<V::Vcpu>() })
+}
+
+/// # Safety
+/// As interrupt_allowed; `e` is a `kvm_vcpu_events`.
+unsafe extern "C" fn get_events<V: Vendor>(v: VendorVcpu, e: *mut c_void) {
+    // SAFETY: kvm.ko passes a live vCPU and a kvm_vcpu_events.
+    unsafe { V::get_events(&*v.cast::<V::Vcpu>(), &mut *e.cast::<kvm_vcpu_events>()) }
+}
+
+/// # Safety
+/// As get_events.
+unsafe extern "C" fn set_events<V: Vendor>(v: VendorVcpu, e: *const c_void) {
+    // SAFETY: kvm.ko passes a live vCPU and a kvm_vcpu_events.
+    unsafe { V::set_events(&mut *v.cast::<V::Vcpu>(), &*e.cast::<kvm_vcpu_events>()) }
+}
+
+/// # Safety
+/// As interrupt_allowed.
+unsafe extern "C" fn get_dr<V: Vendor>(v: VendorVcpu, n: u32) -> u64 {
+    // SAFETY: kvm.ko passes a live vCPU.
+    V::get_dr(unsafe { &*v.cast::<V::Vcpu>() }, n)
+}
+
+/// # Safety
+/// As interrupt_allowed.
+unsafe extern "C" fn set_dr<V: Vendor>(v: VendorVcpu, n: u32, val: u64) {
+    // SAFETY: kvm.ko passes a live vCPU.
+    V::set_dr(unsafe { &mut *v.cast::<V::Vcpu>() }, n, val)
+}
+
 /// The table for vendor `V`, to be kept in a `static` while registered.
 #[expect(
     clippy::disallowed_methods,
@@ -181,6 +221,11 @@ pub(crate) const fn ops<V: Vendor>() -> X86VendorOps {
         inject_irq: inject_irq::<V>,
         enable_irq_window: enable_irq_window::<V>,
         reset: reset::<V>,
+        inject_nmi: inject_nmi::<V>,
+        get_events: get_events::<V>,
+        set_events: set_events::<V>,
+        get_dr: get_dr::<V>,
+        set_dr: set_dr::<V>,
     }
 }
 

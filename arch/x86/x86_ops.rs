@@ -78,6 +78,8 @@ pub(crate) mod exit {
     pub(crate) const PF_PRESENT: u32 = 1 << 0;
     pub(crate) const PF_WRITE: u32 = 1 << 1;
     pub(crate) const PF_FETCH: u32 = 1 << 4;
+    /// NPF while the CPU was delivering an event (exit_int_info valid).
+    pub(crate) const VECTORING: u32 = 1 << 31;
 }
 
 /// Opaque per-vCPU vendor state (a VMCB and friends).
@@ -125,6 +127,17 @@ pub(crate) struct X86VendorOps {
     /// Puts the vendor state in the INIT state (segments, CRs, EFER; kvm.ko owns
     /// the registers).
     pub(crate) reset: unsafe extern "C" fn(VendorVcpu),
+    /// Injects an NMI on the next entry if nothing else is being injected and the
+    /// guest is not in an interrupt shadow; false if it cannot now.
+    pub(crate) inject_nmi: unsafe extern "C" fn(VendorVcpu) -> bool,
+    /// The event being injected and the interrupt shadow, as `struct
+    /// kvm_vcpu_events` has them (exception, interrupt, nmi.injected, shadow).
+    pub(crate) get_events: unsafe extern "C" fn(VendorVcpu, *mut c_void),
+    /// Sets them from a validated `struct kvm_vcpu_events`.
+    pub(crate) set_events: unsafe extern "C" fn(VendorVcpu, *const c_void),
+    /// DR6 (`n` = 6) or DR7 (`n` = 7) of the guest.
+    pub(crate) get_dr: unsafe extern "C" fn(VendorVcpu, n: u32) -> u64,
+    pub(crate) set_dr: unsafe extern "C" fn(VendorVcpu, n: u32, val: u64),
 }
 
 // SAFETY: the table is immutable after construction and `name` points to a static

@@ -55,6 +55,11 @@ pub fn check_extension(host: &Host, cap: u64) -> i32 {
         | uapi::KVM_CAP_MMU_SHADOW_CACHE_CONTROL
         | uapi::KVM_CAP_SET_TSS_ADDR
         | uapi::KVM_CAP_SET_IDENTITY_MAP_ADDR
+        // KVM_GET/SET_VCPU_EVENTS (with the interrupt shadow), DEBUGREGS, XSAVE.
+        | uapi::KVM_CAP_VCPU_EVENTS
+        | uapi::KVM_CAP_INTR_SHADOW
+        | uapi::KVM_CAP_DEBUGREGS
+        | uapi::KVM_CAP_XSAVE
             if host.vcpus =>
         {
             1
@@ -122,9 +127,15 @@ mod tests {
             0
         );
         assert_eq!(check_extension(&novcpu, uapi::KVM_CAP_MAX_VCPUS as u64), 0);
-        assert_eq!(check_extension(&novcpu, uapi::KVM_CAP_GET_TSC_KHZ as u64), 0);
+        assert_eq!(
+            check_extension(&novcpu, uapi::KVM_CAP_GET_TSC_KHZ as u64),
+            0
+        );
         assert_eq!(check_extension(&HOST, uapi::KVM_CAP_GET_TSC_KHZ as u64), 1);
-        assert_eq!(check_extension(&HOST, uapi::KVM_CAP_BINARY_STATS_FD as u64), 1);
+        assert_eq!(
+            check_extension(&HOST, uapi::KVM_CAP_BINARY_STATS_FD as u64),
+            1
+        );
     }
 
     #[test]

@@ -100,7 +100,12 @@ pub fn supported(host: impl Fn(u32, u32) -> [u32; 4], out: &mut [Entry]) -> Opti
     }
     if max >= 7 {
         let h = host(7, 0);
-        push(leaf(7, 0, SIGNIFICANT_INDEX, [0, h[1] & L7_EBX, h[2] & L7_ECX, 0]))?;
+        push(leaf(
+            7,
+            0,
+            SIGNIFICANT_INDEX,
+            [0, h[1] & L7_EBX, h[2] & L7_ECX, 0],
+        ))?;
     }
     push(leaf(
         0x4000_0000,

@@ -6,7 +6,7 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use kernel::prelude::*;
 
 use super::pages::Pages;
-use super::uapi::{kvm_dtable, kvm_segment, kvm_sregs};
+use super::uapi::{kvm_dtable, kvm_segment, kvm_sregs, kvm_vcpu_events};
 use super::vendor::Vendor;
 use super::vmcb::{self as vm, Seg, SegAttr, Vmcb};
 use super::x86_ops::{exit, reg, Exit, GuestRegs};
@@ -37,12 +37,23 @@ const MSR_SYSENTER_CS: u32 = 0x174;
 const MSR_SYSENTER_ESP: u32 = 0x175;
 const MSR_SYSENTER_EIP: u32 = 0x176;
 const MSR_PAT: u32 = 0x277;
+const MSR_TSC: u32 = 0x10;
+
+fn rdtsc() -> u64 {
+    // SAFETY: reads the TSC.
+    unsafe { super::glue::kvm_glue_rdtsc() }
+}
 
 const UD_VECTOR: u32 = 6;
 const AC_VECTOR: u32 = 17;
 const EVTINJ_VALID: u32 = 1 << 31;
 const EVTINJ_VALID_ERR: u32 = 1 << 11;
 const EVTINJ_TYPE_EXEPT: u32 = 3 << 8;
+const EVTINJ_TYPE_NMI: u32 = 2 << 8;
+const EVTINJ_TYPE_SOFT: u32 = 4 << 8;
+const EVTINJ_TYPE_MASK: u32 = 7 << 8;
+/// include/uapi/asm/kvm.h
+const KVM_VCPUEVENT_VALID_SHADOW: u32 = 4;
 
 pub(crate) struct Svm;
 
@@ -355,11 +366,17 @@ impl Vendor for Svm {
             MSR_SYSENTER_ESP => s.sysenter_esp,
             MSR_SYSENTER_EIP => s.sysenter_eip,
             MSR_PAT => s.g_pat,
+            MSR_TSC => rdtsc().wrapping_add(v.vmcb_ref().control.tsc_offset),
             _ => return None,
         })
     }
 
     fn set_msr(v: &mut SvmVcpu, index: u32, data: u64) -> bool {
+        if index == MSR_TSC {
+            // The guest reads host TSC + offset, also through unintercepted RDTSC.
+            v.vmcb().control.tsc_offset = data.wrapping_sub(rdtsc());
+            return true;
+        }
         let s = &mut v.vmcb().save;
         match index {
             MSR_EFER => s.efer = data | vm::EFER_SVME,
@@ -398,6 +415,87 @@ impl Vendor for Svm {
         let c = &mut v.vmcb().control;
         c.int_ctl |= vm::V_IRQ | vm::V_IGN_TPR | (0xf << vm::V_INTR_PRIO_SHIFT);
         c.intercepts[vm::INTERCEPT_WORD3] |= vm::VINTR;
+    }
+
+    fn inject_nmi(v: &mut SvmVcpu) -> bool {
+        let c = &mut v.vmcb().control;
+        if c.event_inj & EVTINJ_VALID != 0 || c.int_state & vm::INTERRUPT_SHADOW != 0 {
+            return false;
+        }
+        // svm_inject_nmi(): type NMI, vector 2.
+        c.event_inj = 2 | EVTINJ_TYPE_NMI | EVTINJ_VALID;
+        true
+    }
+
+    fn get_events(v: &SvmVcpu, e: &mut kvm_vcpu_events) {
+        let c = &v.vmcb_ref().control;
+        let inj = c.event_inj;
+        if inj & EVTINJ_VALID != 0 {
+            let vector = (inj & 0xff) as u8;
+            match inj & EVTINJ_TYPE_MASK {
+                EVTINJ_TYPE_EXEPT => {
+                    e.exception.injected = 1;
+                    e.exception.nr = vector;
+                    e.exception.has_error_code = u8::from(inj & EVTINJ_VALID_ERR != 0);
+                    e.exception.error_code = c.event_inj_err;
+                }
+                EVTINJ_TYPE_NMI => e.nmi.injected = 1,
+                t => {
+                    e.interrupt.injected = 1;
+                    e.interrupt.nr = vector;
+                    e.interrupt.soft = u8::from(t == EVTINJ_TYPE_SOFT);
+                }
+            }
+        }
+        if c.int_state & vm::INTERRUPT_SHADOW != 0 {
+            // svm_get_interrupt_shadow() cannot tell STI from MOV SS.
+            e.interrupt.shadow = 3;
+        }
+    }
+
+    fn set_events(v: &mut SvmVcpu, e: &kvm_vcpu_events) {
+        let c = &mut v.vmcb().control;
+        c.event_inj = 0;
+        c.event_inj_err = 0;
+        if e.exception.injected != 0 {
+            let err = (e.exception.has_error_code != 0).then_some(e.exception.error_code);
+            Svm::queue_exception_vmcb(v.vmcb(), e.exception.nr.into(), err);
+        } else if e.nmi.injected != 0 {
+            c.event_inj = 2 | EVTINJ_TYPE_NMI | EVTINJ_VALID;
+        } else if e.interrupt.injected != 0 {
+            let t = if e.interrupt.soft != 0 {
+                EVTINJ_TYPE_SOFT
+            } else {
+                0
+            };
+            c.event_inj = u32::from(e.interrupt.nr) | t | EVTINJ_VALID;
+        }
+        if e.flags & KVM_VCPUEVENT_VALID_SHADOW != 0 {
+            let c = &mut v.vmcb().control;
+            if e.interrupt.shadow != 0 {
+                c.int_state |= vm::INTERRUPT_SHADOW;
+            } else {
+                c.int_state &= !vm::INTERRUPT_SHADOW;
+            }
+        }
+    }
+
+    fn get_dr(v: &SvmVcpu, n: u32) -> u64 {
+        let s = &v.vmcb_ref().save;
+        if n == 6 {
+            s.dr6
+        } else {
+            s.dr7
+        }
+    }
+
+    fn set_dr(v: &mut SvmVcpu, n: u32, val: u64) {
+        let s = &mut v.vmcb().save;
+        if n == 6 {
+            s.dr6 = val;
+        } else {
+            s.dr7 = val;
+        }
     }
 
     fn reset(v: &mut SvmVcpu) {
@@ -498,7 +596,12 @@ fn decode_exit(vmcb: &mut Vmcb, rip: u64) -> Exit {
         }
         vm::EXIT_NPF => Exit {
             kind: exit::NPF,
-            flags: info1 as u32,
+            flags: (info1 as u32 & !exit::VECTORING)
+                | if c.exit_int_info & EVTINJ_VALID != 0 {
+                    exit::VECTORING
+                } else {
+                    0
+                },
             info: info2,
             hw_reason: c.exit_code,
             ..Default::default()

@@ -73,6 +73,15 @@ impl vendor::Vendor for Vmx {
     fn inject_irq(_: &mut NoVcpu, _: u8) {}
     fn enable_irq_window(_: &mut NoVcpu) {}
     fn reset(_: &mut NoVcpu) {}
+    fn inject_nmi(_: &mut NoVcpu) -> bool {
+        false
+    }
+    fn get_events(_: &NoVcpu, _: &mut uapi::kvm_vcpu_events) {}
+    fn set_events(_: &mut NoVcpu, _: &uapi::kvm_vcpu_events) {}
+    fn get_dr(_: &NoVcpu, _: u32) -> u64 {
+        0
+    }
+    fn set_dr(_: &mut NoVcpu, _: u32, _: u64) {}
 }
 
 /// Stands for the VMCS-backed vCPU to come.
