@@ -34,6 +34,7 @@ pod!(
     kvm_enable_cap,
     kvm_vcpu_events,
     kvm_debugregs,
+    kvm_pre_fault_memory,
 );
 
 // SAFETY: any 8 bytes are a u64.

@@ -29,6 +29,25 @@ mod run {
     pub(super) const IMMEDIATE_EXIT: usize = 1;
     pub(super) const EXIT_REASON: usize = 8;
     pub(super) const U: usize = 32;
+    pub(super) const READY_FOR_INTERRUPT_INJECTION: usize = 12;
+    pub(super) const IF_FLAG: usize = 13;
+    pub(super) const CR8: usize = 16;
+    pub(super) const APIC_BASE: usize = 24;
+    pub(super) const VALID_REGS: usize = 288;
+    pub(super) const DIRTY_REGS: usize = 296;
+    pub(super) const SYNC_REGS: usize = 304;
+    pub(super) const SYNC_SREGS: usize = SYNC_REGS + size_of::<super::uapi::kvm_regs>();
+    pub(super) const SYNC_EVENTS: usize = SYNC_SREGS + size_of::<super::uapi::kvm_sregs>();
+    use super::uapi::{kvm_run, kvm_sync_regs};
+    use core::mem::offset_of;
+    const _: () = assert!(offset_of!(kvm_run, ready_for_interrupt_injection) == 12);
+    const _: () = assert!(offset_of!(kvm_run, if_flag) == IF_FLAG);
+    const _: () = assert!(offset_of!(kvm_run, cr8) == CR8);
+    const _: () = assert!(offset_of!(kvm_run, apic_base) == APIC_BASE);
+    const _: () = assert!(offset_of!(kvm_run, kvm_valid_regs) == VALID_REGS);
+    const _: () = assert!(offset_of!(kvm_run, kvm_dirty_regs) == DIRTY_REGS);
+    const _: () = assert!(offset_of!(kvm_run, s) == SYNC_REGS);
+    const _: () = assert!(SYNC_EVENTS - SYNC_REGS == offset_of!(kvm_sync_regs, events));
     const _: () = assert!(core::mem::offset_of!(super::uapi::kvm_run, exit_reason) == EXIT_REASON);
     const _: () =
         assert!(core::mem::offset_of!(super::uapi::kvm_run, immediate_exit) == IMMEDIATE_EXIT);
@@ -94,6 +113,9 @@ struct State {
     ran: bool,
     /// MSR_IA32_MISC_ENABLE.
     misc_enable: u64,
+    /// MSR_PLATFORM_INFO as userspace set it. Upstream starts it with the
+    /// CPUID-faulting bit; kvm-rs does not emulate CPUID faulting, so 0.
+    platform_info: u64,
     /// NMIs waiting for the guest to be able to take one.
     nmi_pending: u32,
     /// DR0-3 as userspace set them. kvm-rs does not load them into the hardware
@@ -181,6 +203,7 @@ impl Vcpu {
             ran: false,
             nmi_pending: 0,
             misc_enable: MISC_ENABLE_RESET,
+            platform_info: 0,
             db: [0; 4],
         };
         // SAFETY: a plain allocation, owned by the Waiter.
@@ -236,6 +259,13 @@ impl Vcpu {
         unsafe { self.run_ptr(off).read_volatile() }
     }
 
+    /// A `T` inside the kvm_run page (offsets are constants of `run`, naturally
+    /// aligned and ending inside the page).
+    fn run_read<T: Copy>(&self, off: usize) -> T {
+        // SAFETY: as run_write; T is a plain uapi type for which any bytes are valid.
+        unsafe { self.run_ptr(off).cast::<T>().read_volatile() }
+    }
+
     fn set_exit(&self, reason: u32) {
         self.run_write(run::EXIT_REASON, reason);
     }
@@ -265,40 +295,12 @@ impl Vcpu {
                 Ok(0)
             }
             ioctl::KVM_GET_SREGS => {
-                let mut s = uapi::kvm_sregs::default();
-                // SAFETY: a live vendor vCPU under the mutex; `s` is a kvm_sregs.
-                unsafe { (ops.get_sregs)(st.vendor.0, core::ptr::from_mut(&mut s).cast()) };
-                s.apic_base = self.apic_base(&st);
-                user::write(arg, &s)?;
+                user::write(arg, &self.get_sregs(ops, &st))?;
                 Ok(0)
             }
             ioctl::KVM_SET_SREGS => {
-                let s: uapi::kvm_sregs = user::read(arg)?;
-                let l1 = cpuid::find(&st.cpuid, 1, 0).map_or(0, |e| e.ecx);
-                let (b7, c7) = cpuid::find(&st.cpuid, 7, 0).map_or((0, 0), |e| (e.ebx, e.ecx));
-                let ok = sregs::sregs_valid(
-                    s.cr0,
-                    s.cr3,
-                    s.cr4,
-                    s.efer,
-                    s.cs.l != 0,
-                    sregs::cr4_allowed(l1, b7, c7),
-                    cpuid::maxphyaddr(&st.cpuid),
-                ) && s.efer & !cpuid::efer_allowed(&st.cpuid) == 0;
-                if !ok {
-                    return Err(EINVAL);
-                }
-                if let Some(l) = (*self.lapic.lock()).as_mut() {
-                    if !set_apic_base(l, &st.cpuid, s.apic_base, true) {
-                        return Err(EINVAL);
-                    }
-                }
-                // SAFETY: as KVM_GET_SREGS.
-                let r = unsafe { (ops.set_sregs)(st.vendor.0, core::ptr::from_ref(&s).cast()) };
-                if r != 0 {
-                    return Err(Error::from_errno(r));
-                }
-                st.apic_base = s.apic_base;
+                let sr: uapi::kvm_sregs = user::read(arg)?;
+                self.set_sregs(ops, &mut st, &sr)?;
                 Ok(0)
             }
             ioctl::KVM_SET_CPUID2 => {
@@ -404,39 +406,17 @@ impl Vcpu {
                 Ok(0)
             }
             ioctl::KVM_GET_TSC_KHZ => Ok(st.tsc_khz as isize),
+            ioctl::KVM_PRE_FAULT_MEMORY => self.pre_fault(vm, arg),
             ioctl::KVM_GET_MSRS | ioctl::KVM_SET_MSRS => {
                 self.msrs(vm, ops, &mut st, arg, cmd == ioctl::KVM_SET_MSRS)
             }
             ioctl::KVM_GET_VCPU_EVENTS => {
-                let mut e = uapi::kvm_vcpu_events::default();
-                // SAFETY: a live vendor vCPU under the mutex; `e` is a kvm_vcpu_events.
-                unsafe { (ops.get_events)(st.vendor.0, core::ptr::from_mut(&mut e).cast()) };
-                e.nmi.pending = u8::from(st.nmi_pending != 0);
-                e.flags = uapi::KVM_VCPUEVENT_VALID_NMI_PENDING
-                    | uapi::KVM_VCPUEVENT_VALID_SHADOW
-                    | uapi::KVM_VCPUEVENT_VALID_SMM;
-                user::write(arg, &e)?;
+                user::write(arg, &get_events(ops, &st))?;
                 Ok(0)
             }
             ioctl::KVM_SET_VCPU_EVENTS => {
                 let e: uapi::kvm_vcpu_events = user::read(arg)?;
-                // kvm_vcpu_ioctl_x86_set_vcpu_events(): no exception payloads, no
-                // SMM (neither is enabled or supported), exceptions below 32 but NMI.
-                let valid = uapi::KVM_VCPUEVENT_VALID_NMI_PENDING
-                    | uapi::KVM_VCPUEVENT_VALID_SIPI_VECTOR
-                    | uapi::KVM_VCPUEVENT_VALID_SHADOW
-                    | uapi::KVM_VCPUEVENT_VALID_SMM;
-                if e.flags & !valid != 0
-                    || e.exception.injected != 0 && (e.exception.nr > 31 || e.exception.nr == 2)
-                    || e.flags & uapi::KVM_VCPUEVENT_VALID_SMM != 0 && e.smi.smm != 0
-                {
-                    return Err(EINVAL);
-                }
-                // SAFETY: a live vendor vCPU under the mutex; `e` is a kvm_vcpu_events.
-                unsafe { (ops.set_events)(st.vendor.0, core::ptr::from_ref(&e).cast()) };
-                if e.flags & uapi::KVM_VCPUEVENT_VALID_NMI_PENDING != 0 {
-                    st.nmi_pending = e.nmi.pending.into();
-                }
+                set_events(ops, &mut st, &e)?;
                 Ok(0)
             }
             ioctl::KVM_GET_DEBUGREGS => {
@@ -512,6 +492,40 @@ impl Vcpu {
     }
 }
 
+/// KVM_GET_VCPU_EVENTS (kvm_vcpu_ioctl_x86_get_vcpu_events()).
+fn get_events(ops: &X86VendorOps, st: &State) -> uapi::kvm_vcpu_events {
+    let mut e = uapi::kvm_vcpu_events::default();
+    // SAFETY: a live vendor vCPU under the mutex; `e` is a kvm_vcpu_events.
+    unsafe { (ops.get_events)(st.vendor.0, core::ptr::from_mut(&mut e).cast()) };
+    e.nmi.pending = u8::from(st.nmi_pending != 0);
+    e.flags = uapi::KVM_VCPUEVENT_VALID_NMI_PENDING
+        | uapi::KVM_VCPUEVENT_VALID_SHADOW
+        | uapi::KVM_VCPUEVENT_VALID_SMM;
+    e
+}
+
+/// KVM_SET_VCPU_EVENTS (kvm_vcpu_ioctl_x86_set_vcpu_events()): no exception
+/// payloads and no SMM (neither is enabled or supported), exceptions below 32
+/// but NMI.
+fn set_events(ops: &X86VendorOps, st: &mut State, e: &uapi::kvm_vcpu_events) -> Result {
+    let valid = uapi::KVM_VCPUEVENT_VALID_NMI_PENDING
+        | uapi::KVM_VCPUEVENT_VALID_SIPI_VECTOR
+        | uapi::KVM_VCPUEVENT_VALID_SHADOW
+        | uapi::KVM_VCPUEVENT_VALID_SMM;
+    if e.flags & !valid != 0
+        || e.exception.injected != 0 && (e.exception.nr > 31 || e.exception.nr == 2)
+        || e.flags & uapi::KVM_VCPUEVENT_VALID_SMM != 0 && e.smi.smm != 0
+    {
+        return Err(EINVAL);
+    }
+    // SAFETY: a live vendor vCPU under the mutex; `e` is a kvm_vcpu_events.
+    unsafe { (ops.set_events)(st.vendor.0, core::ptr::from_ref(e).cast()) };
+    if e.flags & uapi::KVM_VCPUEVENT_VALID_NMI_PENDING != 0 {
+        st.nmi_pending = e.nmi.pending.into();
+    }
+    Ok(())
+}
+
 /// `struct kvm_lapic_state` as bytes (the uapi spells it with C chars).
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -550,7 +564,7 @@ const XSAVE_SIZE: usize = 4096;
 
 /// The MSRs KVM_GET_MSR_INDEX_LIST reports: those KVM_GET/SET_MSRS save and
 /// restore (upstream msrs_to_save + emulated_msrs, as far as kvm-rs has them).
-pub(crate) const MSRS_TO_SAVE: [u32; 13] = [
+pub(crate) const MSRS_TO_SAVE: [u32; 14] = [
     MSR_IA32_SYSENTER_CS,
     MSR_IA32_SYSENTER_ESP,
     MSR_IA32_SYSENTER_EIP,
@@ -564,7 +578,9 @@ pub(crate) const MSRS_TO_SAVE: [u32; 13] = [
     MSR_IA32_APICBASE,
     lapic::MSR_TSC_DEADLINE,
     MSR_IA32_MISC_ENABLE,
+    MSR_PLATFORM_INFO,
 ];
+const MSR_PLATFORM_INFO: u32 = 0xce;
 const MSR_IA32_TSC: u32 = 0x10;
 const MSR_IA32_SYSENTER_CS: u32 = 0x174;
 const MSR_IA32_SYSENTER_ESP: u32 = 0x175;
@@ -744,16 +760,64 @@ fn next_ip(_st: &State, insn: &Insn, rip: u64) -> u64 {
 }
 
 const PF_VECTOR: u32 = 14;
+const RFLAGS_IF: u64 = 1 << 9;
+const SYNC_REGS_REGS: u64 = uapi::KVM_SYNC_X86_REGS as u64;
+const SYNC_REGS_SREGS: u64 = uapi::KVM_SYNC_X86_SREGS as u64;
+const SYNC_REGS_EVENTS: u64 = uapi::KVM_SYNC_X86_EVENTS as u64;
+const SYNC_REGS_VALID: u64 = uapi::KVM_SYNC_X86_VALID_FIELDS as u64;
 
 impl Vcpu {
+    /// KVM_RUN (kvm_arch_vcpu_ioctl_run()): the run itself, framed by the
+    /// sync_regs exchange through kvm_run and the fields upstream's
+    /// post_kvm_run_save() reports.
     fn vcpu_run(&self, vm: &Vm, ops: &X86VendorOps, st: &mut State) -> Result<isize> {
-        if let Some(r) = self.complete_userspace(vm, ops, st) {
-            return r;
+        let r = self.run_framed(vm, ops, st);
+        let valid: u64 = self.run_read(run::VALID_REGS);
+        if valid & SYNC_REGS_REGS != 0 {
+            self.run_write(run::SYNC_REGS, get_regs(&st.regs));
+        }
+        if valid & SYNC_REGS_SREGS != 0 {
+            self.run_write(run::SYNC_SREGS, self.get_sregs(ops, st));
+        }
+        if valid & SYNC_REGS_EVENTS != 0 {
+            self.run_write(run::SYNC_EVENTS, get_events(ops, st));
+        }
+        let lapic = self.lapic.lock().is_some();
+        // SAFETY: a live vendor vCPU under the mutex.
+        let ready = lapic || unsafe { (ops.interrupt_allowed)(st.vendor.0, st.regs.rflags) };
+        self.run_write(run::IF_FLAG, u8::from(st.regs.rflags & RFLAGS_IF != 0));
+        self.run_write(run::CR8, st.regs.cr8);
+        self.run_write(run::APIC_BASE, self.apic_base(st));
+        self.run_write(run::READY_FOR_INTERRUPT_INJECTION, u8::from(ready));
+        r
+    }
+
+    fn run_framed(&self, vm: &Vm, ops: &X86VendorOps, st: &mut State) -> Result<isize> {
+        let has_lapic = self.lapic.lock().is_some();
+        if !(has_lapic && st.mp_state == uapi::KVM_MP_STATE_UNINITIALIZED) {
+            let valid: u64 = self.run_read(run::VALID_REGS);
+            let dirty: u64 = self.run_read(run::DIRTY_REGS);
+            if (valid | dirty) & !SYNC_REGS_VALID != 0 {
+                return Err(EINVAL);
+            }
+            if dirty != 0 {
+                self.sync_regs(ops, st, dirty)?;
+            }
+            if !has_lapic {
+                // The TPR userspace keeps in kvm_run (kvm_set_cr8()).
+                let cr8: u64 = self.run_read(run::CR8);
+                if cr8 & !0xf != 0 {
+                    return Err(EINVAL);
+                }
+                st.regs.cr8 = cr8;
+            }
+            if let Some(r) = self.complete_userspace(vm, ops, st) {
+                return r;
+            }
         }
         if self.run_read_u8(run::IMMEDIATE_EXIT) != 0 {
             return Err(EINTR);
         }
-        let has_lapic = self.lapic.lock().is_some();
         if has_lapic && st.mp_state == uapi::KVM_MP_STATE_UNINITIALIZED {
             // As upstream: an AP waiting for INIT blocks once, then KVM_RUN returns
             // (-EAGAIN, or -EINTR for a signal) so that userspace sees its new state.
@@ -847,6 +911,24 @@ impl Vcpu {
         // SAFETY: pairs with the load above.
         unsafe { glue::kvm_glue_fpu_load(st.fpu.0, 0) };
         r
+    }
+
+    /// Applies the kvm_run sync_regs userspace marked dirty (upstream sync_regs()).
+    fn sync_regs(&self, ops: &X86VendorOps, st: &mut State, dirty: u64) -> Result {
+        if dirty & SYNC_REGS_REGS != 0 {
+            let r: uapi::kvm_regs = self.run_read(run::SYNC_REGS);
+            set_regs(&mut st.regs, &r);
+        }
+        if dirty & SYNC_REGS_SREGS != 0 {
+            let s: uapi::kvm_sregs = self.run_read(run::SYNC_SREGS);
+            self.set_sregs(ops, st, &s).map_err(|_| EINVAL)?;
+        }
+        if dirty & SYNC_REGS_EVENTS != 0 {
+            let e: uapi::kvm_vcpu_events = self.run_read(run::SYNC_EVENTS);
+            set_events(ops, st, &e).map_err(|_| EINVAL)?;
+        }
+        self.run_write(run::DIRTY_REGS, 0u64);
+        Ok(())
     }
 
     /// The LAPIC's timer, INIT and SIPI (upstream kvm_apic_accept_events() and the
@@ -961,6 +1043,44 @@ impl Vcpu {
             // is re-armed by accept_events() before the next entry.
             Action::Eoi { .. } | Action::TimerChanged | Action::None => {}
         }
+    }
+
+    fn get_sregs(&self, ops: &X86VendorOps, st: &State) -> uapi::kvm_sregs {
+        let mut s = uapi::kvm_sregs::default();
+        // SAFETY: a live vendor vCPU under the mutex; `s` is a kvm_sregs.
+        unsafe { (ops.get_sregs)(st.vendor.0, core::ptr::from_mut(&mut s).cast()) };
+        s.apic_base = self.apic_base(st);
+        s
+    }
+
+    /// KVM_SET_SREGS, checked as kvm_is_valid_sregs() with the vCPU's CPUID.
+    fn set_sregs(&self, ops: &X86VendorOps, st: &mut State, s: &uapi::kvm_sregs) -> Result {
+        let l1 = cpuid::find(&st.cpuid, 1, 0).map_or(0, |e| e.ecx);
+        let (b7, c7) = cpuid::find(&st.cpuid, 7, 0).map_or((0, 0), |e| (e.ebx, e.ecx));
+        let ok = sregs::sregs_valid(
+            s.cr0,
+            s.cr3,
+            s.cr4,
+            s.efer,
+            s.cs.l != 0,
+            sregs::cr4_allowed(l1, b7, c7),
+            cpuid::maxphyaddr(&st.cpuid),
+        ) && s.efer & !cpuid::efer_allowed(&st.cpuid) == 0;
+        if !ok {
+            return Err(EINVAL);
+        }
+        if let Some(l) = (*self.lapic.lock()).as_mut() {
+            if !set_apic_base(l, &st.cpuid, s.apic_base, true) {
+                return Err(EINVAL);
+            }
+        }
+        // SAFETY: a live vendor vCPU under the mutex; `s` is a kvm_sregs.
+        let r = unsafe { (ops.set_sregs)(st.vendor.0, core::ptr::from_ref(s).cast()) };
+        if r != 0 {
+            return Err(Error::from_errno(r));
+        }
+        st.apic_base = s.apic_base;
+        Ok(())
     }
 
     fn apic_base(&self, st: &State) -> u64 {
@@ -1366,7 +1486,7 @@ impl Vcpu {
             exit::RDMSR | exit::WRMSR => {
                 let index = st.regs.gpr[reg::RCX] as u32;
                 let ok = if ex.kind == exit::RDMSR {
-                    let v = self.get_msr(ops, st, index);
+                    let v = self.get_msr(vm, ops, st, index, false);
                     if let Some(v) = v {
                         st.regs.gpr[reg::RAX] = v & 0xffff_ffff;
                         st.regs.gpr[reg::RDX] = v >> 32;
@@ -1386,11 +1506,11 @@ impl Vcpu {
                 Next::Guest
             }
             exit::VMMCALL => {
-                // No hypercalls yet: -KVM_ENOSYS, as upstream for an unknown one.
-                st.regs.gpr[reg::RAX] = (-KVM_ENOSYS) as u64;
+                self.hypercall(ops, st);
                 st.regs.rip = ex.next_rip;
                 Next::Guest
             }
+            exit::INVALID_OPCODE => self.invalid_opcode(vm, ops, st),
             exit::FAIL_ENTRY => {
                 self.set_exit(uapi::KVM_EXIT_FAIL_ENTRY);
                 self.run_write(run::U, ex.hw_reason);
@@ -1453,38 +1573,142 @@ impl Vcpu {
         let Some(slot) = slot else {
             return self.emulation_failure();
         };
+        // A race with a slot change just faults again.
+        match self.map_page(vm, &slot, gen, gfn) {
+            Ok(_) => Next::Guest,
+            Err(e) => Next::User(Err(e)),
+        }
+    }
+
+    /// Pins the page backing `gfn` in `slot` (read at slot generation `gen`) and
+    /// maps it. Ok(true): `gfn` is mapped (by this call or before); Ok(false): the
+    /// slots changed meanwhile, look the slot up again.
+    fn map_page(&self, vm: &Vm, slot: &crate::memslot::Slot, gen: u64, gfn: u64) -> Result<bool> {
         let writable = !slot.readonly();
         let mut hpa = 0u64;
         let (hva, w) = (slot.hva(gfn), i32::from(writable));
         // SAFETY: the VM's owner mm is current (checked by the ioctl); pins one page.
         let r = unsafe { glue::kvm_glue_pin_user_page(hva, w, &mut hpa) };
         if r != 0 {
-            return Next::User(Err(EFAULT));
+            return Err(EFAULT);
         }
         let mut mmu = vm.mmu.lock();
         let mapped = if vm.slots_gen.load(Ordering::SeqCst) == gen {
-            mmu.map(gfn, hpa, writable)
+            mmu.map(gfn, hpa, writable).map(Some)
         } else {
-            // Slots changed while we pinned: fault again with the new ones.
-            Ok(false)
+            Ok(None)
         };
         let pages = mmu.mapped;
         drop(mmu);
-        match mapped {
-            Ok(true) => {
-                vm.stats.set(stats::vm::PAGES_4K, pages);
-                self.stats.inc(st_::PF_FIXED);
-                Next::Guest
-            }
-            other => {
-                // SAFETY: our pin, not handed to the MMU.
-                unsafe { glue::kvm_glue_unpin_phys(hpa, 0) };
-                match other {
-                    Err(e) => Next::User(Err(e)),
-                    _ => Next::Guest,
+        if mapped == Ok(Some(true)) {
+            vm.stats.set(stats::vm::PAGES_4K, pages);
+            self.stats.inc(st_::PF_FIXED);
+            return Ok(true);
+        }
+        // SAFETY: our pin, not handed to the MMU.
+        unsafe { glue::kvm_glue_unpin_phys(hpa, 0) };
+        // Some(false): another vCPU mapped it first.
+        mapped.map(|m| m.is_some())
+    }
+
+    /// A KVM hypercall (upstream ____kvm_emulate_hypercall()): the number in
+    /// RAX, the result back in RAX; only from CPL 0.
+    fn hypercall(&self, ops: &X86VendorOps, st: &mut State) {
+        let s = self.get_sregs(ops, st);
+        let long = s.efer & EFER_LMA != 0 && s.cs.l != 0;
+        let mask = if long { u64::MAX } else { 0xffff_ffff };
+        let nr = st.regs.gpr[reg::RAX] & mask;
+        let ret: i64 = if s.ss.dpl != 0 {
+            -KVM_EPERM
+        } else {
+            match nr {
+                KVM_HC_VAPIC_POLL_IRQ => 0,
+                KVM_HC_SCHED_YIELD => {
+                    // A hint that the vCPU waits for another: let others run.
+                    // SAFETY: process context, only our vCPU mutex held.
+                    unsafe { glue::kvm_glue_cond_resched() };
+                    0
                 }
+                // No PV kick, IPI or clock pairing (none is in the PV CPUID).
+                _ => -KVM_ENOSYS,
+            }
+        };
+        st.regs.gpr[reg::RAX] = ret as u64 & mask;
+    }
+
+    /// #UD in the guest: the other vendor's hypercall instruction (VMCALL) is
+    /// patched to VMMCALL and run again unless KVM_X86_QUIRK_FIX_HYPERCALL_INSN
+    /// is disabled (upstream em_hypercall/emulator_fix_hypercall); any other #UD
+    /// goes back to the guest.
+    fn invalid_opcode(&self, vm: &Vm, ops: &X86VendorOps, st: &mut State) -> Next {
+        const VMCALL: [u8; 3] = [0x0f, 0x01, 0xc1];
+        const VMMCALL: [u8; 3] = [0x0f, 0x01, 0xd9];
+        let fix = vm.disabled_quirks.load(Ordering::Relaxed) & QUIRK_FIX_HYPERCALL_INSN == 0;
+        let cpu = self.cpu(ops, st);
+        let la = cpu.linear(1, st.regs.rip);
+        if fix {
+            let mut insn = [0u8; 3];
+            let code = cpu.translate(vm, la, false, true).ok();
+            if code.is_some_and(|gpa| emul::read_phys(vm, gpa, &mut insn).is_some())
+                && insn == VMCALL
+            {
+                return match cpu.translate(vm, la, true, false) {
+                    Ok(gpa) if emul::write_phys(vm, gpa, &VMMCALL).is_some() => Next::Guest,
+                    Ok(_) => self.emulation_failure(),
+                    Err(e) => self.failure(ops, st, Failure::Walk(e), la),
+                };
             }
         }
+        // SAFETY: a live vendor vCPU under the mutex.
+        unsafe { (ops.queue_exception)(st.vendor.0, UD_VECTOR, false, 0) };
+        Next::Guest
+    }
+
+    /// KVM_PRE_FAULT_MEMORY (kvm_vcpu_pre_fault_memory()): maps the range page
+    /// by page; the range left is passed back, and the call succeeds if any page
+    /// was mapped. A GPA without a slot is -ENOENT (upstream: emulated MMIO).
+    fn pre_fault(&self, vm: &Vm, arg: usize) -> Result<isize> {
+        let mut r: uapi::kvm_pre_fault_memory = user::read(arg)?;
+        if r.flags != 0
+            || r.gpa % PAGE_SIZE as u64 != 0
+            || r.size % PAGE_SIZE as u64 != 0
+            || r.gpa.checked_add(r.size).is_none_or(|end| end <= r.gpa)
+        {
+            return Err(EINVAL);
+        }
+        let full = r.size;
+        let mut res = Ok(());
+        while r.size != 0 {
+            // SAFETY: plain query of the current task.
+            if unsafe { glue::kvm_glue_signal_pending() } != 0 {
+                res = Err(EINTR);
+                break;
+            }
+            let gfn = r.gpa >> 12;
+            let (slot, gen) = vm.find_slot(gfn);
+            let Some(slot) = slot else {
+                res = Err(ENOENT);
+                break;
+            };
+            match self.map_page(vm, &slot, gen, gfn) {
+                Ok(true) => {
+                    r.gpa += PAGE_SIZE as u64;
+                    r.size -= PAGE_SIZE as u64;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    res = Err(e);
+                    break;
+                }
+            }
+            // SAFETY: process context, only our vCPU mutex held.
+            unsafe { glue::kvm_glue_cond_resched() };
+        }
+        user::write(arg, &r)?;
+        if r.size == full {
+            res?;
+        }
+        Ok(0)
     }
 
     /// KVM_GET_MSRS / KVM_SET_MSRS: entries in order up to the first that fails;
@@ -1508,7 +1732,7 @@ impl Vcpu {
             let ok = if set {
                 self.set_msr(vm, ops, st, m.index, m.data, true)
             } else {
-                match self.get_msr(ops, st, m.index) {
+                match self.get_msr(vm, ops, st, m.index, true) {
                     Some(v) => {
                         m.data = v;
                         true
@@ -1537,8 +1761,19 @@ impl Vcpu {
         v
     }
 
-    fn get_msr(&self, ops: &X86VendorOps, st: &State, index: u32) -> Option<u64> {
+    /// Reads an MSR for the guest (RDMSR) or for userspace (`host`, KVM_GET_MSRS).
+    fn get_msr(
+        &self,
+        vm: &Vm,
+        ops: &X86VendorOps,
+        st: &State,
+        index: u32,
+        host: bool,
+    ) -> Option<u64> {
         match index {
+            // Readable by the guest unless KVM_CAP_MSR_PLATFORM_INFO turned it off.
+            MSR_PLATFORM_INFO => (host || vm.platform_info_readable.load(Ordering::Relaxed))
+                .then_some(st.platform_info),
             MSR_IA32_APICBASE => Some(self.apic_base(st)),
             MSR_IA32_MISC_ENABLE => Some(st.misc_enable),
             lapic::MSR_TSC_DEADLINE | lapic::X2APIC_MSR_BASE..=X2APIC_MSR_LAST => {
@@ -1571,6 +1806,13 @@ impl Vcpu {
             MSR_IA32_MISC_ENABLE => {
                 st.misc_enable = v;
                 true
+            }
+            // Written by userspace only (upstream kvm_set_msr_common()).
+            MSR_PLATFORM_INFO => {
+                if host {
+                    st.platform_info = v;
+                }
+                host
             }
             MSR_IA32_APICBASE => {
                 let mut g = self.lapic.lock();
@@ -1620,8 +1862,13 @@ impl Vcpu {
 
 const MSR_IA32_APICBASE: u32 = 0x1b;
 const X2APIC_MSR_LAST: u32 = 0x8ff;
-/// include/uapi/linux/kvm_para.h
+// include/uapi/linux/kvm_para.h
 const KVM_ENOSYS: i64 = 1000;
+const KVM_EPERM: i64 = 1;
+const KVM_HC_VAPIC_POLL_IRQ: u64 = 1;
+const KVM_HC_SCHED_YIELD: u64 = 11;
+const UD_VECTOR: u32 = 6;
+const QUIRK_FIX_HYPERCALL_INSN: u64 = uapi::KVM_X86_QUIRK_FIX_HYPERCALL_INSN as u64;
 const MSR_EFER: u32 = 0xc000_0080;
 const EFER_LMA: u64 = 1 << 10;
 

@@ -71,6 +71,10 @@ pub(crate) struct Vm {
     /// Set once by KVM_CREATE_IRQCHIP, before any vCPU exists: vCPUs created
     /// afterwards get an in-kernel LAPIC.
     pub(crate) has_irqchip: AtomicBool,
+    /// KVM_CAP_DISABLE_QUIRKS2: the quirks userspace turned off.
+    pub(crate) disabled_quirks: AtomicU64,
+    /// KVM_CAP_MSR_PLATFORM_INFO: the guest may read MSR_PLATFORM_INFO.
+    pub(crate) platform_info_readable: AtomicBool,
     /// Bumped (under `mmu`) whenever slots change: a fault that pinned a page for
     /// an older generation must not map it.
     pub(crate) slots_gen: AtomicU64,
@@ -112,6 +116,8 @@ pub(crate) fn create(vm_type: usize) -> Result<isize> {
                 irqchip: None,
             }),
             has_irqchip: AtomicBool::new(false),
+            platform_info_readable: AtomicBool::new(true),
+            disabled_quirks: AtomicU64::new(0),
             slots_gen: AtomicU64::new(0),
             tlb_gen: AtomicU64::new(0),
         }),
@@ -322,6 +328,18 @@ impl Vm {
                 } else {
                     Err(EINVAL)
                 }
+            }
+            uapi::KVM_CAP_DISABLE_QUIRKS2 => {
+                if c.args[0] & !u64::from(caps::SUPPORTED_QUIRKS) != 0 {
+                    return Err(EINVAL);
+                }
+                self.disabled_quirks.fetch_or(c.args[0], Ordering::Relaxed);
+                Ok(0)
+            }
+            uapi::KVM_CAP_MSR_PLATFORM_INFO => {
+                self.platform_info_readable
+                    .store(c.args[0] != 0, Ordering::Relaxed);
+                Ok(0)
             }
             _ => Err(EINVAL),
         }

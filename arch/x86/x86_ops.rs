@@ -70,6 +70,9 @@ pub(crate) mod exit {
     pub(crate) const UD: u32 = 11;
     /// The guest can take an interrupt now (the window `enable_irq_window` asked for).
     pub(crate) const IRQ_WINDOW: u32 = 12;
+    /// The guest raised #UD (intercepted so that kvm.ko can fix up the other
+    /// vendor's hypercall instruction); kvm.ko re-injects it otherwise.
+    pub(crate) const INVALID_OPCODE: u32 = 13;
 
     pub(crate) const IO_IN: u32 = 1 << 0;
     pub(crate) const IO_STRING: u32 = 1 << 1;

@@ -22,6 +22,9 @@ pub struct Host {
 pub const MAX_VCPUS: u32 = 1024;
 /// `KVM_MAX_VCPU_IDS`: `KVM_VCPU_ID_RATIO` (4) ids per vCPU.
 pub const MAX_VCPU_IDS: u32 = MAX_VCPUS * 4;
+/// The quirks KVM_CAP_DISABLE_QUIRKS2 can turn off: those kvm-rs implements
+/// both ways.
+pub const SUPPORTED_QUIRKS: u32 = uapi::KVM_X86_QUIRK_FIX_HYPERCALL_INSN;
 /// `KVM_USER_MEM_SLOTS` on x86.
 pub const USER_MEM_SLOTS: u32 = 32764;
 
@@ -60,10 +63,15 @@ pub fn check_extension(host: &Host, cap: u64) -> i32 {
         | uapi::KVM_CAP_INTR_SHADOW
         | uapi::KVM_CAP_DEBUGREGS
         | uapi::KVM_CAP_XSAVE
+        | uapi::KVM_CAP_MSR_PLATFORM_INFO
+        | uapi::KVM_CAP_PRE_FAULT_MEMORY
             if host.vcpus =>
         {
             1
         }
+        // kvm_run's sync_regs exchange (vcpu.rs).
+        uapi::KVM_CAP_SYNC_REGS if host.vcpus => uapi::KVM_SYNC_X86_VALID_FIELDS as i32,
+        uapi::KVM_CAP_DISABLE_QUIRKS2 if host.vcpus => SUPPORTED_QUIRKS as i32,
         uapi::KVM_CAP_NR_MEMSLOTS if host.vcpus => USER_MEM_SLOTS as i32,
         uapi::KVM_CAP_NR_VCPUS if host.vcpus => host.online_cpus.min(MAX_VCPUS) as i32,
         uapi::KVM_CAP_MAX_VCPUS if host.vcpus => MAX_VCPUS as i32,

@@ -88,7 +88,9 @@ fn seg(selector: u16, base: u64, limit: u32, attrib: u16) -> Seg {
 /// The architectural reset state (upstream init_vmcb() + kvm_vcpu_reset()).
 fn init_vmcb(v: &mut Vmcb) {
     let c = &mut v.control;
-    c.intercepts[vm::INTERCEPT_EXCEPTION] = 1 << AC_VECTOR;
+    // #UD for the hypercall fix-up (upstream always intercepts it), #AC so that
+    // a guest cannot hang the host with an alignment-check storm.
+    c.intercepts[vm::INTERCEPT_EXCEPTION] = 1 << UD_VECTOR | 1 << AC_VECTOR;
     c.intercepts[vm::INTERCEPT_WORD3] = vm::INTR
         | vm::NMI
         | vm::SMI
@@ -611,6 +613,7 @@ fn decode_exit(vmcb: &mut Vmcb, rip: u64) -> Exit {
             hw_reason: c.exit_code,
             ..Default::default()
         },
+        code if code == vm::EXIT_EXCP_BASE + u64::from(UD_VECTOR) => exit_of(exit::INVALID_OPCODE),
         code if code == vm::EXIT_EXCP_BASE + u64::from(AC_VECTOR) => {
             Svm::queue_exception_vmcb(vmcb, AC_VECTOR, Some(info1 as u32));
             exit_of(exit::NONE)
