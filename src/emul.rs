@@ -24,6 +24,10 @@ fn hva(vm: &Vm, gpa: u64, write: bool) -> Option<usize> {
     if write && s.readonly() {
         return None;
     }
+    if write && s.dirty_logging() {
+        // Emulated writes dirty the page like guest ones (kvm_vcpu_mark_page_dirty()).
+        vm.mark_dirty(gpa >> 12);
+    }
     usize::try_from(s.hva(gpa >> 12) + (gpa & (PAGE - 1))).ok()
 }
 

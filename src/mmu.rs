@@ -56,9 +56,58 @@ impl Mmu {
         self.root.phys()
     }
 
-    /// Maps `gfn` to the pinned host page `hpa`. Returns `false` if `gfn` was
-    /// already mapped (another vCPU won the race): the caller unpins its page.
-    pub(crate) fn map(&mut self, gfn: u64, hpa: u64, writable: bool) -> Result<bool> {
+    /// The leaf entry for `gfn`, if its tables exist.
+    fn leaf(&self, gfn: u64) -> Option<&core::sync::atomic::AtomicU64> {
+        let mut table = self.root_pa();
+        for level in (2..=self.levels).rev() {
+            let e = entries(table).get(npt::index(gfn, level))?.load(Acquire);
+            if !npt::is_present(e) {
+                return None;
+            }
+            table = npt::addr(e);
+        }
+        entries(table).get(npt::index(gfn, 1))
+    }
+
+    /// Lets the guest write a mapped page again (a dirty-logged page's first
+    /// write). No flush: a stale read-only TLB entry only faults again.
+    pub(crate) fn make_writable(&mut self, gfn: u64) -> bool {
+        let Some(e) = self.leaf(gfn) else {
+            return false;
+        };
+        match npt::make_writable(e.load(Acquire)) {
+            Some(v) => {
+                e.store(v, Release);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Makes guest writes to `gfn` fault again; true if it was writable (the
+    /// caller flushes TLBs before relying on it).
+    pub(crate) fn write_protect(&mut self, gfn: u64) -> bool {
+        let Some(e) = self.leaf(gfn) else {
+            return false;
+        };
+        let v = e.load(Acquire);
+        if npt::is_present(v) && v & npt::WRITABLE != 0 {
+            e.store(npt::write_protect(v), Release);
+            return true;
+        }
+        false
+    }
+
+    /// Maps `gfn` to the pinned host page `hpa` (pinned for writing if
+    /// `pinned_write`; guest writes allowed if `writable`). Returns `false` if
+    /// `gfn` was already mapped (another vCPU won the race): the caller unpins.
+    pub(crate) fn map(
+        &mut self,
+        gfn: u64,
+        hpa: u64,
+        writable: bool,
+        pinned_write: bool,
+    ) -> Result<bool> {
         let mut table = self.root_pa();
         for level in (2..=self.levels).rev() {
             let e = entries(table).get(npt::index(gfn, level)).ok_or(EINVAL)?;
@@ -78,7 +127,12 @@ impl Mmu {
         if npt::is_present(cur) || cur & npt::ZAPPED != 0 {
             return Ok(false);
         }
-        e.store(npt::leaf(hpa, writable), Release);
+        let leaf = if pinned_write {
+            npt::leaf_logged(hpa, writable)
+        } else {
+            npt::leaf(hpa, false)
+        };
+        e.store(leaf, Release);
         self.mapped += 1;
         Ok(true)
     }

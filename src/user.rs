@@ -35,6 +35,7 @@ pod!(
     kvm_vcpu_events,
     kvm_debugregs,
     kvm_pre_fault_memory,
+    kvm_dirty_log,
 );
 
 // SAFETY: any 8 bytes are a u64.

@@ -1574,7 +1574,7 @@ impl Vcpu {
             return self.emulation_failure();
         };
         // A race with a slot change just faults again.
-        match self.map_page(vm, &slot, gen, gfn) {
+        match self.map_page(vm, &slot, gen, gfn, write) {
             Ok(_) => Next::Guest,
             Err(e) => Next::User(Err(e)),
         }
@@ -1583,10 +1583,31 @@ impl Vcpu {
     /// Pins the page backing `gfn` in `slot` (read at slot generation `gen`) and
     /// maps it. Ok(true): `gfn` is mapped (by this call or before); Ok(false): the
     /// slots changed meanwhile, look the slot up again.
-    fn map_page(&self, vm: &Vm, slot: &crate::memslot::Slot, gen: u64, gfn: u64) -> Result<bool> {
-        let writable = !slot.readonly();
+    /// A dirty-logged slot's pages are mapped read-only until written (`write`:
+    /// the fault is a write), which marks them dirty.
+    fn map_page(
+        &self,
+        vm: &Vm,
+        slot: &crate::memslot::Slot,
+        gen: u64,
+        gfn: u64,
+        write: bool,
+    ) -> Result<bool> {
+        let pin_write = !slot.readonly();
+        let logged = slot.dirty_logging();
+        if write && pin_write {
+            // Marked before the page becomes writable, so a harvest in between
+            // cannot miss it.
+            if logged {
+                vm.mark_dirty(gfn);
+            }
+            if vm.mmu.lock().make_writable(gfn) {
+                return Ok(true);
+            }
+        }
+        let writable = pin_write && (write || !logged);
         let mut hpa = 0u64;
-        let (hva, w) = (slot.hva(gfn), i32::from(writable));
+        let (hva, w) = (slot.hva(gfn), i32::from(pin_write));
         // SAFETY: the VM's owner mm is current (checked by the ioctl); pins one page.
         let r = unsafe { glue::kvm_glue_pin_user_page(hva, w, &mut hpa) };
         if r != 0 {
@@ -1594,7 +1615,7 @@ impl Vcpu {
         }
         let mut mmu = vm.mmu.lock();
         let mapped = if vm.slots_gen.load(Ordering::SeqCst) == gen {
-            mmu.map(gfn, hpa, writable).map(Some)
+            mmu.map(gfn, hpa, writable, pin_write).map(Some)
         } else {
             Ok(None)
         };
@@ -1690,7 +1711,7 @@ impl Vcpu {
                 res = Err(ENOENT);
                 break;
             };
-            match self.map_page(vm, &slot, gen, gfn) {
+            match self.map_page(vm, &slot, gen, gfn, false) {
                 Ok(true) => {
                     r.gpa += PAGE_SIZE as u64;
                     r.size -= PAGE_SIZE as u64;

@@ -64,6 +64,10 @@ pub(crate) struct Vm {
     slots: Mutex<KVec<Slot>>,
     #[pin]
     pub(crate) mmu: Mutex<Mmu>,
+    /// Dirty bitmaps of the slots with KVM_MEM_LOG_DIRTY_PAGES. A leaf lock:
+    /// nothing else is taken while it is held.
+    #[pin]
+    dirty: Mutex<KVec<DirtyLog>>,
     /// Taken after `mmu` (kicks walk the list under the MMU lock), and after a
     /// vCPU's own state (IPIs walk the list from a running vCPU).
     #[pin]
@@ -94,6 +98,14 @@ pub(crate) struct VmLocked {
     pub(crate) irqchip: Option<KBox<Irqchip>>,
 }
 
+/// The dirty bitmap of one logged slot (bit n: page base_gfn + n).
+struct DirtyLog {
+    id: u16,
+    base_gfn: u64,
+    npages: u64,
+    bits: KVec<u64>,
+}
+
 /// KVM_CREATE_VM: returns the new fd.
 pub(crate) fn create(vm_type: usize) -> Result<isize> {
     if !caps::vm_type_supported(&vendor::host(), vm_type as u64) {
@@ -108,6 +120,7 @@ pub(crate) fn create(vm_type: usize) -> Result<isize> {
             vm_type: vm_type as u32,
             slots <- new_mutex!(KVec::new()),
             mmu <- new_mutex!(Mmu::new()?),
+            dirty <- new_mutex!(KVec::new()),
             locked <- new_mutex!(VmLocked {
                 vcpus: KVec::new(),
                 max_vcpu_ids: 0,
@@ -169,6 +182,7 @@ impl Vm {
             }
             ioctl::KVM_CREATE_VCPU => self.create_vcpu(arg),
             ioctl::KVM_GET_STATS_FD => stats::vm_fd(self.clone()),
+            ioctl::KVM_GET_DIRTY_LOG => self.get_dirty_log(arg),
             ioctl::KVM_ENABLE_CAP => {
                 let c: uapi::kvm_enable_cap = user::read(arg)?;
                 self.enable_cap(&c)
@@ -275,6 +289,7 @@ impl Vm {
                 self.stats.set(stats::vm::PAGES_4K, mmu.mapped);
             }
         }
+        self.update_dirty_logs(old.as_ref(), &change)?;
         match change {
             memslot::Change::Create(s) => {
                 let i = memslot::insert_index(&slots, &s);
@@ -295,6 +310,105 @@ impl Vm {
             }
             memslot::Change::None => {}
         }
+        Ok(0)
+    }
+
+    /// Keeps the dirty bitmaps in step with a slot change (before it is applied,
+    /// with the slots locked): a slot that starts logging gets a clean bitmap and
+    /// its pages write-protected, one that stops or goes away loses it.
+    fn update_dirty_logs(&self, old: Option<&Slot>, change: &memslot::Change) -> Result {
+        let new = match change {
+            memslot::Change::Create(s)
+            | memslot::Change::Move(_, s)
+            | memslot::Change::FlagsOnly(_, s) => Some(*s),
+            _ => None,
+        };
+        let mut logs = self.dirty.lock();
+        if let Some(o) = old {
+            if new.is_none_or(|n| !n.dirty_logging() || n.base_gfn != o.base_gfn) {
+                logs.retain(|l| l.id != o.id);
+            }
+        }
+        let Some(n) = new.filter(|n| n.dirty_logging()) else {
+            return Ok(());
+        };
+        if logs.iter().any(|l| l.id == n.id) {
+            return Ok(());
+        }
+        let words = n.npages.div_ceil(64) as usize;
+        let log = DirtyLog {
+            id: n.id,
+            base_gfn: n.base_gfn,
+            npages: n.npages,
+            bits: KVec::from_elem(0u64, words, GFP_KERNEL)?,
+        };
+        logs.push(log, GFP_KERNEL)?;
+        drop(logs);
+        // Pages already mapped writable must fault on their next write.
+        let mut mmu = self.mmu.lock();
+        let mut any = false;
+        for gfn in n.base_gfn..n.end_gfn() {
+            any |= mmu.write_protect(gfn);
+        }
+        if any {
+            self.flush_all();
+        }
+        Ok(())
+    }
+
+    /// Marks `gfn` dirty if its slot logs (kvm_vcpu_mark_page_dirty()).
+    pub(crate) fn mark_dirty(&self, gfn: u64) {
+        let mut logs = self.dirty.lock();
+        if let Some(l) = logs
+            .iter_mut()
+            .find(|l| gfn >= l.base_gfn && gfn - l.base_gfn < l.npages)
+        {
+            let n = gfn - l.base_gfn;
+            if let Some(w) = l.bits.get_mut((n / 64) as usize) {
+                *w |= 1 << (n % 64);
+            }
+        }
+    }
+
+    /// KVM_GET_DIRTY_LOG (kvm_get_dirty_log_protect() without manual protect):
+    /// copies the slot's bitmap out, clears it and write-protects the pages that
+    /// were dirty, with TLBs flushed before returning.
+    fn get_dirty_log(&self, arg: usize) -> Result<isize> {
+        let d: uapi::kvm_dirty_log = user::read(arg)?;
+        // x86 has two address spaces; the SMM one never has slots in kvm-rs.
+        let (as_id, id) = (d.slot >> 16, d.slot & 0xffff);
+        if as_id >= 2 || id >= caps::USER_MEM_SLOTS {
+            return Err(EINVAL);
+        }
+        let mut logs = self.dirty.lock();
+        let l = logs
+            .iter_mut()
+            .find(|l| as_id == 0 && u32::from(l.id) == id)
+            .ok_or(ENOENT)?;
+        let snap = KVec::from_elem(0u64, l.bits.len(), GFP_KERNEL)?;
+        let mut snap = snap;
+        for (s, w) in snap.iter_mut().zip(l.bits.iter_mut()) {
+            *s = core::mem::take(w);
+        }
+        let base = l.base_gfn;
+        drop(logs);
+        let mut mmu = self.mmu.lock();
+        let mut any = false;
+        for (i, w) in snap.iter().enumerate() {
+            let mut bits = *w;
+            while bits != 0 {
+                let b = u64::from(bits.trailing_zeros());
+                bits &= bits - 1;
+                any |= mmu.write_protect(base + i as u64 * 64 + b);
+            }
+        }
+        if any {
+            self.flush_all();
+        }
+        drop(mmu);
+        // SAFETY: reads the union's pointer member, a plain integer for any bytes.
+        let ptr = unsafe { d.__bindgen_anon_1.padding2 } as usize;
+        user::write_array(ptr, &snap)?;
         Ok(0)
     }
 

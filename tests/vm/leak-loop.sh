@@ -14,6 +14,8 @@ while [ $i -lt "$n" ]; do
     insmod /kvm-rs/ours/kvm.ko || { echo "insmod kvm.ko failed at $i"; exit 1; }
     insmod "$vendor_ko" || { echo "insmod $vendor_ko failed at $i"; exit 1; }
     /kvm-rs/bin/kvm-smoke --ours >/tmp/smoke.out || { cat /tmp/smoke.out; exit 1; }
+    # Guests too: vCPUs, the LAPIC timer, stats fds and the emulator allocate.
+    /kvm-rs/bin/kvm-guests >/tmp/guests.out || { cat /tmp/guests.out; exit 1; }
     rmmod "$vendor" && rmmod kvm || { echo "rmmod failed at $i"; exit 1; }
     [ ! -e /dev/kvm ] || { echo "/dev/kvm left behind at $i"; exit 1; }
 done

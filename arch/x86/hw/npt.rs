@@ -36,6 +36,25 @@ pub fn leaf(pa: u64, writable: bool) -> u64 {
     (pa & ADDR_MASK) | PRESENT | USER | ACCESSED | w
 }
 
+/// A 4K leaf for a page pinned for writing (`pinned_write`) that the guest may
+/// write only if `writable`: dirty logging maps pages of a writable slot
+/// read-only until their first write.
+pub fn leaf_logged(pa: u64, writable: bool) -> u64 {
+    let w = if writable { WRITABLE | DIRTY } else { 0 };
+    (pa & ADDR_MASK) | PRESENT | USER | ACCESSED | PINNED_WRITE | w
+}
+
+/// The leaf with writes allowed again (a logged page's first write), if its
+/// page was pinned for writing; None if it cannot be made writable.
+pub fn make_writable(e: u64) -> Option<u64> {
+    (is_present(e) && e & PINNED_WRITE != 0).then_some(e | WRITABLE | DIRTY)
+}
+
+/// The leaf with writes trapping again (dirty-log harvest).
+pub fn write_protect(e: u64) -> u64 {
+    e & !WRITABLE
+}
+
 pub fn addr(e: u64) -> u64 {
     e & ADDR_MASK
 }
@@ -87,5 +106,23 @@ mod tests {
         assert_ne!(z & PINNED_WRITE, 0);
         assert_eq!(leaf(0x1000, false) & WRITABLE, 0);
         assert_eq!(addr(table(0xabc_d000 | 0xfff)), 0xabc_d000);
+    }
+
+    #[test]
+    fn dirty_logging() {
+        let ro = leaf_logged(0x5000, false);
+        assert_eq!(ro & WRITABLE, 0);
+        assert_ne!(
+            ro & PINNED_WRITE,
+            0,
+            "unpinned as written: it may become dirty"
+        );
+        let w = make_writable(ro).unwrap();
+        assert_ne!(w & WRITABLE, 0);
+        assert_eq!(write_protect(w) & WRITABLE, 0);
+        assert!(is_present(write_protect(w)));
+        // A read-only slot's page was not pinned for writing: never writable.
+        assert_eq!(make_writable(leaf(0x5000, false)), None);
+        assert_eq!(make_writable(zap(w)), None);
     }
 }

@@ -39,6 +39,8 @@ const KVM_GET_LAPIC: u32 = ior::<uapi::kvm_lapic_state>(0x8e);
 const KVM_GET_MP_STATE: u32 = ior::<uapi::kvm_mp_state>(0x98);
 const KVM_GET_TSC_KHZ: u32 = io(0xa3);
 const KVM_GET_STATS_FD: u32 = io(0xce);
+const KVM_GET_DIRTY_LOG: u32 = iow::<uapi::kvm_dirty_log>(0x42);
+const KVM_MEM_LOG_DIRTY_PAGES: u32 = 1;
 
 const PAGE: u64 = 4096;
 const MEM_SIZE: usize = 2 << 20;
@@ -816,6 +818,96 @@ fn pm32(t: &mut Report, kvm: RawFd) -> Result<(), String> {
     Ok(())
 }
 
+/// KVM_GET_DIRTY_LOG of `slot` into a one-word bitmap (the slot has <= 64 pages).
+fn dirty_log(vm: RawFd, slot: u32) -> Result<u64, i32> {
+    let mut bits = 0u64;
+    let mut d = uapi::kvm_dirty_log {
+        slot,
+        ..Default::default()
+    };
+    d.__bindgen_anon_1.padding2 = ptr::addr_of_mut!(bits) as u64;
+    ioctl_ref(vm, KVM_GET_DIRTY_LOG, &mut d)?;
+    Ok(bits)
+}
+
+/// Dirty logging: a 16-page slot with KVM_MEM_LOG_DIRTY_PAGES; guest writes show
+/// up in KVM_GET_DIRTY_LOG, which clears the log and write-protects again, so
+/// a later write to the same page is logged again.
+fn dirty_log_case(t: &mut Report, kvm: RawFd) -> Result<(), String> {
+    let g = Guest::new(kvm)?;
+    let logged = Mem::new(16 * PAGE as usize)?;
+    let mut region = kvm_userspace_memory_region {
+        slot: 1,
+        flags: KVM_MEM_LOG_DIRTY_PAGES,
+        guest_phys_addr: 0x20_0000,
+        memory_size: 16 * PAGE,
+        userspace_addr: logged.addr(),
+    };
+    sys(
+        "KVM_SET_USER_MEMORY_REGION (logged)",
+        ioctl_ref(g.vm, KVM_SET_USER_MEMORY_REGION, &mut region),
+    )?;
+    g.mem.write(
+        0x1000,
+        &[
+            0xc6, 0x05, 0x00, 0x10, 0x20, 0x00, 0x11, // mov byte [0x201000], 0x11
+            0xa0, 0x00, 0x30, 0x20, 0x00, // mov al, [0x203000] (a read)
+            0xc6, 0x05, 0x00, 0x50, 0x20, 0x00, 0x55, // mov byte [0x205000], 0x55
+            0xe6, 0x10, // out 0x10, al
+            0xc6, 0x05, 0x01, 0x50, 0x20, 0x00, 0x66, // mov byte [0x205001], 0x66
+            0xe6, 0x11, // out 0x11, al
+            0xf4, // hlt
+        ],
+    );
+    g.flat32(0x1000)?;
+    t.exit("dirty-log: first writes", &g.step(), &out(0x10, 1, 1, &[0]));
+    let d = dirty_log(g.vm, 1);
+    t.check(
+        "dirty-log: pages 1 and 5 dirty, the page only read is not",
+        d == Ok(1 << 1 | 1 << 5),
+        format!("{d:x?}"),
+    );
+    let d = dirty_log(g.vm, 1);
+    t.check(
+        "dirty-log: the log was cleared",
+        d == Ok(0),
+        format!("{d:x?}"),
+    );
+    t.exit("dirty-log: second write", &g.step(), &out(0x11, 1, 1, &[0]));
+    let d = dirty_log(g.vm, 1);
+    t.check(
+        "dirty-log: a write to a harvested page is logged again",
+        d == Ok(1 << 5),
+        format!("{d:x?}"),
+    );
+    let m = logged.read(0x5000, 2);
+    t.check(
+        "dirty-log: the writes reached memory",
+        m == [0x55, 0x66],
+        hex(&m),
+    );
+    let r = dirty_log(g.vm, 0);
+    t.check(
+        "dirty-log: a slot without logging is -ENOENT",
+        r == Err(libc::ENOENT),
+        format!("{r:x?}"),
+    );
+    // x86 has two address spaces (the second is SMM's, with no slots here).
+    let r = dirty_log(g.vm, 1 << 16 | 1);
+    t.check(
+        "dirty-log: address space 1 has no such slot",
+        r == Err(libc::ENOENT),
+        format!("{r:x?}"),
+    );
+    let r = dirty_log(g.vm, 2 << 16 | 1);
+    t.check(
+        "dirty-log: address space 2 is -EINVAL",
+        r == Err(libc::EINVAL),
+        format!("{r:x?}"),
+    );
+    Ok(())
+}
+
 /// 64-bit long mode with identity-mapped 2 MiB page tables.
 fn long64(t: &mut Report, kvm: RawFd) -> Result<(), String> {
     let g = Guest::new(kvm)?;
@@ -1174,7 +1266,7 @@ fn immediate_exit(t: &mut Report, kvm: RawFd) -> Result<(), String> {
 type Case = fn(&mut Report, RawFd) -> Result<(), String>;
 
 fn main() {
-    let cases: [(&str, Case); 9] = [
+    let cases: [(&str, Case); 10] = [
         ("real-io", |t, kvm| real_io(t, kvm, "real-io")),
         ("real-string-io", real_string_io),
         ("pm32", pm32),
@@ -1184,6 +1276,7 @@ fn main() {
         ("bad-args", bad_args),
         ("immediate-exit", immediate_exit),
         ("lapic-timer", lapic_timer),
+        ("dirty-log", dirty_log_case),
     ];
     let only = std::env::args().nth(1);
     if let Some(name) = &only {
