@@ -45,6 +45,14 @@ int kvm_glue_virt_get_ref(enum kvm_glue_virt virt);
 void kvm_glue_virt_put_ref(enum kvm_glue_virt virt);
 unsigned long long kvm_glue_page_to_phys(void *page);
 
+/*
+ * An MMU notifier on the current mm for VM @vm, calling kvm_rs_mn_*; NULL on
+ * failure. Unregistering waits for callbacks in flight.
+ */
+void *kvm_glue_mn_register(void *vm);
+void kvm_glue_mn_unregister(void *mn);
+/* A waiting IPI to every online CPU: vCPUs in guest mode there have exited. */
+void kvm_glue_kick_all_cpus(void);
 /* A binary-stats fd (read-only, pread-able); on success the file owns @stats. */
 int kvm_glue_stats_fd(void *stats, const char *name);
 int kvm_glue_current_pid(void);
@@ -59,8 +67,6 @@ unsigned int kvm_glue_tsc_khz(void);
 
 void kvm_glue_irq_disable(void);
 void kvm_glue_irq_enable(void);
-/* Sends an IPI to @cpu and waits for it: a vCPU in guest mode there has exited. */
-void kvm_glue_kick_cpu(unsigned int cpu);
 
 /* Guest memory: one user page of the current mm pinned; unpinned by its address. */
 int kvm_glue_pin_user_page(unsigned long long hva, int write, unsigned long long *phys);
@@ -112,6 +118,10 @@ void kvm_rs_vm_release(void *vm);
 long kvm_rs_vcpu_ioctl(void *vcpu, unsigned int cmd, unsigned long arg);
 void kvm_rs_vcpu_release(void *vcpu);
 void *kvm_rs_vcpu_page(void *vcpu, unsigned long pgoff);
+int kvm_rs_mn_invalidate_start(void *vm, unsigned long start, unsigned long end,
+			       int blockable);
+void kvm_rs_mn_invalidate_end(void *vm);
+void kvm_rs_mn_release(void *vm);
 long kvm_rs_stats_read(void *stats, char __user *buf, unsigned long size, long long *pos);
 void kvm_rs_stats_release(void *stats);
 int kvm_rs_vendor_register(const void *ops, void *owner);

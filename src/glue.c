@@ -8,6 +8,7 @@
 #include <linux/hrtimer.h>
 #include <linux/fs.h>
 #include <linux/miscdevice.h>
+#include <linux/mmu_notifier.h>
 #include <linux/mm.h>
 #include <linux/module.h>
 #include <linux/moduleparam.h>
@@ -381,10 +382,67 @@ static void kvm_glue_kick_nop(void *unused)
 {
 }
 
-void kvm_glue_kick_cpu(unsigned int cpu)
+void kvm_glue_kick_all_cpus(void)
 {
-	smp_call_function_single(cpu, kvm_glue_kick_nop, NULL, 1);
+	on_each_cpu(kvm_glue_kick_nop, NULL, 1);
 }
+
+struct kvm_glue_mn {
+	struct mmu_notifier mn;
+	void *vm;
+};
+
+static int kvm_glue_mn_start(struct mmu_notifier *mn, const struct mmu_notifier_range *range)
+{
+	struct kvm_glue_mn *g = container_of(mn, struct kvm_glue_mn, mn);
+
+	return kvm_rs_mn_invalidate_start(g->vm, range->start, range->end,
+					  mmu_notifier_range_blockable(range));
+}
+
+static void kvm_glue_mn_end(struct mmu_notifier *mn, const struct mmu_notifier_range *range)
+{
+	struct kvm_glue_mn *g = container_of(mn, struct kvm_glue_mn, mn);
+
+	kvm_rs_mn_invalidate_end(g->vm);
+}
+
+static void kvm_glue_mn_release(struct mmu_notifier *mn, struct mm_struct *mm)
+{
+	struct kvm_glue_mn *g = container_of(mn, struct kvm_glue_mn, mn);
+
+	kvm_rs_mn_release(g->vm);
+}
+
+static const struct mmu_notifier_ops kvm_glue_mn_ops = {
+	.invalidate_range_start = kvm_glue_mn_start,
+	.invalidate_range_end = kvm_glue_mn_end,
+	.release = kvm_glue_mn_release,
+};
+
+void *kvm_glue_mn_register(void *vm)
+{
+	struct kvm_glue_mn *g = kzalloc(sizeof(*g), GFP_KERNEL_ACCOUNT);
+
+	if (!g)
+		return NULL;
+	g->vm = vm;
+	g->mn.ops = &kvm_glue_mn_ops;
+	if (mmu_notifier_register(&g->mn, current->mm)) {
+		kfree(g);
+		return NULL;
+	}
+	return g;
+}
+
+void kvm_glue_mn_unregister(void *p)
+{
+	struct kvm_glue_mn *g = p;
+
+	mmu_notifier_unregister(&g->mn, g->mn.mm);
+	kfree(g);
+}
+
 
 int kvm_glue_pin_user_page(unsigned long long hva, int write, unsigned long long *phys)
 {

@@ -19,8 +19,10 @@ pub(crate) struct Mmu {
     /// 4, or 5 when the host uses 5-level paging: the NPT walk has the host's depth
     /// (upstream get_npt_level()).
     levels: u32,
-    /// Every table below the root, freed with the MMU.
-    tables: KVec<Pages>,
+    /// Zeroed pages for new tables, allocated before the MMU lock is taken: the
+    /// MMU-notifier path takes the lock, so nothing under it may wait for
+    /// reclaim. Tables below the root are freed by walking the tree.
+    spare: KVec<Pages>,
     /// Present 4K leaves (the `pages_4k` statistic).
     pub(crate) mapped: u64,
 }
@@ -46,9 +48,24 @@ impl Mmu {
             } else {
                 npt::LEVELS
             },
-            tables: KVec::new(),
+            spare: KVec::with_capacity(MAX_LEVELS, GFP_KERNEL)?,
             mapped: 0,
         })
+    }
+
+    /// How many spare tables a map() may still need.
+    pub(crate) fn spare_needed(&self) -> usize {
+        (self.levels as usize - 1).saturating_sub(self.spare.len())
+    }
+
+    /// Adds pre-allocated zeroed pages to the spares (capacity is reserved, so
+    /// this does not allocate).
+    pub(crate) fn topup(&mut self, pages: KVec<Pages>) {
+        for p in pages {
+            if self.spare.push_within_capacity(p).is_err() {
+                break;
+            }
+        }
     }
 
     /// The nested CR3.
@@ -115,9 +132,8 @@ impl Mmu {
             table = if npt::is_present(cur) {
                 npt::addr(cur)
             } else {
-                let t = Pages::new(4096)?;
-                let pa = t.phys();
-                self.tables.push(t, GFP_KERNEL)?;
+                // Out of spare tables: the caller tops up and retries.
+                let pa = self.spare.pop().ok_or(EAGAIN)?.into_phys();
                 e.store(npt::table(pa), Release);
                 pa
             };
@@ -196,6 +212,22 @@ fn walk(
     }
 }
 
+/// Frees the tables below the table at `pa` of `level` (not `pa` itself).
+fn free_tables(pa: u64, level: u32) {
+    if level <= 1 {
+        return;
+    }
+    for e in entries(pa) {
+        let v = e.load(Acquire);
+        if npt::is_present(v) {
+            free_tables(npt::addr(v), level - 1);
+            e.store(0, Release);
+            // SAFETY: a table page linked in map() from into_phys(); unlinked above, freed once.
+            drop(unsafe { Pages::from_phys(npt::addr(v), 4096) });
+        }
+    }
+}
+
 impl Drop for Mmu {
     fn drop(&mut self) {
         // No vCPU can run any more (they are freed before the MMU): unpin all.
@@ -204,5 +236,9 @@ impl Drop for Mmu {
             e.store(0, Release);
             unpin(v);
         });
+        free_tables(self.root_pa(), self.levels);
     }
 }
+
+/// The deepest NPT (5-level host paging).
+const MAX_LEVELS: usize = 5;

@@ -26,6 +26,29 @@ impl Pages {
         self.ptr.as_ptr()
     }
 
+    // kvm.ko's MMU tables use these two; the vendor modules include this file too.
+    #[allow(dead_code)]
+    /// Hands the pages over as their physical address; [`Pages::from_phys`]
+    /// takes them back.
+    pub(crate) fn into_phys(self) -> u64 {
+        let pa = self.phys();
+        core::mem::forget(self);
+        pa
+    }
+
+    #[allow(dead_code)]
+    /// # Safety
+    /// `pa` and `size` come from [`Pages::into_phys`] of pages not taken back yet.
+    pub(crate) unsafe fn from_phys(pa: u64, size: usize) -> Self {
+        // SAFETY: `pa` is in the direct map (allocated by new()).
+        let p = unsafe { glue::kvm_glue_phys_to_virt(pa) };
+        Pages {
+            // The caller's contract: a live allocation, so not null.
+            ptr: NonNull::new(p.cast::<u8>()).unwrap_or(NonNull::dangling()),
+            size,
+        }
+    }
+
     pub(crate) fn phys(&self) -> u64 {
         // SAFETY: a live allocation in the kernel's direct map.
         unsafe { glue::kvm_glue_virt_to_phys(self.ptr.as_ptr().cast()) }

@@ -229,21 +229,6 @@ impl Vcpu {
         )
     }
 
-    /// CPU number + 1 while in guest mode, 0 outside.
-    fn guest_cpu(&self) -> u32 {
-        // SAFETY: a live waiter.
-        unsafe { glue::kvm_glue_waiter_cpu(self.waiter.0) }
-    }
-
-    /// If the vCPU is in guest mode, makes it exit and waits until it has.
-    pub(crate) fn kick(&self) {
-        let c = self.guest_cpu();
-        if c != 0 {
-            // SAFETY: an online CPU number; waits for an IPI only.
-            unsafe { glue::kvm_glue_kick_cpu(c - 1) };
-        }
-    }
-
     fn run_ptr(&self, off: usize) -> *mut u8 {
         // Callers pass offsets inside the page (constants below PAGE_SIZE).
         self.run.as_ptr().wrapping_add(off % PAGE_SIZE)
@@ -1614,10 +1599,26 @@ impl Vcpu {
             return Err(EFAULT);
         }
         let mut mmu = vm.mmu.lock();
-        let mapped = if vm.slots_gen.load(Ordering::SeqCst) == gen {
-            mmu.map(gfn, hpa, writable, pin_write).map(Some)
-        } else {
-            Ok(None)
+        let mapped = loop {
+            // Slots changed, or user memory is being invalidated (MMU notifier):
+            // the pinned page may be stale, fault again.
+            if vm.slots_gen.load(Ordering::SeqCst) != gen || vm.invalidating() {
+                break Ok(None);
+            }
+            match mmu.map(gfn, hpa, writable, pin_write) {
+                Err(e) if e == EAGAIN => {
+                    // Page-table pages are allocated outside the lock (see Mmu).
+                    let need = mmu.spare_needed();
+                    drop(mmu);
+                    let mut pages = KVec::with_capacity(need, GFP_KERNEL)?;
+                    for _ in 0..need {
+                        pages.push(crate::pages::Pages::new(PAGE_SIZE)?, GFP_KERNEL)?;
+                    }
+                    mmu = vm.mmu.lock();
+                    mmu.topup(pages);
+                }
+                r => break r.map(Some),
+            }
         };
         let pages = mmu.mapped;
         drop(mmu);

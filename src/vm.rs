@@ -3,11 +3,11 @@
 //! one reference; vCPU fds hold one each. Memory slots, the MMU and the vCPUs live
 //! here and go with the last reference (upstream kvm_destroy_vm()).
 
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use kernel::ffi::{c_long, c_uint, c_ulong, c_void};
-use kernel::new_mutex;
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use kernel::ffi::{c_int, c_long, c_uint, c_ulong, c_void};
 use kernel::prelude::*;
-use kernel::sync::{Arc, ArcBorrow, Mutex};
+use kernel::sync::{Arc, ArcBorrow, Mutex, SpinLock};
+use kernel::{new_mutex, new_spinlock};
 
 use crate::abi::{caps, ioctl, uapi};
 use crate::irqchip::Irqchip;
@@ -51,7 +51,7 @@ use caps::{MAX_VCPUS, MAX_VCPU_IDS};
 /// KVM_MIN_ALLOC_MMU_PAGES.
 const KVM_MIN_ALLOC_MMU_PAGES: usize = 64;
 
-#[pin_data]
+#[pin_data(PinnedDrop)]
 pub(crate) struct Vm {
     mm: OwnerMm,
     /// The creator's pid, for the stats file id ("kvm-<pid>").
@@ -85,6 +85,14 @@ pub(crate) struct Vm {
     /// Bumped whenever NPT entries are zapped: vCPUs flush their TLB on entry when
     /// it differs from what they last saw.
     pub(crate) tlb_gen: AtomicU64,
+    /// The slots as the MMU notifier sees them (it must not take `slots`, which
+    /// is held across allocations that may reclaim memory of this mm).
+    #[pin]
+    notifier_slots: SpinLock<KVec<Slot>>,
+    /// MMU-notifier invalidations in progress: faults retry until none is.
+    invalidations: AtomicU64,
+    /// The glue's MMU notifier on the owner mm (null if registration failed).
+    notifier: AtomicPtr<c_void>,
 }
 
 /// What upstream guards with kvm->lock: the vCPU list and the VM-wide settings that
@@ -133,9 +141,19 @@ pub(crate) fn create(vm_type: usize) -> Result<isize> {
             disabled_quirks: AtomicU64::new(0),
             slots_gen: AtomicU64::new(0),
             tlb_gen: AtomicU64::new(0),
+            notifier_slots <- new_spinlock!(KVec::new()),
+            invalidations: AtomicU64::new(0),
+            notifier: AtomicPtr::new(core::ptr::null_mut()),
         }),
         GFP_KERNEL,
     )?;
+    // The notifier holds no reference: it is unregistered when the VM drops.
+    // SAFETY: `vm` outlives the notifier (see Drop); called in process context with the creator's mm.
+    let mn = unsafe { glue::kvm_glue_mn_register(Arc::as_ptr(&vm).cast_mut().cast()) };
+    if mn.is_null() {
+        return Err(ENOMEM);
+    }
+    vm.notifier.store(mn, Ordering::Release);
     let raw = Arc::into_raw(vm);
     // SAFETY: on success the file owns `raw`'s reference (see kvm_rs_vm_release).
     let fd = unsafe { glue::kvm_glue_vm_fd(raw.cast_mut().cast()) };
@@ -310,7 +328,53 @@ impl Vm {
             }
             memslot::Change::None => {}
         }
+        // The notifier's copy; built outside its spinlock (it allocates).
+        let mut copy = KVec::with_capacity(slots.len(), GFP_KERNEL)?;
+        for s in slots.iter() {
+            copy.push(*s, GFP_KERNEL)?;
+        }
+        let old_copy = core::mem::replace(&mut *self.notifier_slots.lock(), copy);
+        drop(old_copy);
         Ok(0)
+    }
+
+    pub(crate) fn invalidating(&self) -> bool {
+        self.invalidations.load(Ordering::SeqCst) != 0
+    }
+
+    /// The owner mm's pages in [start, end) are going away (mmu_notifier
+    /// invalidate_range_start): unmap them from every vCPU and unpin them, and
+    /// keep faults from mapping them again until the invalidation ends.
+    fn invalidate_start(&self, start: u64, end: u64) {
+        self.invalidations.fetch_add(1, Ordering::SeqCst);
+        let mut mmu = self.mmu.lock();
+        self.slots_gen.fetch_add(1, Ordering::SeqCst);
+        let mut any = false;
+        for s in self.notifier_slots.lock().iter() {
+            let (ua, len) = (s.userspace_addr, s.npages << 12);
+            let (lo, hi) = (start.max(ua), end.min(ua.saturating_add(len)));
+            if lo < hi {
+                let first = s.base_gfn + ((lo - ua) >> 12);
+                let last = s.base_gfn + ((hi - ua + 4095) >> 12);
+                any |= mmu.zap(first, last);
+            }
+        }
+        if any {
+            self.flush_all();
+            mmu.release_zapped(0, u64::MAX);
+            self.stats.set(stats::vm::PAGES_4K, mmu.mapped);
+        }
+    }
+
+    /// Everything is going away (the mm exits before the VM fd is closed).
+    fn release_all(&self) {
+        let mut mmu = self.mmu.lock();
+        self.slots_gen.fetch_add(1, Ordering::SeqCst);
+        if mmu.zap(0, u64::MAX) {
+            self.flush_all();
+        }
+        mmu.release_zapped(0, u64::MAX);
+        self.stats.set(stats::vm::PAGES_4K, mmu.mapped);
     }
 
     /// Keeps the dirty bitmaps in step with a slot change (before it is applied,
@@ -473,13 +537,14 @@ impl Vm {
 
     /// Makes every vCPU flush its TLB before it next runs guest code, and waits
     /// until none is still running on old translations. Called with `mmu` held.
+    /// Every CPU gets a waiting IPI rather than walking the vCPU list, whose lock
+    /// is held across allocations (the MMU notifier calls this).
     fn flush_all(&self) {
         self.stats.inc(stats::vm::REMOTE_TLB_FLUSH_REQUESTS);
         self.stats.inc(stats::vm::REMOTE_TLB_FLUSH);
         self.tlb_gen.fetch_add(1, Ordering::SeqCst);
-        for v in self.locked.lock().vcpus.iter() {
-            v.kick();
-        }
+        // SAFETY: process context, interrupts on; waits for the IPIs only.
+        unsafe { glue::kvm_glue_kick_all_cpus() };
     }
 
     fn create_vcpu(self: &Arc<Self>, id: usize) -> Result<isize> {
@@ -504,6 +569,48 @@ impl Vm {
         l.vcpus.push_within_capacity(v).map_err(|_| ENOMEM)?;
         Ok(fd)
     }
+}
+
+#[pinned_drop]
+impl PinnedDrop for Vm {
+    fn drop(self: Pin<&mut Self>) {
+        let mn = self.notifier.load(Ordering::Acquire);
+        if !mn.is_null() {
+            // SAFETY: registered in create(); waits for callbacks in flight, none start after.
+            unsafe { glue::kvm_glue_mn_unregister(mn) };
+        }
+    }
+}
+
+fn notifier_vm<'a>(vm: *mut c_void) -> &'a Vm {
+    // SAFETY: the notifier is unregistered before the VM is freed (PinnedDrop).
+    unsafe { &*vm.cast_const().cast::<Vm>() }
+}
+
+/// mmu_notifier invalidate_range_start for the VM's mm: 0, or -EAGAIN when the
+/// caller cannot sleep (the MMU lock is a mutex).
+#[no_mangle]
+pub(crate) extern "C" fn kvm_rs_mn_invalidate_start(
+    vm: *mut c_void,
+    start: c_ulong,
+    end: c_ulong,
+    blockable: c_int,
+) -> c_int {
+    if blockable == 0 {
+        return EAGAIN.to_errno();
+    }
+    notifier_vm(vm).invalidate_start(start as u64, end as u64);
+    0
+}
+
+#[no_mangle]
+pub(crate) extern "C" fn kvm_rs_mn_invalidate_end(vm: *mut c_void) {
+    notifier_vm(vm).invalidations.fetch_sub(1, Ordering::SeqCst);
+}
+
+#[no_mangle]
+pub(crate) extern "C" fn kvm_rs_mn_release(vm: *mut c_void) {
+    notifier_vm(vm).release_all();
 }
 
 /// `unlocked_ioctl` of a VM fd.

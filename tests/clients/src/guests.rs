@@ -139,6 +139,31 @@ impl Mem {
         self.ptr as u64
     }
 
+    /// Replaces the page at `off` with a fresh anonymous one (mmap MAP_FIXED):
+    /// the old page is unmapped from this process, as a VMM does when it
+    /// reorganizes guest memory.
+    fn replace_page(&self, off: u64) -> Result<(), String> {
+        assert!(
+            off as usize + PAGE as usize <= self.len,
+            "outside guest memory"
+        );
+        // SAFETY: replaces one page inside our own mapping; nothing else refers to it.
+        let p = unsafe {
+            libc::mmap(
+                self.ptr.add(off as usize).cast(),
+                PAGE as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(format!("mmap MAP_FIXED: {}", Error::last_os_error()));
+        }
+        Ok(())
+    }
+
     fn write(&self, off: u64, bytes: &[u8]) {
         let off = off as usize;
         assert!(off + bytes.len() <= self.len, "write outside guest memory");
@@ -908,6 +933,29 @@ fn dirty_log_case(t: &mut Report, kvm: RawFd) -> Result<(), String> {
     Ok(())
 }
 
+/// Guest memory that the VMM unmaps and maps again: the guest must see the new
+/// page, not the one it had mapped (KVM's MMU notifier).
+fn remap(t: &mut Report, kvm: RawFd) -> Result<(), String> {
+    let g = Guest::new(kvm)?;
+    g.mem.write(0x3000, &[0x11]);
+    g.mem.write(
+        0x1000,
+        &[
+            0xa0, 0x00, 0x30, // mov al, [0x3000]
+            0xe6, 0x10, // out 0x10, al
+            0xa0, 0x00, 0x30, // mov al, [0x3000]
+            0xe6, 0x11, // out 0x11, al
+            0xf4, // hlt
+        ],
+    );
+    g.real_mode(0x1000, 0)?;
+    t.exit("remap: the old page", &g.step(), &out(0x10, 1, 1, &[0x11]));
+    g.mem.replace_page(0x3000)?;
+    g.mem.write(0x3000, &[0x22]);
+    t.exit("remap: the new page", &g.step(), &out(0x11, 1, 1, &[0x22]));
+    Ok(())
+}
+
 /// 64-bit long mode with identity-mapped 2 MiB page tables.
 fn long64(t: &mut Report, kvm: RawFd) -> Result<(), String> {
     let g = Guest::new(kvm)?;
@@ -1266,7 +1314,7 @@ fn immediate_exit(t: &mut Report, kvm: RawFd) -> Result<(), String> {
 type Case = fn(&mut Report, RawFd) -> Result<(), String>;
 
 fn main() {
-    let cases: [(&str, Case); 10] = [
+    let cases: [(&str, Case); 11] = [
         ("real-io", |t, kvm| real_io(t, kvm, "real-io")),
         ("real-string-io", real_string_io),
         ("pm32", pm32),
@@ -1277,6 +1325,7 @@ fn main() {
         ("immediate-exit", immediate_exit),
         ("lapic-timer", lapic_timer),
         ("dirty-log", dirty_log_case),
+        ("remap", remap),
     ];
     let only = std::env::args().nth(1);
     if let Some(name) = &only {
