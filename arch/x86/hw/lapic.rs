@@ -864,16 +864,19 @@ impl Lapic {
 
     // ---- destination matching and acceptance ----
 
+    /// The broadcast destination of the current mode (xAPIC 0xff, x2APIC all ones).
+    fn broadcast(&self) -> u32 {
+        if self.x2apic_mode() {
+            X2APIC_BROADCAST
+        } else {
+            APIC_BROADCAST
+        }
+    }
+
     /// upstream kvm_apic_match_physical_addr().
     fn match_physical(&self, mda: u32) -> bool {
         let x2apic = self.x2apic_mode();
-        if mda
-            == if x2apic {
-                X2APIC_BROADCAST
-            } else {
-                APIC_BROADCAST
-            }
-        {
+        if mda == self.broadcast() {
             return true;
         }
         // Hotplug hack: an ID xAPIC cannot encode matches the x2APIC ID.
@@ -886,13 +889,7 @@ impl Lapic {
     /// upstream kvm_apic_match_logical_addr().
     fn match_logical(&self, mda: u32) -> bool {
         let x2apic = self.x2apic_mode();
-        if mda
-            == if x2apic {
-                X2APIC_BROADCAST
-            } else {
-                APIC_BROADCAST
-            }
-        {
+        if mda == self.broadcast() {
             return true;
         }
         let ldr = self.reg(LDR);
