@@ -289,12 +289,12 @@ impl Vcpu {
                 Ok(0)
             }
             ioctl::KVM_SET_CPUID2 => {
-                let h: CpuidHeader = user::read(arg)?;
-                if h.nent as usize > cpuid::MAX_ENTRIES {
+                let h: ArrayHeader = user::read(arg)?;
+                if h.n as usize > cpuid::MAX_ENTRIES {
                     return Err(E2BIG);
                 }
                 let raw: KVec<uapi::kvm_cpuid_entry2> =
-                    user::read_array(arg + size_of::<CpuidHeader>(), h.nent as usize)?;
+                    user::read_array(arg + size_of::<ArrayHeader>(), h.n as usize)?;
                 let mut entries = KVec::with_capacity(raw.len(), GFP_KERNEL)?;
                 for e in raw.iter() {
                     entries.push(from_uapi(e), GFP_KERNEL)?;
@@ -323,16 +323,16 @@ impl Vcpu {
                 Ok(0)
             }
             ioctl::KVM_GET_CPUID2 => {
-                let mut h: CpuidHeader = user::read(arg)?;
-                if (h.nent as usize) < st.cpuid.len() {
+                let mut h: ArrayHeader = user::read(arg)?;
+                if (h.n as usize) < st.cpuid.len() {
                     return Err(E2BIG);
                 }
                 let mut out = KVec::with_capacity(st.cpuid.len(), GFP_KERNEL)?;
                 for e in st.cpuid.iter() {
                     out.push(to_uapi(e), GFP_KERNEL)?;
                 }
-                user::write_array(arg + size_of::<CpuidHeader>(), &out)?;
-                h.nent = st.cpuid.len() as u32;
+                user::write_array(arg + size_of::<ArrayHeader>(), &out)?;
+                h.n = st.cpuid.len() as u32;
                 user::write(arg, &h)?;
                 Ok(0)
             }
@@ -459,12 +459,7 @@ impl Vcpu {
                 Ok(0)
             }
             ioctl::KVM_SET_TSC_KHZ => {
-                let khz = if arg as u32 == 0 {
-                    // SAFETY: reads a kernel variable.
-                    unsafe { glue::kvm_glue_tsc_khz() }
-                } else {
-                    arg as u32
-                };
+                let khz = tsc_khz_arg(arg);
                 if let Some(l) = (*self.lapic.lock()).as_mut() {
                     l.set_tsc_khz(khz);
                 }
@@ -583,16 +578,6 @@ const MISC_ENABLE_RESET: u64 = 1 | 1 << 11 | 1 << 12;
 /// upstream MAX_IO_MSRS.
 const MAX_IO_MSRS: u32 = 256;
 
-/// The header of `struct kvm_msrs` and `struct kvm_msr_list`.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-pub(crate) struct MsrsHeader {
-    pub(crate) nmsrs: u32,
-    pub(crate) pad: u32,
-}
-// SAFETY: two u32s.
-unsafe impl user::Pod for MsrsHeader {}
-
 /// KVM_GET_MSR_INDEX_LIST on /dev/kvm (the -E2BIG protocol of upstream).
 pub(crate) fn msr_index_list(arg: usize) -> Result<isize> {
     let n = MSRS_TO_SAVE.len() as u32;
@@ -622,15 +607,25 @@ fn set_tsc_khz(st: &mut State, khz: u32) -> Result {
     }
 }
 
-/// The header of `struct kvm_cpuid2` (its entries follow).
+/// The header of the uapi's counted arrays, `struct kvm_cpuid2` and `struct
+/// kvm_msrs`: a u32 count and padding; the entries follow.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
-pub(crate) struct CpuidHeader {
-    pub(crate) nent: u32,
-    pub(crate) padding: u32,
+pub(crate) struct ArrayHeader {
+    pub(crate) n: u32,
+    pub(crate) pad: u32,
 }
 // SAFETY: two u32s.
-unsafe impl user::Pod for CpuidHeader {}
+unsafe impl user::Pod for ArrayHeader {}
+
+/// KVM_SET_TSC_KHZ's argument (VM and vCPU): the low 32 bits, 0 for the host's rate.
+pub(crate) fn tsc_khz_arg(arg: usize) -> u32 {
+    match arg as u32 {
+        // SAFETY: reads a kernel variable.
+        0 => unsafe { glue::kvm_glue_tsc_khz() },
+        khz => khz,
+    }
+}
 
 pub(crate) fn from_uapi(e: &uapi::kvm_cpuid_entry2) -> Entry {
     Entry {
@@ -1743,12 +1738,12 @@ impl Vcpu {
         arg: usize,
         set: bool,
     ) -> Result<isize> {
-        let h: MsrsHeader = user::read(arg)?;
-        if h.nmsrs >= MAX_IO_MSRS {
+        let h: ArrayHeader = user::read(arg)?;
+        if h.n >= MAX_IO_MSRS {
             return Err(E2BIG);
         }
-        let base = arg + size_of::<MsrsHeader>();
-        let mut e: KVec<uapi::kvm_msr_entry> = user::read_array(base, h.nmsrs as usize)?;
+        let base = arg + size_of::<ArrayHeader>();
+        let mut e: KVec<uapi::kvm_msr_entry> = user::read_array(base, h.n as usize)?;
         let mut done = 0;
         for m in e.iter_mut() {
             let ok = if set {
@@ -1953,11 +1948,11 @@ pub(crate) extern "C" fn kvm_rs_vcpu_page(p: *mut c_void, pgoff: c_ulong) -> *mu
 
 /// KVM_GET_SUPPORTED_CPUID on /dev/kvm.
 pub(crate) fn get_supported_cpuid(arg: usize) -> Result<isize> {
-    let mut h: CpuidHeader = user::read(arg)?;
-    if h.nent < 1 {
+    let mut h: ArrayHeader = user::read(arg)?;
+    if h.n < 1 {
         return Err(E2BIG);
     }
-    let cap = (h.nent as usize).min(cpuid::MAX_ENTRIES);
+    let cap = (h.n as usize).min(cpuid::MAX_ENTRIES);
     let mut buf = KVec::with_capacity(cap, GFP_KERNEL)?;
     for _ in 0..cap {
         buf.push(Entry::default(), GFP_KERNEL)?;
@@ -1973,8 +1968,8 @@ pub(crate) fn get_supported_cpuid(arg: usize) -> Result<isize> {
     for e in buf.iter().take(n) {
         out.push(to_uapi(e), GFP_KERNEL)?;
     }
-    h.nent = n as u32;
+    h.n = n as u32;
     user::write(arg, &h)?;
-    user::write_array(arg + size_of::<CpuidHeader>(), &out)?;
+    user::write_array(arg + size_of::<ArrayHeader>(), &out)?;
     Ok(0)
 }

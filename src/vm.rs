@@ -209,12 +209,7 @@ impl Vm {
             ioctl::KVM_SET_TSC_KHZ => {
                 // Without TSC scaling any rate is accepted here, as upstream; whether
                 // a vCPU can run at it is KVM_SET_TSC_KHZ on the vCPU's business.
-                let khz = if arg as u32 == 0 {
-                    // SAFETY: reads a kernel variable.
-                    unsafe { glue::kvm_glue_tsc_khz() }
-                } else {
-                    arg as u32
-                };
+                let khz = vcpu::tsc_khz_arg(arg);
                 let mut l = self.locked.lock();
                 if !l.vcpus.is_empty() {
                     return Err(EINVAL);
