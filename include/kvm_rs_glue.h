@@ -106,8 +106,12 @@ void *kvm_glue_fpu_alloc(void);
 void kvm_glue_fpu_free(void *gfpu);
 void kvm_glue_fpu_load(void *gfpu, int enter);
 unsigned int kvm_glue_fpu_uabi_size(void *gfpu);
-void kvm_glue_fpu_get_xsave(void *gfpu, void *buf, unsigned int size);
-int kvm_glue_fpu_set_xsave(void *gfpu, void *buf);
+void kvm_glue_fpu_get_xsave(void *gfpu, void *buf, unsigned int size, unsigned long long mask);
+int kvm_glue_fpu_set_xsave(void *gfpu, void *buf, unsigned long long mask);
+unsigned long long kvm_glue_fpu_xfeatures(void *gfpu);
+void *kvm_glue_fpu_fxsave(void *gfpu);
+unsigned long long kvm_glue_host_xcr0(void);
+void kvm_glue_xsetbv(unsigned long long xcr0);
 /* With interrupts off, just before entry: reload the FPU if a switch dropped it. */
 void kvm_glue_fpu_prepare_entry(void);
 

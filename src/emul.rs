@@ -139,17 +139,32 @@ impl Cpu {
         write: bool,
         fetch: bool,
     ) -> Result<u64, WalkError> {
+        let access = Access {
+            write,
+            user: self.sregs.ss.dpl == 3,
+            fetch,
+        };
+        self.walk(vm, la, access)
+    }
+
+    /// The GPA of `la` for a supervisor read whatever the CPL (upstream
+    /// kvm_mmu_gva_to_gpa_system(), as KVM_TRANSLATE uses it).
+    pub(crate) fn translate_system(&self, vm: &Vm, la: u64) -> Result<u64, WalkError> {
+        let access = Access {
+            write: false,
+            user: false,
+            fetch: false,
+        };
+        self.walk(vm, la, access)
+    }
+
+    fn walk(&self, vm: &Vm, la: u64, access: Access) -> Result<u64, WalkError> {
         let s = &self.sregs;
         let paging = Paging {
             cr0: s.cr0,
             cr3: s.cr3,
             cr4: s.cr4,
             efer: s.efer,
-        };
-        let access = Access {
-            write,
-            user: s.ss.dpl == 3,
-            fetch,
         };
         let opts = WalkOptions {
             maxphyaddr: self.maxphyaddr.clamp(32, 52) as u8,

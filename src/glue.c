@@ -19,6 +19,7 @@
 #include <linux/wait.h>
 #include <trace/events/ipi.h>
 #include <asm/fpu/api.h>
+#include <asm/fpu/xcr.h>
 #include <asm/io.h>
 #include <asm/tsc.h>
 #include <asm/cpufeature.h>
@@ -511,21 +512,45 @@ unsigned int kvm_glue_fpu_uabi_size(void *gfpu)
 	return ((struct fpu_guest *)gfpu)->uabi_size;
 }
 
-/* KVM_GET_XSAVE: FP and SSE state only, as guests get no XSAVE features yet. */
-void kvm_glue_fpu_get_xsave(void *gfpu, void *buf, unsigned int size)
+/* The features the guest FPU state holds (what the host saves and restores). */
+u64 kvm_glue_fpu_xfeatures(void *gfpu)
 {
-	fpu_copy_guest_fpstate_to_uabi(gfpu, buf, size, XFEATURE_MASK_FPSSE, 0);
+	return ((struct fpu_guest *)gfpu)->xfeatures;
 }
 
-/* KVM_SET_XSAVE (kvm_vcpu_ioctl_x86_set_xsave()). */
-int kvm_glue_fpu_set_xsave(void *gfpu, void *buf)
+/* The legacy region KVM_GET/SET_FPU access in place, as upstream (512 bytes). */
+void *kvm_glue_fpu_fxsave(void *gfpu)
+{
+	return &((struct fpu_guest *)gfpu)->fpstate->regs.fxsave;
+}
+
+/* KVM_GET_XSAVE/XSAVE2: the state of the features in @mask (the guest's). */
+void kvm_glue_fpu_get_xsave(void *gfpu, void *buf, unsigned int size, u64 mask)
+{
+	fpu_copy_guest_fpstate_to_uabi(gfpu, buf, size, mask, 0);
+}
+
+/* KVM_SET_XSAVE (kvm_vcpu_ioctl_x86_set_xsave()): features outside @mask are -EINVAL. */
+int kvm_glue_fpu_set_xsave(void *gfpu, void *buf, u64 mask)
 {
 	struct fpu_guest *g = gfpu;
 	union fpregs_state *xstate = buf;
 	u32 pkru = 0;
 
 	xstate->xsave.header.xfeatures &= ~g->fpstate->xfd;
-	return fpu_copy_uabi_to_guest_fpstate(g, buf, XFEATURE_MASK_FPSSE, &pkru);
+	return fpu_copy_uabi_to_guest_fpstate(g, buf, mask, &pkru);
+}
+
+/* The host's XCR0 (0 without XSAVE), as upstream's kvm_host.xcr0. */
+u64 kvm_glue_host_xcr0(void)
+{
+	return boot_cpu_has(X86_FEATURE_OSXSAVE) ? xgetbv(XCR_XFEATURE_ENABLED_MASK) : 0;
+}
+
+/* Loads XCR0 around guest entry (kvm_load_xfeatures()); interrupts are off. */
+void kvm_glue_xsetbv(u64 xcr0)
+{
+	xsetbv(XCR_XFEATURE_ENABLED_MASK, xcr0);
 }
 
 void kvm_glue_fpu_free(void *gfpu)

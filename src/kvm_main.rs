@@ -48,6 +48,9 @@ mod vm;
 #[allow(dead_code)] // Shared with the vendor modules, which use other parts.
 #[path = "../arch/x86/x86_ops.rs"]
 mod x86_ops;
+#[allow(unreachable_pub, dead_code)]
+#[path = "../arch/x86/hw/xstate.rs"]
+mod xstate;
 
 module! {
     type: KvmModule,

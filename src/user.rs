@@ -36,6 +36,10 @@ pod!(
     kvm_debugregs,
     kvm_pre_fault_memory,
     kvm_dirty_log,
+    kvm_sregs2,
+    kvm_fpu,
+    kvm_xcrs,
+    kvm_translation,
 );
 
 // SAFETY: any 8 bytes are a u64.

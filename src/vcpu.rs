@@ -22,6 +22,9 @@ use crate::vm::Vm;
 use crate::x86_ops::{exit, reg, Exit, GuestRegs, VendorVcpu, X86VendorOps};
 use crate::{dev, glue, user, vendor};
 
+mod regs;
+pub(crate) use regs::{supported_xcr0, xsave2_size};
+
 const PAGE_SIZE: usize = 4096;
 
 /// kvm_run field offsets (the union starts at 32 on every ABI).
@@ -121,6 +124,13 @@ struct State {
     /// DR0-3 as userspace set them. kvm-rs does not load them into the hardware
     /// yet (no debug-register switching), so they are state only.
     db: [u64; 4],
+    /// The guest's XCR0 (loaded while it runs with CR4.OSXSAVE).
+    xcr0: u64,
+    /// The PAE PDPTRs as last loaded from guest memory or set by KVM_SET_SREGS2
+    /// (upstream's cache: after an entry they are loaded again when read, and
+    /// kept when guest memory holds invalid ones).
+    pdptrs: [u64; 4],
+    pdptrs_avail: bool,
 }
 
 /// A vCPU's glue waiter (see kvm_glue_waiter_* in the glue header).
@@ -205,6 +215,9 @@ impl Vcpu {
             misc_enable: MISC_ENABLE_RESET,
             platform_info: 0,
             db: [0; 4],
+            xcr0: crate::xstate::FP,
+            pdptrs: [0; 4],
+            pdptrs_avail: false,
         };
         // SAFETY: a plain allocation, owned by the Waiter.
         let waiter = Waiter(unsafe { glue::kvm_glue_waiter_new() });
@@ -286,6 +299,7 @@ impl Vcpu {
             ioctl::KVM_SET_SREGS => {
                 let sr: uapi::kvm_sregs = user::read(arg)?;
                 self.set_sregs(ops, &mut st, &sr)?;
+                self.update_pdptrs(vm, &mut st, &sr);
                 Ok(0)
             }
             ioctl::KVM_SET_CPUID2 => {
@@ -429,33 +443,43 @@ impl Vcpu {
                 unsafe { (ops.set_dr)(st.vendor.0, 7, d.dr7) };
                 Ok(0)
             }
-            ioctl::KVM_GET_XSAVE => {
-                // SAFETY: the vCPU's guest FPU.
-                let size = unsafe { glue::kvm_glue_fpu_uabi_size(st.fpu.0) } as usize;
-                if size > XSAVE_SIZE {
-                    return Err(EINVAL);
-                }
-                let mut buf = KVec::from_elem(0u8, XSAVE_SIZE, GFP_KERNEL)?;
-                // SAFETY: `buf` has XSAVE_SIZE bytes; the FPU is not in use by the guest (mutex held).
-                unsafe {
-                    glue::kvm_glue_fpu_get_xsave(
-                        st.fpu.0,
-                        buf.as_mut_ptr().cast(),
-                        XSAVE_SIZE as u32,
-                    )
-                };
-                user::write_bytes(arg, &buf)?;
+            ioctl::KVM_GET_XSAVE | ioctl::KVM_GET_XSAVE2 => {
+                self.get_xsave(&st, arg, cmd == ioctl::KVM_GET_XSAVE2)?;
                 Ok(0)
             }
             ioctl::KVM_SET_XSAVE => {
-                // SAFETY: the vCPU's guest FPU.
-                let size = unsafe { glue::kvm_glue_fpu_uabi_size(st.fpu.0) } as usize;
-                let mut buf = user::read_bytes(arg, size.max(XSAVE_SIZE))?;
-                // SAFETY: `buf` holds at least the FPU's uabi size.
-                let r = unsafe { glue::kvm_glue_fpu_set_xsave(st.fpu.0, buf.as_mut_ptr().cast()) };
-                if r != 0 {
-                    return Err(Error::from_errno(r));
-                }
+                self.set_xsave(&mut st, arg)?;
+                Ok(0)
+            }
+            ioctl::KVM_GET_XCRS => {
+                user::write(arg, &self.get_xcrs(&st))?;
+                Ok(0)
+            }
+            ioctl::KVM_SET_XCRS => {
+                let x: uapi::kvm_xcrs = user::read(arg)?;
+                self.set_xcrs(&mut st, &x)?;
+                Ok(0)
+            }
+            ioctl::KVM_GET_SREGS2 => {
+                user::write(arg, &self.get_sregs2(vm, ops, &mut st))?;
+                Ok(0)
+            }
+            ioctl::KVM_SET_SREGS2 => {
+                let s: uapi::kvm_sregs2 = user::read(arg)?;
+                self.set_sregs2(vm, ops, &mut st, &s)?;
+                Ok(0)
+            }
+            ioctl::KVM_GET_FPU => {
+                user::write(arg, &self.get_fpu(&st))?;
+                Ok(0)
+            }
+            ioctl::KVM_SET_FPU => {
+                let f: uapi::kvm_fpu = user::read(arg)?;
+                self.set_fpu(&mut st, &f);
+                Ok(0)
+            }
+            ioctl::KVM_TRANSLATE => {
+                self.translate(vm, ops, &st, arg)?;
                 Ok(0)
             }
             ioctl::KVM_SET_TSC_KHZ => {
@@ -781,7 +805,7 @@ impl Vcpu {
                 return Err(EINVAL);
             }
             if dirty != 0 {
-                self.sync_regs(ops, st, dirty)?;
+                self.sync_regs(vm, ops, st, dirty)?;
             }
             if !has_lapic {
                 // The TPR userspace keeps in kvm_run (kvm_set_cr8()).
@@ -870,10 +894,16 @@ impl Vcpu {
             let flush = gen != st.tlb_gen;
             st.tlb_gen = gen;
             st.ran = true;
+            st.pdptrs_avail = false;
             // SAFETY: interrupts off, this task's FPU is the guest's.
             unsafe { glue::kvm_glue_fpu_prepare_entry() };
+            let host_xcr0 = self.load_guest_xcr0(ops, st);
             // SAFETY: the vendor vCPU and registers are ours (mutex held).
             unsafe { (ops.run)(st.vendor.0, &mut st.regs, nested_cr3, flush, &mut ex) };
+            if let Some(x) = host_xcr0 {
+                // SAFETY: the host's own XCR0 back, interrupts still off.
+                unsafe { glue::kvm_glue_xsetbv(x) };
+            }
             // SAFETY: a live waiter.
             unsafe { glue::kvm_glue_waiter_set_cpu(self.waiter.0, 0) };
             // SAFETY: pairs with the disable above; pending host interrupts run now.
@@ -894,7 +924,7 @@ impl Vcpu {
     }
 
     /// Applies the kvm_run sync_regs userspace marked dirty (upstream sync_regs()).
-    fn sync_regs(&self, ops: &X86VendorOps, st: &mut State, dirty: u64) -> Result {
+    fn sync_regs(&self, vm: &Vm, ops: &X86VendorOps, st: &mut State, dirty: u64) -> Result {
         if dirty & SYNC_REGS_REGS != 0 {
             let r: uapi::kvm_regs = self.run_read(run::SYNC_REGS);
             set_regs(&mut st.regs, &r);
@@ -902,6 +932,7 @@ impl Vcpu {
         if dirty & SYNC_REGS_SREGS != 0 {
             let s: uapi::kvm_sregs = self.run_read(run::SYNC_SREGS);
             self.set_sregs(ops, st, &s).map_err(|_| EINVAL)?;
+            self.update_pdptrs(vm, st, &s);
         }
         if dirty & SYNC_REGS_EVENTS != 0 {
             let e: uapi::kvm_vcpu_events = self.run_read(run::SYNC_EVENTS);
@@ -1030,6 +1061,17 @@ impl Vcpu {
         // SAFETY: a live vendor vCPU under the mutex; `s` is a kvm_sregs.
         unsafe { (ops.get_sregs)(st.vendor.0, core::ptr::from_mut(&mut s).cast()) };
         s.apic_base = self.apic_base(st);
+        s.cr8 = self.lapic.lock().as_ref().map_or(st.regs.cr8, |l| l.cr8());
+        // An external interrupt being injected (__get_sregs()).
+        let mut e = uapi::kvm_vcpu_events::default();
+        // SAFETY: a live vendor vCPU under the mutex; `e` is a kvm_vcpu_events.
+        unsafe { (ops.get_events)(st.vendor.0, core::ptr::from_mut(&mut e).cast()) };
+        if e.interrupt.injected != 0 && e.interrupt.soft == 0 {
+            let nr = usize::from(e.interrupt.nr);
+            if let Some(w) = s.interrupt_bitmap.get_mut(nr / 64) {
+                *w |= 1 << (nr % 64);
+            }
+        }
         s
     }
 
@@ -1060,6 +1102,33 @@ impl Vcpu {
             return Err(Error::from_errno(r));
         }
         st.apic_base = s.apic_base;
+        // kvm_set_cr8(), whose error for reserved bits upstream ignores here.
+        if s.cr8 & !0xf == 0 {
+            st.regs.cr8 = s.cr8;
+            if let Some(l) = (*self.lapic.lock()).as_mut() {
+                l.set_cr8(s.cr8);
+            }
+        }
+        // The lowest vector of the bitmap is injected again (__set_sregs()).
+        let pending = s
+            .interrupt_bitmap
+            .iter()
+            .enumerate()
+            .find(|(_, w)| **w != 0)
+            .map(|(i, w)| i as u32 * 64 + w.trailing_zeros());
+        if let Some(v) = pending {
+            // SAFETY: a live vendor vCPU under the mutex.
+            unsafe { (ops.inject_irq)(st.vendor.0, v) };
+        }
+        // "Older userspace won't unhalt the vcpu on reset."
+        if self.id == 0
+            && st.regs.rip == RESET_RIP
+            && s.cs.selector == 0xf000
+            && s.cs.base == 0xffff_0000
+            && s.cr0 & 1 == 0
+        {
+            st.mp_state = uapi::KVM_MP_STATE_RUNNABLE;
+        }
         Ok(())
     }
 
@@ -1455,7 +1524,8 @@ impl Vcpu {
             exit::NPF => self.page_fault(vm, ops, st, ex),
             exit::CPUID => {
                 let (f, i) = (st.regs.gpr[reg::RAX] as u32, st.regs.gpr[reg::RCX] as u32);
-                let e = cpuid::find(&st.cpuid, f, i).copied().unwrap_or_default();
+                let mut e = cpuid::find(&st.cpuid, f, i).copied().unwrap_or_default();
+                self.cpuid_runtime(ops, st, &mut e);
                 st.regs.gpr[reg::RAX] = e.eax.into();
                 st.regs.gpr[reg::RBX] = e.ebx.into();
                 st.regs.gpr[reg::RCX] = e.ecx.into();
@@ -1491,6 +1561,7 @@ impl Vcpu {
                 Next::Guest
             }
             exit::INVALID_OPCODE => self.invalid_opcode(vm, ops, st),
+            exit::XSETBV => self.xsetbv(ops, st, ex.next_rip),
             exit::FAIL_ENTRY => {
                 self.set_exit(uapi::KVM_EXIT_FAIL_ENTRY);
                 self.run_write(run::U, ex.hw_reason);
@@ -1957,13 +2028,7 @@ pub(crate) fn get_supported_cpuid(arg: usize) -> Result<isize> {
     for _ in 0..cap {
         buf.push(Entry::default(), GFP_KERNEL)?;
     }
-    let host = |f: u32, i: u32| {
-        let mut r = [0u32; 4];
-        // SAFETY: `r` is a valid 4-element array.
-        unsafe { glue::kvm_glue_cpuid(f, i, r.as_mut_ptr()) };
-        r
-    };
-    let n = cpuid::supported(host, &mut buf).ok_or(E2BIG)?;
+    let n = cpuid::supported(regs::host_cpuid, supported_xcr0(), &mut buf).ok_or(E2BIG)?;
     let mut out = KVec::with_capacity(n, GFP_KERNEL)?;
     for e in buf.iter().take(n) {
         out.push(to_uapi(e), GFP_KERNEL)?;

@@ -243,7 +243,8 @@ class Qemu:
 def run(args):
     tests = read_plan(args.plan)
     results = {}  # index -> (status, reason, seconds)
-    log = open(args.log, "w") if args.log else open(os.devnull, "w")
+    # Line-buffered, so that a hung run shows where it is.
+    log = open(args.log, "w", buffering=1) if args.log else open(os.devnull, "w")
     workdir = tempfile.mkdtemp(prefix="kvm-rs-vm-")
     initrd = build_initramfs(workdir, args.plan, args.add, args.emulator)
     start = 0

@@ -41,6 +41,7 @@ pub(crate) trait Vendor {
     fn set_events(v: &mut Self::Vcpu, e: &kvm_vcpu_events);
     fn get_dr(v: &Self::Vcpu, n: u32) -> u64;
     fn set_dr(v: &mut Self::Vcpu, n: u32, val: u64);
+    fn get_cr4(v: &Self::Vcpu) -> u64;
 }
 
 // The C-ABI entries of the table: each turns the opaque pointer back into the
@@ -198,6 +199,13 @@ unsafe extern "C" fn set_dr<V: Vendor>(v: VendorVcpu, n: u32, val: u64) {
     V::set_dr(unsafe { &mut *v.cast::<V::Vcpu>() }, n, val)
 }
 
+/// # Safety
+/// As interrupt_allowed.
+unsafe extern "C" fn get_cr4<V: Vendor>(v: VendorVcpu) -> u64 {
+    // SAFETY: kvm.ko passes a live vCPU.
+    V::get_cr4(unsafe { &*v.cast::<V::Vcpu>() })
+}
+
 /// The table for vendor `V`, to be kept in a `static` while registered.
 #[expect(
     clippy::disallowed_methods,
@@ -226,6 +234,7 @@ pub(crate) const fn ops<V: Vendor>() -> X86VendorOps {
         set_events: set_events::<V>,
         get_dr: get_dr::<V>,
         set_dr: set_dr::<V>,
+        get_cr4: get_cr4::<V>,
     }
 }
 

@@ -73,6 +73,8 @@ pub(crate) mod exit {
     /// The guest raised #UD (intercepted so that kvm.ko can fix up the other
     /// vendor's hypercall instruction); kvm.ko re-injects it otherwise.
     pub(crate) const INVALID_OPCODE: u32 = 13;
+    /// XSETBV: XCR `RCX` := `EDX:EAX`, for kvm.ko to check and switch on entries.
+    pub(crate) const XSETBV: u32 = 14;
 
     pub(crate) const IO_IN: u32 = 1 << 0;
     pub(crate) const IO_STRING: u32 = 1 << 1;
@@ -141,6 +143,8 @@ pub(crate) struct X86VendorOps {
     /// DR6 (`n` = 6) or DR7 (`n` = 7) of the guest.
     pub(crate) get_dr: unsafe extern "C" fn(VendorVcpu, n: u32) -> u64,
     pub(crate) set_dr: unsafe extern "C" fn(VendorVcpu, n: u32, val: u64),
+    /// The guest's CR4 as it runs (it may change it without an exit).
+    pub(crate) get_cr4: unsafe extern "C" fn(VendorVcpu) -> u64,
 }
 
 // SAFETY: the table is immutable after construction and `name` points to a static

@@ -16,6 +16,10 @@ pub struct Host {
     pub online_cpus: u32,
     /// Whether the vendor can create vCPUs (kvm-intel cannot yet).
     pub vcpus: bool,
+    /// Whether the host has XSAVE (XCR0), so that guests can have XCRs.
+    pub xsave: bool,
+    /// `KVM_GET_XSAVE2`'s buffer size (at least `struct kvm_xsave`).
+    pub xsave2_size: u32,
 }
 
 /// Upstream x86's limits with CONFIG_KVM_MAX_NR_VCPUS=1024 (the test kernel's).
@@ -65,12 +69,17 @@ pub fn check_extension(host: &Host, cap: u64) -> i32 {
         | uapi::KVM_CAP_XSAVE
         | uapi::KVM_CAP_MSR_PLATFORM_INFO
         | uapi::KVM_CAP_PRE_FAULT_MEMORY
+        // KVM_GET/SET_SREGS2 with the PAE PDPTRs (vcpu/regs.rs).
+        | uapi::KVM_CAP_SREGS2
             if host.vcpus =>
         {
             1
         }
         // kvm_run's sync_regs exchange (vcpu.rs).
         uapi::KVM_CAP_SYNC_REGS if host.vcpus => uapi::KVM_SYNC_X86_VALID_FIELDS as i32,
+        // KVM_GET/SET_XCRS and the guest XCR0 it sets (vcpu/regs.rs).
+        uapi::KVM_CAP_XCRS if host.vcpus => i32::from(host.xsave),
+        uapi::KVM_CAP_XSAVE2 if host.vcpus => host.xsave2_size as i32,
         uapi::KVM_CAP_DISABLE_QUIRKS2 if host.vcpus => SUPPORTED_QUIRKS as i32,
         uapi::KVM_CAP_NR_MEMSLOTS if host.vcpus => USER_MEM_SLOTS as i32,
         uapi::KVM_CAP_NR_VCPUS if host.vcpus => host.online_cpus.min(MAX_VCPUS) as i32,
@@ -93,6 +102,8 @@ mod tests {
         vm_types: 1 << uapi::KVM_X86_DEFAULT_VM,
         online_cpus: 2,
         vcpus: true,
+        xsave: true,
+        xsave2_size: 4096,
     };
 
     #[test]
@@ -144,6 +155,14 @@ mod tests {
             check_extension(&HOST, uapi::KVM_CAP_BINARY_STATS_FD as u64),
             1
         );
+        assert_eq!(check_extension(&HOST, uapi::KVM_CAP_XSAVE2 as u64), 4096);
+        assert_eq!(check_extension(&HOST, uapi::KVM_CAP_XCRS as u64), 1);
+        let noxsave = Host {
+            xsave: false,
+            ..HOST
+        };
+        assert_eq!(check_extension(&noxsave, uapi::KVM_CAP_XCRS as u64), 0);
+        assert_eq!(check_extension(&novcpu, uapi::KVM_CAP_XSAVE2 as u64), 0);
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! to what is virtualized today, plus the KVM paravirt signature. Features are added
 //! to the masks with the code that makes them work (e.g. XSAVE with XCR0 switching).
 
+use super::xstate;
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Entry {
     pub function: u32,
@@ -20,8 +22,8 @@ pub const MAX_ENTRIES: usize = 256;
 
 // Leaf 1: SSE3 PCLMULQDQ SSSE3 CX16 SSE4.1 SSE4.2 x2APIC MOVBE POPCNT
 // TSC-deadline AES RDRAND (x2APIC and TSC-deadline are the in-kernel LAPIC's; as
-// upstream's EMULATED_F they are offered where the host has them). No XSAVE/AVX
-// (guest XCR0 is not switched yet), no MONITOR.
+// upstream's EMULATED_F they are offered where the host has them). XSAVE and the AVX
+// family only with the XCR0 that kvm.ko switches (`supported`'s `xcr0`); no MONITOR.
 pub const L1_ECX_X2APIC: u32 = 1 << 21;
 pub const L1_ECX_TSC_DEADLINE: u32 = 1 << 24;
 const L1_ECX: u32 = 1
@@ -37,6 +39,11 @@ const L1_ECX: u32 = 1
     | 1 << 25
     | 1 << 30;
 pub const L1_ECX_HYPERVISOR: u32 = 1 << 31;
+pub const L1_ECX_XSAVE: u32 = 1 << 26;
+/// Reflects the guest's CR4.OSXSAVE (filled in when the guest runs CPUID).
+pub const L1_ECX_OSXSAVE: u32 = 1 << 27;
+// FMA AVX F16C: usable with YMM state in XCR0.
+const L1_ECX_AVX: u32 = 1 << 12 | 1 << 28 | 1 << 29;
 // FPU VME DE PSE TSC MSR PAE CX8 APIC SEP PGE CMOV PAT PSE36 CLFLUSH MMX FXSR SSE SSE2.
 const L1_EDX: u32 = 0x7f
     | 1 << 8
@@ -53,6 +60,9 @@ const L1_EDX: u32 = 0x7f
     | 1 << 26;
 // Leaf 7.0 EBX: FSGSBASE BMI1 SMEP BMI2 ERMS ADX SMAP CLFLUSHOPT SHA.
 const L7_EBX: u32 = 1 | 1 << 3 | 1 << 7 | 1 << 8 | 1 << 9 | 1 << 19 | 1 << 20 | 1 << 23 | 1 << 29;
+// AVX2 with YMM state; AVX512 F DQ IFMA CD BW VL with the AVX-512 state.
+const L7_EBX_AVX2: u32 = 1 << 5;
+const L7_EBX_AVX512: u32 = 1 << 16 | 1 << 17 | 1 << 21 | 1 << 28 | 1 << 30 | 1 << 31;
 // Leaf 7.0 ECX: LA57 (5-level guest paging: the NPT walk does it, and the
 // emulator's page walker knows it).
 pub const L7_ECX_LA57: u32 = 1 << 16;
@@ -68,7 +78,17 @@ const X1_EDX: u32 = X1_EDX_SYSCALL | X1_EDX_NX | X1_EDX_LM;
 pub const KVM_SIGNATURE: [u32; 3] = [0x4b4d_564b, 0x564b_4d56, 0x0000_004d];
 
 /// Fills `out` with the supported entries; `None` if it is too small (-E2BIG).
-pub fn supported(host: impl Fn(u32, u32) -> [u32; 4], out: &mut [Entry]) -> Option<usize> {
+/// `xcr0`: the XCR0 bits guests may enable (xstate::KVM_RS_XCR0 within the host's
+/// XCR0); 0 offers no XSAVE.
+pub fn supported(
+    host: impl Fn(u32, u32) -> [u32; 4],
+    xcr0: u64,
+    out: &mut [Entry],
+) -> Option<usize> {
+    let xsave = xcr0 & (xstate::FP | xstate::SSE) == xstate::FP | xstate::SSE;
+    let ymm = xsave && xcr0 & xstate::YMM != 0;
+    let avx512 = ymm && xcr0 & xstate::AVX512 == xstate::AVX512;
+    let xcr0 = if xsave { xcr0 } else { 0 };
     let mut n = 0;
     let mut push = |e: Entry| -> Option<()> {
         *out.get_mut(n)? = e;
@@ -85,7 +105,7 @@ pub fn supported(host: impl Fn(u32, u32) -> [u32; 4], out: &mut [Entry]) -> Opti
         edx: r[3],
     };
     let h0 = host(0, 0);
-    let max = h0[0].min(7);
+    let max = h0[0].min(if xsave { 0xd } else { 7 });
     push(leaf(0, 0, 0, [max, h0[1], h0[2], h0[3]]))?;
     if max >= 1 {
         let h = host(1, 0);
@@ -93,7 +113,8 @@ pub fn supported(host: impl Fn(u32, u32) -> [u32; 4], out: &mut [Entry]) -> Opti
         let r = [
             h[0],
             h[1] & 0x00ff_ffff,
-            (h[2] & L1_ECX) | L1_ECX_HYPERVISOR,
+            (h[2] & (L1_ECX | bits(xsave, L1_ECX_XSAVE) | bits(ymm, L1_ECX_AVX)))
+                | L1_ECX_HYPERVISOR,
             h[3] & L1_EDX,
         ];
         push(leaf(1, 0, 0, r))?;
@@ -104,8 +125,38 @@ pub fn supported(host: impl Fn(u32, u32) -> [u32; 4], out: &mut [Entry]) -> Opti
             7,
             0,
             SIGNIFICANT_INDEX,
-            [0, h[1] & L7_EBX, h[2] & L7_ECX, 0],
+            [
+                0,
+                h[1] & (L7_EBX | bits(ymm, L7_EBX_AVX2) | bits(avx512, L7_EBX_AVX512)),
+                h[2] & L7_ECX,
+                0,
+            ],
         ))?;
+    }
+    if max >= 0xd {
+        // XSAVE state components (upstream __do_cpuid_func() case 0xd): sizes and
+        // offsets as the host lays them out. Of leaf 0xD.1, XSAVEOPT and XGETBV1:
+        // no XSAVES (no IA32_XSS for guests), and no XSAVEC, whose compacted size
+        // EBX would have to report.
+        let size = xstate::required_size(xcr0, &host);
+        push(leaf(
+            0xd,
+            0,
+            SIGNIFICANT_INDEX,
+            [xcr0 as u32, size, size, (xcr0 >> 32) as u32],
+        ))?;
+        push(leaf(
+            0xd,
+            1,
+            SIGNIFICANT_INDEX,
+            [host(0xd, 1)[0] & 0x5, 0, 0, 0],
+        ))?;
+        for i in 2..64u32 {
+            if xcr0 & (1 << i) != 0 {
+                let h = host(0xd, i);
+                push(leaf(0xd, i, SIGNIFICANT_INDEX, [h[0], h[1], h[2] & 0x2, 0]))?;
+            }
+        }
     }
     push(leaf(
         0x4000_0000,
@@ -141,6 +192,14 @@ pub fn supported(host: impl Fn(u32, u32) -> [u32; 4], out: &mut [Entry]) -> Opti
         push(leaf(0x8000_0008, 0, 0, [h[0] & 0xffff, 0, 0, 0]))?;
     }
     Some(n)
+}
+
+fn bits(on: bool, b: u32) -> u32 {
+    if on {
+        b
+    } else {
+        0
+    }
 }
 
 /// The entry userspace set for `function`/`index` (upstream kvm_find_cpuid_entry2).
@@ -188,9 +247,10 @@ mod tests {
     #[test]
     fn filtered() {
         let mut out = [Entry::default(); MAX_ENTRIES];
-        let n = supported(rich, &mut out).unwrap();
+        let n = supported(rich, 0, &mut out).unwrap();
         let e = &out[..n];
         assert_eq!(find(e, 0, 0).unwrap().eax, 7);
+        assert_eq!(find(e, 0xd, 0), None);
         let l1 = find(e, 1, 0).unwrap();
         assert_eq!(l1.ecx & (1 << 26), 0, "no XSAVE");
         assert_ne!(l1.ecx & L1_ECX_HYPERVISOR, 0);
@@ -205,9 +265,38 @@ mod tests {
     }
 
     #[test]
+    fn xsave_offered_with_xcr0() {
+        let host = |f: u32, i: u32| match (f, i) {
+            (0xd, 1) => [0xf, 0, 0, 0],
+            (0xd, 2) => [256, 576, 0, 0],
+            _ => rich(f, i),
+        };
+        let mut out = [Entry::default(); MAX_ENTRIES];
+        let xcr0 = xstate::FP | xstate::SSE | xstate::YMM;
+        let n = supported(host, xcr0, &mut out).unwrap();
+        let e = &out[..n];
+        assert_eq!(find(e, 0, 0).unwrap().eax, 0xd);
+        let l1 = find(e, 1, 0).unwrap();
+        assert_ne!(l1.ecx & L1_ECX_XSAVE, 0);
+        assert_ne!(l1.ecx & (1 << 28), 0, "AVX with YMM");
+        assert_eq!(l1.ecx & L1_ECX_OSXSAVE, 0, "OSXSAVE is the guest's CR4");
+        let l7 = find(e, 7, 0).unwrap();
+        assert_ne!(l7.ebx & L7_EBX_AVX2, 0);
+        assert_eq!(l7.ebx & L7_EBX_AVX512, 0, "no AVX-512 state offered");
+        let d0 = find(e, 0xd, 0).unwrap();
+        assert_eq!((d0.eax, d0.ebx, d0.ecx, d0.edx), (7, 832, 832, 0));
+        assert_eq!(find(e, 0xd, 1).unwrap().eax, 0x5, "no XSAVES, XSAVEC");
+        assert_eq!(find(e, 0xd, 2).unwrap().eax, 256);
+        assert_eq!(find(e, 0xd, 3), None);
+        // Without SSE state there is no XSAVE at all.
+        let n = supported(host, xstate::FP, &mut out).unwrap();
+        assert_eq!(find(&out[..n], 1, 0).unwrap().ecx & L1_ECX_XSAVE, 0);
+    }
+
+    #[test]
     fn too_small_is_e2big() {
         let mut out = [Entry::default(); 3];
-        assert_eq!(supported(rich, &mut out), None);
+        assert_eq!(supported(rich, 0, &mut out), None);
     }
 
     #[test]
@@ -221,6 +310,7 @@ mod tests {
                     [1, 0, 0, 0]
                 }
             },
+            xstate::KVM_RS_XCR0,
             &mut out,
         )
         .unwrap();

@@ -8,3 +8,4 @@ pub mod sregs;
 pub mod svm;
 pub mod vmcb;
 pub mod vmx;
+pub mod xstate;

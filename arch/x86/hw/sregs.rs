@@ -65,6 +65,18 @@ pub fn sregs_valid(
     cr4 & !cr4_ok == 0 && cr0_valid(cr0)
 }
 
+/// Whether PAE PDPTEs can be loaded (upstream load_pdptrs()): no present entry has
+/// a reserved bit (above MAXPHYADDR, 8:5 or 2:1).
+pub fn pdptes_valid(pdptes: &[u64; 4], maxphyaddr: u32) -> bool {
+    let above = if maxphyaddr >= 64 {
+        0
+    } else {
+        u64::MAX << maxphyaddr
+    };
+    let rsvd = above | 0x1e0 | 0x6;
+    pdptes.iter().all(|p| p & 1 == 0 || p & rsvd == 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,6 +109,22 @@ mod tests {
         assert!(
             sregs_valid(0x6000_0010, 0, 0, 0, false, CR4_BASE, 48),
             "reset state"
+        );
+    }
+
+    #[test]
+    fn pdptes() {
+        assert!(
+            pdptes_valid(&[0x21001, 0, 0x5019, 0], 36),
+            "PWT/PCD are fine"
+        );
+        assert!(!pdptes_valid(&[0x21021, 0, 0, 0], 36), "bit 5 is reserved");
+        assert!(!pdptes_valid(&[0x21003, 0, 0, 0], 36), "bit 1 is reserved");
+        assert!(!pdptes_valid(&[1 << 40 | 1, 0, 0, 0], 40));
+        assert!(pdptes_valid(&[1 << 40 | 1, 0, 0, 0], 41));
+        assert!(
+            pdptes_valid(&[!0 & !1, 0, 0, 0], 36),
+            "not present: not checked"
         );
     }
 

@@ -155,6 +155,11 @@ struct KvmAmd {
     _perm: Permissions,
 }
 
+extern "C" {
+    /// The `npt` module parameter (arch/x86/svm/params.c), set before init runs.
+    static kvm_rs_svm_npt: bool;
+}
+
 fn check_cpu() -> Result<(), svm::Unusable> {
     let ecx = cpus::cpuid(0x8000_0001, 0)[2];
     svm::check(ecx, || cpus::rdmsr(svm::MSR_VM_CR))
@@ -173,6 +178,12 @@ impl kernel::Module for KvmAmd {
         if features.edx & svm::Features::NPT == 0 {
             pr_err!("Nested Paging not supported: kvm-rs needs it\n");
             return Err(cpus::eopnotsupp());
+        }
+        // SAFETY: a bool written only by the module loader, before init.
+        if !unsafe { kvm_rs_svm_npt } {
+            // Upstream falls back to shadow paging, which kvm-rs does not have yet.
+            pr_err!("npt=0: shadow paging is not implemented in kvm-rs\n");
+            return Err(EINVAL);
         }
         vcpu::set_nrips(features.edx & svm::Features::NRIPS != 0);
         let max_asid = features.nr_asids.saturating_sub(1).max(1);

@@ -482,6 +482,10 @@ impl Vendor for Svm {
         }
     }
 
+    fn get_cr4(v: &SvmVcpu) -> u64 {
+        v.vmcb_ref().save.cr4
+    }
+
     fn get_dr(v: &SvmVcpu, n: u32) -> u64 {
         let s = &v.vmcb_ref().save;
         if n == 6 {
@@ -533,6 +537,7 @@ fn decode_exit(vmcb: &mut Vmcb, rip: u64) -> Exit {
             | vm::EXIT_CPUID
             | vm::EXIT_MSR
             | vm::EXIT_VMMCALL
+            | vm::EXIT_XSETBV
             | 0x76
             | 0x89
     ) {
@@ -618,9 +623,12 @@ fn decode_exit(vmcb: &mut Vmcb, rip: u64) -> Exit {
             Svm::queue_exception_vmcb(vmcb, AC_VECTOR, Some(info1 as u32));
             exit_of(exit::NONE)
         }
-        // No nested SVM, no MONITOR/MWAIT, no XSAVE for guests yet: #UD, as the
-        // guest's CPUID promises.
-        0x80..=0x86 | 0x8a..=0x8b | 0x8d | 0x8e => {
+        vm::EXIT_XSETBV => Exit {
+            next_rip: next(3),
+            ..exit_of(exit::XSETBV)
+        },
+        // No nested SVM, no MONITOR/MWAIT: #UD, as the guest's CPUID promises.
+        0x80..=0x86 | 0x8a..=0x8b | 0x8e => {
             Svm::queue_exception_vmcb(vmcb, UD_VECTOR, None);
             exit_of(exit::NONE)
         }

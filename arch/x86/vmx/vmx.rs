@@ -82,6 +82,9 @@ impl vendor::Vendor for Vmx {
         0
     }
     fn set_dr(_: &mut NoVcpu, _: u32, _: u64) {}
+    fn get_cr4(_: &NoVcpu) -> u64 {
+        0
+    }
 }
 
 /// Stands for the VMCS-backed vCPU to come.

@@ -20,6 +20,7 @@ use std::ptr;
 use kvm_abi::ioctl::{io, ior, iow, iowr, KVM_CREATE_VM, KVM_GET_VCPU_MMAP_SIZE};
 use kvm_abi::uapi;
 mod report;
+mod xstate;
 use report::{errno, ioctl, show, Report};
 
 use kvm_abi::uapi::{kvm_regs, kvm_run, kvm_segment, kvm_sregs, kvm_userspace_memory_region};
@@ -1314,7 +1315,7 @@ fn immediate_exit(t: &mut Report, kvm: RawFd) -> Result<(), String> {
 type Case = fn(&mut Report, RawFd) -> Result<(), String>;
 
 fn main() {
-    let cases: [(&str, Case); 11] = [
+    let cases: [(&str, Case); 13] = [
         ("real-io", |t, kvm| real_io(t, kvm, "real-io")),
         ("real-string-io", real_string_io),
         ("pm32", pm32),
@@ -1326,6 +1327,8 @@ fn main() {
         ("lapic-timer", lapic_timer),
         ("dirty-log", dirty_log_case),
         ("remap", remap),
+        ("xstate", xstate::xstate),
+        ("sregs2", xstate::sregs2_case),
     ];
     let only = std::env::args().nth(1);
     if let Some(name) = &only {

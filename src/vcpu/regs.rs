@@ -1,0 +1,361 @@
+// SPDX-License-Identifier: GPL-2.0-only
+//! vCPU register state beyond KVM_GET/SET_REGS and SREGS (upstream regs.c and the
+//! XSAVE parts of x86.c): SREGS2 with the PAE PDPTRs, FPU, XSAVE/XSAVE2, XCRS,
+//! TRANSLATE, and the guest's XCR0 (XSETBV, switched around every entry).
+
+use super::*;
+use crate::xstate::{self, fxsave};
+
+const CR0_PG: u64 = 1 << 31;
+const CR4_PAE: u64 = 1 << 5;
+const CR4_OSXSAVE: u64 = 1 << 18;
+const EFER_LMA_BIT: u64 = 1 << 10;
+/// Upstream's KVM_MAX_XCRS.
+const MAX_XCRS: u32 = 16;
+
+pub(super) fn host_cpuid(f: u32, i: u32) -> [u32; 4] {
+    let mut r = [0u32; 4];
+    // SAFETY: `r` is a valid 4-element array.
+    unsafe { glue::kvm_glue_cpuid(f, i, r.as_mut_ptr()) };
+    r
+}
+
+fn host_xcr0() -> u64 {
+    // SAFETY: reads XCR0 (0 on a host without XSAVE).
+    unsafe { glue::kvm_glue_host_xcr0() }
+}
+
+/// The XCR0 bits guests may enable: kvm-rs's set within the host's XCR0, which the
+/// guest FPU state (the host's user features) covers.
+pub(crate) fn supported_xcr0() -> u64 {
+    host_xcr0() & xstate::KVM_RS_XCR0
+}
+
+/// KVM_CAP_XSAVE2: the buffer size KVM_GET_XSAVE2 needs, at least `struct kvm_xsave`.
+pub(crate) fn xsave2_size() -> u32 {
+    xstate::required_size(supported_xcr0(), host_cpuid).max(XSAVE_SIZE as u32)
+}
+
+fn pae_paging(cr0: u64, cr4: u64, efer: u64) -> bool {
+    cr0 & CR0_PG != 0 && cr4 & CR4_PAE != 0 && efer & EFER_LMA_BIT == 0
+}
+
+/// Loads the PDPTRs at `cr3` into the vCPU's copy (load_pdptrs()): kept as they
+/// were if guest memory cannot be read or holds an invalid entry.
+fn load_pdptrs(vm: &Vm, st: &mut State, cr3: u64) {
+    let mut b = [0u8; 32];
+    if emul::read_phys(vm, cr3 & !0x1f, &mut b).is_none() {
+        return;
+    }
+    let p: [u64; 4] = core::array::from_fn(|i| u64::from_le_bytes(bytes(&b, i * 8)));
+    if sregs::pdptes_valid(&p, cpuid::maxphyaddr(&st.cpuid)) {
+        st.pdptrs = p;
+    }
+}
+
+impl State {
+    /// What XSETBV/KVM_SET_XCRS may set (upstream guest_supported_xcr0).
+    fn guest_supported_xcr0(&self) -> u64 {
+        let d0 = cpuid::find(&self.cpuid, 0xd, 0).map(|e| [e.eax, e.ebx, e.ecx, e.edx]);
+        xstate::guest_supported(d0, supported_xcr0())
+    }
+
+    /// The guest FPU's uabi (XSAVE-format) image, at least a `struct kvm_xsave`.
+    fn xsave_image(&self, mask: u64) -> Result<KVec<u8>> {
+        // SAFETY: the vCPU's guest FPU.
+        let size = unsafe { glue::kvm_glue_fpu_uabi_size(self.fpu.0) } as usize;
+        let size = size.max(XSAVE_SIZE);
+        let mut buf = KVec::from_elem(0u8, size, GFP_KERNEL)?;
+        // SAFETY: `buf` has `size` bytes; the FPU is not in use by the guest (mutex held).
+        unsafe {
+            glue::kvm_glue_fpu_get_xsave(self.fpu.0, buf.as_mut_ptr().cast(), size as u32, mask)
+        };
+        Ok(buf)
+    }
+
+    /// The features KVM_GET_XSAVE reports: the guest's, and FP/SSE always.
+    fn xsave_mask(&self) -> u64 {
+        self.guest_supported_xcr0() | xstate::FP | xstate::SSE
+    }
+}
+
+fn bytes<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
+    let mut v = [0u8; N];
+    if let Some(s) = b.get(at..at + N) {
+        v.copy_from_slice(s);
+    }
+    v
+}
+
+fn put(b: &mut [u8], at: usize, v: &[u8]) {
+    if let Some(d) = b.get_mut(at..at + v.len()) {
+        d.copy_from_slice(v);
+    }
+}
+
+impl Vcpu {
+    /// KVM_GET_SREGS2: KVM_GET_SREGS without the interrupt bitmap, plus the PDPTRs
+    /// when the guest uses PAE paging.
+    pub(super) fn get_sregs2(
+        &self,
+        vm: &Vm,
+        ops: &X86VendorOps,
+        st: &mut State,
+    ) -> uapi::kvm_sregs2 {
+        let s = self.get_sregs(ops, st);
+        let mut s2 = uapi::kvm_sregs2 {
+            cs: s.cs,
+            ds: s.ds,
+            es: s.es,
+            fs: s.fs,
+            gs: s.gs,
+            ss: s.ss,
+            tr: s.tr,
+            ldt: s.ldt,
+            gdt: s.gdt,
+            idt: s.idt,
+            cr0: s.cr0,
+            cr2: s.cr2,
+            cr3: s.cr3,
+            cr4: s.cr4,
+            cr8: s.cr8,
+            efer: s.efer,
+            apic_base: s.apic_base,
+            ..Default::default()
+        };
+        if pae_paging(s.cr0, s.cr4, s.efer) {
+            if !st.pdptrs_avail {
+                // With NPT the CPU reads them from memory; KVM's copy is loaded
+                // when asked for (svm_cache_reg()).
+                st.pdptrs_avail = true;
+                load_pdptrs(vm, st, s.cr3);
+            }
+            s2.pdptrs = st.pdptrs;
+            s2.flags |= u64::from(uapi::KVM_SREGS2_FLAGS_PDPTRS_VALID);
+        }
+        s2
+    }
+
+    /// After KVM_SET_SREGS (or SREGS2 without PDPTRs): PAE paging loads the
+    /// PDPTRs from memory (__set_sregs_common()).
+    pub(super) fn update_pdptrs(&self, vm: &Vm, st: &mut State, s: &uapi::kvm_sregs) {
+        if pae_paging(s.cr0, s.cr4, s.efer) {
+            load_pdptrs(vm, st, s.cr3);
+        }
+    }
+
+    /// KVM_SET_SREGS2 (kvm_vcpu_ioctl_x86_set_sregs2()).
+    pub(super) fn set_sregs2(
+        &self,
+        vm: &Vm,
+        ops: &X86VendorOps,
+        st: &mut State,
+        s2: &uapi::kvm_sregs2,
+    ) -> Result {
+        let valid_pdptrs = s2.flags & u64::from(uapi::KVM_SREGS2_FLAGS_PDPTRS_VALID) != 0;
+        if s2.flags & !u64::from(uapi::KVM_SREGS2_FLAGS_PDPTRS_VALID) != 0 {
+            return Err(EINVAL);
+        }
+        if valid_pdptrs && !pae_paging(s2.cr0, s2.cr4, s2.efer) {
+            return Err(EINVAL);
+        }
+        let s = uapi::kvm_sregs {
+            cs: s2.cs,
+            ds: s2.ds,
+            es: s2.es,
+            fs: s2.fs,
+            gs: s2.gs,
+            ss: s2.ss,
+            tr: s2.tr,
+            ldt: s2.ldt,
+            gdt: s2.gdt,
+            idt: s2.idt,
+            cr0: s2.cr0,
+            cr2: s2.cr2,
+            cr3: s2.cr3,
+            cr4: s2.cr4,
+            cr8: s2.cr8,
+            efer: s2.efer,
+            apic_base: s2.apic_base,
+            interrupt_bitmap: [0; 4],
+        };
+        self.set_sregs(ops, st, &s)?;
+        if valid_pdptrs {
+            st.pdptrs = s2.pdptrs;
+            st.pdptrs_avail = true;
+        } else {
+            self.update_pdptrs(vm, st, &s);
+        }
+        Ok(())
+    }
+
+    /// KVM_TRANSLATE (kvm_arch_vcpu_ioctl_translate()): a supervisor walk of the
+    /// guest's page tables; `writeable` and `usermode` are fixed, as upstream.
+    pub(super) fn translate(&self, vm: &Vm, ops: &X86VendorOps, st: &State, arg: usize) -> Result {
+        let mut t: uapi::kvm_translation = user::read(arg)?;
+        let gpa = self
+            .cpu(ops, st)
+            .translate_system(vm, t.linear_address)
+            .ok();
+        t.physical_address = gpa.unwrap_or(u64::MAX);
+        t.valid = u8::from(gpa.is_some());
+        t.writeable = 1;
+        t.usermode = 0;
+        user::write(arg, &t)
+    }
+
+    /// XSETBV from the guest (kvm_emulate_xsetbv()): #GP unless CPL 0, XCR 0 and
+    /// a value __kvm_set_xcr() accepts.
+    pub(super) fn xsetbv(&self, ops: &X86VendorOps, st: &mut State, next_rip: u64) -> Next {
+        let cpl = self.get_sregs(ops, st).ss.dpl;
+        let index = st.regs.gpr[reg::RCX] as u32;
+        let value = (st.regs.gpr[reg::RDX] << 32) | (st.regs.gpr[reg::RAX] & 0xffff_ffff);
+        if cpl == 0 && index == 0 && xstate::xcr0_valid(value, st.guest_supported_xcr0()) {
+            st.xcr0 = value;
+            st.regs.rip = next_rip;
+        } else {
+            // SAFETY: a live vendor vCPU under the mutex.
+            unsafe { (ops.queue_exception)(st.vendor.0, 13, true, 0) };
+        }
+        Next::Guest
+    }
+
+    /// Loads the guest's XCR0 for an entry if it differs and the guest enabled
+    /// XSAVE (kvm_load_xfeatures()); returns the host's to restore after it.
+    /// Interrupts are off.
+    pub(super) fn load_guest_xcr0(&self, ops: &X86VendorOps, st: &State) -> Option<u64> {
+        let host = host_xcr0();
+        // SAFETY: a live vendor vCPU under the mutex.
+        let cr4 = unsafe { (ops.get_cr4)(st.vendor.0) };
+        if host == 0 || cr4 & CR4_OSXSAVE == 0 || st.xcr0 == host {
+            return None;
+        }
+        // SAFETY: a value xcr0_valid() accepted within the host's XCR0 (or FP).
+        unsafe { glue::kvm_glue_xsetbv(st.xcr0) };
+        Some(host)
+    }
+
+    /// CPUID bits that follow the vCPU's state (kvm_update_cpuid_runtime()).
+    pub(super) fn cpuid_runtime(&self, ops: &X86VendorOps, st: &State, e: &mut Entry) {
+        match (e.function, e.index) {
+            (1, _) if e.ecx & cpuid::L1_ECX_XSAVE != 0 => {
+                // SAFETY: a live vendor vCPU under the mutex.
+                let cr4 = unsafe { (ops.get_cr4)(st.vendor.0) };
+                e.ecx &= !cpuid::L1_ECX_OSXSAVE;
+                if cr4 & CR4_OSXSAVE != 0 {
+                    e.ecx |= cpuid::L1_ECX_OSXSAVE;
+                }
+            }
+            (0xd, 0) => e.ebx = xstate::required_size(st.xcr0, host_cpuid),
+            _ => {}
+        }
+    }
+
+    /// The guest FPU's legacy (FXSAVE) region, where KVM_GET/SET_FPU work.
+    fn fxsave(st: &State) -> *mut u8 {
+        // SAFETY: the vCPU's guest FPU, whose state stays allocated while it lives.
+        unsafe { glue::kvm_glue_fpu_fxsave(st.fpu.0) }.cast()
+    }
+
+    /// KVM_GET_FPU (kvm_arch_vcpu_ioctl_get_fpu()): MXCSR is not reported, as
+    /// upstream.
+    pub(super) fn get_fpu(&self, st: &State) -> uapi::kvm_fpu {
+        let mut b = [0u8; fxsave::SIZE];
+        // SAFETY: the 512-byte legacy region; the guest is not running (mutex held).
+        unsafe { core::ptr::copy_nonoverlapping(Self::fxsave(st), b.as_mut_ptr(), b.len()) };
+        let mut f = uapi::kvm_fpu {
+            fcw: u16::from_le_bytes(bytes(&b, fxsave::FCW)),
+            fsw: u16::from_le_bytes(bytes(&b, fxsave::FSW)),
+            ftwx: bytes::<1>(&b, fxsave::FTW)[0],
+            last_opcode: u16::from_le_bytes(bytes(&b, fxsave::FOP)),
+            last_ip: u64::from_le_bytes(bytes(&b, fxsave::RIP)),
+            last_dp: u64::from_le_bytes(bytes(&b, fxsave::RDP)),
+            ..Default::default()
+        };
+        for (i, r) in f.fpr.iter_mut().enumerate() {
+            *r = bytes(&b, fxsave::ST + 16 * i);
+        }
+        for (i, r) in f.xmm.iter_mut().enumerate() {
+            *r = bytes(&b, fxsave::XMM + 16 * i);
+        }
+        f
+    }
+
+    /// KVM_SET_FPU (kvm_arch_vcpu_ioctl_set_fpu()): the legacy region but MXCSR,
+    /// written in place as upstream does. Like upstream, a guest whose FP/SSE state
+    /// is in its initial state (XSTATE_BV) keeps it.
+    pub(super) fn set_fpu(&self, st: &mut State, f: &uapi::kvm_fpu) {
+        let mut b = [0u8; fxsave::SIZE];
+        let p = Self::fxsave(st);
+        // SAFETY: as get_fpu.
+        unsafe { core::ptr::copy_nonoverlapping(p, b.as_mut_ptr(), b.len()) };
+        put(&mut b, fxsave::FCW, &f.fcw.to_le_bytes());
+        put(&mut b, fxsave::FSW, &f.fsw.to_le_bytes());
+        // The abridged tag word: its high byte is reserved.
+        put(&mut b, fxsave::FTW, &u16::from(f.ftwx).to_le_bytes());
+        put(&mut b, fxsave::FOP, &f.last_opcode.to_le_bytes());
+        put(&mut b, fxsave::RIP, &f.last_ip.to_le_bytes());
+        put(&mut b, fxsave::RDP, &f.last_dp.to_le_bytes());
+        for (i, r) in f.fpr.iter().enumerate() {
+            put(&mut b, fxsave::ST + 16 * i, r);
+        }
+        for (i, r) in f.xmm.iter().enumerate() {
+            put(&mut b, fxsave::XMM + 16 * i, r);
+        }
+        // SAFETY: as get_fpu.
+        unsafe { core::ptr::copy_nonoverlapping(b.as_ptr(), p, b.len()) };
+    }
+
+    /// KVM_GET_XSAVE (`size` = sizeof(struct kvm_xsave)) and KVM_GET_XSAVE2 (the
+    /// FPU's uabi size): the state of the features the guest may use.
+    pub(super) fn get_xsave(&self, st: &State, arg: usize, xsave2: bool) -> Result {
+        // SAFETY: the vCPU's guest FPU.
+        let uabi = unsafe { glue::kvm_glue_fpu_uabi_size(st.fpu.0) } as usize;
+        if !xsave2 && uabi > XSAVE_SIZE {
+            return Err(EINVAL);
+        }
+        let b = st.xsave_image(st.xsave_mask())?;
+        let n = if xsave2 { uabi } else { XSAVE_SIZE };
+        user::write_bytes(arg, b.get(..n).ok_or(EINVAL)?)
+    }
+
+    /// KVM_SET_XSAVE: features outside what kvm-rs supports are -EINVAL.
+    pub(super) fn set_xsave(&self, st: &mut State, arg: usize) -> Result {
+        // SAFETY: the vCPU's guest FPU.
+        let size = unsafe { glue::kvm_glue_fpu_uabi_size(st.fpu.0) } as usize;
+        let mut buf = user::read_bytes(arg, size)?;
+        let mask = supported_xcr0() | xstate::FP | xstate::SSE;
+        // SAFETY: `buf` holds the FPU's uabi size.
+        let r = unsafe { glue::kvm_glue_fpu_set_xsave(st.fpu.0, buf.as_mut_ptr().cast(), mask) };
+        if r != 0 {
+            return Err(Error::from_errno(r));
+        }
+        Ok(())
+    }
+
+    /// KVM_GET_XCRS: XCR0, on a host with XSAVE.
+    pub(super) fn get_xcrs(&self, st: &State) -> uapi::kvm_xcrs {
+        let mut x = uapi::kvm_xcrs::default();
+        if host_xcr0() != 0 {
+            x.nr_xcrs = 1;
+            x.xcrs[0].xcr = 0;
+            x.xcrs[0].value = st.xcr0;
+        }
+        x
+    }
+
+    /// KVM_SET_XCRS (kvm_vcpu_ioctl_x86_set_xcrs()): the first XCR0 entry counts.
+    pub(super) fn set_xcrs(&self, st: &mut State, x: &uapi::kvm_xcrs) -> Result {
+        if host_xcr0() == 0 || x.nr_xcrs > MAX_XCRS || x.flags != 0 {
+            return Err(EINVAL);
+        }
+        let n = x.nr_xcrs as usize;
+        if let Some(e) = x.xcrs.iter().take(n).find(|e| e.xcr == 0) {
+            if !xstate::xcr0_valid(e.value, st.guest_supported_xcr0()) {
+                return Err(EINVAL);
+            }
+            st.xcr0 = e.value;
+        }
+        Ok(())
+    }
+}
