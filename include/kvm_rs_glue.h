@@ -111,6 +111,9 @@ int kvm_glue_fpu_set_xsave(void *gfpu, void *buf, unsigned long long mask);
 unsigned long long kvm_glue_fpu_xfeatures(void *gfpu);
 void *kvm_glue_fpu_fxsave(void *gfpu);
 unsigned long long kvm_glue_host_xcr0(void);
+void kvm_glue_load_guest_db(const unsigned long long *db);
+void kvm_glue_save_guest_db(unsigned long long *db);
+void kvm_glue_restore_host_db(void);
 void kvm_glue_xsetbv(unsigned long long xcr0);
 /* With interrupts off, just before entry: reload the FPU if a switch dropped it. */
 void kvm_glue_fpu_prepare_entry(void);

@@ -18,6 +18,7 @@
 #include <linux/smp.h>
 #include <linux/wait.h>
 #include <trace/events/ipi.h>
+#include <asm/debugreg.h>
 #include <asm/fpu/api.h>
 #include <asm/fpu/xcr.h>
 #include <asm/io.h>
@@ -539,6 +540,34 @@ int kvm_glue_fpu_set_xsave(void *gfpu, void *buf, u64 mask)
 
 	xstate->xsave.header.xfeatures &= ~g->fpstate->xfd;
 	return fpu_copy_uabi_to_guest_fpstate(g, buf, mask, &pkru);
+}
+
+/*
+ * Guest DR0-3 in the hardware around an entry (upstream vcpu_enter_guest()):
+ * host breakpoints off first, the host's back after the exit (#VMEXIT leaves
+ * DR7 with all breakpoints disabled). Interrupts are off.
+ */
+void kvm_glue_load_guest_db(const u64 *db)
+{
+	set_debugreg(DR7_FIXED_1, 7);
+	set_debugreg(db[0], 0);
+	set_debugreg(db[1], 1);
+	set_debugreg(db[2], 2);
+	set_debugreg(db[3], 3);
+}
+
+void kvm_glue_save_guest_db(u64 *db)
+{
+	get_debugreg(db[0], 0);
+	get_debugreg(db[1], 1);
+	get_debugreg(db[2], 2);
+	get_debugreg(db[3], 3);
+}
+
+void kvm_glue_restore_host_db(void)
+{
+	if (hw_breakpoint_active())
+		hw_breakpoint_restore();
 }
 
 /* The host's XCR0 (0 without XSAVE), as upstream's kvm_host.xcr0. */

@@ -121,9 +121,10 @@ struct State {
     platform_info: u64,
     /// NMIs waiting for the guest to be able to take one.
     nmi_pending: u32,
-    /// DR0-3 as userspace set them. kvm-rs does not load them into the hardware
-    /// yet (no debug-register switching), so they are state only.
+    /// The guest's DR0-3, loaded into the hardware for entries while the guest
+    /// has breakpoints enabled or accesses them without exits (`db_wont_exit`).
     db: [u64; 4],
+    db_wont_exit: bool,
     /// The guest's XCR0 (loaded while it runs with CR4.OSXSAVE).
     xcr0: u64,
     /// The PAE PDPTRs as last loaded from guest memory or set by KVM_SET_SREGS2
@@ -215,6 +216,7 @@ impl Vcpu {
             misc_enable: MISC_ENABLE_RESET,
             platform_info: 0,
             db: [0; 4],
+            db_wont_exit: false,
             xcr0: crate::xstate::FP,
             pdptrs: [0; 4],
             pdptrs_avail: false,
@@ -313,6 +315,8 @@ impl Vcpu {
                 for e in raw.iter() {
                     entries.push(from_uapi(e), GFP_KERNEL)?;
                 }
+                // KVM owns the runtime bits, also for the comparison below.
+                cpuid::update_runtime(&mut entries, &self.cpuid_runtime(ops, &st));
                 // After the first entry CPUID is frozen: only the same table is
                 // accepted (kvm_cpuid_check_equal()).
                 if st.ran {
@@ -337,6 +341,9 @@ impl Vcpu {
                 Ok(0)
             }
             ioctl::KVM_GET_CPUID2 => {
+                // The guest may have changed CR4 without an exit.
+                let r = self.cpuid_runtime(ops, &st);
+                cpuid::update_runtime(&mut st.cpuid, &r);
                 let mut h: ArrayHeader = user::read(arg)?;
                 if (h.n as usize) < st.cpuid.len() {
                     return Err(E2BIG);
@@ -764,6 +771,8 @@ fn next_ip(_st: &State, insn: &Insn, rip: u64) -> u64 {
 }
 
 const PF_VECTOR: u32 = 14;
+/// DR7's L0-3/G0-3 enables (upstream DR7_BP_EN_MASK).
+const DR7_BP_EN_MASK: u64 = 0xff;
 const RFLAGS_IF: u64 = 1 << 9;
 const SYNC_REGS_REGS: u64 = uapi::KVM_SYNC_X86_REGS as u64;
 const SYNC_REGS_SREGS: u64 = uapi::KVM_SYNC_X86_SREGS as u64;
@@ -898,8 +907,24 @@ impl Vcpu {
             // SAFETY: interrupts off, this task's FPU is the guest's.
             unsafe { glue::kvm_glue_fpu_prepare_entry() };
             let host_xcr0 = self.load_guest_xcr0(ops, st);
+            // SAFETY: a live vendor vCPU under the mutex.
+            let dr7 = unsafe { (ops.get_dr)(st.vendor.0, 7) };
+            if st.db_wont_exit || dr7 & DR7_BP_EN_MASK != 0 {
+                // SAFETY: interrupts are off until after the exit, which restores the host's.
+                unsafe { glue::kvm_glue_load_guest_db(st.db.as_ptr()) };
+            }
             // SAFETY: the vendor vCPU and registers are ours (mutex held).
             unsafe { (ops.run)(st.vendor.0, &mut st.regs, nested_cr3, flush, &mut ex) };
+            if st.db_wont_exit {
+                // The guest may have written them (svm_sync_dirty_debug_regs()).
+                // SAFETY: reads DR0-3 into our array.
+                unsafe { glue::kvm_glue_save_guest_db(st.db.as_mut_ptr()) };
+                st.db_wont_exit = false;
+                // SAFETY: a live vendor vCPU under the mutex.
+                unsafe { (ops.intercept_dr)(st.vendor.0) };
+            }
+            // SAFETY: interrupts still off; puts back host breakpoints, if any.
+            unsafe { glue::kvm_glue_restore_host_db() };
             if let Some(x) = host_xcr0 {
                 // SAFETY: the host's own XCR0 back, interrupts still off.
                 unsafe { glue::kvm_glue_xsetbv(x) };
@@ -971,6 +996,7 @@ impl Vcpu {
             unsafe { (ops.reset)(st.vendor.0) };
             st.regs = reset_regs(&st.cpuid);
             st.pending = Pending::None;
+            st.db = [0; 4];
             st.mp_state = if self.id == 0 {
                 uapi::KVM_MP_STATE_RUNNABLE
             } else {
@@ -1524,8 +1550,9 @@ impl Vcpu {
             exit::NPF => self.page_fault(vm, ops, st, ex),
             exit::CPUID => {
                 let (f, i) = (st.regs.gpr[reg::RAX] as u32, st.regs.gpr[reg::RCX] as u32);
-                let mut e = cpuid::find(&st.cpuid, f, i).copied().unwrap_or_default();
-                self.cpuid_runtime(ops, st, &mut e);
+                let r = self.cpuid_runtime(ops, st);
+                cpuid::update_runtime(&mut st.cpuid, &r);
+                let e = cpuid::find(&st.cpuid, f, i).copied().unwrap_or_default();
                 st.regs.gpr[reg::RAX] = e.eax.into();
                 st.regs.gpr[reg::RBX] = e.ebx.into();
                 st.regs.gpr[reg::RCX] = e.ecx.into();
@@ -1562,6 +1589,10 @@ impl Vcpu {
             }
             exit::INVALID_OPCODE => self.invalid_opcode(vm, ops, st),
             exit::XSETBV => self.xsetbv(ops, st, ex.next_rip),
+            exit::DR_ACCESS => {
+                st.db_wont_exit = true;
+                Next::Guest
+            }
             exit::FAIL_ENTRY => {
                 self.set_exit(uapi::KVM_EXIT_FAIL_ENTRY);
                 self.run_write(run::U, ex.hw_reason);

@@ -42,6 +42,7 @@ pub(crate) trait Vendor {
     fn get_dr(v: &Self::Vcpu, n: u32) -> u64;
     fn set_dr(v: &mut Self::Vcpu, n: u32, val: u64);
     fn get_cr4(v: &Self::Vcpu) -> u64;
+    fn intercept_dr(v: &mut Self::Vcpu);
 }
 
 // The C-ABI entries of the table: each turns the opaque pointer back into the
@@ -206,6 +207,13 @@ unsafe extern "C" fn get_cr4<V: Vendor>(v: VendorVcpu) -> u64 {
     V::get_cr4(unsafe { &*v.cast::<V::Vcpu>() })
 }
 
+/// # Safety
+/// As interrupt_allowed.
+unsafe extern "C" fn intercept_dr<V: Vendor>(v: VendorVcpu) {
+    // SAFETY: kvm.ko passes a live vCPU.
+    V::intercept_dr(unsafe { &mut *v.cast::<V::Vcpu>() })
+}
+
 /// The table for vendor `V`, to be kept in a `static` while registered.
 #[expect(
     clippy::disallowed_methods,
@@ -235,6 +243,7 @@ pub(crate) const fn ops<V: Vendor>() -> X86VendorOps {
         get_dr: get_dr::<V>,
         set_dr: set_dr::<V>,
         get_cr4: get_cr4::<V>,
+        intercept_dr: intercept_dr::<V>,
     }
 }
 

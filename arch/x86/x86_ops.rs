@@ -75,6 +75,10 @@ pub(crate) mod exit {
     pub(crate) const INVALID_OPCODE: u32 = 13;
     /// XSETBV: XCR `RCX` := `EDX:EAX`, for kvm.ko to check and switch on entries.
     pub(crate) const XSETBV: u32 = 14;
+    /// The guest's first debug-register access since DR0-3 were last saved: the
+    /// vendor stopped intercepting them, kvm.ko loads DR0-3 for the entries until
+    /// the next exit (upstream KVM_DEBUGREG_WONT_EXIT). The instruction runs again.
+    pub(crate) const DR_ACCESS: u32 = 15;
 
     pub(crate) const IO_IN: u32 = 1 << 0;
     pub(crate) const IO_STRING: u32 = 1 << 1;
@@ -145,6 +149,9 @@ pub(crate) struct X86VendorOps {
     pub(crate) set_dr: unsafe extern "C" fn(VendorVcpu, n: u32, val: u64),
     /// The guest's CR4 as it runs (it may change it without an exit).
     pub(crate) get_cr4: unsafe extern "C" fn(VendorVcpu) -> u64,
+    /// Intercepts debug-register accesses again after `exit::DR_ACCESS`, once
+    /// kvm.ko saved DR0-3 (upstream sync_dirty_debug_regs).
+    pub(crate) intercept_dr: unsafe extern "C" fn(VendorVcpu),
 }
 
 // SAFETY: the table is immutable after construction and `name` points to a static

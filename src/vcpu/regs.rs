@@ -235,19 +235,14 @@ impl Vcpu {
         Some(host)
     }
 
-    /// CPUID bits that follow the vCPU's state (kvm_update_cpuid_runtime()).
-    pub(super) fn cpuid_runtime(&self, ops: &X86VendorOps, st: &State, e: &mut Entry) {
-        match (e.function, e.index) {
-            (1, _) if e.ecx & cpuid::L1_ECX_XSAVE != 0 => {
-                // SAFETY: a live vendor vCPU under the mutex.
-                let cr4 = unsafe { (ops.get_cr4)(st.vendor.0) };
-                e.ecx &= !cpuid::L1_ECX_OSXSAVE;
-                if cr4 & CR4_OSXSAVE != 0 {
-                    e.ecx |= cpuid::L1_ECX_OSXSAVE;
-                }
-            }
-            (0xd, 0) => e.ebx = xstate::required_size(st.xcr0, host_cpuid),
-            _ => {}
+    /// The state CPUID bits follow (kvm_update_cpuid_runtime()).
+    pub(super) fn cpuid_runtime(&self, ops: &X86VendorOps, st: &State) -> cpuid::Runtime {
+        // SAFETY: a live vendor vCPU under the mutex.
+        let cr4 = unsafe { (ops.get_cr4)(st.vendor.0) };
+        cpuid::Runtime {
+            osxsave: cr4 & CR4_OSXSAVE != 0,
+            apic: self.apic_base(st) & lapic::MSR_APICBASE_ENABLE != 0,
+            xsave_size: xstate::required_size(st.xcr0, host_cpuid),
         }
     }
 

@@ -202,6 +202,33 @@ fn bits(on: bool, b: u32) -> u32 {
     }
 }
 
+/// The vCPU state some CPUID bits follow (upstream kvm_update_cpuid_runtime()).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Runtime {
+    /// CR4.OSXSAVE.
+    pub osxsave: bool,
+    /// IA32_APIC_BASE's enable bit.
+    pub apic: bool,
+    /// The standard XSAVE area size for the guest's XCR0.
+    pub xsave_size: u32,
+}
+
+const L1_EDX_APIC: u32 = 1 << 9;
+
+/// Applies `r` to the entries: leaf 1's OSXSAVE and APIC bits, leaf 0xD.0's EBX.
+pub fn update_runtime(entries: &mut [Entry], r: &Runtime) {
+    for e in entries.iter_mut() {
+        match (e.function, e.index) {
+            (1, _) => {
+                e.ecx = e.ecx & !L1_ECX_OSXSAVE | bits(r.osxsave, L1_ECX_OSXSAVE);
+                e.edx = e.edx & !L1_EDX_APIC | bits(r.apic, L1_EDX_APIC);
+            }
+            (0xd, 0) => e.ebx = r.xsave_size,
+            _ => {}
+        }
+    }
+}
+
 /// The entry userspace set for `function`/`index` (upstream kvm_find_cpuid_entry2).
 pub fn find(entries: &[Entry], function: u32, index: u32) -> Option<&Entry> {
     entries
@@ -291,6 +318,48 @@ mod tests {
         // Without SSE state there is no XSAVE at all.
         let n = supported(host, xstate::FP, &mut out).unwrap();
         assert_eq!(find(&out[..n], 1, 0).unwrap().ecx & L1_ECX_XSAVE, 0);
+    }
+
+    #[test]
+    fn runtime_bits() {
+        let mut e = [
+            Entry {
+                function: 1,
+                ecx: L1_ECX_XSAVE,
+                edx: L1_EDX_APIC,
+                ..Default::default()
+            },
+            Entry {
+                function: 0xd,
+                ebx: 1,
+                flags: SIGNIFICANT_INDEX,
+                ..Default::default()
+            },
+            Entry {
+                function: 0xd,
+                index: 1,
+                ebx: 7,
+                flags: SIGNIFICANT_INDEX,
+                ..Default::default()
+            },
+        ];
+        let r = Runtime {
+            osxsave: true,
+            apic: false,
+            xsave_size: 832,
+        };
+        update_runtime(&mut e, &r);
+        assert_eq!(e[0].ecx, L1_ECX_XSAVE | L1_ECX_OSXSAVE);
+        assert_eq!(e[0].edx, 0, "APIC follows the APIC base's enable");
+        assert_eq!((e[1].ebx, e[2].ebx), (832, 7));
+        update_runtime(
+            &mut e,
+            &Runtime {
+                apic: true,
+                ..Default::default()
+            },
+        );
+        assert_eq!((e[0].ecx, e[0].edx), (L1_ECX_XSAVE, L1_EDX_APIC));
     }
 
     #[test]

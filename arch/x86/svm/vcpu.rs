@@ -91,6 +91,7 @@ fn init_vmcb(v: &mut Vmcb) {
     // #UD for the hypercall fix-up (upstream always intercepts it), #AC so that
     // a guest cannot hang the host with an alignment-check storm.
     c.intercepts[vm::INTERCEPT_EXCEPTION] = 1 << UD_VECTOR | 1 << AC_VECTOR;
+    c.intercepts[vm::INTERCEPT_DR] = DR_INTERCEPTS;
     c.intercepts[vm::INTERCEPT_WORD3] = vm::INTR
         | vm::NMI
         | vm::SMI
@@ -486,6 +487,10 @@ impl Vendor for Svm {
         v.vmcb_ref().save.cr4
     }
 
+    fn intercept_dr(v: &mut SvmVcpu) {
+        v.vmcb().control.intercepts[vm::INTERCEPT_DR] = DR_INTERCEPTS;
+    }
+
     fn get_dr(v: &SvmVcpu, n: u32) -> u64 {
         let s = &v.vmcb_ref().save;
         if n == 6 {
@@ -511,6 +516,9 @@ impl Vendor for Svm {
 }
 
 const RFLAGS_IF: u64 = 1 << 9;
+/// Reads and writes of DR0-3, DR6 and DR7 (upstream set_dr_intercepts()): the
+/// first one makes kvm.ko switch DR0-3 (exit::DR_ACCESS).
+const DR_INTERCEPTS: u32 = 0x00cf_00cf;
 
 /// #VMEXIT as kvm.ko sees it. Exits that need nothing from kvm.ko (host
 /// interrupts, instructions the guest gets #UD for) are finished here.
@@ -622,6 +630,12 @@ fn decode_exit(vmcb: &mut Vmcb, rip: u64) -> Exit {
         code if code == vm::EXIT_EXCP_BASE + u64::from(AC_VECTOR) => {
             Svm::queue_exception_vmcb(vmcb, AC_VECTOR, Some(info1 as u32));
             exit_of(exit::NONE)
+        }
+        // MOV from/to DR0-15 (dr_interception() without guest debugging): let
+        // the guest access them freely until the next exit, and run it again.
+        0x20..=0x3f => {
+            vmcb.control.intercepts[vm::INTERCEPT_DR] = 0;
+            exit_of(exit::DR_ACCESS)
         }
         vm::EXIT_XSETBV => Exit {
             next_rip: next(3),

@@ -85,6 +85,7 @@ impl vendor::Vendor for Vmx {
     fn get_cr4(_: &NoVcpu) -> u64 {
         0
     }
+    fn intercept_dr(_: &mut NoVcpu) {}
 }
 
 /// Stands for the VMCS-backed vCPU to come.

@@ -1315,7 +1315,7 @@ fn immediate_exit(t: &mut Report, kvm: RawFd) -> Result<(), String> {
 type Case = fn(&mut Report, RawFd) -> Result<(), String>;
 
 fn main() {
-    let cases: [(&str, Case); 13] = [
+    let cases: [(&str, Case); 14] = [
         ("real-io", |t, kvm| real_io(t, kvm, "real-io")),
         ("real-string-io", real_string_io),
         ("pm32", pm32),
@@ -1329,6 +1329,7 @@ fn main() {
         ("remap", remap),
         ("xstate", xstate::xstate),
         ("sregs2", xstate::sregs2_case),
+        ("debugregs", xstate::debugregs),
     ];
     let only = std::env::args().nth(1);
     if let Some(name) = &only {

@@ -1,5 +1,6 @@
 //! Cases for the register-state ioctls beyond REGS/SREGS: XCRS with the guest's
-//! XSETBV and AVX state (XSAVE2), FPU, SREGS2 with PAE PDPTRs, and TRANSLATE.
+//! XSETBV and AVX state (XSAVE2), FPU, SREGS2 with PAE PDPTRs, TRANSLATE, and the
+//! guest's DR0-3 with KVM_GET/SET_DEBUGREGS.
 
 use super::*;
 
@@ -13,6 +14,8 @@ const KVM_SET_XCRS: u32 = iow::<uapi::kvm_xcrs>(0xa7);
 const KVM_GET_SREGS2: u32 = ior::<uapi::kvm_sregs2>(0xcc);
 const KVM_SET_SREGS2: u32 = iow::<uapi::kvm_sregs2>(0xcd);
 const KVM_GET_XSAVE2: u32 = ior::<uapi::kvm_xsave>(0xcf);
+const KVM_GET_DEBUGREGS: u32 = ior::<uapi::kvm_debugregs>(0xa1);
+const KVM_SET_DEBUGREGS: u32 = iow::<uapi::kvm_debugregs>(0xa2);
 const PDPTRS_VALID: u64 = uapi::KVM_SREGS2_FLAGS_PDPTRS_VALID as u64;
 
 fn xcrs(g: &Guest) -> Result<uapi::kvm_xcrs, String> {
@@ -292,5 +295,57 @@ pub(crate) fn sregs2_case(t: &mut Report, kvm: RawFd) -> Result<(), String> {
         s2.flags == 0 && s2.pdptrs == [0; 4],
         format!("flags {} pdptrs {:x?}", s2.flags, s2.pdptrs),
     );
+    Ok(())
+}
+
+/// DR0-3 are the guest's: KVM_SET_DEBUGREGS reaches MOV from DR1, the guest's MOV to
+/// DR0 reaches KVM_GET_DEBUGREGS.
+pub(crate) fn debugregs(t: &mut Report, kvm: RawFd) -> Result<(), String> {
+    let g = Guest::new(kvm)?;
+    g.mem.write(
+        0x1000,
+        &[
+            0xb8, 0x34, 0x12, 0x00, 0x00, // mov eax, 0x1234
+            0x0f, 0x23, 0xc0, // mov dr0, eax
+            0x0f, 0x21, 0xc8, // mov eax, dr1
+            0xe7, 0x62, // out 0x62, eax
+            0x0f, 0x21, 0xc0, // mov eax, dr0
+            0xe7, 0x64, // out 0x64, eax
+            0xf4, // hlt
+        ],
+    );
+    g.flat32(0x1000)?;
+    let mut d = uapi::kvm_debugregs::default();
+    sys(
+        "KVM_GET_DEBUGREGS",
+        ioctl_ref(g.vcpu, KVM_GET_DEBUGREGS, &mut d),
+    )?;
+    d.db[1] = 0x5678;
+    sys(
+        "KVM_SET_DEBUGREGS",
+        ioctl_ref(g.vcpu, KVM_SET_DEBUGREGS, &mut d),
+    )?;
+    t.exit(
+        "debugregs: the guest reads DR1 as SET_DEBUGREGS set it",
+        &g.step(),
+        &out(0x62, 4, 1, &0x5678u32.to_le_bytes()),
+    );
+    let mut d = uapi::kvm_debugregs::default();
+    sys(
+        "KVM_GET_DEBUGREGS",
+        ioctl_ref(g.vcpu, KVM_GET_DEBUGREGS, &mut d),
+    )?;
+    t.check(
+        "debugregs: GET_DEBUGREGS has the guest's DR0",
+        d.db[0] == 0x1234 && d.db[1] == 0x5678,
+        format!("db {:x?}", d.db),
+    );
+    // Across an exit (and whatever ran on this CPU meanwhile) DR0 stays the guest's.
+    t.exit(
+        "debugregs: DR0 after an exit",
+        &g.step(),
+        &out(0x64, 4, 1, &0x1234u32.to_le_bytes()),
+    );
+    t.exit("debugregs: hlt", &g.step(), &Exit::Hlt);
     Ok(())
 }
