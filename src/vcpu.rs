@@ -315,8 +315,11 @@ impl Vcpu {
                 for e in raw.iter() {
                     entries.push(from_uapi(e), GFP_KERNEL)?;
                 }
-                // KVM owns the runtime bits, also for the comparison below.
-                cpuid::update_runtime(&mut entries, &self.cpuid_runtime(ops, &st));
+                // KVM owns the runtime bits, also for the comparison below: both
+                // tables get the current ones.
+                let r = self.cpuid_runtime(ops, &st);
+                cpuid::update_runtime(&mut entries, &r);
+                cpuid::update_runtime(&mut st.cpuid, &r);
                 // After the first entry CPUID is frozen: only the same table is
                 // accepted (kvm_cpuid_check_equal()).
                 if st.ran {
