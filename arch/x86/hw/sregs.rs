@@ -123,7 +123,7 @@ mod tests {
         assert!(!pdptes_valid(&[1 << 40 | 1, 0, 0, 0], 40));
         assert!(pdptes_valid(&[1 << 40 | 1, 0, 0, 0], 41));
         assert!(
-            pdptes_valid(&[!0 & !1, 0, 0, 0], 36),
+            pdptes_valid(&[!1, 0, 0, 0], 36),
             "not present: not checked"
         );
     }
