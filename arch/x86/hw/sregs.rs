@@ -122,10 +122,7 @@ mod tests {
         assert!(!pdptes_valid(&[0x21003, 0, 0, 0], 36), "bit 1 is reserved");
         assert!(!pdptes_valid(&[1 << 40 | 1, 0, 0, 0], 40));
         assert!(pdptes_valid(&[1 << 40 | 1, 0, 0, 0], 41));
-        assert!(
-            pdptes_valid(&[!1, 0, 0, 0], 36),
-            "not present: not checked"
-        );
+        assert!(pdptes_valid(&[!1, 0, 0, 0], 36), "not present: not checked");
     }
 
     #[test]
