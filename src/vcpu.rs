@@ -23,7 +23,7 @@ use crate::x86_ops::{exit, reg, Exit, GuestRegs, VendorVcpu, X86VendorOps};
 use crate::{dev, glue, user, vendor};
 
 mod regs;
-pub(crate) use regs::{supported_xcr0, xsave2_size};
+pub(crate) use regs::{host_xcr0, supported_xcr0, xsave2_size};
 
 const PAGE_SIZE: usize = 4096;
 

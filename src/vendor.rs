@@ -31,8 +31,7 @@ pub(crate) fn host() -> Host {
         // SAFETY: reads a counter.
         online_cpus: unsafe { glue::kvm_glue_num_online_cpus() },
         vcpus: v.is_some_and(|v| v.has_vcpus),
-        // SAFETY: reads XCR0.
-        xsave: unsafe { glue::kvm_glue_host_xcr0() } != 0,
+        xsave: crate::vcpu::host_xcr0() != 0,
         xsave2_size: crate::vcpu::xsave2_size(),
     }
 }

@@ -6,10 +6,9 @@
 use super::*;
 use crate::xstate::{self, fxsave};
 
-const CR0_PG: u64 = 1 << 31;
-const CR4_PAE: u64 = 1 << 5;
+use crate::sregs::{CR0_PG, CR4_PAE};
+
 const CR4_OSXSAVE: u64 = 1 << 18;
-const EFER_LMA_BIT: u64 = 1 << 10;
 /// Upstream's KVM_MAX_XCRS.
 const MAX_XCRS: u32 = 16;
 
@@ -20,7 +19,7 @@ pub(super) fn host_cpuid(f: u32, i: u32) -> [u32; 4] {
     r
 }
 
-fn host_xcr0() -> u64 {
+pub(crate) fn host_xcr0() -> u64 {
     // SAFETY: reads XCR0 (0 on a host without XSAVE).
     unsafe { glue::kvm_glue_host_xcr0() }
 }
@@ -37,7 +36,7 @@ pub(crate) fn xsave2_size() -> u32 {
 }
 
 fn pae_paging(cr0: u64, cr4: u64, efer: u64) -> bool {
-    cr0 & CR0_PG != 0 && cr4 & CR4_PAE != 0 && efer & EFER_LMA_BIT == 0
+    cr0 & CR0_PG != 0 && cr4 & CR4_PAE != 0 && efer & EFER_LMA == 0
 }
 
 /// Loads the PDPTRs at `cr3` into the vCPU's copy (load_pdptrs()): kept as they
