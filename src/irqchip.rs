@@ -1,68 +1,329 @@
 // SPDX-License-Identifier: GPL-2.0-only
 //! The VM-wide part of the in-kernel irqchip that KVM_CREATE_IRQCHIP creates beside
-//! the per-vCPU LAPICs: the two 8259 PICs and the IOAPIC.
+//! the per-vCPU LAPICs: the 8259 PIC pair, the IOAPIC and the GSI routing table
+//! (upstream arch/x86/kvm/{i8259,ioapic,irq}.c, virt/kvm/irqchip.c). The models are
+//! the no_std ones in arch/x86/hw; this file connects them to the vCPUs.
 //!
-//! Today they are register state only, kept for KVM_GET/SET_IRQCHIP with upstream's
-//! reset values and chip ids; no pin drives them yet (no KVM_IRQ_LINE), so
-//! KVM_CAP_IRQCHIP is not reported. The interrupt routing models come with the PIC,
-//! IOAPIC and PIT work.
+//! Lock order: the VM's irqchip mutex, then its vCPU list (`locked`), then a vCPU's
+//! LAPIC. A vCPU never holds its LAPIC lock while taking the irqchip.
 
 use kernel::prelude::*;
+use kernel::sync::Arc;
 
 use crate::abi::uapi;
+use crate::ioapic::{self, Apics, Ioapic};
+use crate::irq_routing::{self, Route, Target, UserEntry};
+use crate::lapic::Irq;
+use crate::pic::{self, Pic};
+use crate::vcpu::Vcpu;
 
-const CHIP_PIC_MASTER: u32 = uapi::KVM_IRQCHIP_PIC_MASTER;
-const CHIP_PIC_SLAVE: u32 = uapi::KVM_IRQCHIP_PIC_SLAVE;
-const CHIP_IOAPIC: u32 = uapi::KVM_IRQCHIP_IOAPIC;
-/// IOAPIC_DEFAULT_BASE_ADDRESS.
-const IOAPIC_BASE: u64 = 0xfec0_0000;
-/// A masked redirection entry (bit 16).
-const REDIR_MASKED: u64 = 1 << 16;
+/// KVM_USERSPACE_IRQ_SOURCE_ID.
+const SOURCE_USERSPACE: u32 = pic::SOURCE_USERSPACE;
+
+/// The vCPUs' LAPICs as a destination for IOAPIC and MSI messages.
+pub(crate) struct VcpuApics<'a>(pub(crate) &'a [Arc<Vcpu>]);
+
+impl Apics for VcpuApics<'_> {
+    /// kvm_irq_delivery_to_apic() without a source APIC. Lowest priority goes to
+    /// the first accepting destination (no arbitration by priority yet).
+    fn deliver(&mut self, irq: &Irq) -> i32 {
+        // Upstream's APIC-map fast path resolves a unicast destination even when
+        // no LAPIC has it and answers 0; a broadcast, or a VM without vCPUs (no
+        // map), takes the slow path, which answers -1 when nobody matched.
+        let broadcast = irq.dest_id == 0xff || irq.dest_id == u32::MAX;
+        let mut r = if self.0.is_empty() || irq.shorthand != 0 || broadcast {
+            -1
+        } else {
+            0
+        };
+        for v in self.0.iter() {
+            if let Some(accepted) = v.deliver_irq_from_device(irq) {
+                r = r.max(0) + i32::from(accepted);
+                if accepted && irq.lowest_priority() {
+                    break;
+                }
+            }
+        }
+        r
+    }
+}
 
 pub(crate) struct Irqchip {
-    pic: [uapi::kvm_pic_state; 2],
-    ioapic: uapi::kvm_ioapic_state,
+    pic: Pic,
+    ioapic: Ioapic,
+    routes: KVec<Route>,
+}
+
+/// Copies a PIC chip between the model and `struct kvm_pic_state`, whose fields
+/// are the same (the model follows the ABI's names and order).
+macro_rules! pic_copy {
+    ($from:expr => $to:path) => {{
+        let c = $from;
+        $to {
+            last_irr: c.last_irr,
+            irr: c.irr,
+            imr: c.imr,
+            isr: c.isr,
+            priority_add: c.priority_add,
+            irq_base: c.irq_base,
+            read_reg_select: c.read_reg_select,
+            poll: c.poll,
+            special_mask: c.special_mask,
+            init_state: c.init_state,
+            auto_eoi: c.auto_eoi,
+            rotate_on_auto_eoi: c.rotate_on_auto_eoi,
+            special_fully_nested_mode: c.special_fully_nested_mode,
+            init4: c.init4,
+            elcr: c.elcr,
+            elcr_mask: c.elcr_mask,
+        }
+    }};
+}
+
+/// Whether some vCPU takes the PIC's output (kvm_apic_accept_pic_intr()).
+fn pic_accepted(vcpus: &[Arc<Vcpu>]) -> bool {
+    vcpus.iter().any(|v| v.accepts_pic_interrupts())
 }
 
 impl Irqchip {
-    /// The state after kvm_pic_init()/kvm_ioapic_reset().
-    pub(crate) fn new() -> Self {
-        let mut pic = [uapi::kvm_pic_state::default(); 2];
-        // Which lines may be level-triggered (the ELCR masks of kvm_pic_init()).
-        pic[0].elcr_mask = 0xf8;
-        pic[1].elcr_mask = 0xde;
-        let mut ioapic = uapi::kvm_ioapic_state {
-            base_address: IOAPIC_BASE,
-            ..Default::default()
-        };
-        for e in ioapic.redirtbl.iter_mut() {
-            e.bits = REDIR_MASKED;
+    /// kvm_pic_init(), kvm_ioapic_init() and the default routing table.
+    pub(crate) fn new() -> Result<Self> {
+        let mut routes = KVec::new();
+        let mut err = Ok(());
+        irq_routing::default_routes(|r| {
+            if err.is_ok() {
+                err = routes.push(r, GFP_KERNEL).map_err(Error::from);
+            }
+        });
+        err?;
+        Ok(Irqchip {
+            pic: Pic::new(),
+            ioapic: Ioapic::new(),
+            routes,
+        })
+    }
+
+    /// Kicks the vCPU that takes the PIC's output if it just rose (pic_unlock()).
+    fn pic_wakeup(&mut self, vcpus: &[Arc<Vcpu>]) {
+        if self.pic.take_wakeup() {
+            if let Some(v) = vcpus.iter().find(|v| v.accepts_pic_interrupts()) {
+                v.kick();
+            }
         }
-        Irqchip { pic, ioapic }
     }
 
     /// KVM_GET_IRQCHIP (kvm_vm_ioctl_get_irqchip()): -EINVAL for an unknown chip.
     pub(crate) fn get(&self, c: &mut uapi::kvm_irqchip) -> Result {
         match c.chip_id {
-            CHIP_PIC_MASTER => c.chip.pic = self.pic[0],
-            CHIP_PIC_SLAVE => c.chip.pic = self.pic[1],
-            CHIP_IOAPIC => c.chip.ioapic = self.ioapic,
+            uapi::KVM_IRQCHIP_PIC_MASTER => {
+                c.chip.pic = pic_copy!(self.pic.chips[0] => uapi::kvm_pic_state)
+            }
+            uapi::KVM_IRQCHIP_PIC_SLAVE => {
+                c.chip.pic = pic_copy!(self.pic.chips[1] => uapi::kvm_pic_state)
+            }
+            uapi::KVM_IRQCHIP_IOAPIC => {
+                let s = self.ioapic.get_state();
+                let mut io = uapi::kvm_ioapic_state {
+                    base_address: s.base_address,
+                    ioregsel: s.ioregsel,
+                    id: s.id,
+                    irr: s.irr,
+                    ..Default::default()
+                };
+                for (u, e) in io.redirtbl.iter_mut().zip(s.redirtbl.iter()) {
+                    u.bits = *e;
+                }
+                c.chip.ioapic = io;
+            }
             _ => return Err(EINVAL),
         }
         Ok(())
     }
 
     /// KVM_SET_IRQCHIP (kvm_vm_ioctl_set_irqchip()).
-    pub(crate) fn set(&mut self, c: &uapi::kvm_irqchip) -> Result {
-        // SAFETY: the union's variants are plain integers, so any bytes are a valid value of the one chip_id selects.
-        unsafe {
-            match c.chip_id {
-                CHIP_PIC_MASTER => self.pic[0] = c.chip.pic,
-                CHIP_PIC_SLAVE => self.pic[1] = c.chip.pic,
-                CHIP_IOAPIC => self.ioapic = c.chip.ioapic,
-                _ => return Err(EINVAL),
+    pub(crate) fn set(&mut self, c: &uapi::kvm_irqchip, vcpus: &[Arc<Vcpu>]) -> Result {
+        match c.chip_id {
+            uapi::KVM_IRQCHIP_PIC_MASTER | uapi::KVM_IRQCHIP_PIC_SLAVE => {
+                // SAFETY: the union's variants are plain integers, so any bytes are
+                // a valid kvm_pic_state.
+                let p = unsafe { c.chip.pic };
+                let i = usize::from(c.chip_id == uapi::KVM_IRQCHIP_PIC_SLAVE);
+                if let Some(chip) = self.pic.chips.get_mut(i) {
+                    *chip = pic_copy!(p => pic::Chip);
+                }
+                self.pic.update();
+                self.pic_wakeup(vcpus);
             }
+            uapi::KVM_IRQCHIP_IOAPIC => {
+                // SAFETY: as above, for kvm_ioapic_state.
+                let io = unsafe { c.chip.ioapic };
+                let mut s = ioapic::State {
+                    base_address: io.base_address,
+                    ioregsel: io.ioregsel,
+                    id: io.id,
+                    irr: io.irr,
+                    redirtbl: [0; ioapic::NUM_PINS],
+                };
+                for (e, u) in s.redirtbl.iter_mut().zip(io.redirtbl.iter()) {
+                    // SAFETY: as above (a u64 or its bitfield view).
+                    *e = unsafe { u.bits };
+                }
+                self.ioapic.set_state(&s, &mut VcpuApics(vcpus));
+            }
+            _ => return Err(EINVAL),
         }
         Ok(())
     }
+
+    /// KVM_IRQ_LINE(_STATUS) (kvm_set_irq()): every route of `gsi` is driven; the
+    /// result is -1 (not delivered), 0 (coalesced) or how many got it.
+    pub(crate) fn set_irq(&mut self, gsi: u32, level: bool, vcpus: &[Arc<Vcpu>]) -> i32 {
+        let mut ret = -1;
+        for i in 0..self.routes.len() {
+            let Some(r) = self.routes.get(i).copied() else {
+                break;
+            };
+            if r.gsi != gsi {
+                continue;
+            }
+            let res = match r.target {
+                Target::Irqchip { chip, pin } if chip == irq_routing::CHIP_IOAPIC => self
+                    .ioapic
+                    .set_irq(pin, SOURCE_USERSPACE, level, &mut VcpuApics(vcpus)),
+                Target::Irqchip { pin, .. } => {
+                    let res = self.pic.set_irq(pin, SOURCE_USERSPACE, level);
+                    self.pic_wakeup(vcpus);
+                    res
+                }
+                Target::Msi {
+                    address_lo,
+                    address_hi,
+                    data,
+                } => {
+                    if !level {
+                        -1
+                    } else {
+                        let irq = irq_routing::msi_irq(address_lo, address_hi, data);
+                        VcpuApics(vcpus).deliver(&irq)
+                    }
+                }
+            };
+            if res >= 0 {
+                ret = res + ret.max(0);
+            }
+        }
+        ret
+    }
+
+    /// KVM_SET_GSI_ROUTING: `entries` were checked by [`irq_routing::check_entry`].
+    pub(crate) fn set_routes(&mut self, routes: KVec<Route>) {
+        self.routes = routes;
+    }
+
+    /// A guest access to a PIC port; `write` carries the byte written.
+    pub(crate) fn pic_port(
+        &mut self,
+        port: u16,
+        len: u32,
+        write: Option<u8>,
+        vcpus: &[Arc<Vcpu>],
+    ) -> u8 {
+        let v = match write {
+            Some(b) => {
+                let accepted = pic_accepted(vcpus);
+                self.pic.port_write(port, len, b, accepted);
+                0
+            }
+            None => self.pic.port_read(port, len),
+        };
+        self.pic_wakeup(vcpus);
+        v
+    }
+
+    /// The PIC's INTR output.
+    pub(crate) fn pic_output(&self) -> bool {
+        self.pic.output()
+    }
+
+    /// The INTA cycle: the vector to inject into the vCPU taking the PIC's output.
+    pub(crate) fn pic_read_irq(&mut self, vcpus: &[Arc<Vcpu>]) -> u8 {
+        let v = self.pic.read_irq();
+        self.pic_wakeup(vcpus);
+        v
+    }
+
+    pub(crate) fn ioapic_in_range(&self, gpa: u64) -> bool {
+        self.ioapic.in_range(gpa)
+    }
+
+    pub(crate) fn ioapic_read(&self, gpa: u64, len: u32) -> u64 {
+        self.ioapic.mmio_read(gpa, len)
+    }
+
+    pub(crate) fn ioapic_write(&mut self, gpa: u64, len: u32, val: u64, vcpus: &[Arc<Vcpu>]) {
+        self.ioapic.mmio_write(gpa, len, val, &mut VcpuApics(vcpus));
+    }
+
+    /// A LAPIC EOI of a level-triggered `vector` (kvm_ioapic_update_eoi()), and the
+    /// throttled re-delivery of an EOI storm, done at once here (upstream waits
+    /// 10 ms in a work item).
+    pub(crate) fn ioapic_eoi(&mut self, vector: u8, level: bool, vcpus: &[Arc<Vcpu>]) {
+        let mut apics = VcpuApics(vcpus);
+        self.ioapic.update_eoi(vector, level, false, &mut apics);
+        if self.ioapic.take_delayed_inject() {
+            self.ioapic.eoi_inject(&mut apics);
+        }
+    }
+}
+
+/// Reads KVM_SET_GSI_ROUTING's entries from `arg` and checks them; -EINVAL as
+/// upstream for a bad header or entry, -EFAULT for a bad pointer.
+pub(crate) fn read_routes(arg: usize, split: bool) -> Result<KVec<Route>> {
+    // struct kvm_irq_routing: nr, flags, then the entries.
+    let nr: u32 = crate::user::read(arg)?;
+    let flags: u32 = crate::user::read(arg.checked_add(4).ok_or(EFAULT)?)?;
+    if nr > irq_routing::MAX_ROUTES || flags != 0 {
+        return Err(EINVAL);
+    }
+    let size = core::mem::size_of::<uapi::kvm_irq_routing_entry>();
+    let base = arg
+        .checked_add(core::mem::size_of::<uapi::kvm_irq_routing>())
+        .ok_or(EFAULT)?;
+    // All entries are copied before any is checked, so a bad pointer is -EFAULT
+    // whatever the entries hold (vmemdup_array_user() first, as upstream).
+    let mut entries = KVec::with_capacity(nr as usize, GFP_KERNEL)?;
+    for i in 0..nr as usize {
+        let at = i
+            .checked_mul(size)
+            .and_then(|o| base.checked_add(o))
+            .ok_or(EFAULT)?;
+        let e: uapi::kvm_irq_routing_entry = crate::user::read(at)?;
+        // SAFETY: the union's variants are plain integers; the words are read as
+        // the type field says.
+        let words = unsafe { e.u.pad };
+        entries.push(
+            UserEntry {
+                gsi: e.gsi,
+                kind: e.type_,
+                flags: e.flags,
+                u: [words[0], words[1], words[2]],
+            },
+            GFP_KERNEL,
+        )?;
+    }
+    let mut routes = KVec::with_capacity(entries.len(), GFP_KERNEL)?;
+    for ue in entries.iter() {
+        let r = irq_routing::check_entry(ue, &routes, split).map_err(|_| EINVAL)?;
+        routes.push(r, GFP_KERNEL)?;
+    }
+    Ok(routes)
+}
+
+/// KVM_SIGNAL_MSI (kvm_send_userspace_msi()): how many LAPICs got it.
+pub(crate) fn signal_msi(msi: &uapi::kvm_msi, vcpus: &[Arc<Vcpu>]) -> Result<i32> {
+    if msi.flags & !irq_routing::MSI_VALID_DEVID != 0 {
+        return Err(EINVAL);
+    }
+    let irq = irq_routing::msi_irq(msi.address_lo, msi.address_hi, msi.data);
+    Ok(VcpuApics(vcpus).deliver(&irq))
 }

@@ -22,6 +22,12 @@ mod emul;
 #[path = "../arch/x86/hw/emulate.rs"]
 mod emulate;
 mod glue;
+#[allow(unreachable_pub, dead_code)]
+#[path = "../arch/x86/hw/ioapic.rs"]
+mod ioapic;
+#[allow(unreachable_pub, dead_code)]
+#[path = "../arch/x86/hw/irq_routing.rs"]
+mod irq_routing;
 mod irqchip;
 #[allow(unreachable_pub, dead_code)]
 #[path = "../arch/x86/hw/lapic.rs"]
@@ -34,6 +40,9 @@ mod mmu;
 #[path = "../arch/x86/hw/npt.rs"]
 mod npt;
 mod pages;
+#[allow(unreachable_pub, dead_code)]
+#[path = "../arch/x86/hw/pic.rs"]
+mod pic;
 #[allow(unreachable_pub, dead_code)]
 #[path = "../arch/x86/hw/sregs.rs"]
 mod sregs;

@@ -101,6 +101,19 @@ impl Mmu {
         }
     }
 
+    /// Replaces a read-only-pinned leaf of `gfn` with the page `hpa`, pinned for
+    /// writing (a write after the memory became writable again). Returns the old
+    /// page, which the caller unpins after flushing TLBs.
+    pub(crate) fn upgrade(&mut self, gfn: u64, hpa: u64, writable: bool) -> Option<u64> {
+        let e = self.leaf(gfn)?;
+        let cur = e.load(Acquire);
+        if !npt::is_present(cur) || cur & npt::PINNED_WRITE != 0 {
+            return None;
+        }
+        e.store(npt::leaf_logged(hpa, writable), Release);
+        Some(npt::addr(cur))
+    }
+
     /// Makes guest writes to `gfn` fault again; true if it was writable (the
     /// caller flushes TLBs before relying on it).
     pub(crate) fn write_protect(&mut self, gfn: u64) -> bool {

@@ -40,6 +40,9 @@ pod!(
     kvm_fpu,
     kvm_xcrs,
     kvm_translation,
+    kvm_irq_level,
+    kvm_irq_routing_entry,
+    kvm_msi,
 );
 
 // SAFETY: any 8 bytes are a u64.

@@ -865,7 +865,7 @@ impl Vcpu {
                 // SAFETY: a live waiter; what poked it is looked at just below.
                 unsafe { glue::kvm_glue_waiter_take(self.waiter.0) };
                 self.accept_events(ops, st);
-                if st.mp_state == uapi::KVM_MP_STATE_HALTED && self.halt_wakes(ops, st) {
+                if st.mp_state == uapi::KVM_MP_STATE_HALTED && self.halt_wakes(vm, ops, st) {
                     st.mp_state = uapi::KVM_MP_STATE_RUNNABLE;
                 }
                 if st.mp_state != uapi::KVM_MP_STATE_RUNNABLE {
@@ -876,7 +876,7 @@ impl Vcpu {
                     self.stats.inc(st_::HALT_WAKEUP);
                     continue;
                 }
-                self.inject_interrupt(ops, st);
+                self.inject_interrupt(vm, ops, st);
             }
             // SAFETY: a live vendor vCPU under the mutex.
             if st.nmi_pending != 0 && unsafe { (ops.inject_nmi)(st.vendor.0) } {
@@ -1024,19 +1024,38 @@ impl Vcpu {
     }
 
     /// Whether a halted vCPU has something to run for (kvm_vcpu_has_events()).
-    fn halt_wakes(&self, ops: &X86VendorOps, st: &State) -> bool {
+    fn halt_wakes(&self, vm: &Vm, ops: &X86VendorOps, st: &State) -> bool {
         let pending = self
             .lapic
             .lock()
             .as_ref()
-            .is_some_and(|l| l.pending_interrupt().is_some());
+            .is_some_and(|l| l.pending_interrupt().is_some())
+            || self.has_extint(vm);
         // SAFETY: a live vendor vCPU under the mutex.
         pending && unsafe { (ops.interrupt_allowed)(st.vendor.0, st.regs.rflags) }
     }
 
     /// Injects the LAPIC's highest pending interrupt, or asks to exit as soon as
     /// the guest can take it (upstream kvm_check_and_inject_events()).
-    fn inject_interrupt(&self, ops: &X86VendorOps, st: &mut State) {
+    fn inject_interrupt(&self, vm: &Vm, ops: &X86VendorOps, st: &mut State) {
+        // The PIC's ExtINT comes first (kvm_cpu_get_interrupt()).
+        if self.has_extint(vm) {
+            // SAFETY: a live vendor vCPU under the mutex.
+            if unsafe { (ops.interrupt_allowed)(st.vendor.0, st.regs.rflags) } {
+                let mut chip = vm.irqchip.lock();
+                if let Some(c) = (*chip).as_mut() {
+                    let vector = c.pic_read_irq(&vm.locked.lock().vcpus);
+                    drop(chip);
+                    // SAFETY: as above.
+                    unsafe { (ops.inject_irq)(st.vendor.0, vector.into()) };
+                    self.stats.inc(st_::IRQ_INJECTIONS);
+                }
+            } else {
+                // SAFETY: as above.
+                unsafe { (ops.enable_irq_window)(st.vendor.0) };
+            }
+            return;
+        }
         let mut g = self.lapic.lock();
         let Some(l) = (*g).as_mut() else {
             return;
@@ -1075,14 +1094,57 @@ impl Vcpu {
         accepted
     }
 
+    /// Delivers `irq` from the IOAPIC or an MSI: None if this vCPU's LAPIC is not
+    /// a destination, else whether it accepted it.
+    pub(crate) fn deliver_irq_from_device(&self, irq: &Irq) -> Option<bool> {
+        let mut g = self.lapic.lock();
+        let l = (*g).as_mut()?;
+        if !l.matches(irq, crate::lapic::NO_SOURCE, false) {
+            return None;
+        }
+        let accepted = l.accept(irq);
+        drop(g);
+        if accepted {
+            self.waiter.poke();
+        }
+        Some(accepted)
+    }
+
+    /// Whether this vCPU takes the PIC's output (kvm_apic_accept_pic_intr()).
+    pub(crate) fn accepts_pic_interrupts(&self) -> bool {
+        self.lapic
+            .lock()
+            .as_ref()
+            .is_some_and(|l| l.accepts_pic_interrupts())
+    }
+
+    /// Makes the vCPU look at its interrupts again (a PIC output rose).
+    pub(crate) fn kick(&self) {
+        self.waiter.poke();
+    }
+
     /// Carries out what a LAPIC register write asked for.
     fn lapic_action(&self, vm: &Vm, a: Action) {
         match a {
             Action::SendIpi(irq) => vm.deliver_irq(&irq, self.id),
-            // No IOAPIC model yet, so no level-triggered line to re-arm; the timer
-            // is re-armed by accept_events() before the next entry.
-            Action::Eoi { .. } | Action::TimerChanged | Action::None => {}
+            // The IOAPIC re-delivers a level-triggered line still asserted.
+            Action::Eoi { vector, level } => {
+                if let Some(chip) = (*vm.irqchip.lock()).as_mut() {
+                    chip.ioapic_eoi(vector, level, &vm.locked.lock().vcpus);
+                }
+            }
+            // The timer is re-armed by accept_events() before the next entry.
+            Action::TimerChanged | Action::None => {}
         }
+    }
+
+    /// A vCPU's pending ExtINT: the PIC's output, if this vCPU takes it
+    /// (kvm_cpu_has_extint()). The LAPIC lock is dropped before the irqchip's.
+    fn has_extint(&self, vm: &Vm) -> bool {
+        self.accepts_pic_interrupts()
+            && (*vm.irqchip.lock())
+                .as_ref()
+                .is_some_and(|c| c.pic_output())
     }
 
     fn get_sregs(&self, ops: &X86VendorOps, st: &State) -> uapi::kvm_sregs {
@@ -1357,6 +1419,9 @@ impl Vcpu {
         if let Some(n) = self.lapic_mmio(vm, st, &insn, gpa, next_rip) {
             return n;
         }
+        if let Some(n) = self.ioapic_mmio(vm, st, &insn, gpa, next_rip) {
+            return n;
+        }
         match insn.op {
             Op::Store { .. } => {
                 let v = emulate::store_value(&insn, &st.regs.gpr);
@@ -1423,6 +1488,79 @@ impl Vcpu {
         st.regs.cr8 = l.cr8();
         drop(g);
         self.lapic_action(vm, action);
+        st.regs.rip = next_rip;
+        Some(Next::Guest)
+    }
+
+    /// IN/OUT to a port of the in-kernel PIC, done in the kernel (upstream's
+    /// KVM_PIO_BUS devices).
+    fn kernel_pio(
+        &self,
+        vm: &Vm,
+        st: &mut State,
+        input: bool,
+        size: u8,
+        ex: &Exit,
+    ) -> Option<Next> {
+        let port = ex.info as u16;
+        if !crate::pic::Pic::handles_port(port) {
+            return None;
+        }
+        let mut chip = vm.irqchip.lock();
+        let c = (*chip).as_mut()?;
+        let vcpus = vm.locked.lock();
+        let rax = &mut st.regs.gpr[reg::RAX];
+        if input {
+            let v = c.pic_port(port, size.into(), None, &vcpus.vcpus);
+            // Wider reads give 0 in the bytes read (picdev_read()).
+            let mask = match size {
+                1 => 0xff,
+                2 => 0xffff,
+                _ => 0xffff_ffff,
+            };
+            *rax = if size == 4 {
+                u64::from(v)
+            } else {
+                (*rax & !mask) | u64::from(v)
+            };
+        } else {
+            c.pic_port(port, size.into(), Some(*rax as u8), &vcpus.vcpus);
+        }
+        drop(vcpus);
+        drop(chip);
+        self.stats.inc(st_::IO_EXITS);
+        st.regs.rip = ex.next_rip;
+        Some(Next::Guest)
+    }
+
+    /// An access to the in-kernel IOAPIC's registers.
+    fn ioapic_mmio(
+        &self,
+        vm: &Vm,
+        st: &mut State,
+        insn: &Insn,
+        gpa: u64,
+        next_rip: u64,
+    ) -> Option<Next> {
+        let mut chip = vm.irqchip.lock();
+        let c = (*chip).as_mut()?;
+        if !c.ioapic_in_range(gpa) {
+            return None;
+        }
+        let len = u32::from(insn.op_size);
+        match insn.op {
+            Op::Store { .. } => {
+                let v = emulate::store_value(insn, &st.regs.gpr).unwrap_or(0);
+                c.ioapic_write(gpa, len, v, &vm.locked.lock().vcpus);
+            }
+            Op::Load { .. } => {
+                let v = c.ioapic_read(gpa, len);
+                drop(chip);
+                self.finish_read(st, insn, v);
+            }
+            // A read-modify-write of an IOAPIC register is not something guests do.
+            _ => return Some(self.emulation_failure()),
+        }
         st.regs.rip = next_rip;
         Some(Next::Guest)
     }
@@ -1507,6 +1645,9 @@ impl Vcpu {
             exit::IO if ex.flags & exit::IO_STRING == 0 => {
                 let input = ex.flags & exit::IO_IN != 0;
                 let size = ex.info2 as u8;
+                if let Some(n) = self.kernel_pio(vm, st, input, size, ex) {
+                    return n;
+                }
                 if !input {
                     let bytes = st.regs.gpr[reg::RAX].to_le_bytes();
                     // SAFETY: the PIO page is ours; size <= 4.
@@ -1690,14 +1831,22 @@ impl Vcpu {
                 return Ok(true);
             }
         }
-        let writable = pin_write && (write || !logged);
+        let mut pin_write = pin_write;
         let mut hpa = 0u64;
-        let (hva, w) = (slot.hva(gfn), i32::from(pin_write));
+        let hva = slot.hva(gfn);
         // SAFETY: the VM's owner mm is current (checked by the ioctl); pins one page.
-        let r = unsafe { glue::kvm_glue_pin_user_page(hva, w, &mut hpa) };
+        let mut r = unsafe { glue::kvm_glue_pin_user_page(hva, i32::from(pin_write), &mut hpa) };
+        if r != 0 && pin_write && !write {
+            // A read of a writable slot whose memory is read-only now (mprotect):
+            // map it read-only, as upstream's hva_to_pfn() falls back to.
+            pin_write = false;
+            // SAFETY: as above.
+            r = unsafe { glue::kvm_glue_pin_user_page(hva, 0, &mut hpa) };
+        }
         if r != 0 {
             return Err(EFAULT);
         }
+        let writable = pin_write && (write || !logged);
         let mut mmu = vm.mmu.lock();
         let mapped = loop {
             // Slots changed, or user memory is being invalidated (MMU notifier):
@@ -1720,6 +1869,17 @@ impl Vcpu {
                 r => break r.map(Some),
             }
         };
+        if mapped == Ok(Some(false)) && write && pin_write {
+            // Mapped read-only while the memory was read-only; writable again now.
+            if let Some(old) = mmu.upgrade(gfn, hpa, writable) {
+                vm.flush_all();
+                drop(mmu);
+                // SAFETY: the old leaf's read-only pin, no longer mapped or cached.
+                unsafe { glue::kvm_glue_unpin_phys(old, 0) };
+                self.stats.inc(st_::PF_FIXED);
+                return Ok(true);
+            }
+        }
         let pages = mmu.mapped;
         drop(mmu);
         if mapped == Ok(Some(true)) {

@@ -71,7 +71,10 @@ pub(crate) struct Vm {
     /// Taken after `mmu` (kicks walk the list under the MMU lock), and after a
     /// vCPU's own state (IPIs walk the list from a running vCPU).
     #[pin]
-    locked: Mutex<VmLocked>,
+    pub(crate) locked: Mutex<VmLocked>,
+    /// The PIC, IOAPIC and routing table (irqchip.rs), taken before `locked`.
+    #[pin]
+    pub(crate) irqchip: Mutex<Option<KBox<Irqchip>>>,
     /// Set once by KVM_CREATE_IRQCHIP, before any vCPU exists: vCPUs created
     /// afterwards get an in-kernel LAPIC.
     pub(crate) has_irqchip: AtomicBool,
@@ -103,7 +106,6 @@ pub(crate) struct VmLocked {
     max_vcpu_ids: u32,
     /// KVM_SET_TSC_KHZ on the VM: what new vCPUs start with.
     pub(crate) default_tsc_khz: u32,
-    pub(crate) irqchip: Option<KBox<Irqchip>>,
 }
 
 /// The dirty bitmap of one logged slot (bit n: page base_gfn + n).
@@ -134,8 +136,8 @@ pub(crate) fn create(vm_type: usize) -> Result<isize> {
                 max_vcpu_ids: 0,
                 // SAFETY: reads a kernel variable.
                 default_tsc_khz: unsafe { glue::kvm_glue_tsc_khz() },
-                irqchip: None,
             }),
+            irqchip <- new_mutex!(None),
             has_irqchip: AtomicBool::new(false),
             platform_info_readable: AtomicBool::new(true),
             disabled_quirks: AtomicU64::new(0),
@@ -235,37 +237,68 @@ impl Vm {
                 Ok(0)
             }
             ioctl::KVM_CREATE_IRQCHIP => {
-                let mut l = self.locked.lock();
-                if l.irqchip.is_some() {
+                let mut chip = self.irqchip.lock();
+                if chip.is_some() {
                     return Err(EEXIST);
                 }
+                // Held until the flag is set: a vCPU created meanwhile would lack
+                // its LAPIC.
+                let l = self.locked.lock();
                 if !l.vcpus.is_empty() {
                     return Err(EINVAL);
                 }
-                l.irqchip = Some(KBox::new(Irqchip::new(), GFP_KERNEL)?);
+                *chip = Some(KBox::new(Irqchip::new()?, GFP_KERNEL)?);
                 self.has_irqchip.store(true, Ordering::SeqCst);
+                drop(l);
                 Ok(0)
             }
             ioctl::KVM_GET_IRQCHIP => {
-                let mut chip: uapi::kvm_irqchip = user::read(arg)?;
-                self.locked
-                    .lock()
-                    .irqchip
-                    .as_ref()
-                    .ok_or(ENXIO)?
-                    .get(&mut chip)?;
-                user::write(arg, &chip)?;
+                let mut c: uapi::kvm_irqchip = user::read(arg)?;
+                self.irqchip.lock().as_ref().ok_or(ENXIO)?.get(&mut c)?;
+                user::write(arg, &c)?;
                 Ok(0)
             }
             ioctl::KVM_SET_IRQCHIP => {
-                let chip: uapi::kvm_irqchip = user::read(arg)?;
-                self.locked
-                    .lock()
-                    .irqchip
-                    .as_mut()
-                    .ok_or(ENXIO)?
-                    .set(&chip)?;
+                let c: uapi::kvm_irqchip = user::read(arg)?;
+                let mut chip = self.irqchip.lock();
+                let chip = (*chip).as_mut().ok_or(ENXIO)?;
+                chip.set(&c, &self.locked.lock().vcpus)?;
                 Ok(0)
+            }
+            ioctl::KVM_IRQ_LINE | ioctl::KVM_IRQ_LINE_STATUS => {
+                let mut ev: uapi::kvm_irq_level = user::read(arg)?;
+                let mut chip = self.irqchip.lock();
+                let chip = (*chip).as_mut().ok_or(ENXIO)?;
+                // SAFETY: the union's variants are plain integers.
+                let gsi = unsafe { ev.__bindgen_anon_1.irq };
+                let status = chip.set_irq(gsi, ev.level != 0, &self.locked.lock().vcpus);
+                if cmd == ioctl::KVM_IRQ_LINE_STATUS {
+                    ev.__bindgen_anon_1.status = status;
+                    user::write(arg, &ev)?;
+                }
+                Ok(0)
+            }
+            ioctl::KVM_SET_GSI_ROUTING => {
+                let mut chip = self.irqchip.lock();
+                // kvm_arch_can_set_irq_routing(): only with an in-kernel irqchip.
+                let chip = (*chip).as_mut().ok_or(EINVAL)?;
+                let routes = crate::irqchip::read_routes(arg, false)?;
+                chip.set_routes(routes);
+                Ok(0)
+            }
+            ioctl::KVM_SIGNAL_MSI => {
+                let msi: uapi::kvm_msi = user::read(arg)?;
+                let chip = self.irqchip.lock();
+                if chip.is_none() {
+                    return Err(EINVAL);
+                }
+                let r = crate::irqchip::signal_msi(&msi, &self.locked.lock().vcpus)?;
+                // Upstream returns kvm_set_msi()'s -1 (no destination) as is, which
+                // userspace sees as -EPERM.
+                if r < 0 {
+                    return Err(EPERM);
+                }
+                Ok(r as isize)
             }
             // x86's kvm_arch_vm_ioctl() answers unknown commands with -ENOTTY.
             _ => Err(ENOTTY),
@@ -534,7 +567,7 @@ impl Vm {
     /// until none is still running on old translations. Called with `mmu` held.
     /// Every CPU gets a waiting IPI rather than walking the vCPU list, whose lock
     /// is held across allocations (the MMU notifier calls this).
-    fn flush_all(&self) {
+    pub(crate) fn flush_all(&self) {
         self.stats.inc(stats::vm::REMOTE_TLB_FLUSH_REQUESTS);
         self.stats.inc(stats::vm::REMOTE_TLB_FLUSH);
         self.tlb_gen.fetch_add(1, Ordering::SeqCst);
@@ -559,7 +592,11 @@ impl Vm {
             return Err(EEXIST);
         }
         l.vcpus.reserve(1, GFP_KERNEL)?;
-        let v = Vcpu::new(id, l.irqchip.is_some(), l.default_tsc_khz)?;
+        let v = Vcpu::new(
+            id,
+            self.has_irqchip.load(Ordering::SeqCst),
+            l.default_tsc_khz,
+        )?;
         let fd = vcpu::create_fd(self.clone(), v.clone())?;
         l.vcpus.push_within_capacity(v).map_err(|_| ENOMEM)?;
         Ok(fd)

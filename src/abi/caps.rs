@@ -71,10 +71,17 @@ pub fn check_extension(host: &Host, cap: u64) -> i32 {
         | uapi::KVM_CAP_PRE_FAULT_MEMORY
         // KVM_GET/SET_SREGS2 with the PAE PDPTRs (vcpu/regs.rs).
         | uapi::KVM_CAP_SREGS2
+        // The in-kernel PIC/IOAPIC behind KVM_IRQ_LINE(_STATUS), and MSIs
+        // (irqchip.rs). The PIT is a capability of its own.
+        | uapi::KVM_CAP_IRQCHIP
+        | uapi::KVM_CAP_IRQ_INJECT_STATUS
+        | uapi::KVM_CAP_SIGNAL_MSI
             if host.vcpus =>
         {
             1
         }
+        // KVM_SET_GSI_ROUTING: the number of routes (KVM_MAX_IRQ_ROUTES).
+        uapi::KVM_CAP_IRQ_ROUTING if host.vcpus => 4096,
         // kvm_run's sync_regs exchange (vcpu.rs).
         uapi::KVM_CAP_SYNC_REGS if host.vcpus => uapi::KVM_SYNC_X86_VALID_FIELDS as i32,
         // KVM_GET/SET_XCRS and the guest XCR0 it sets (vcpu/regs.rs).
@@ -108,7 +115,11 @@ mod tests {
 
     #[test]
     fn unknown_and_out_of_range_caps_are_absent() {
-        assert_eq!(check_extension(&HOST, uapi::KVM_CAP_IRQCHIP as u64), 0);
+        assert_eq!(check_extension(&HOST, uapi::KVM_CAP_PIT2 as u64), 0);
+        assert_eq!(
+            check_extension(&HOST, uapi::KVM_CAP_SPLIT_IRQCHIP as u64),
+            0
+        );
         assert_eq!(check_extension(&HOST, 100_000), 0);
         assert_eq!(check_extension(&HOST, u64::MAX), 0);
         assert_eq!(
@@ -156,6 +167,12 @@ mod tests {
             1
         );
         assert_eq!(check_extension(&HOST, uapi::KVM_CAP_XSAVE2 as u64), 4096);
+        assert_eq!(check_extension(&HOST, uapi::KVM_CAP_IRQCHIP as u64), 1);
+        assert_eq!(
+            check_extension(&HOST, uapi::KVM_CAP_IRQ_ROUTING as u64),
+            4096
+        );
+        assert_eq!(check_extension(&novcpu, uapi::KVM_CAP_IRQCHIP as u64), 0);
         assert_eq!(check_extension(&HOST, uapi::KVM_CAP_XCRS as u64), 1);
         let noxsave = Host {
             xsave: false,

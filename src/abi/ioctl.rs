@@ -72,6 +72,9 @@ pub const KVM_CREATE_IRQCHIP: u32 = io(0x60);
 pub const KVM_IRQ_LINE: u32 = iow::<uapi::kvm_irq_level>(0x61);
 pub const KVM_GET_IRQCHIP: u32 = iowr::<uapi::kvm_irqchip>(0x62);
 pub const KVM_SET_IRQCHIP: u32 = ior::<uapi::kvm_irqchip>(0x63);
+pub const KVM_IRQ_LINE_STATUS: u32 = iowr::<uapi::kvm_irq_level>(0x67);
+pub const KVM_SET_GSI_ROUTING: u32 = iow::<uapi::kvm_irq_routing>(0x6a);
+pub const KVM_SIGNAL_MSI: u32 = iow::<uapi::kvm_msi>(0xa5);
 pub const KVM_SET_TSC_KHZ: u32 = io(0xa2);
 pub const KVM_GET_TSC_KHZ: u32 = io(0xa3);
 pub const KVM_ENABLE_CAP: u32 = iow::<uapi::kvm_enable_cap>(0xa3);
@@ -129,6 +132,11 @@ mod tests {
         assert_eq!(KVM_GET_LAPIC, 0x8400_ae8e);
         assert_eq!(KVM_GET_IRQCHIP, 0xc208_ae62);
         assert_eq!(KVM_SET_IRQCHIP, 0x8208_ae63);
+        // The values in QEMU's and the selftests' headers.
+        assert_eq!(KVM_IRQ_LINE, 0x4008_ae61);
+        assert_eq!(KVM_IRQ_LINE_STATUS, 0xc008_ae67);
+        assert_eq!(KVM_SET_GSI_ROUTING, 0x4008_ae6a);
+        assert_eq!(KVM_SIGNAL_MSI, 0x4020_aea5);
         assert_eq!(KVM_ENABLE_CAP, 0x4068_aea3);
         assert_eq!(KVM_GET_VCPU_EVENTS, 0x8040_ae9f);
         assert_eq!(KVM_GET_MSRS, 0xc008_ae88);

@@ -2,8 +2,11 @@
 // the file they need.
 pub mod cpuid;
 pub mod emulate;
+pub mod ioapic;
+pub mod irq_routing;
 pub mod lapic;
 pub mod npt;
+pub mod pic;
 pub mod sregs;
 pub mod svm;
 pub mod vmcb;

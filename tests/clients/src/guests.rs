@@ -19,6 +19,7 @@ use std::ptr;
 
 use kvm_abi::ioctl::{io, ior, iow, iowr, KVM_CREATE_VM, KVM_GET_VCPU_MMAP_SIZE};
 use kvm_abi::uapi;
+mod irq;
 mod report;
 mod xstate;
 use report::{errno, ioctl, show, Report};
@@ -401,6 +402,19 @@ impl Guest {
         })
     }
 
+    /// Real mode at `rip` as [`Guest::real_mode`], with a stack at 0000:8000 for
+    /// interrupt handlers.
+    fn real_mode_stack(&self, rip: u64) -> Result<(), String> {
+        self.real_mode(rip, 0)?;
+        let mut s = self.sregs()?;
+        s.ss.base = 0;
+        s.ss.selector = 0;
+        self.set_sregs(s)?;
+        let mut r = self.regs()?;
+        r.rsp = 0x8000;
+        self.set_regs(r)
+    }
+
     /// Flat 32-bit protected mode (no paging), segments loaded through SREGS only.
     fn flat32(&self, rip: u64) -> Result<kvm_sregs, String> {
         let mut s = self.sregs()?;
@@ -673,14 +687,7 @@ fn lapic_timer(t: &mut Report, kvm: RawFd) -> Result<(), String> {
     g.mem.write(0x2000, &handler);
     // IVT entry 0x40: 0000:2000.
     g.mem.write(0x40 * 4, &[0x00, 0x20, 0x00, 0x00]);
-    g.real_mode(0x1000, 0)?;
-    let mut s = g.sregs()?;
-    s.ss.base = 0;
-    s.ss.selector = 0;
-    g.set_sregs(s)?;
-    let mut r = g.regs()?;
-    r.rsp = 0x8000;
-    g.set_regs(r)?;
+    g.real_mode_stack(0x1000)?;
 
     t.exit(
         "lapic-timer: the timer interrupt's handler runs",
@@ -1315,7 +1322,7 @@ fn immediate_exit(t: &mut Report, kvm: RawFd) -> Result<(), String> {
 type Case = fn(&mut Report, RawFd) -> Result<(), String>;
 
 fn main() {
-    let cases: [(&str, Case); 14] = [
+    let cases: [(&str, Case); 17] = [
         ("real-io", |t, kvm| real_io(t, kvm, "real-io")),
         ("real-string-io", real_string_io),
         ("pm32", pm32),
@@ -1330,6 +1337,9 @@ fn main() {
         ("xstate", xstate::xstate),
         ("sregs2", xstate::sregs2_case),
         ("debugregs", xstate::debugregs),
+        ("pic", irq::pic),
+        ("ioapic", irq::ioapic),
+        ("irq-routing", irq::routing),
     ];
     let only = std::env::args().nth(1);
     if let Some(name) = &only {

@@ -1,0 +1,421 @@
+//! Cases for the in-kernel PIC and IOAPIC: KVM_IRQ_LINE(_STATUS) into a real-mode
+//! guest that programs the chips itself (the PIC through its ports, the IOAPIC
+//! through its MMIO window), EOIs and level re-delivery, KVM_SIGNAL_MSI,
+//! KVM_GET_IRQCHIP showing it, and KVM_SET_GSI_ROUTING's errnos.
+
+use super::*;
+
+const KVM_IRQ_LINE: u32 = iow::<uapi::kvm_irq_level>(0x61);
+const KVM_GET_IRQCHIP: u32 = iowr::<uapi::kvm_irqchip>(0x62);
+const KVM_IRQ_LINE_STATUS: u32 = iowr::<uapi::kvm_irq_level>(0x67);
+const KVM_SET_GSI_ROUTING: u32 = iow::<uapi::kvm_irq_routing>(0x6a);
+const KVM_SIGNAL_MSI: u32 = iow::<uapi::kvm_msi>(0xa5);
+
+fn irq_level(gsi: u32, level: u32) -> uapi::kvm_irq_level {
+    let mut ev = uapi::kvm_irq_level {
+        level,
+        ..Default::default()
+    };
+    ev.__bindgen_anon_1.irq = gsi;
+    ev
+}
+
+/// KVM_IRQ_LINE_STATUS: the status KVM reports, or the errno.
+fn irq_line_status(g: &Guest, gsi: u32, level: u32) -> Result<i32, i32> {
+    let mut ev = irq_level(gsi, level);
+    ioctl_ref(g.vm, KVM_IRQ_LINE_STATUS, &mut ev)?;
+    // SAFETY: KVM wrote the status over the irq number.
+    Ok(unsafe { ev.__bindgen_anon_1.status })
+}
+
+fn irq_line(g: &Guest, gsi: u32, level: u32) -> Result<(), String> {
+    let mut ev = irq_level(gsi, level);
+    sys("KVM_IRQ_LINE", ioctl_ref(g.vm, KVM_IRQ_LINE, &mut ev)).map(drop)
+}
+
+fn get_chip(g: &Guest, id: u32) -> Result<uapi::kvm_irqchip, String> {
+    let mut c = uapi::kvm_irqchip {
+        chip_id: id,
+        ..Default::default()
+    };
+    sys("KVM_GET_IRQCHIP", ioctl_ref(g.vm, KVM_GET_IRQCHIP, &mut c))?;
+    Ok(c)
+}
+
+fn pic_state(g: &Guest, id: u32) -> Result<uapi::kvm_pic_state, String> {
+    // SAFETY: KVM filled the PIC variant for a PIC chip id.
+    get_chip(g, id).map(|c| unsafe { c.chip.pic })
+}
+
+fn ioapic_entry(g: &Guest, pin: usize) -> Result<(u64, u32), String> {
+    // SAFETY: KVM filled the IOAPIC variant for KVM_IRQCHIP_IOAPIC.
+    let io = get_chip(g, uapi::KVM_IRQCHIP_IOAPIC).map(|c| unsafe { c.chip.ioapic })?;
+    // SAFETY: the entry is a u64 or its bitfield view.
+    Ok((unsafe { io.redirtbl[pin].bits }, io.irr))
+}
+
+/// Real mode from 0x1000, stack at 0x8000, handlers at the given IVT vectors.
+fn setup(g: &Guest, code: &[u8], handlers: &[(u8, u16, Vec<u8>)]) -> Result<(), String> {
+    g.mem.write(0x1000, code);
+    for (vector, at, h) in handlers {
+        g.mem.write(u64::from(*at), h);
+        g.mem
+            .write(u64::from(*vector) * 4, &[*at as u8, (*at >> 8) as u8, 0, 0]);
+    }
+    g.real_mode_stack(0x1000)
+}
+
+/// `mov al, v; out port, al`.
+fn out_al(port: u8, v: u8) -> [u8; 4] {
+    [0xb0, v, 0xe6, port]
+}
+
+/// x2APIC on, software-enabled (SVR 0x1ff), in real mode.
+fn x2apic_on() -> Vec<u8> {
+    let mut c = vec![
+        0x66, 0xb9, 0x1b, 0, 0, 0, // mov ecx, MSR_IA32_APICBASE
+        0x0f, 0x32, // rdmsr
+        0x66, 0x0d, 0x00, 0x0c, 0, 0, // or eax, ENABLE | X2APIC
+        0x0f, 0x30, // wrmsr
+    ];
+    c.extend(wrmsr(0x80f, 0x1ff));
+    c
+}
+
+fn wrmsr(msr: u32, val: u32) -> Vec<u8> {
+    let mut c = vec![0x66, 0xb9];
+    c.extend(msr.to_le_bytes()); // mov ecx, msr
+    c.extend([0x66, 0xb8]);
+    c.extend(val.to_le_bytes()); // mov eax, val
+    c.extend([0x66, 0x31, 0xd2, 0x0f, 0x30]); // xor edx, edx; wrmsr
+    c
+}
+
+/// `sti` then `hlt` in a loop: every interrupt handler reports through a port.
+const IDLE: [u8; 4] = [0xfb, 0xf4, 0xeb, 0xfd];
+
+/// The 8259 pair: the guest initializes it through its ports (no exits), an edge
+/// on KVM_IRQ_LINE reaches its handler at the programmed vector through LINT0
+/// (ExtINT), the EOI is taken in the kernel, and KVM_GET_IRQCHIP shows it.
+pub(crate) fn pic(t: &mut Report, kvm: RawFd) -> Result<(), String> {
+    let g = Guest::with_irqchip(kvm)?;
+    let mut code = Vec::new();
+    for (cmd, data, base, icw3) in [(0x20, 0x21, 0x20, 0x04), (0xa0, 0xa1, 0x28, 0x02)] {
+        code.extend(out_al(cmd, 0x11)); // ICW1: edge, cascade, ICW4
+        code.extend(out_al(data, base)); // ICW2: vector base
+        code.extend(out_al(data, icw3)); // ICW3
+        code.extend(out_al(data, 0x01)); // ICW4: 8086 mode
+    }
+    code.extend(out_al(0x21, 0xf7)); // OCW1: only IRQ 3 on the master
+    code.extend(out_al(0xa1, 0xff));
+    code.extend([0xe4, 0x21, 0xe6, 0x12]); // in al, 0x21; out 0x12, al
+    code.extend(IDLE);
+    let mut h = out_al(0x10, 0x23).to_vec();
+    h.extend(out_al(0x20, 0x20)); // non-specific EOI
+    h.push(0xcf); // iret
+    setup(&g, &code, &[(0x23, 0x2000, h)])?;
+
+    t.exit(
+        "pic: the guest reads back its mask (ports 0x20-0xa1 in the kernel)",
+        &g.step(),
+        &out(0x12, 1, 1, &[0xf7]),
+    );
+    // IRQ 3 is routed to PIC pin 3 (delivered) and IOAPIC pin 3 (masked).
+    t.expect(
+        "pic: KVM_IRQ_LINE_STATUS IRQ 3 is delivered",
+        irq_line_status(&g, 3, 1),
+        Ok(1),
+    );
+    t.exit(
+        "pic: IRQ 3 runs the handler at vector 0x23",
+        &g.step(),
+        &out(0x10, 1, 1, &[0x23]),
+    );
+    let m = pic_state(&g, uapi::KVM_IRQCHIP_PIC_MASTER)?;
+    t.check(
+        "pic: KVM_GET_IRQCHIP shows IRQ 3 in service, the base and the mask",
+        m.isr == 0x08 && m.irq_base == 0x20 && m.imr == 0xf7 && m.irr & 0x08 == 0,
+        format!(
+            "isr {:#x} irr {:#x} base {:#x} imr {:#x}",
+            m.isr, m.irr, m.irq_base, m.imr
+        ),
+    );
+    t.expect(
+        "pic: a masked IRQ 5 is not delivered",
+        irq_line_status(&g, 5, 1),
+        Ok(-1),
+    );
+    // A new edge on IRQ 3; the handler's EOI (in the kernel) lets it in.
+    irq_line(&g, 3, 0)?;
+    irq_line(&g, 3, 1)?;
+    t.exit(
+        "pic: the next edge after the EOI runs the handler again",
+        &g.step(),
+        &out(0x10, 1, 1, &[0x23]),
+    );
+    let s = pic_state(&g, uapi::KVM_IRQCHIP_PIC_SLAVE)?;
+    t.check(
+        "pic: the slave has its own base and mask",
+        s.irq_base == 0x28 && s.imr == 0xff,
+        format!("base {:#x} imr {:#x}", s.irq_base, s.imr),
+    );
+    Ok(())
+}
+
+/// The IOAPIC: the guest programs a level-triggered entry through the MMIO window,
+/// the line's interrupt is re-delivered after each EOI while it stays asserted
+/// (remote IRR), and KVM_SIGNAL_MSI reaches the LAPIC directly.
+pub(crate) fn ioapic(t: &mut Report, kvm: RawFd) -> Result<(), String> {
+    let g = Guest::with_irqchip(kvm)?;
+    g.set_supported_cpuid()?;
+    let mut code = x2apic_on();
+    code.extend(out_al(0x21, 0xff)); // mask the PIC, as an IOAPIC guest does
+    code.extend(out_al(0xa1, 0xff));
+    code.extend([
+        0x66, 0xc7, 0x06, 0x00, 0x00, 0x24, 0, 0, 0, // mov dword [0], 0x10 + 2 * 10
+        0x66, 0xc7, 0x06, 0x10, 0x00, 0x50, 0x80, 0, 0, // mov dword [0x10], level | 0x50
+        0x66, 0x8b, 0x06, 0x10, 0x00, // mov eax, [0x10]
+        0x66, 0xe7, 0x12, // out 0x12, eax
+    ]);
+    code.extend(IDLE);
+    let handler = |port: u8, vector: u8| {
+        let mut h = out_al(port, vector).to_vec();
+        h.extend(wrmsr(0x80b, 0)); // EOI
+        h.push(0xcf); // iret
+        h
+    };
+    setup(
+        &g,
+        &code,
+        &[
+            (0x50, 0x2000, handler(0x10, 0x50)),
+            (0x51, 0x2100, handler(0x13, 0x51)),
+        ],
+    )?;
+    // DS at the IOAPIC's window: real mode reaches it through the cached base.
+    let mut s = g.sregs()?;
+    s.ds.base = 0xfec0_0000;
+    g.set_sregs(s)?;
+
+    t.exit(
+        "ioapic: the guest reads back the entry it wrote through MMIO",
+        &g.step(),
+        &out(0x12, 4, 1, &0x8050u32.to_le_bytes()),
+    );
+    t.expect(
+        "ioapic: KVM_IRQ_LINE_STATUS GSI 10 is delivered",
+        irq_line_status(&g, 10, 1),
+        Ok(1),
+    );
+    t.exit(
+        "ioapic: GSI 10 runs the handler at vector 0x50",
+        &g.step(),
+        &out(0x10, 1, 1, &[0x50]),
+    );
+    let (e, irr) = ioapic_entry(&g, 10)?;
+    t.check(
+        "ioapic: KVM_GET_IRQCHIP: remote IRR set, line pending",
+        e & (1 << 14) != 0 && irr & (1 << 10) != 0,
+        format!("entry {e:#x} irr {irr:#x}"),
+    );
+    t.expect(
+        "ioapic: an asserted level line with remote IRR set is not delivered",
+        irq_line_status(&g, 10, 1),
+        Ok(-1),
+    );
+    t.exit(
+        "ioapic: still asserted at the EOI: delivered again",
+        &g.step(),
+        &out(0x10, 1, 1, &[0x50]),
+    );
+    irq_line(&g, 10, 0)?;
+    let mut msi = uapi::kvm_msi {
+        address_lo: 0xfee0_0000,
+        data: 0x51,
+        ..Default::default()
+    };
+    t.expect(
+        "ioapic: KVM_SIGNAL_MSI reaches one LAPIC",
+        ioctl_ref(g.vm, KVM_SIGNAL_MSI, &mut msi),
+        Ok(1),
+    );
+    t.exit(
+        "ioapic: the MSI runs the handler at vector 0x51",
+        &g.step(),
+        &out(0x13, 1, 1, &[0x51]),
+    );
+    let (e, irr) = ioapic_entry(&g, 10)?;
+    t.check(
+        "ioapic: after the EOI with the line low: remote IRR and irr clear",
+        e & (1 << 14) == 0 && irr & (1 << 10) == 0,
+        format!("entry {e:#x} irr {irr:#x}"),
+    );
+    let mut bad = uapi::kvm_msi { flags: 2, ..msi };
+    t.expect(
+        "ioapic: KVM_SIGNAL_MSI with unknown flags",
+        ioctl_ref(g.vm, KVM_SIGNAL_MSI, &mut bad),
+        Err(libc::EINVAL),
+    );
+    let mut nobody = uapi::kvm_msi {
+        address_lo: 0xfee0_5000,
+        ..msi
+    };
+    // Upstream's APIC map resolves the unicast destination to nobody: 0, not -1.
+    t.expect(
+        "ioapic: KVM_SIGNAL_MSI to an APIC id no vCPU has",
+        ioctl_ref(g.vm, KVM_SIGNAL_MSI, &mut nobody),
+        Ok(0),
+    );
+    Ok(())
+}
+
+/// struct kvm_irq_routing with room for `N` entries.
+#[repr(C)]
+struct Routing<const N: usize> {
+    nr: u32,
+    flags: u32,
+    entries: [uapi::kvm_irq_routing_entry; N],
+}
+
+fn route(gsi: u32, chip: u32, pin: u32) -> uapi::kvm_irq_routing_entry {
+    let mut e = uapi::kvm_irq_routing_entry {
+        gsi,
+        type_: uapi::KVM_IRQ_ROUTING_IRQCHIP,
+        ..Default::default()
+    };
+    e.u.irqchip = uapi::kvm_irq_routing_irqchip { irqchip: chip, pin };
+    e
+}
+
+fn set_routing<const N: usize>(vm: RawFd, r: &mut Routing<N>) -> Result<i32, i32> {
+    // SAFETY: a kvm_irq_routing header followed by `nr` <= N entries.
+    let p = (r as *mut Routing<N>).cast::<u8>();
+    report::ioctl(vm, KVM_SET_GSI_ROUTING, p as u64)
+}
+
+/// KVM_SET_GSI_ROUTING: QEMU's table is accepted and takes effect, and the
+/// entries upstream refuses get -EINVAL; KVM_IRQ_LINE without an irqchip -ENXIO.
+pub(crate) fn routing(t: &mut Report, kvm: RawFd) -> Result<(), String> {
+    let plain = Guest::new(kvm)?;
+    let mut ev = uapi::kvm_irq_level::default();
+    t.expect(
+        "routing: KVM_IRQ_LINE without an irqchip",
+        ioctl_ref(plain.vm, KVM_IRQ_LINE, &mut ev),
+        Err(libc::ENXIO),
+    );
+    let mut one = Routing::<1> {
+        nr: 1,
+        flags: 0,
+        entries: [route(0, uapi::KVM_IRQCHIP_IOAPIC, 2)],
+    };
+    t.expect(
+        "routing: KVM_SET_GSI_ROUTING without an irqchip",
+        set_routing(plain.vm, &mut one),
+        Err(libc::EINVAL),
+    );
+    drop(plain);
+
+    let g = Guest::with_irqchip(kvm)?;
+    // QEMU's kvm_pc_setup_irq_routing(): GSI 0 is IOAPIC pin 2 (the timer).
+    let mut q = Routing::<2> {
+        nr: 2,
+        flags: 0,
+        entries: [
+            route(0, uapi::KVM_IRQCHIP_PIC_MASTER, 0),
+            route(0, uapi::KVM_IRQCHIP_IOAPIC, 2),
+        ],
+    };
+    t.expect(
+        "routing: QEMU's GSI 0 entries",
+        set_routing(g.vm, &mut q),
+        Ok(0),
+    );
+    for (what, e) in [
+        ("PIC pin 8", route(1, uapi::KVM_IRQCHIP_PIC_MASTER, 8)),
+        ("IOAPIC pin 24", route(1, uapi::KVM_IRQCHIP_IOAPIC, 24)),
+        ("chip 3", route(1, 3, 0)),
+        ("GSI 4096", route(4096, uapi::KVM_IRQCHIP_IOAPIC, 1)),
+        (
+            "type 7",
+            uapi::kvm_irq_routing_entry {
+                type_: 7,
+                ..route(1, 0, 0)
+            },
+        ),
+        (
+            "flags on an irqchip entry",
+            uapi::kvm_irq_routing_entry {
+                flags: 1,
+                ..route(1, 0, 0)
+            },
+        ),
+    ] {
+        let mut r = Routing::<1> {
+            nr: 1,
+            flags: 0,
+            entries: [e],
+        };
+        t.expect(
+            &format!("routing: {what} is refused"),
+            set_routing(g.vm, &mut r),
+            Err(libc::EINVAL),
+        );
+    }
+    let mut dup = Routing::<2> {
+        nr: 2,
+        flags: 0,
+        entries: [
+            route(5, uapi::KVM_IRQCHIP_IOAPIC, 5),
+            route(5, uapi::KVM_IRQCHIP_IOAPIC, 6),
+        ],
+    };
+    t.expect(
+        "routing: one GSI twice on the IOAPIC is refused",
+        set_routing(g.vm, &mut dup),
+        Err(libc::EINVAL),
+    );
+    let mut flags = Routing::<1> {
+        nr: 1,
+        flags: 1,
+        entries: [route(1, uapi::KVM_IRQCHIP_IOAPIC, 1)],
+    };
+    t.expect(
+        "routing: header flags are refused",
+        set_routing(g.vm, &mut flags),
+        Err(libc::EINVAL),
+    );
+    let mut huge = Routing::<0> {
+        nr: 4097,
+        flags: 0,
+        entries: [],
+    };
+    t.expect(
+        "routing: more than KVM_MAX_IRQ_ROUTES",
+        set_routing(g.vm, &mut huge),
+        Err(libc::EINVAL),
+    );
+    t.expect(
+        "routing: a table at a bad address",
+        report::ioctl(g.vm, KVM_SET_GSI_ROUTING, 8),
+        Err(libc::EFAULT),
+    );
+    // The table QEMU set is the one in force: GSI 0 now reaches IOAPIC pin 2 and
+    // PIC pin 0 only; GSI 2 has no route at all.
+    t.expect(
+        "routing: GSI 0 reaches its PIC pin (IRR set) and the masked IOAPIC pin",
+        irq_line_status(&g, 0, 1),
+        Ok(1),
+    );
+    t.expect(
+        "routing: GSI 2 has no route left",
+        irq_line_status(&g, 2, 1),
+        Ok(-1),
+    );
+    let (_, irr) = ioapic_entry(&g, 2)?;
+    t.check(
+        "routing: GSI 0 raised IOAPIC pin 2",
+        irr & (1 << 2) != 0,
+        format!("irr {irr:#x}"),
+    );
+    Ok(())
+}
