@@ -134,6 +134,8 @@ def qemu_cmd(args, initrd, start):
     ]
     if args.host_root:
         cmd += ["-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on"]
+    # For debugging a hang by hand, e.g. KVMRS_QEMU_EXTRA="-monitor unix:/tmp/m,server,nowait".
+    cmd += os.environ.get("KVMRS_QEMU_EXTRA", "").split()
     return cmd
 
 

@@ -46,6 +46,12 @@ pub fn check_extension(host: &Host, cap: u64) -> i32 {
         // Memory slots and vCPUs (vm.rs, vcpu.rs), where the vendor runs them.
         uapi::KVM_CAP_USER_MEMORY
         | uapi::KVM_CAP_USER_MEMORY2
+        // Deleting a slot, and slots adjacent to each other, work (always 1
+        // upstream; QEMU requires both).
+        | uapi::KVM_CAP_DESTROY_MEMORY_REGION_WORKS
+        | uapi::KVM_CAP_JOIN_MEMORY_REGIONS_WORKS
+        // KVM_EXIT_INTERNAL_ERROR carries ndata/data (vcpu.rs).
+        | uapi::KVM_CAP_INTERNAL_ERROR_DATA
         | uapi::KVM_CAP_EXT_CPUID
         | uapi::KVM_CAP_IMMEDIATE_EXIT
             if host.vcpus =>
