@@ -144,8 +144,7 @@ impl Irqchip {
     pub(crate) fn set(&mut self, c: &uapi::kvm_irqchip, vcpus: &[Arc<Vcpu>]) -> Result {
         match c.chip_id {
             uapi::KVM_IRQCHIP_PIC_MASTER | uapi::KVM_IRQCHIP_PIC_SLAVE => {
-                // SAFETY: the union's variants are plain integers, so any bytes are
-                // a valid kvm_pic_state.
+                // SAFETY: the union's variants are plain integers: any bytes are a kvm_pic_state.
                 let p = unsafe { c.chip.pic };
                 let i = usize::from(c.chip_id == uapi::KVM_IRQCHIP_PIC_SLAVE);
                 if let Some(chip) = self.pic.chips.get_mut(i) {
@@ -298,8 +297,7 @@ pub(crate) fn read_routes(arg: usize, split: bool) -> Result<KVec<Route>> {
             .and_then(|o| base.checked_add(o))
             .ok_or(EFAULT)?;
         let e: uapi::kvm_irq_routing_entry = crate::user::read(at)?;
-        // SAFETY: the union's variants are plain integers; the words are read as
-        // the type field says.
+        // SAFETY: the union's variants are plain integers; its words are read as `type_` says.
         let words = unsafe { e.u.pad };
         entries.push(
             UserEntry {
