@@ -764,6 +764,15 @@ impl Next {
 
 /// The RIP after `insn` at `rip` (wrapping at 4G outside 64-bit mode, as the
 /// emulator's _eip).
+/// An IN's result into RAX: 8/16-bit merge into it, 32-bit zero-extends.
+fn set_in_result(rax: &mut u64, size: u8, val: u64) {
+    *rax = match size {
+        1 => (*rax & !0xff) | (val & 0xff),
+        2 => (*rax & !0xffff) | (val & 0xffff),
+        _ => val & 0xffff_ffff,
+    };
+}
+
 fn next_ip(_st: &State, insn: &Insn, rip: u64) -> u64 {
     let n = rip.wrapping_add(u64::from(insn.len));
     if insn.mode == emulate::Mode::Prot64 {
@@ -1252,13 +1261,7 @@ impl Vcpu {
             } if at(rip) => {
                 if input {
                     let val = u64::from_le_bytes(self.pio_bytes());
-                    let rax = &mut st.regs.gpr[reg::RAX];
-                    // 8/16-bit IN merges into RAX, 32-bit zero-extends.
-                    *rax = match size {
-                        1 => (*rax & !0xff) | (val & 0xff),
-                        2 => (*rax & !0xffff) | (val & 0xffff),
-                        _ => val & 0xffff_ffff,
-                    };
+                    set_in_result(&mut st.regs.gpr[reg::RAX], size, val);
                 }
                 st.regs.rip = next_rip;
             }
@@ -1513,16 +1516,7 @@ impl Vcpu {
         if input {
             let v = c.pic_port(port, size.into(), None, &vcpus.vcpus);
             // Wider reads give 0 in the bytes read (picdev_read()).
-            let mask = match size {
-                1 => 0xff,
-                2 => 0xffff,
-                _ => 0xffff_ffff,
-            };
-            *rax = if size == 4 {
-                u64::from(v)
-            } else {
-                (*rax & !mask) | u64::from(v)
-            };
+            set_in_result(rax, size, u64::from(v));
         } else {
             c.pic_port(port, size.into(), Some(*rax as u8), &vcpus.vcpus);
         }
