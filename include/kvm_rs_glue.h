@@ -51,8 +51,8 @@ unsigned long long kvm_glue_page_to_phys(void *page);
  */
 void *kvm_glue_mn_register(void *vm);
 void kvm_glue_mn_unregister(void *mn);
-/* A waiting IPI to every online CPU: vCPUs in guest mode there have exited. */
-void kvm_glue_kick_all_cpus(void);
+/* A waiting IPI to @cpu: a vCPU in guest mode there has exited when it returns. */
+void kvm_glue_kick_cpu_wait(unsigned int cpu);
 /* A binary-stats fd (read-only, pread-able); on success the file owns @stats. */
 int kvm_glue_stats_fd(void *stats, const char *name);
 int kvm_glue_current_pid(void);

@@ -384,9 +384,9 @@ static void kvm_glue_kick_nop(void *unused)
 {
 }
 
-void kvm_glue_kick_all_cpus(void)
+void kvm_glue_kick_cpu_wait(unsigned int cpu)
 {
-	on_each_cpu(kvm_glue_kick_nop, NULL, 1);
+	smp_call_function_single(cpu, kvm_glue_kick_nop, NULL, 1);
 }
 
 struct kvm_glue_mn {

@@ -899,12 +899,14 @@ impl Vcpu {
             let cpu = unsafe { glue::kvm_glue_smp_processor_id() };
             // SAFETY: a live waiter; publishing guest mode is a full barrier.
             unsafe { glue::kvm_glue_waiter_set_cpu(self.waiter.0, cpu + 1) };
+            vm.set_in_guest(cpu, true);
             // Read after publishing guest mode: a poke either sees us in the guest
             // and sends an IPI (taken as an exit), or happened before this check.
             // SAFETY: a live waiter.
             if has_lapic && unsafe { glue::kvm_glue_waiter_pending(self.waiter.0) } != 0 {
                 // SAFETY: as above.
                 unsafe { glue::kvm_glue_waiter_set_cpu(self.waiter.0, 0) };
+                vm.set_in_guest(cpu, false);
                 // SAFETY: pairs with the disable above.
                 unsafe { glue::kvm_glue_irq_enable() };
                 continue;
@@ -943,6 +945,7 @@ impl Vcpu {
             }
             // SAFETY: a live waiter.
             unsafe { glue::kvm_glue_waiter_set_cpu(self.waiter.0, 0) };
+            vm.set_in_guest(cpu, false);
             // SAFETY: pairs with the disable above; pending host interrupts run now.
             unsafe { glue::kvm_glue_irq_enable() };
             if let Some(l) = (*self.lapic.lock()).as_mut() {

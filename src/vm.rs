@@ -88,6 +88,9 @@ pub(crate) struct Vm {
     /// Bumped whenever NPT entries are zapped: vCPUs flush their TLB on entry when
     /// it differs from what they last saw.
     pub(crate) tlb_gen: AtomicU64,
+    /// Per host CPU: whether one of our vCPUs is in guest mode there (set before
+    /// `tlb_gen` is read on entry), so that a flush interrupts only those CPUs.
+    in_guest: KVec<AtomicBool>,
     /// The slots as the MMU notifier sees them (it must not take `slots`, which
     /// is held across allocations that may reclaim memory of this mm).
     #[pin]
@@ -114,6 +117,17 @@ struct DirtyLog {
     base_gfn: u64,
     npages: u64,
     bits: KVec<u64>,
+}
+
+/// One cleared flag per possible CPU id.
+fn in_guest_flags() -> Result<KVec<AtomicBool>> {
+    // SAFETY: reads a kernel variable.
+    let n = unsafe { glue::kvm_glue_nr_cpu_ids() } as usize;
+    let mut v = KVec::with_capacity(n, GFP_KERNEL)?;
+    for _ in 0..n {
+        v.push(AtomicBool::new(false), GFP_KERNEL)?;
+    }
+    Ok(v)
 }
 
 /// KVM_CREATE_VM: returns the new fd.
@@ -143,6 +157,7 @@ pub(crate) fn create(vm_type: usize) -> Result<isize> {
             disabled_quirks: AtomicU64::new(0),
             slots_gen: AtomicU64::new(0),
             tlb_gen: AtomicU64::new(0),
+            in_guest: in_guest_flags()?,
             notifier_slots <- new_spinlock!(KVec::new()),
             invalidations: AtomicU64::new(0),
             notifier: AtomicPtr::new(core::ptr::null_mut()),
@@ -565,14 +580,30 @@ impl Vm {
 
     /// Makes every vCPU flush its TLB before it next runs guest code, and waits
     /// until none is still running on old translations. Called with `mmu` held.
-    /// Every CPU gets a waiting IPI rather than walking the vCPU list, whose lock
-    /// is held across allocations (the MMU notifier calls this).
+    /// As upstream's kvm_flush_remote_tlbs(), only CPUs where one of our vCPUs is
+    /// in guest mode get a (waited-for) IPI; the flags, not the vCPU list, say
+    /// which, because that list's lock is held across allocations (the MMU
+    /// notifier calls this).
     pub(crate) fn flush_all(&self) {
         self.stats.inc(stats::vm::REMOTE_TLB_FLUSH_REQUESTS);
         self.stats.inc(stats::vm::REMOTE_TLB_FLUSH);
+        // Pairs with set_in_guest(): a vCPU either sees the new generation on
+        // entry or is seen in guest mode here.
         self.tlb_gen.fetch_add(1, Ordering::SeqCst);
-        // SAFETY: process context, interrupts on; waits for the IPIs only.
-        unsafe { glue::kvm_glue_kick_all_cpus() };
+        for (cpu, f) in self.in_guest.iter().enumerate() {
+            if f.load(Ordering::SeqCst) {
+                // SAFETY: process context, interrupts on; returns once the CPU took the IPI, so it left guest mode.
+                unsafe { glue::kvm_glue_kick_cpu_wait(cpu as u32) };
+            }
+        }
+    }
+
+    /// Marks this CPU as running one of our vCPUs in guest mode (or not).
+    /// Called with interrupts off, so `cpu` is the current CPU throughout.
+    pub(crate) fn set_in_guest(&self, cpu: u32, on: bool) {
+        if let Some(f) = self.in_guest.get(cpu as usize) {
+            f.store(on, Ordering::SeqCst);
+        }
     }
 
     fn create_vcpu(self: &Arc<Self>, id: usize) -> Result<isize> {

@@ -206,6 +206,21 @@ fn stgi() {
     unsafe { core::arch::asm!("stgi", options(nomem, nostack)) }
 }
 
+/// Sets RFLAGS.IF with GIF clear: VMRUN takes the host's IF as the mask for physical
+/// interrupts (V_INTR_MASKING), while GIF keeps them off in host code. Done apart
+/// from VMRUN, as upstream's svm_vcpu_enter_exit(), so VMRUN never sits in an STI
+/// shadow (AMD CPUs carry that shadow into the guest if an event delivered during
+/// VMRUN causes a #VMEXIT).
+fn host_if_on() {
+    // SAFETY: called only between clgi() and stgi(), so no interrupt is taken.
+    unsafe { core::arch::asm!("sti", options(nomem, nostack)) }
+}
+
+fn host_if_off() {
+    // SAFETY: clears IF again before stgi(); the caller's interrupts were off.
+    unsafe { core::arch::asm!("cli", options(nomem, nostack)) }
+}
+
 fn exit_of(kind: u32) -> Exit {
     Exit {
         kind,
@@ -325,8 +340,10 @@ impl Vendor for Svm {
         // SAFETY: the per-CPU save area is this CPU's page.
         let host_save = unsafe { super::glue::kvm_glue_page_to_phys(cd.save_area.as_ptr().cast()) };
         clgi();
-        // SAFETY: interrupts are off (kvm.ko) and GIF is clear; the VMCB is a valid guest state for this vCPU, `regs` its registers.
+        host_if_on();
+        // SAFETY: GIF is clear (IF set only for VMRUN's mask); the VMCB is a valid guest state for this vCPU, `regs` its registers.
         unsafe { __kvm_rs_svm_vcpu_run(vmcb_pa, regs, host_save) };
+        host_if_off();
         stgi();
 
         let vmcb = v.vmcb();

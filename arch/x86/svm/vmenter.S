@@ -29,13 +29,13 @@
 /*
  * void __kvm_rs_svm_vcpu_run(u64 vmcb_pa, struct GuestRegs *regs, u64 host_save_pa)
  *
- * Called with interrupts and GIF off. Host state that VMRUN does not switch (FS, GS,
- * TR, LDTR, KernelGSBase, STAR/LSTAR/CSTAR/SFMASK, SYSENTER_*) goes through VMSAVE to
- * the per-CPU area and back with VMLOAD; the guest's through its own VMCB.
- * Interrupts are enabled only while GIF is clear, so none is taken here: a host
- * interrupt arriving in the guest is an INTR #VMEXIT (with V_INTR_MASKING and the
- * host's IF set, as both hardware and QEMU's model deliver it), and is taken by the
- * caller once it sets GIF again.
+ * Host state that VMRUN does not switch (FS, GS, TR, LDTR, KernelGSBase,
+ * STAR/LSTAR/CSTAR/SFMASK, SYSENTER_*) goes through VMSAVE to the per-CPU area and
+ * back with VMLOAD; the guest's through its own VMCB.
+ * Called with GIF clear and RFLAGS.IF set (by the caller, apart from VMRUN, so that
+ * VMRUN is not in an STI shadow): a host interrupt arriving in the guest is an INTR
+ * #VMEXIT (V_INTR_MASKING with the host's IF set), taken by the caller once it has
+ * cleared IF and set GIF again and then enables interrupts.
  */
 SYM_FUNC_START(__kvm_rs_svm_vcpu_run)
 	push %rbp
@@ -69,9 +69,7 @@ SYM_FUNC_START(__kvm_rs_svm_vcpu_run)
 	mov R_R15(%rsi), %r15
 	mov R_RSI(%rsi), %rsi
 
-	sti
 	vmrun %rax
-	cli
 
 	/* RAX and RSP are the host's again (restored by #VMEXIT). */
 	mov 8(%rsp), %rax
