@@ -67,6 +67,9 @@ unsigned int kvm_glue_tsc_khz(void);
 
 void kvm_glue_irq_disable(void);
 void kvm_glue_irq_enable(void);
+/* Around guest entry as vcpu_enter_guest(): no preemption from the exit's IRQ. */
+void kvm_glue_preempt_disable(void);
+void kvm_glue_preempt_enable(void);
 
 /* Guest memory: one user page of the current mm pinned; unpinned by its address. */
 int kvm_glue_pin_user_page(unsigned long long hva, int write, unsigned long long *phys);

@@ -270,6 +270,16 @@ void kvm_glue_irq_enable(void)
 	local_irq_enable();
 }
 
+void kvm_glue_preempt_disable(void)
+{
+	preempt_disable();
+}
+
+void kvm_glue_preempt_enable(void)
+{
+	preempt_enable();
+}
+
 struct kvm_glue_waiter {
 	struct hrtimer timer;
 	wait_queue_head_t wq;

@@ -893,6 +893,11 @@ impl Vcpu {
             }
             let nested_cr3 = vm.mmu.lock().root_pa();
             let mut ex = Exit::default();
+            // As upstream vcpu_enter_guest(): the host interrupt that ended the run is
+            // taken at the enable below, and any reschedule it asks for waits until
+            // preempt_enable, not the IRQ-exit path.
+            // SAFETY: paired with an enable on every path out of this iteration.
+            unsafe { glue::kvm_glue_preempt_disable() };
             // SAFETY: interrupts off from here to the enable below, as VMRUN needs.
             unsafe { glue::kvm_glue_irq_disable() };
             // SAFETY: interrupts are off, so the CPU number is stable.
@@ -909,6 +914,8 @@ impl Vcpu {
                 vm.set_in_guest(cpu, false);
                 // SAFETY: pairs with the disable above.
                 unsafe { glue::kvm_glue_irq_enable() };
+                // SAFETY: pairs with the disable above.
+                unsafe { glue::kvm_glue_preempt_enable() };
                 continue;
             }
             // Same for a zap: it either sees us in the guest and kicks, or bumped
@@ -948,6 +955,8 @@ impl Vcpu {
             vm.set_in_guest(cpu, false);
             // SAFETY: pairs with the disable above; pending host interrupts run now.
             unsafe { glue::kvm_glue_irq_enable() };
+            // SAFETY: pairs with the disable above; a reschedule may happen here.
+            unsafe { glue::kvm_glue_preempt_enable() };
             if let Some(l) = (*self.lapic.lock()).as_mut() {
                 // The guest may have written CR8 without an exit (V_TPR).
                 l.set_cr8(st.regs.cr8);
