@@ -893,29 +893,12 @@ impl Vcpu {
             }
             let nested_cr3 = vm.mmu.lock().root_pa();
             let mut ex = Exit::default();
-            // As upstream vcpu_enter_guest(): the host interrupt that ended the run is
-            // taken at the enable below, and any reschedule it asks for waits until
-            // preempt_enable, not the IRQ-exit path.
-            // SAFETY: paired with an enable on every path out of this iteration.
-            unsafe { glue::kvm_glue_preempt_disable() };
-            // SAFETY: interrupts off from here to the enable below, as VMRUN needs.
-            unsafe { glue::kvm_glue_irq_disable() };
-            // SAFETY: interrupts are off, so the CPU number is stable.
-            let cpu = unsafe { glue::kvm_glue_smp_processor_id() };
-            // SAFETY: a live waiter; publishing guest mode is a full barrier.
-            unsafe { glue::kvm_glue_waiter_set_cpu(self.waiter.0, cpu + 1) };
-            vm.set_in_guest(cpu, true);
+            let cpu = self.enter_guest_mode(vm);
             // Read after publishing guest mode: a poke either sees us in the guest
             // and sends an IPI (taken as an exit), or happened before this check.
             // SAFETY: a live waiter.
             if has_lapic && unsafe { glue::kvm_glue_waiter_pending(self.waiter.0) } != 0 {
-                // SAFETY: as above.
-                unsafe { glue::kvm_glue_waiter_set_cpu(self.waiter.0, 0) };
-                vm.set_in_guest(cpu, false);
-                // SAFETY: pairs with the disable above.
-                unsafe { glue::kvm_glue_irq_enable() };
-                // SAFETY: pairs with the disable above.
-                unsafe { glue::kvm_glue_preempt_enable() };
+                self.exit_guest_mode(vm, cpu);
                 continue;
             }
             // Same for a zap: it either sees us in the guest and kicks, or bumped
@@ -950,13 +933,7 @@ impl Vcpu {
                 // SAFETY: the host's own XCR0 back, interrupts still off.
                 unsafe { glue::kvm_glue_xsetbv(x) };
             }
-            // SAFETY: a live waiter.
-            unsafe { glue::kvm_glue_waiter_set_cpu(self.waiter.0, 0) };
-            vm.set_in_guest(cpu, false);
-            // SAFETY: pairs with the disable above; pending host interrupts run now.
-            unsafe { glue::kvm_glue_irq_enable() };
-            // SAFETY: pairs with the disable above; a reschedule may happen here.
-            unsafe { glue::kvm_glue_preempt_enable() };
+            self.exit_guest_mode(vm, cpu);
             if let Some(l) = (*self.lapic.lock()).as_mut() {
                 // The guest may have written CR8 without an exit (V_TPR).
                 l.set_cr8(st.regs.cr8);
@@ -970,6 +947,34 @@ impl Vcpu {
         // SAFETY: pairs with the load above.
         unsafe { glue::kvm_glue_fpu_load(st.fpu.0, 0) };
         r
+    }
+
+    /// Preemption and interrupts off, then "in guest mode on this CPU" published for
+    /// pokes and remote TLB flushes; returns the CPU. As upstream vcpu_enter_guest(),
+    /// the host interrupt that ends the run is taken in exit_guest_mode() and a
+    /// reschedule it asks for happens at its preempt_enable, not on the IRQ exit.
+    fn enter_guest_mode(&self, vm: &Vm) -> u32 {
+        // SAFETY: undone by exit_guest_mode(), which every caller reaches.
+        unsafe { glue::kvm_glue_preempt_disable() };
+        // SAFETY: interrupts off until exit_guest_mode(), as VMRUN needs.
+        unsafe { glue::kvm_glue_irq_disable() };
+        // SAFETY: interrupts are off, so the CPU number is stable.
+        let cpu = unsafe { glue::kvm_glue_smp_processor_id() };
+        // SAFETY: a live waiter; publishing guest mode is a full barrier.
+        unsafe { glue::kvm_glue_waiter_set_cpu(self.waiter.0, cpu + 1) };
+        vm.set_in_guest(cpu, true);
+        cpu
+    }
+
+    /// Undoes enter_guest_mode(); pending host interrupts run here.
+    fn exit_guest_mode(&self, vm: &Vm, cpu: u32) {
+        // SAFETY: a live waiter.
+        unsafe { glue::kvm_glue_waiter_set_cpu(self.waiter.0, 0) };
+        vm.set_in_guest(cpu, false);
+        // SAFETY: pairs with the disable in enter_guest_mode().
+        unsafe { glue::kvm_glue_irq_enable() };
+        // SAFETY: pairs with the disable in enter_guest_mode(); may reschedule.
+        unsafe { glue::kvm_glue_preempt_enable() };
     }
 
     /// Applies the kvm_run sync_regs userspace marked dirty (upstream sync_regs()).
