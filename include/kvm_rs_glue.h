@@ -56,8 +56,18 @@ void kvm_glue_kick_cpu_wait(unsigned int cpu);
 /* A binary-stats fd (read-only, pread-able); on success the file owns @stats. */
 int kvm_glue_stats_fd(void *stats, const char *name);
 int kvm_glue_current_pid(void);
-/* A vCPU's O_CLOEXEC fd ("kvm-vcpu:<id>"); on success the file owns @vcpu. */
-int kvm_glue_vcpu_fd(void *vcpu, unsigned int id);
+/*
+ * A vCPU's file ("kvm-vcpu:<id>") into *@file, not installed in any fd; on success
+ * the file owns @vcpu. 0 or -errno.
+ */
+int kvm_glue_vcpu_file(void *vcpu, unsigned int id, void **file);
+
+/* References on a vendor module (struct module *): try_module_get() etc. */
+int kvm_glue_try_module_get(void *module);
+void kvm_glue_module_get(void *module);
+void kvm_glue_module_put(void *module);
+/* mutex_lock_killable() on a kernel struct mutex: 0, or -EINTR for a fatal signal. */
+int kvm_glue_mutex_lock_killable(void *mutex);
 
 /* The calling task. */
 int kvm_glue_signal_pending(void);
@@ -67,6 +77,23 @@ unsigned int kvm_glue_tsc_khz(void);
 
 void kvm_glue_irq_disable(void);
 void kvm_glue_irq_enable(void);
+/*
+ * Pending task work before entering the guest (entry-virt.h): with interrupts on,
+ * handle it (signals give -EINTR, reschedule, notify-resume) as upstream's
+ * kvm_xfer_to_guest_mode_handle_work(); with interrupts off, only ask whether any
+ * is pending (kvm_vcpu_exit_request()).
+ */
+int kvm_glue_xfer_to_guest_mode_handle_work(void);
+int kvm_glue_xfer_to_guest_mode_work_pending(void);
+/*
+ * Guest time and state accounting around the world switch (kvm_host.h), with
+ * interrupts off: timing around the whole entry (vcpu_enter_guest()), state
+ * (RCU, context tracking, lockdep's view of IRQs) right around VMRUN/VMLAUNCH.
+ */
+void kvm_glue_guest_timing_enter_irqoff(void);
+void kvm_glue_guest_timing_exit_irqoff(void);
+void kvm_glue_guest_state_enter_irqoff(void);
+void kvm_glue_guest_state_exit_irqoff(void);
 /* Around guest entry as vcpu_enter_guest(): no preemption from the exit's IRQ. */
 void kvm_glue_preempt_disable(void);
 void kvm_glue_preempt_enable(void);
@@ -124,8 +151,10 @@ void kvm_glue_fpu_prepare_entry(void);
 #ifndef __KVM_RS_BINDGEN__
 long kvm_rs_dev_ioctl(unsigned int cmd, unsigned long arg);
 long kvm_rs_vm_ioctl(void *vm, unsigned int cmd, unsigned long arg);
+long kvm_rs_vm_compat_ioctl(void *vm, unsigned int cmd, unsigned long arg);
 void kvm_rs_vm_release(void *vm);
 long kvm_rs_vcpu_ioctl(void *vcpu, unsigned int cmd, unsigned long arg);
+long kvm_rs_vcpu_compat_ioctl(void *vcpu, unsigned int cmd, unsigned long arg);
 void kvm_rs_vcpu_release(void *vcpu);
 void *kvm_rs_vcpu_page(void *vcpu, unsigned long pgoff);
 int kvm_rs_mn_invalidate_start(void *vm, unsigned long start, unsigned long end,

@@ -5,7 +5,9 @@
  */
 #include <linux/anon_inodes.h>
 #include <linux/file.h>
+#include <linux/entry-virt.h>
 #include <linux/hrtimer.h>
+#include <linux/kvm_host.h>
 #include <linux/fs.h>
 #include <linux/miscdevice.h>
 #include <linux/mmu_notifier.h>
@@ -124,16 +126,26 @@ static int kvm_vm_fops_release(struct inode *inode, struct file *filp)
 	return 0;
 }
 
+static long kvm_vm_fops_compat_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
+{
+	return kvm_rs_vm_compat_ioctl(filp->private_data, cmd, arg);
+}
+
 static struct file_operations kvm_vm_fops = {
 	.release = kvm_vm_fops_release,
 	.unlocked_ioctl = kvm_vm_fops_ioctl,
-	.compat_ioctl = kvm_vm_fops_ioctl,
+	.compat_ioctl = kvm_vm_fops_compat_ioctl,
 	.llseek = noop_llseek,
 };
 
 static long kvm_vcpu_fops_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
 {
 	return kvm_rs_vcpu_ioctl(filp->private_data, cmd, arg);
+}
+
+static long kvm_vcpu_fops_compat_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
+{
+	return kvm_rs_vcpu_compat_ioctl(filp->private_data, cmd, arg);
 }
 
 static int kvm_vcpu_fops_release(struct inode *inode, struct file *filp)
@@ -167,7 +179,7 @@ static int kvm_vcpu_mmap(struct file *file, struct vm_area_struct *vma)
 static struct file_operations kvm_vcpu_fops = {
 	.release = kvm_vcpu_fops_release,
 	.unlocked_ioctl = kvm_vcpu_fops_ioctl,
-	.compat_ioctl = kvm_vcpu_fops_ioctl,
+	.compat_ioctl = kvm_vcpu_fops_compat_ioctl,
 	.mmap = kvm_vcpu_mmap,
 	.llseek = noop_llseek,
 };
@@ -231,14 +243,75 @@ int kvm_glue_current_pid(void)
 	return task_pid_nr(current);
 }
 
-/* As upstream's create_vcpu_fd(). */
-int kvm_glue_vcpu_fd(void *vcpu, unsigned int id)
+/* As upstream's create_vcpu_fd(), without the fd: the caller installs it last. */
+int kvm_glue_vcpu_file(void *vcpu, unsigned int id, void **file)
 {
 	char name[8 + 1 + 10 + 1];
+	struct file *f;
 
 	snprintf(name, sizeof(name), "kvm-vcpu:%u", id);
-	return anon_inode_getfd(name, &kvm_vcpu_fops, vcpu, O_RDWR | O_CLOEXEC);
+	f = anon_inode_getfile(name, &kvm_vcpu_fops, vcpu, O_RDWR | O_CLOEXEC);
+	if (IS_ERR(f))
+		return PTR_ERR(f);
+	*file = f;
+	return 0;
 }
+
+int kvm_glue_try_module_get(void *module)
+{
+	return try_module_get(module);
+}
+
+void kvm_glue_module_get(void *module)
+{
+	__module_get(module);
+}
+
+void kvm_glue_module_put(void *module)
+{
+	module_put(module);
+}
+
+int kvm_glue_mutex_lock_killable(void *mutex)
+{
+	return mutex_lock_killable((struct mutex *)mutex);
+}
+
+int kvm_glue_xfer_to_guest_mode_handle_work(void)
+{
+	if (!__xfer_to_guest_mode_work_pending())
+		return 0;
+	return xfer_to_guest_mode_handle_work();
+}
+
+int kvm_glue_xfer_to_guest_mode_work_pending(void)
+{
+	xfer_to_guest_mode_prepare();
+	return xfer_to_guest_mode_work_pending();
+}
+
+void kvm_glue_guest_timing_enter_irqoff(void)
+{
+	guest_timing_enter_irqoff();
+}
+
+void kvm_glue_guest_timing_exit_irqoff(void)
+{
+	guest_timing_exit_irqoff();
+}
+
+/* noinstr, as svm_vcpu_enter_exit(): RCU is not watching between these two. */
+noinstr void kvm_glue_guest_state_enter_irqoff(void)
+{
+	guest_state_enter_irqoff();
+}
+EXPORT_SYMBOL_GPL(kvm_glue_guest_state_enter_irqoff);
+
+noinstr void kvm_glue_guest_state_exit_irqoff(void)
+{
+	guest_state_exit_irqoff();
+}
+EXPORT_SYMBOL_GPL(kvm_glue_guest_state_exit_irqoff);
 
 int kvm_glue_signal_pending(void)
 {
@@ -459,7 +532,11 @@ void kvm_glue_mn_unregister(void *p)
 int kvm_glue_pin_user_page(unsigned long long hva, int write, unsigned long long *phys)
 {
 	struct page *page;
-	int r = pin_user_pages_fast(hva, 1, write ? FOLL_WRITE : 0, &page);
+	/*
+	 * Long-term: the page stays pinned while the guest maps it, so GUP first
+	 * migrates it out of movable and CMA memory, as for any long-lived pin.
+	 */
+	int r = pin_user_pages_fast(hva, 1, FOLL_LONGTERM | (write ? FOLL_WRITE : 0), &page);
 
 	if (r != 1)
 		return r < 0 ? r : -EFAULT;
@@ -471,7 +548,13 @@ void kvm_glue_unpin_phys(unsigned long long phys, int dirty)
 {
 	struct page *page = pfn_to_page(phys >> PAGE_SHIFT);
 
-	unpin_user_pages_dirty_lock(&page, 1, dirty);
+	/*
+	 * Called from the MMU notifier too, which must not take the folio lock:
+	 * marked dirty without it, as upstream's kvm_set_page_dirty().
+	 */
+	if (dirty)
+		SetPageDirty(page);
+	unpin_user_page(page);
 }
 
 void *kvm_glue_phys_to_virt(unsigned long long phys)

@@ -3,63 +3,45 @@
 //!
 //! It owns `/dev/kvm` (registered once a vendor module registers, as upstream's
 //! kvm_init()), VM file descriptors and the ABI. Hardware specifics live in
-//! kvm-amd.ko / kvm-intel.ko behind [`x86_ops::X86VendorOps`].
+//! kvm-amd.ko / kvm-intel.ko behind [`kvm_x86_ops::KvmX86Ops`].
 
 use kernel::prelude::*;
 
-// A no_std library shared with the host crate kvm-abi: its API is `pub`, and kvm.ko
-// uses only part of it.
-#[allow(unreachable_pub, dead_code)]
-#[path = "abi/mod.rs"]
-mod abi;
-// No_std logic shared with host crates (tested there); kvm.ko uses part of each.
-#[allow(unreachable_pub, dead_code)]
-#[path = "../arch/x86/hw/cpuid.rs"]
-mod cpuid;
+// The generic core (upstream virt/kvm).
 mod dev;
-mod emul;
-#[allow(unreachable_pub, dead_code)]
-#[path = "../arch/x86/hw/emulate.rs"]
-mod emulate;
 mod glue;
-#[allow(unreachable_pub, dead_code)]
-#[path = "../arch/x86/hw/ioapic.rs"]
-mod ioapic;
-#[allow(unreachable_pub, dead_code)]
-#[path = "../arch/x86/hw/irq_routing.rs"]
-mod irq_routing;
-mod irqchip;
-#[allow(unreachable_pub, dead_code)]
-#[path = "../arch/x86/hw/lapic.rs"]
-mod lapic;
-#[allow(unreachable_pub, dead_code)]
-#[path = "virt/memslot.rs"]
-mod memslot;
-mod mmu;
-#[allow(unreachable_pub, dead_code)]
-#[path = "../arch/x86/hw/npt.rs"]
-mod npt;
 mod pages;
-#[allow(unreachable_pub, dead_code)]
-#[path = "../arch/x86/hw/pic.rs"]
-mod pic;
-#[allow(unreachable_pub, dead_code)]
-#[path = "../arch/x86/hw/sregs.rs"]
-mod sregs;
 mod stats;
-#[allow(unreachable_pub, dead_code)]
-#[path = "virt/stats.rs"]
-mod statsfmt;
 mod user;
 mod vcpu;
 mod vendor;
 mod vm;
-#[allow(dead_code)] // Shared with the vendor modules, which use other parts.
-#[path = "../arch/x86/x86_ops.rs"]
-mod x86_ops;
+
+// No_std libraries shared with the host crates (tested there): their API is `pub`
+// and kvm.ko uses part of each.
 #[allow(unreachable_pub, dead_code)]
-#[path = "../arch/x86/hw/xstate.rs"]
-mod xstate;
+#[path = "abi/mod.rs"]
+mod abi;
+#[allow(unreachable_pub, dead_code)]
+#[path = "../arch/x86/hw/mod.rs"]
+mod hw;
+#[allow(unreachable_pub, dead_code)]
+#[path = "virt/memslot.rs"]
+mod memslot;
+#[allow(unreachable_pub, dead_code)]
+#[path = "virt/stats.rs"]
+mod statsfmt;
+
+// The x86 code both vendors share (upstream arch/x86/kvm) and the vendor seam.
+#[path = "../arch/x86/kvm/mod.rs"]
+mod arch;
+#[allow(dead_code)] // Shared with the vendor modules, which use other parts.
+#[path = "../arch/x86/kvm_x86_ops.rs"]
+mod kvm_x86_ops;
+
+// The uapi at the crate root, where the files shared with the vendor modules
+// (kvm_x86_ops.rs) find it in all three.
+use abi::uapi;
 
 module! {
     type: KvmModule,

@@ -164,7 +164,7 @@ pub(crate) extern "C" fn kvm_rs_stats_read(
     let f = unsafe { &*p.cast_const().cast::<StatsFile>() };
     // SAFETY: the file position the VFS passes for this read.
     let pos = unsafe { &mut *pos };
-    crate::dev::ioctl_ret(read(f, buf as usize, size, pos))
+    crate::user::ioctl_ret(read(f, buf as usize, size, pos))
 }
 
 #[no_mangle]

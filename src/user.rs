@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0-only
 //! Copying uapi structs from and to ioctl arguments.
 
+use core::marker::PhantomData;
+use kernel::ffi::c_long;
 use kernel::prelude::*;
 use kernel::uaccess::{UserPtr, UserSlice};
 
@@ -128,4 +130,134 @@ pub(crate) fn write_array<T: Pod>(addr: usize, items: &[T]) -> Result {
         w.write_slice(as_bytes(v))?;
     }
     Ok(())
+}
+
+/// An ioctl handler's result as the C file operation returns it: value or -errno.
+pub(crate) fn ioctl_ret(r: Result<isize>) -> c_long {
+    match r {
+        Ok(v) => v as c_long,
+        Err(e) => e.to_errno() as c_long,
+    }
+}
+
+/// The header of a uapi struct that is followed by a flexible array of `Entry`
+/// (`struct kvm_cpuid2`, `kvm_msrs`, `kvm_msr_list`, `kvm_irq_routing`): with
+/// [`Fam`], the one place that reads and writes such counted arrays, as rust-vmm's
+/// FamStruct. (bindgen's structs end in a non-`Copy` array marker, hence these.)
+///
+/// # Safety
+/// `Self` must have exactly the header's layout, so the entries start at
+/// `size_of::<Self>()`.
+pub(crate) unsafe trait FamHeader: Pod {
+    type Entry: Pod;
+    fn count(&self) -> usize;
+    fn set_count(&mut self, n: usize);
+}
+
+/// A count and a padding (or flags) word: `kvm_cpuid2`, `kvm_msrs`, `kvm_irq_routing`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub(crate) struct CountWord<E> {
+    pub(crate) n: u32,
+    /// Padding, or `kvm_irq_routing`'s flags.
+    pub(crate) word: u32,
+    entries: PhantomData<E>,
+}
+
+/// A bare count: `kvm_msr_list`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Count<E> {
+    pub(crate) n: u32,
+    entries: PhantomData<E>,
+}
+
+pub(crate) type Cpuid2 = CountWord<uapi::kvm_cpuid_entry2>;
+pub(crate) type Msrs = CountWord<uapi::kvm_msr_entry>;
+pub(crate) type IrqRouting = CountWord<uapi::kvm_irq_routing_entry>;
+pub(crate) type MsrList = Count<u32>;
+
+const _: () = assert!(size_of::<Cpuid2>() == size_of::<uapi::kvm_cpuid2>());
+const _: () = assert!(size_of::<Msrs>() == size_of::<uapi::kvm_msrs>());
+const _: () = assert!(size_of::<IrqRouting>() == size_of::<uapi::kvm_irq_routing>());
+const _: () = assert!(size_of::<MsrList>() == size_of::<uapi::kvm_msr_list>());
+
+// SAFETY: two u32s, no padding.
+unsafe impl<E: Pod> Pod for CountWord<E> {}
+// SAFETY: one u32.
+unsafe impl<E: Pod> Pod for Count<E> {}
+
+// SAFETY: the layouts are the uapi headers' (asserted above).
+unsafe impl<E: Pod> FamHeader for CountWord<E> {
+    type Entry = E;
+    fn count(&self) -> usize {
+        self.n as usize
+    }
+    fn set_count(&mut self, n: usize) {
+        self.n = n as u32;
+    }
+}
+
+// SAFETY: as above.
+unsafe impl<E: Pod> FamHeader for Count<E> {
+    type Entry = E;
+    fn count(&self) -> usize {
+        self.n as usize
+    }
+    fn set_count(&mut self, n: usize) {
+        self.n = n as u32;
+    }
+}
+
+/// A counted array at user address `addr`.
+pub(crate) struct Fam<H: FamHeader> {
+    addr: usize,
+    pub(crate) header: H,
+}
+
+impl<H: FamHeader> Fam<H> {
+    /// Reads the header at `addr`.
+    pub(crate) fn read_header(addr: usize) -> Result<Self> {
+        Ok(Fam {
+            addr,
+            header: read(addr)?,
+        })
+    }
+
+    fn entries_addr(&self) -> Result<usize> {
+        self.addr.checked_add(size_of::<H>()).ok_or(EFAULT)
+    }
+
+    /// The `count` entries the header announces; `Err(too_many)` past `max`.
+    pub(crate) fn read_entries(&self, max: usize, too_many: Error) -> Result<KVec<H::Entry>> {
+        let n = self.header.count();
+        if n > max {
+            return Err(too_many);
+        }
+        read_array(self.entries_addr()?, n)
+    }
+
+    /// Writes `entries` back in place, leaving the header as it is.
+    pub(crate) fn write_entries(&self, entries: &[H::Entry]) -> Result {
+        write_array(self.entries_addr()?, entries)
+    }
+
+    /// The output protocol of upstream's counted arrays: the count written back
+    /// is the real one; -E2BIG (count updated first when `count_first`, as
+    /// KVM_GET_MSR_INDEX_LIST does) when the caller's room is smaller.
+    pub(crate) fn write_all(mut self, entries: &[H::Entry], count_first: bool) -> Result {
+        let room = self.header.count();
+        self.header.set_count(entries.len());
+        if count_first {
+            write(self.addr, &self.header)?;
+        }
+        if room < entries.len() {
+            return Err(E2BIG);
+        }
+        write_array(self.entries_addr()?, entries)?;
+        if !count_first {
+            write(self.addr, &self.header)?;
+        }
+        Ok(())
+    }
 }

@@ -1,53 +1,153 @@
 // SPDX-License-Identifier: GPL-2.0-only
-//! The registered vendor module (kvm-amd or kvm-intel): one at a time.
+//! The registered vendor module (kvm-amd or kvm-intel), one at a time, and the
+//! only place kvm.ko calls into it: [`VendorRef`] pins the module, [`VendorVcpu`]
+//! is a vendor vCPU reached through the table (upstream's `kvm_x86_call()`).
 
+use core::ptr::NonNull;
 use core::sync::atomic::{AtomicPtr, Ordering};
 use kernel::ffi::{c_int, c_void};
 use kernel::prelude::*;
 
-use crate::abi::caps::Host;
+use crate::abi::uapi;
 use crate::glue;
-use crate::x86_ops::X86VendorOps;
+use crate::kvm_x86_ops::{kvm_x86_ops_list, Exit, FfiRet, GuestRegs, KvmX86Ops};
 
-static VENDOR: AtomicPtr<X86VendorOps> = AtomicPtr::new(core::ptr::null_mut());
+static VENDOR: AtomicPtr<KvmX86Ops> = AtomicPtr::new(core::ptr::null_mut());
+/// The registered vendor's `struct module`.
+static OWNER: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
 
-/// The registered vendor's table.
-///
-/// Only called from file operations of /dev/kvm and VM fds; those files are owned by
-/// the vendor module, so it cannot unregister (its exit cannot run) while they exist.
-pub(crate) fn current() -> Option<&'static X86VendorOps> {
-    let p = VENDOR.load(Ordering::Acquire);
-    // A registered table stays valid until its vendor unregisters, which cannot
-    // happen while a caller (see above) runs.
-    // SAFETY: null, or a registered vendor's static table (see above).
-    unsafe { p.as_ref() }
+/// A reference on the registered vendor module: while one exists the module cannot
+/// unload, so its table (and the code it points to) stays valid. VMs and vendor
+/// vCPUs hold one, so nothing reaches a vendor that is gone.
+pub(crate) struct VendorRef {
+    ops: NonNull<KvmX86Ops>,
+    owner: NonNull<c_void>,
 }
 
-/// What the capability logic needs to know about the host.
-pub(crate) fn host() -> Host {
-    let v = current();
-    Host {
-        vm_types: v.map_or(0, |v| v.vm_types),
-        // SAFETY: reads a counter.
-        online_cpus: unsafe { glue::kvm_glue_num_online_cpus() },
-        vcpus: v.is_some_and(|v| v.has_vcpus),
-        xsave: crate::vcpu::host_xcr0() != 0,
-        xsave2_size: crate::vcpu::xsave2_size(),
+// SAFETY: the table is immutable (`Sync`) and a module reference may be dropped on
+// any thread.
+unsafe impl Send for VendorRef {}
+// SAFETY: as above; shared access only reads the table.
+unsafe impl Sync for VendorRef {}
+
+impl VendorRef {
+    /// The registered vendor, pinned; -ENODEV when none is.
+    ///
+    /// Called from the file operations of /dev/kvm and VM fds, which the vendor
+    /// module owns: it cannot finish unregistering while they run, so `OWNER` is a
+    /// live module here. try_module_get() still refuses a module on its way out.
+    pub(crate) fn get() -> Result<Self> {
+        let ops = NonNull::new(VENDOR.load(Ordering::Acquire)).ok_or(ENODEV)?;
+        let owner = NonNull::new(OWNER.load(Ordering::Acquire)).ok_or(ENODEV)?;
+        // SAFETY: a registered module (see above).
+        if unsafe { glue::kvm_glue_try_module_get(owner.as_ptr()) } == 0 {
+            return Err(ENODEV);
+        }
+        Ok(VendorRef { ops, owner })
+    }
+
+    /// The vendor's table, valid as long as `self` pins the module.
+    pub(crate) fn ops(&self) -> &KvmX86Ops {
+        // SAFETY: the module, and so its static table, stays loaded while pinned.
+        unsafe { self.ops.as_ref() }
     }
 }
+
+impl Clone for VendorRef {
+    fn clone(&self) -> Self {
+        // SAFETY: `self` already holds a reference, so the module is live.
+        unsafe { glue::kvm_glue_module_get(self.owner.as_ptr()) };
+        VendorRef {
+            ops: self.ops,
+            owner: self.owner,
+        }
+    }
+}
+
+impl Drop for VendorRef {
+    fn drop(&mut self) {
+        // SAFETY: balances the reference taken in get() or clone().
+        unsafe { glue::kvm_glue_module_put(self.owner.as_ptr()) };
+    }
+}
+
+/// What the capability logic needs to know about the registered vendor: the VM
+/// types it can create and whether it has vCPUs.
+pub(crate) fn vm_types_and_vcpus() -> (u32, bool) {
+    VendorRef::get().map_or((0, false), |v| (v.ops().vm_types, v.ops().has_vcpus))
+}
+
+/// A vendor vCPU (upstream: struct vcpu_svm / vcpu_vmx around the kvm_vcpu) and the
+/// vendor that made it, pinned. Its methods are the table's entries; `&mut self`
+/// for the ones that change the vendor state, so the vCPU mutex that owns the
+/// handle serializes them.
+pub(crate) struct VendorVcpu {
+    vendor: VendorRef,
+    vcpu: NonNull<c_void>,
+}
+
+// SAFETY: the vendor state is plain memory owned by this handle; it is only used
+// through `&`/`&mut self`, which the owner's mutex serializes.
+unsafe impl Send for VendorVcpu {}
+
+impl VendorVcpu {
+    /// A new vendor vCPU in its reset state (upstream vcpu_create).
+    pub(crate) fn create(vendor: &VendorRef) -> Result<Self> {
+        let mut p = core::ptr::null_mut();
+        // SAFETY: the table is pinned; `p` is a valid out-pointer.
+        let r = unsafe { (vendor.ops().vcpu_create)(&mut p) };
+        Result::from_raw(r)?;
+        Ok(VendorVcpu {
+            vendor: vendor.clone(),
+            vcpu: NonNull::new(p).ok_or(ENOMEM)?,
+        })
+    }
+}
+
+impl Drop for VendorVcpu {
+    fn drop(&mut self) {
+        // SAFETY: made by this vendor's vcpu_create, freed once; `vendor` pins it.
+        unsafe { (self.vendor.ops().vcpu_free)(self.vcpu.as_ptr()) };
+    }
+}
+
+macro_rules! define_vendor_vcpu_calls {
+    ($($(#[$doc:meta])* fn $name:ident($recv:ident $(, $arg:ident: $ty:ty)*) -> $ret:ty;)*) => {
+        impl VendorVcpu {
+            $($(#[$doc])*
+            pub(crate) fn $name(self: recv_self!($recv) $(, $arg: $ty)*) -> $ret {
+                // SAFETY: `vcpu` is a live vCPU of the pinned vendor, made by its
+                // vcpu_create; the receiver gives the access the entry declares.
+                let raw = unsafe { (self.vendor.ops().$name)(self.vcpu.as_ptr() $(, $arg)*) };
+                <$ret as FfiRet>::from_raw(raw)
+            })*
+        }
+    };
+}
+
+macro_rules! recv_self {
+    (ref) => {
+        &Self
+    };
+    (mut) => {
+        &mut Self
+    };
+}
+
+kvm_x86_ops_list!(define_vendor_vcpu_calls);
 
 /// Called by a vendor module's init. Mirrors kvm_x86_vendor_init() + kvm_init():
 /// -EEXIST when another vendor is loaded, then /dev/kvm appears.
 #[no_mangle]
 pub(crate) extern "C" fn kvm_rs_vendor_register(
-    ops: *const X86VendorOps,
+    ops: *const KvmX86Ops,
     owner: *mut c_void,
 ) -> c_int {
     // SAFETY: the vendor passes its static table or null.
     let Some(new) = (unsafe { ops.as_ref() }) else {
         return EINVAL.to_errno();
     };
-    if new.size != core::mem::size_of::<X86VendorOps>() {
+    if new.size != core::mem::size_of::<KvmX86Ops>() {
         pr_err!(
             "vendor module built against a different kvm.ko (ops size {})\n",
             new.size
@@ -68,9 +168,11 @@ pub(crate) extern "C" fn kvm_rs_vendor_register(
         );
         return EEXIST.to_errno();
     }
+    OWNER.store(owner, Ordering::Release);
     // SAFETY: `owner` is the vendor's THIS_MODULE; its exit deregisters the device.
     let r = unsafe { glue::kvm_glue_dev_register(owner) };
     if r != 0 {
+        OWNER.store(core::ptr::null_mut(), Ordering::Release);
         VENDOR.store(core::ptr::null_mut(), Ordering::Release);
         pr_err!("cannot register /dev/kvm: {}\n", r);
     }
@@ -79,12 +181,13 @@ pub(crate) extern "C" fn kvm_rs_vendor_register(
 
 /// Called by the vendor module's exit. No VM can exist: VM fds pin the vendor module.
 #[no_mangle]
-pub(crate) extern "C" fn kvm_rs_vendor_unregister(ops: *const X86VendorOps) {
+pub(crate) extern "C" fn kvm_rs_vendor_unregister(ops: *const KvmX86Ops) {
     if VENDOR.load(Ordering::Acquire).cast_const() != ops {
         pr_err!("unregister from a vendor module that is not registered\n");
         return;
     }
     // SAFETY: the device was registered by kvm_rs_vendor_register for this vendor.
     unsafe { glue::kvm_glue_dev_deregister() };
+    OWNER.store(core::ptr::null_mut(), Ordering::Release);
     VENDOR.store(core::ptr::null_mut(), Ordering::Release);
 }

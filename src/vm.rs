@@ -10,13 +10,15 @@ use kernel::sync::{Arc, ArcBorrow, Mutex, SpinLock};
 use kernel::{new_mutex, new_spinlock};
 
 use crate::abi::{caps, ioctl, uapi};
-use crate::irqchip::Irqchip;
-use crate::lapic::Irq;
+use crate::arch::irqchip::{self, Irqchip};
+use crate::arch::mmu::tdp::Mmu;
+use crate::arch::x86::tsc_khz_arg;
+use crate::hw::lapic::{self, Irq};
 use crate::memslot::{self, Slot};
-use crate::mmu::Mmu;
 use crate::stats::{self, Counters};
-use crate::vcpu::{self, Vcpu};
-use crate::{dev, glue, user, vendor};
+use crate::vcpu::{NewVcpuFile, Vcpu};
+use crate::vendor::VendorRef;
+use crate::{dev, glue, user};
 
 /// The creating process's mm, pinned so that the identity check below cannot be
 /// fooled by a recycled address.
@@ -54,6 +56,8 @@ const KVM_MIN_ALLOC_MMU_PAGES: usize = 64;
 #[pin_data(PinnedDrop)]
 pub(crate) struct Vm {
     mm: OwnerMm,
+    /// The vendor module, pinned for the VM's lifetime (its vCPUs pin it too).
+    pub(crate) vendor: VendorRef,
     /// The creator's pid, for the stats file id ("kvm-<pid>").
     pub(crate) pid: i32,
     pub(crate) stats: Counters<{ stats::vm::DESCS.len() }>,
@@ -132,12 +136,14 @@ fn in_guest_flags() -> Result<KVec<AtomicBool>> {
 
 /// KVM_CREATE_VM: returns the new fd.
 pub(crate) fn create(vm_type: usize) -> Result<isize> {
-    if !caps::vm_type_supported(&vendor::host(), vm_type as u64) {
+    if !caps::vm_type_supported(&dev::host(), vm_type as u64) {
         return Err(EINVAL);
     }
+    let vendor = VendorRef::get()?;
     let vm = Arc::pin_init(
         try_pin_init!(Vm {
             mm: OwnerMm::current(),
+            vendor,
             // SAFETY: reads the current task's pid.
             pid: unsafe { glue::kvm_glue_current_pid() },
             stats: Counters::new(),
@@ -217,7 +223,7 @@ impl Vm {
             }
             ioctl::KVM_CREATE_VCPU => self.create_vcpu(arg),
             ioctl::KVM_GET_STATS_FD => stats::vm_fd(self.clone()),
-            ioctl::KVM_GET_DIRTY_LOG => self.get_dirty_log(arg),
+            ioctl::KVM_GET_DIRTY_LOG => self.get_dirty_log(arg, false),
             ioctl::KVM_ENABLE_CAP => {
                 let c: uapi::kvm_enable_cap = user::read(arg)?;
                 self.enable_cap(&c)
@@ -226,7 +232,7 @@ impl Vm {
             ioctl::KVM_SET_TSC_KHZ => {
                 // Without TSC scaling any rate is accepted here, as upstream; whether
                 // a vCPU can run at it is KVM_SET_TSC_KHZ on the vCPU's business.
-                let khz = vcpu::tsc_khz_arg(arg);
+                let khz = tsc_khz_arg(arg);
                 let mut l = self.locked.lock();
                 if !l.vcpus.is_empty() {
                     return Err(EINVAL);
@@ -297,7 +303,7 @@ impl Vm {
                 let mut chip = self.irqchip.lock();
                 // kvm_arch_can_set_irq_routing(): only with an in-kernel irqchip.
                 let chip = (*chip).as_mut().ok_or(EINVAL)?;
-                let routes = crate::irqchip::read_routes(arg, false)?;
+                let routes = irqchip::read_routes(arg, false)?;
                 chip.set_routes(routes);
                 Ok(0)
             }
@@ -307,7 +313,7 @@ impl Vm {
                 if chip.is_none() {
                     return Err(EINVAL);
                 }
-                let r = crate::irqchip::signal_msi(&msi, &self.locked.lock().vcpus)?;
+                let r = irqchip::signal_msi(&msi, &self.locked.lock().vcpus)?;
                 // Upstream returns kvm_set_msi()'s -1 (no destination) as is, which
                 // userspace sees as -EPERM.
                 if r < 0 {
@@ -480,7 +486,7 @@ impl Vm {
     /// KVM_GET_DIRTY_LOG (kvm_get_dirty_log_protect() without manual protect):
     /// copies the slot's bitmap out, clears it and write-protects the pages that
     /// were dirty, with TLBs flushed before returning.
-    fn get_dirty_log(&self, arg: usize) -> Result<isize> {
+    fn get_dirty_log(&self, arg: usize, compat: bool) -> Result<isize> {
         let d: uapi::kvm_dirty_log = user::read(arg)?;
         // x86 has two address spaces; the SMM one never has slots in kvm-rs.
         let (as_id, id) = (d.slot >> 16, d.slot & 0xffff);
@@ -514,7 +520,13 @@ impl Vm {
         }
         drop(mmu);
         // SAFETY: reads the union's pointer member, a plain integer for any bytes.
-        let ptr = unsafe { d.__bindgen_anon_1.padding2 } as usize;
+        let ptr = unsafe { d.__bindgen_anon_1.padding2 };
+        // A 32-bit caller's bitmap pointer is the union's low half (compat_ptr()).
+        let ptr = if compat {
+            ptr & u64::from(u32::MAX)
+        } else {
+            ptr
+        } as usize;
         user::write_array(ptr, &snap)?;
         Ok(0)
     }
@@ -572,7 +584,7 @@ impl Vm {
     pub(crate) fn deliver_irq(&self, irq: &Irq, source: u32) {
         let l = self.locked.lock();
         for v in l.vcpus.iter() {
-            if v.deliver_irq(irq, source) && irq.delivery_mode == crate::lapic::delivery::LOWEST {
+            if v.deliver_irq(irq, source) && irq.delivery_mode == lapic::delivery::LOWEST {
                 break;
             }
         }
@@ -624,13 +636,17 @@ impl Vm {
         }
         l.vcpus.reserve(1, GFP_KERNEL)?;
         let v = Vcpu::new(
+            self,
             id,
             self.has_irqchip.load(Ordering::SeqCst),
             l.default_tsc_khz,
         )?;
-        let fd = vcpu::create_fd(self.clone(), v.clone())?;
+        // As upstream kvm_vm_ioctl_create_vcpu(): the fd is installed only after
+        // the last step that can fail, so userspace never sees a vCPU fd that
+        // was then torn down.
+        let file = NewVcpuFile::new(self.clone(), v.clone())?;
         l.vcpus.push_within_capacity(v).map_err(|_| ENOMEM)?;
-        Ok(fd)
+        Ok(file.install())
     }
 }
 
@@ -681,7 +697,25 @@ pub(crate) extern "C" fn kvm_rs_mn_release(vm: *mut c_void) {
 pub(crate) extern "C" fn kvm_rs_vm_ioctl(vm: *mut c_void, cmd: c_uint, arg: c_ulong) -> c_long {
     // SAFETY: private_data set by create(); the file holds a reference while fops run.
     let vm: Arc<Vm> = unsafe { ArcBorrow::<Vm>::from_raw(vm.cast_const().cast()) }.into();
-    dev::ioctl_ret(vm.ioctl(cmd, arg))
+    user::ioctl_ret(vm.ioctl(cmd, arg))
+}
+
+/// `compat_ioctl` of a VM fd (kvm_vm_compat_ioctl()): KVM_GET_DIRTY_LOG carries a
+/// 32-bit pointer; every other VM ioctl kvm-rs has is laid out alike for 32-bit
+/// callers. (Upstream also converts KVM_CLEAR_DIRTY_LOG and x86's MSR filter,
+/// which kvm-rs does not implement for any caller.)
+#[no_mangle]
+pub(crate) extern "C" fn kvm_rs_vm_compat_ioctl(
+    vm: *mut c_void,
+    cmd: c_uint,
+    arg: c_ulong,
+) -> c_long {
+    if cmd != ioctl::KVM_GET_DIRTY_LOG {
+        return kvm_rs_vm_ioctl(vm, cmd, arg);
+    }
+    // SAFETY: as kvm_rs_vm_ioctl.
+    let vm: Arc<Vm> = unsafe { ArcBorrow::<Vm>::from_raw(vm.cast_const().cast()) }.into();
+    user::ioctl_ret(vm.check_owner().and_then(|()| vm.get_dirty_log(arg, true)))
 }
 
 /// `release` of a VM fd: drops the file's reference.

@@ -96,6 +96,7 @@ pub const KVM_GET_MSRS: u32 = iowr::<uapi::kvm_msrs>(0x88);
 pub const KVM_SET_MSRS: u32 = iow::<uapi::kvm_msrs>(0x89);
 pub const KVM_GET_FPU: u32 = ior::<uapi::kvm_fpu>(0x8c);
 pub const KVM_SET_FPU: u32 = iow::<uapi::kvm_fpu>(0x8d);
+pub const KVM_SET_SIGNAL_MASK: u32 = iow::<uapi::kvm_signal_mask>(0x8b);
 pub const KVM_GET_LAPIC: u32 = ior::<uapi::kvm_lapic_state>(0x8e);
 pub const KVM_SET_LAPIC: u32 = iow::<uapi::kvm_lapic_state>(0x8f);
 pub const KVM_GET_VCPU_EVENTS: u32 = ior::<uapi::kvm_vcpu_events>(0x9f);
@@ -146,6 +147,7 @@ mod tests {
         assert_eq!(KVM_GET_XCRS, 0x8188_aea6);
         assert_eq!(KVM_TRANSLATE, 0xc018_ae85);
         assert_eq!(KVM_GET_SREGS2, 0x8140_aecc);
+        assert_eq!(KVM_SET_SIGNAL_MASK, 0x4004_ae8b);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! tracking (GSI 8 reports like any other edge pin), irqfd resamplers and mask
 //! notifiers (no irqfd, no assigned devices).
 
-use crate::lapic::Irq;
+use super::lapic::Irq;
 
 pub const NUM_PINS: usize = 24;
 /// IOAPIC_DEFAULT_BASE_ADDRESS.
@@ -191,7 +191,7 @@ impl Ioapic {
         let Some(state) = self.irq_states.get_mut(pin as usize) else {
             return -1;
         };
-        let line = crate::irq_routing::line_state(state, source, level);
+        let line = super::irq_routing::line_state(state, source, level);
         self.set_irq_level(pin, line, apics)
     }
 

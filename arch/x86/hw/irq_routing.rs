@@ -5,7 +5,7 @@
 //! KVM_SET_GSI_ROUTING applies to each entry (with upstream's -EINVAL cases), and the
 //! MSI message to LAPIC interrupt translation that KVM_SIGNAL_MSI also uses.
 
-use crate::lapic::Irq;
+use super::lapic::Irq;
 
 /// KVM_MAX_IRQ_ROUTES: also what KVM_CAP_IRQ_ROUTING reports.
 pub const MAX_ROUTES: u32 = 4096;

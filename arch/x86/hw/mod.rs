@@ -5,10 +5,15 @@ pub mod emulate;
 pub mod ioapic;
 pub mod irq_routing;
 pub mod lapic;
-pub mod npt;
 pub mod pic;
 pub mod sregs;
 pub mod svm;
-pub mod vmcb;
 pub mod vmx;
 pub mod xstate;
+// Files that live beside their kernel-facing users, for upstream's layout.
+#[path = "../kvm/mmu/paging.rs"]
+pub mod paging;
+#[path = "../kvm/mmu/spte.rs"]
+pub mod spte;
+#[path = "../svm/vmcb.rs"]
+pub mod vmcb;

@@ -188,7 +188,7 @@ impl Pic {
         let Some(state) = self.irq_states.get_mut(pin as usize) else {
             return -1;
         };
-        let line = crate::irq_routing::line_state(state, source, level);
+        let line = super::irq_routing::line_state(state, source, level);
         let ret = match self.chips.get_mut((pin >> 3) as usize) {
             Some(c) => c.set_irq1(pin & 7, line),
             None => -1,

@@ -12,11 +12,15 @@ use kernel::prelude::*;
 
 #[path = "../cpus.rs"]
 mod cpus;
+mod exit;
 #[path = "../../../src/glue.rs"]
 mod glue;
 #[path = "../../../src/pages.rs"]
 mod pages;
 // No_std files shared with the host crates, whose API is `pub`.
+#[allow(dead_code)] // kvm.ko uses all of it; kvm-amd part.
+#[path = "../kvm_x86_ops.rs"]
+mod kvm_x86_ops;
 #[allow(unreachable_pub)]
 #[path = "../hw/svm.rs"]
 mod svm_hw;
@@ -27,14 +31,10 @@ mod vcpu;
 #[path = "../vendor.rs"]
 mod vendor;
 #[allow(unreachable_pub, dead_code)]
-#[path = "../hw/vmcb.rs"]
 mod vmcb;
-#[allow(dead_code)] // kvm.ko uses all of it; kvm-amd part.
-#[path = "../x86_ops.rs"]
-mod x86_ops;
 
+use kvm_x86_ops::KvmX86Ops;
 use svm_hw as svm;
-use x86_ops::X86VendorOps;
 
 module! {
     type: KvmAmd,
@@ -44,7 +44,7 @@ module! {
     license: "GPL",
 }
 
-static OPS: X86VendorOps = vendor::ops::<vcpu::Svm>();
+static OPS: KvmX86Ops = vendor::ops::<vcpu::Svm>();
 
 /// One CPU's SVM state: the host save area (VM_HSAVE_PA, written by VMRUN), the
 /// VMSAVE area for the host state VMRUN does not switch, and ASID allocation

@@ -1,23 +1,25 @@
 // SPDX-License-Identifier: GPL-2.0-only
-//! An SVM vCPU: one VMCB, its reset state (upstream init_vmcb()), register access,
-//! VMRUN and the decoding of #VMEXIT into kvm.ko's vendor-neutral [`Exit`].
+//! An SVM vCPU (upstream struct vcpu_svm): one VMCB, its reset state (init_vmcb()),
+//! register access and VMRUN (svm_vcpu_run()); exits are decoded in exit.rs.
 
 use core::sync::atomic::{AtomicBool, Ordering};
 use kernel::prelude::*;
 
+use super::exit::decode_exit;
+use super::kvm_x86_ops::{exit, reg, Exit, GuestRegs};
 use super::pages::Pages;
 use super::uapi::{kvm_dtable, kvm_segment, kvm_sregs, kvm_vcpu_events};
-use super::vendor::Vendor;
+use super::vendor::KvmX86Vendor;
 use super::vmcb::{self as vm, Seg, SegAttr, Vmcb};
-use super::x86_ops::{exit, reg, Exit, GuestRegs};
 use super::{iopm_pa, msrpm_pa, this_cpu};
 
 extern "C" {
-    // arch/x86/svm/vmenter.S
-    fn __kvm_rs_svm_vcpu_run(vmcb_pa: u64, regs: *mut GuestRegs, host_save_pa: u64);
+    /// arch/x86/svm/vmenter.S: 0, or 1 when VMSAVE, VMLOAD or VMRUN faulted (the
+    /// exception table skipped it).
+    fn __kvm_rs_svm_vcpu_run(vmcb_pa: u64, regs: *mut GuestRegs, host_save_pa: u64) -> u32;
 }
 
-static NRIPS: AtomicBool = AtomicBool::new(false);
+pub(crate) static NRIPS: AtomicBool = AtomicBool::new(false);
 
 /// Whether the CPU reports the next RIP on intercepts (without it, kvm.ko skips
 /// by the known length of the intercepted instruction).
@@ -44,9 +46,9 @@ fn rdtsc() -> u64 {
     unsafe { super::glue::kvm_glue_rdtsc() }
 }
 
-const UD_VECTOR: u32 = 6;
-const AC_VECTOR: u32 = 17;
-const EVTINJ_VALID: u32 = 1 << 31;
+pub(crate) const UD_VECTOR: u32 = 6;
+pub(crate) const AC_VECTOR: u32 = 17;
+pub(crate) const EVTINJ_VALID: u32 = 1 << 31;
 const EVTINJ_VALID_ERR: u32 = 1 << 11;
 const EVTINJ_TYPE_EXEPT: u32 = 3 << 8;
 const EVTINJ_TYPE_NMI: u32 = 2 << 8;
@@ -59,6 +61,9 @@ pub(crate) struct Svm;
 
 pub(crate) struct SvmVcpu {
     vmcb: Pages,
+    /// The guest-physical page-table root kvm.ko loaded (load_mmu_pgd); kept
+    /// here because a reset reinitializes the VMCB.
+    nested_cr3: u64,
     /// ASID generation of `cpu` this vCPU's ASID belongs to (0: none).
     asid_generation: u64,
     cpu: u32,
@@ -143,7 +148,7 @@ fn init_vmcb(v: &mut Vmcb) {
 }
 
 /// Back to the INIT state (the VMCB has no ASID afterwards).
-fn reinit_vmcb(vmcb: &mut Vmcb) {
+pub(crate) fn reinit_vmcb(vmcb: &mut Vmcb) {
     // SAFETY: a VMCB is plain data; all-zero is its starting point.
     unsafe { core::ptr::write_bytes(core::ptr::from_mut(vmcb), 0, 1) };
     init_vmcb(vmcb);
@@ -221,14 +226,7 @@ fn host_if_off() {
     unsafe { core::arch::asm!("cli", options(nomem, nostack)) }
 }
 
-fn exit_of(kind: u32) -> Exit {
-    Exit {
-        kind,
-        ..Default::default()
-    }
-}
-
-impl Vendor for Svm {
+impl KvmX86Vendor for Svm {
     const NAME: &'static core::ffi::CStr = c"kvm_amd";
     /// `KVM_X86_DEFAULT_VM` only; the SEV types come with SEV support.
     const VM_TYPES: u32 = 1 << 0;
@@ -239,6 +237,7 @@ impl Vendor for Svm {
         let mut v = KBox::new(
             SvmVcpu {
                 vmcb: Pages::new(4096)?,
+                nested_cr3: 0,
                 asid_generation: 0,
                 cpu: u32::MAX,
             },
@@ -300,7 +299,11 @@ impl Vendor for Svm {
         Ok(())
     }
 
-    fn run(v: &mut SvmVcpu, regs: &mut GuestRegs, nested_cr3: u64, flush: bool) -> Exit {
+    fn load_mmu_pgd(v: &mut SvmVcpu, root_hpa: u64) {
+        v.nested_cr3 = root_hpa;
+    }
+
+    fn vcpu_run(v: &mut SvmVcpu, regs: &mut GuestRegs, flush: bool) -> Exit {
         let Some((cpu, cd)) = this_cpu() else {
             return Exit {
                 kind: exit::FAIL_ENTRY,
@@ -328,6 +331,7 @@ impl Vendor for Svm {
             cd.next_asid.store(next + 1, Ordering::Relaxed);
             v.asid_generation = generation;
         }
+        let nested_cr3 = v.nested_cr3;
         let vmcb = v.vmcb();
         vmcb.control.nested_cr3 = nested_cr3;
         vmcb.control.clean = 0;
@@ -340,11 +344,27 @@ impl Vendor for Svm {
         // SAFETY: the per-CPU save area is this CPU's page.
         let host_save = unsafe { super::glue::kvm_glue_page_to_phys(cd.save_area.as_ptr().cast()) };
         clgi();
+        // svm_vcpu_enter_exit(): RCU, context tracking and lockdep learn of guest
+        // mode here, right around the world switch.
+        // SAFETY: interrupts and GIF are off; paired with the exit call below.
+        unsafe { super::glue::kvm_glue_guest_state_enter_irqoff() };
         host_if_on();
         // SAFETY: GIF is clear (IF set only for VMRUN's mask); the VMCB is a valid guest state for this vCPU, `regs` its registers.
-        unsafe { __kvm_rs_svm_vcpu_run(vmcb_pa, regs, host_save) };
+        let faulted = unsafe { __kvm_rs_svm_vcpu_run(vmcb_pa, regs, host_save) } != 0;
         host_if_off();
+        // SAFETY: pairs with the enter call above, interrupts still off.
+        unsafe { super::glue::kvm_glue_guest_state_exit_irqoff() };
         stgi();
+        if faulted {
+            // Upstream oopses unless rebooting; kvm-rs reports a failed entry. Not
+            // guest-triggerable (SVM disabled under us, a bad VMCB address).
+            pr_err!("kvm_amd: VMRUN, VMLOAD or VMSAVE faulted on CPU {}\n", cpu);
+            return Exit {
+                kind: exit::FAIL_ENTRY,
+                hw_reason: vm::EXIT_ERR,
+                ..Default::default()
+            };
+        }
 
         let vmcb = v.vmcb();
         vmcb.control.tlb_ctl = 0;
@@ -367,13 +387,14 @@ impl Vendor for Svm {
         ex
     }
 
-    fn queue_exception(v: &mut SvmVcpu, vector: u32, error_code: Option<u32>) {
-        Svm::queue_exception_vmcb(v.vmcb(), vector & 0xff, error_code);
+    fn queue_exception(v: &mut SvmVcpu, vector: u32, has_error: bool, error_code: u32) {
+        let err = has_error.then_some(error_code);
+        queue_exception_vmcb(v.vmcb(), vector & 0xff, err);
     }
 
-    fn get_msr(v: &SvmVcpu, index: u32) -> Option<u64> {
+    fn get_msr(v: &SvmVcpu, index: u32, data: &mut u64) -> bool {
         let s = &v.vmcb_ref().save;
-        Some(match index {
+        *data = match index {
             MSR_EFER => s.efer & !vm::EFER_SVME,
             MSR_STAR => s.star,
             MSR_LSTAR => s.lstar,
@@ -387,8 +408,9 @@ impl Vendor for Svm {
             MSR_SYSENTER_EIP => s.sysenter_eip,
             MSR_PAT => s.g_pat,
             MSR_TSC => rdtsc().wrapping_add(v.vmcb_ref().control.tsc_offset),
-            _ => return None,
-        })
+            _ => return false,
+        };
+        true
     }
 
     fn set_msr(v: &mut SvmVcpu, index: u32, data: u64) -> bool {
@@ -479,7 +501,7 @@ impl Vendor for Svm {
         c.event_inj_err = 0;
         if e.exception.injected != 0 {
             let err = (e.exception.has_error_code != 0).then_some(e.exception.error_code);
-            Svm::queue_exception_vmcb(v.vmcb(), e.exception.nr.into(), err);
+            queue_exception_vmcb(v.vmcb(), e.exception.nr.into(), err);
         } else if e.nmi.injected != 0 {
             c.event_inj = 2 | EVTINJ_TYPE_NMI | EVTINJ_VALID;
         } else if e.interrupt.injected != 0 {
@@ -504,7 +526,7 @@ impl Vendor for Svm {
         v.vmcb_ref().save.cr4
     }
 
-    fn intercept_dr(v: &mut SvmVcpu) {
+    fn sync_dirty_debug_regs(v: &mut SvmVcpu) {
         v.vmcb().control.intercepts[vm::INTERCEPT_DR] = DR_INTERCEPTS;
     }
 
@@ -526,7 +548,7 @@ impl Vendor for Svm {
         }
     }
 
-    fn reset(v: &mut SvmVcpu) {
+    fn vcpu_reset(v: &mut SvmVcpu) {
         reinit_vmcb(v.vmcb());
         v.asid_generation = 0;
     }
@@ -537,157 +559,15 @@ const RFLAGS_IF: u64 = 1 << 9;
 /// first one makes kvm.ko switch DR0-3 (exit::DR_ACCESS).
 const DR_INTERCEPTS: u32 = 0x00cf_00cf;
 
-/// #VMEXIT as kvm.ko sees it. Exits that need nothing from kvm.ko (host
-/// interrupts, instructions the guest gets #UD for) are finished here.
-fn decode_exit(vmcb: &mut Vmcb, rip: u64) -> Exit {
-    let c = vmcb.control;
-    let nrips = NRIPS.load(Ordering::Relaxed);
-    // Without NRIPS, the length of the (prefix-free) intercepted instruction.
-    let next = |len: u64| {
-        if nrips {
-            c.next_rip
+/// Queues an exception in EVENTINJ (svm_inject_exception()).
+pub(crate) fn queue_exception_vmcb(vmcb: &mut Vmcb, vector: u32, error_code: Option<u32>) {
+    vmcb.control.event_inj = vector
+        | EVTINJ_TYPE_EXEPT
+        | EVTINJ_VALID
+        | if error_code.is_some() {
+            EVTINJ_VALID_ERR
         } else {
-            rip.wrapping_add(len)
-        }
-    };
-    let (info1, info2) = (c.exit_info_1, c.exit_info_2);
-    let code = c.exit_code;
-    // An intercepted instruction that kvm.ko completes is skipped, which ends an
-    // STI/MOV SS shadow (skip_emulated_instruction() clears it): STI; HLT must
-    // be able to wake for an interrupt.
-    if matches!(
-        code,
-        vm::EXIT_HLT
-            | vm::EXIT_IOIO
-            | vm::EXIT_CPUID
-            | vm::EXIT_MSR
-            | vm::EXIT_VMMCALL
-            | vm::EXIT_XSETBV
-            | 0x76
-            | 0x89
-    ) {
-        vmcb.control.int_state &= !vm::INTERRUPT_SHADOW;
-    }
-    match code {
-        vm::EXIT_INTR | vm::EXIT_NMI | vm::EXIT_SMI => exit_of(exit::NONE),
-        vm::EXIT_VINTR => {
-            // svm_clear_vintr(): the window is open; kvm.ko injects what is pending.
-            vmcb.control.int_ctl &= !(vm::V_IRQ | vm::V_IGN_TPR | (0xf << vm::V_INTR_PRIO_SHIFT));
-            vmcb.control.intercepts[vm::INTERCEPT_WORD3] &= !vm::VINTR;
-            exit_of(exit::IRQ_WINDOW)
-        }
-        vm::EXIT_HLT => Exit {
-            next_rip: next(1),
-            ..exit_of(exit::HLT)
-        },
-        vm::EXIT_IOIO => {
-            let mut flags = 0;
-            if info1 & vm::IOIO_TYPE_IN != 0 {
-                flags |= exit::IO_IN;
-            }
-            if info1 & vm::IOIO_STR != 0 {
-                flags |= exit::IO_STRING;
-            }
-            if info1 & vm::IOIO_REP != 0 {
-                flags |= exit::IO_REP;
-            }
-            let size = match (info1 & vm::IOIO_SIZE_MASK) >> vm::IOIO_SIZE_SHIFT {
-                1 => 1,
-                2 => 2,
-                _ => 4,
-            };
-            Exit {
-                kind: exit::IO,
-                flags,
-                info: info1 >> 16,
-                info2: size,
-                // IOIO always reports the next RIP in EXITINFO2.
-                next_rip: info2,
-                hw_reason: c.exit_code,
-            }
-        }
-        vm::EXIT_CPUID => Exit {
-            next_rip: next(2),
-            ..exit_of(exit::CPUID)
-        },
-        vm::EXIT_MSR => Exit {
-            kind: if info1 == 0 { exit::RDMSR } else { exit::WRMSR },
-            next_rip: next(2),
-            ..Default::default()
-        },
-        vm::EXIT_VMMCALL => Exit {
-            next_rip: next(3),
-            ..exit_of(exit::VMMCALL)
-        },
-        vm::EXIT_SHUTDOWN => {
-            // The VMCB is undefined after a shutdown intercept: start over from the
-            // INIT state, as upstream's shutdown_interception() (kvm.ko resets the
-            // registers it owns).
-            reinit_vmcb(vmcb);
-            exit_of(exit::SHUTDOWN)
-        }
-        vm::EXIT_NPF => Exit {
-            kind: exit::NPF,
-            flags: (info1 as u32 & !exit::VECTORING)
-                | if c.exit_int_info & EVTINJ_VALID != 0 {
-                    exit::VECTORING
-                } else {
-                    0
-                },
-            info: info2,
-            hw_reason: c.exit_code,
-            ..Default::default()
-        },
-        vm::EXIT_ERR => Exit {
-            kind: exit::FAIL_ENTRY,
-            hw_reason: c.exit_code,
-            ..Default::default()
-        },
-        code if code == vm::EXIT_EXCP_BASE + u64::from(UD_VECTOR) => exit_of(exit::INVALID_OPCODE),
-        code if code == vm::EXIT_EXCP_BASE + u64::from(AC_VECTOR) => {
-            Svm::queue_exception_vmcb(vmcb, AC_VECTOR, Some(info1 as u32));
-            exit_of(exit::NONE)
-        }
-        // MOV from/to DR0-15 (dr_interception() without guest debugging): let
-        // the guest access them freely until the next exit, and run it again.
-        0x20..=0x3f => {
-            vmcb.control.intercepts[vm::INTERCEPT_DR] = 0;
-            exit_of(exit::DR_ACCESS)
-        }
-        vm::EXIT_XSETBV => Exit {
-            next_rip: next(3),
-            ..exit_of(exit::XSETBV)
-        },
-        // No nested SVM, no MONITOR/MWAIT: #UD, as the guest's CPUID promises.
-        0x80..=0x86 | 0x8a..=0x8b | 0x8e => {
-            Svm::queue_exception_vmcb(vmcb, UD_VECTOR, None);
-            exit_of(exit::NONE)
-        }
-        // INVD, WBINVD: nothing to do for a guest without assigned devices.
-        0x76 | 0x89 => Exit {
-            next_rip: next(2),
-            ..exit_of(exit::NONE)
-        },
-        code => Exit {
-            kind: exit::UNHANDLED,
-            hw_reason: code,
-            info: info1,
-            info2,
-            ..Default::default()
-        },
-    }
-}
-
-impl Svm {
-    fn queue_exception_vmcb(vmcb: &mut Vmcb, vector: u32, error_code: Option<u32>) {
-        vmcb.control.event_inj = vector
-            | EVTINJ_TYPE_EXEPT
-            | EVTINJ_VALID
-            | if error_code.is_some() {
-                EVTINJ_VALID_ERR
-            } else {
-                0
-            };
-        vmcb.control.event_inj_err = error_code.unwrap_or(0);
-    }
+            0
+        };
+    vmcb.control.event_inj_err = error_code.unwrap_or(0);
 }

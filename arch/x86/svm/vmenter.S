@@ -8,7 +8,7 @@
 #include <asm/frame.h>
 #include <asm/nospec-branch.h>
 
-/* struct GuestRegs (arch/x86/x86_ops.rs): gpr[16] in hardware order. */
+/* struct GuestRegs (arch/x86/kvm_x86_ops.rs): gpr[16] in hardware order. */
 #define R_RCX (1 * 8)
 #define R_RDX (2 * 8)
 #define R_RBX (3 * 8)
@@ -27,7 +27,7 @@
 .section .noinstr.text, "ax"
 
 /*
- * void __kvm_rs_svm_vcpu_run(u64 vmcb_pa, struct GuestRegs *regs, u64 host_save_pa)
+ * u32 __kvm_rs_svm_vcpu_run(u64 vmcb_pa, struct GuestRegs *regs, u64 host_save_pa)
  *
  * Host state that VMRUN does not switch (FS, GS, TR, LDTR, KernelGSBase,
  * STAR/LSTAR/CSTAR/SFMASK, SYSENTER_*) goes through VMSAVE to the per-CPU area and
@@ -36,6 +36,10 @@
  * VMRUN is not in an STI shadow): a host interrupt arriving in the guest is an INTR
  * #VMEXIT (V_INTR_MASKING with the host's IF set), taken by the caller once it has
  * cleared IF and set GIF again and then enables interrupts.
+ *
+ * Returns 0, or 1 if VMSAVE, VMLOAD or VMRUN faulted (#GP, e.g. SVM disabled under
+ * us): the exception table skips the instruction, as upstream's does for VMRUN
+ * while rebooting, and the caller reports a failed entry instead of an oops.
  */
 SYM_FUNC_START(__kvm_rs_svm_vcpu_run)
 	push %rbp
@@ -45,14 +49,16 @@ SYM_FUNC_START(__kvm_rs_svm_vcpu_run)
 	push %r13
 	push %r12
 	push %rbx
+	push $0			/* 24(%rsp): fault flag, the return value */
 	push %rdx		/* 16(%rsp): host save area */
 	push %rsi		/*  8(%rsp): regs */
 	push %rdi		/*  0(%rsp): vmcb */
 
 	mov %rdx, %rax
-	vmsave %rax
-	mov %rdi, %rax
-	vmload %rax
+901:	vmsave %rax
+911:	mov %rdi, %rax
+902:	vmload %rax
+912:
 
 	mov R_RCX(%rsi), %rcx
 	mov R_RDX(%rsi), %rdx
@@ -69,8 +75,8 @@ SYM_FUNC_START(__kvm_rs_svm_vcpu_run)
 	mov R_R15(%rsi), %r15
 	mov R_RSI(%rsi), %rsi
 
-	vmrun %rax
-
+903:	vmrun %rax
+913:
 	/* RAX and RSP are the host's again (restored by #VMEXIT). */
 	mov 8(%rsp), %rax
 	mov %rcx, R_RCX(%rax)
@@ -89,9 +95,10 @@ SYM_FUNC_START(__kvm_rs_svm_vcpu_run)
 	mov %r15, R_R15(%rax)
 
 	mov 0(%rsp), %rax
-	vmsave %rax
-	mov 16(%rsp), %rax
-	vmload %rax
+904:	vmsave %rax
+914:	mov 16(%rsp), %rax
+905:	vmload %rax
+915:
 
 	/* Stuff the RSB before any RET, as upstream. */
 	FILL_RETURN_BUFFER %rax, RSB_CLEAR_LOOPS, X86_FEATURE_RSB_VMEXIT
@@ -107,6 +114,7 @@ SYM_FUNC_START(__kvm_rs_svm_vcpu_run)
 	xor %r11d, %r11d
 
 	add $24, %rsp
+	pop %rax
 	pop %rbx
 	pop %r12
 	pop %r13
@@ -114,4 +122,22 @@ SYM_FUNC_START(__kvm_rs_svm_vcpu_run)
 	pop %r15
 	pop %rbp
 	RET
+
+	/* A faulting SVM instruction: note it and go on after it. */
+921:	movq $1, 24(%rsp)
+	jmp 911b
+922:	movq $1, 24(%rsp)
+	jmp 912b
+923:	movq $1, 24(%rsp)
+	jmp 913b
+924:	movq $1, 24(%rsp)
+	jmp 914b
+925:	movq $1, 24(%rsp)
+	jmp 915b
+
+	_ASM_EXTABLE(901b, 921b)
+	_ASM_EXTABLE(902b, 922b)
+	_ASM_EXTABLE(903b, 923b)
+	_ASM_EXTABLE(904b, 924b)
+	_ASM_EXTABLE(905b, 925b)
 SYM_FUNC_END(__kvm_rs_svm_vcpu_run)

@@ -13,6 +13,9 @@ mod cpus;
 #[path = "../../../src/glue.rs"]
 mod glue;
 // A no_std file shared with the host crate kvm-x86-hw, whose API is `pub`.
+#[allow(dead_code)] // kvm.ko uses all of it.
+#[path = "../kvm_x86_ops.rs"]
+mod kvm_x86_ops;
 #[allow(unreachable_pub, dead_code)]
 #[path = "../../../src/abi/uapi.rs"]
 mod uapi;
@@ -21,12 +24,9 @@ mod vendor;
 #[allow(unreachable_pub)]
 #[path = "../hw/vmx.rs"]
 mod vmx_hw;
-#[allow(dead_code)] // kvm.ko uses all of it.
-#[path = "../x86_ops.rs"]
-mod x86_ops;
 
+use kvm_x86_ops::{Exit, GuestRegs, KvmX86Ops};
 use vmx_hw as vmx;
-use x86_ops::X86VendorOps;
 
 module! {
     type: KvmIntel,
@@ -38,7 +38,7 @@ module! {
 
 struct Vmx;
 
-impl vendor::Vendor for Vmx {
+impl vendor::KvmX86Vendor for Vmx {
     const NAME: &'static core::ffi::CStr = c"kvm_intel";
     /// `KVM_X86_DEFAULT_VM` only; TDX comes with TDX support.
     const VM_TYPES: u32 = 1 << 0;
@@ -46,52 +46,71 @@ impl vendor::Vendor for Vmx {
     type Vcpu = NoVcpu;
 
     /// VMX vCPUs (VMCS, VM entry) are not written yet: KVM_CREATE_VCPU fails with
-    /// -EOPNOTSUPP on Intel, so nothing below is ever reached.
+    /// -EOPNOTSUPP on Intel, so no `NoVcpu` ever exists and no entry below can be
+    /// called (each matches on the uninhabited type).
     fn vcpu_create() -> Result<KBox<NoVcpu>> {
         Err(cpus::eopnotsupp())
     }
-    fn get_sregs(_: &NoVcpu, _: &mut uapi::kvm_sregs) {}
-    fn set_sregs(_: &mut NoVcpu, _: &uapi::kvm_sregs) -> Result {
-        Err(cpus::eopnotsupp())
+    fn get_sregs(v: &NoVcpu, _: &mut uapi::kvm_sregs) {
+        match *v {}
     }
-    fn run(_: &mut NoVcpu, _: &mut x86_ops::GuestRegs, _: u64, _: bool) -> x86_ops::Exit {
-        x86_ops::Exit {
-            kind: x86_ops::exit::FAIL_ENTRY,
-            ..Default::default()
-        }
+    fn set_sregs(v: &mut NoVcpu, _: &uapi::kvm_sregs) -> Result {
+        match *v {}
     }
-    fn queue_exception(_: &mut NoVcpu, _: u32, _: Option<u32>) {}
-    fn get_msr(_: &NoVcpu, _: u32) -> Option<u64> {
-        None
+    fn load_mmu_pgd(v: &mut NoVcpu, _: u64) {
+        match *v {}
     }
-    fn set_msr(_: &mut NoVcpu, _: u32, _: u64) -> bool {
-        false
+    fn vcpu_run(v: &mut NoVcpu, _: &mut GuestRegs, _: bool) -> Exit {
+        match *v {}
     }
-    fn interrupt_allowed(_: &NoVcpu, _: u64) -> bool {
-        false
+    fn queue_exception(v: &mut NoVcpu, _: u32, _: bool, _: u32) {
+        match *v {}
     }
-    fn inject_irq(_: &mut NoVcpu, _: u8) {}
-    fn enable_irq_window(_: &mut NoVcpu) {}
-    fn reset(_: &mut NoVcpu) {}
-    fn inject_nmi(_: &mut NoVcpu) -> bool {
-        false
+    fn get_msr(v: &NoVcpu, _: u32, _: &mut u64) -> bool {
+        match *v {}
     }
-    fn get_events(_: &NoVcpu, _: &mut uapi::kvm_vcpu_events) {}
-    fn set_events(_: &mut NoVcpu, _: &uapi::kvm_vcpu_events) {}
-    fn get_dr(_: &NoVcpu, _: u32) -> u64 {
-        0
+    fn set_msr(v: &mut NoVcpu, _: u32, _: u64) -> bool {
+        match *v {}
     }
-    fn set_dr(_: &mut NoVcpu, _: u32, _: u64) {}
-    fn get_cr4(_: &NoVcpu) -> u64 {
-        0
+    fn interrupt_allowed(v: &NoVcpu, _: u64) -> bool {
+        match *v {}
     }
-    fn intercept_dr(_: &mut NoVcpu) {}
+    fn inject_irq(v: &mut NoVcpu, _: u8) {
+        match *v {}
+    }
+    fn enable_irq_window(v: &mut NoVcpu) {
+        match *v {}
+    }
+    fn inject_nmi(v: &mut NoVcpu) -> bool {
+        match *v {}
+    }
+    fn vcpu_reset(v: &mut NoVcpu) {
+        match *v {}
+    }
+    fn get_events(v: &NoVcpu, _: &mut uapi::kvm_vcpu_events) {
+        match *v {}
+    }
+    fn set_events(v: &mut NoVcpu, _: &uapi::kvm_vcpu_events) {
+        match *v {}
+    }
+    fn get_dr(v: &NoVcpu, _: u32) -> u64 {
+        match *v {}
+    }
+    fn set_dr(v: &mut NoVcpu, _: u32, _: u64) {
+        match *v {}
+    }
+    fn get_cr4(v: &NoVcpu) -> u64 {
+        match *v {}
+    }
+    fn sync_dirty_debug_regs(v: &mut NoVcpu) {
+        match *v {}
+    }
 }
 
-/// Stands for the VMCS-backed vCPU to come.
-struct NoVcpu;
+/// Stands for the VMCS-backed vCPU to come; uninhabited until then.
+enum NoVcpu {}
 
-static OPS: X86VendorOps = vendor::ops::<Vmx>();
+static OPS: KvmX86Ops = vendor::ops::<Vmx>();
 
 /// VMXON itself is the core kernel's (x86_virt_get_ref); nothing per CPU yet.
 struct VmxCpu;

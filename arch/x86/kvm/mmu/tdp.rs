@@ -11,7 +11,7 @@
 use kernel::prelude::*;
 
 use crate::glue;
-use crate::npt;
+use crate::hw::spte;
 use crate::pages::Pages;
 
 pub(crate) struct Mmu {
@@ -46,7 +46,7 @@ impl Mmu {
             levels: if unsafe { glue::kvm_glue_pgtable_l5_enabled() } != 0 {
                 5
             } else {
-                npt::LEVELS
+                spte::LEVELS
             },
             spare: KVec::with_capacity(MAX_LEVELS, GFP_KERNEL)?,
             mapped: 0,
@@ -77,13 +77,13 @@ impl Mmu {
     fn leaf(&self, gfn: u64) -> Option<&core::sync::atomic::AtomicU64> {
         let mut table = self.root_pa();
         for level in (2..=self.levels).rev() {
-            let e = entries(table).get(npt::index(gfn, level))?.load(Acquire);
-            if !npt::is_present(e) {
+            let e = entries(table).get(spte::index(gfn, level))?.load(Acquire);
+            if !spte::is_present(e) {
                 return None;
             }
-            table = npt::addr(e);
+            table = spte::addr(e);
         }
-        entries(table).get(npt::index(gfn, 1))
+        entries(table).get(spte::index(gfn, 1))
     }
 
     /// Lets the guest write a mapped page again (a dirty-logged page's first
@@ -92,7 +92,7 @@ impl Mmu {
         let Some(e) = self.leaf(gfn) else {
             return false;
         };
-        match npt::make_writable(e.load(Acquire)) {
+        match spte::make_writable(e.load(Acquire)) {
             Some(v) => {
                 e.store(v, Release);
                 true
@@ -107,11 +107,11 @@ impl Mmu {
     pub(crate) fn upgrade(&mut self, gfn: u64, hpa: u64, writable: bool) -> Option<u64> {
         let e = self.leaf(gfn)?;
         let cur = e.load(Acquire);
-        if !npt::is_present(cur) || cur & npt::PINNED_WRITE != 0 {
+        if !spte::is_present(cur) || cur & spte::PINNED_WRITE != 0 {
             return None;
         }
-        e.store(npt::leaf_logged(hpa, writable), Release);
-        Some(npt::addr(cur))
+        e.store(spte::leaf_logged(hpa, writable), Release);
+        Some(spte::addr(cur))
     }
 
     /// Makes guest writes to `gfn` fault again; true if it was writable (the
@@ -121,8 +121,8 @@ impl Mmu {
             return false;
         };
         let v = e.load(Acquire);
-        if npt::is_present(v) && v & npt::WRITABLE != 0 {
-            e.store(npt::write_protect(v), Release);
+        if spte::is_present(v) && v & spte::WRITABLE != 0 {
+            e.store(spte::write_protect(v), Release);
             return true;
         }
         false
@@ -140,26 +140,26 @@ impl Mmu {
     ) -> Result<bool> {
         let mut table = self.root_pa();
         for level in (2..=self.levels).rev() {
-            let e = entries(table).get(npt::index(gfn, level)).ok_or(EINVAL)?;
+            let e = entries(table).get(spte::index(gfn, level)).ok_or(EINVAL)?;
             let cur = e.load(Acquire);
-            table = if npt::is_present(cur) {
-                npt::addr(cur)
+            table = if spte::is_present(cur) {
+                spte::addr(cur)
             } else {
                 // Out of spare tables: the caller tops up and retries.
                 let pa = self.spare.pop().ok_or(EAGAIN)?.into_phys();
-                e.store(npt::table(pa), Release);
+                e.store(spte::table(pa), Release);
                 pa
             };
         }
-        let e = entries(table).get(npt::index(gfn, 1)).ok_or(EINVAL)?;
+        let e = entries(table).get(spte::index(gfn, 1)).ok_or(EINVAL)?;
         let cur = e.load(Acquire);
-        if npt::is_present(cur) || cur & npt::ZAPPED != 0 {
+        if spte::is_present(cur) || cur & spte::ZAPPED != 0 {
             return Ok(false);
         }
         let leaf = if pinned_write {
-            npt::leaf_logged(hpa, writable)
+            spte::leaf_logged(hpa, writable)
         } else {
-            npt::leaf(hpa, false)
+            spte::leaf(hpa, false)
         };
         e.store(leaf, Release);
         self.mapped += 1;
@@ -172,8 +172,8 @@ impl Mmu {
         let mut n = 0;
         walk(self.root_pa(), self.levels, 0, start, end, &mut |e| {
             let v = e.load(Acquire);
-            if npt::is_present(v) {
-                e.store(npt::zap(v), Release);
+            if spte::is_present(v) {
+                e.store(spte::zap(v), Release);
                 n += 1;
             }
         });
@@ -185,7 +185,7 @@ impl Mmu {
     pub(crate) fn release_zapped(&mut self, start: u64, end: u64) {
         walk(self.root_pa(), self.levels, 0, start, end, &mut |e| {
             let v = e.load(Acquire);
-            if v & npt::ZAPPED != 0 {
+            if v & spte::ZAPPED != 0 {
                 e.store(0, Release);
                 unpin(v);
             }
@@ -195,7 +195,9 @@ impl Mmu {
 
 fn unpin(leaf: u64) {
     // SAFETY: the leaf holds the pin taken when it was mapped; it is cleared first, so this is the only unpin.
-    unsafe { glue::kvm_glue_unpin_phys(npt::addr(leaf), i32::from(leaf & npt::PINNED_WRITE != 0)) }
+    unsafe {
+        glue::kvm_glue_unpin_phys(spte::addr(leaf), i32::from(leaf & spte::PINNED_WRITE != 0))
+    }
 }
 
 /// Calls `f` on every leaf entry (present or zapped) covering [start, end) under
@@ -208,9 +210,9 @@ fn walk(
     end: u64,
     f: &mut impl FnMut(&core::sync::atomic::AtomicU64),
 ) {
-    let span = npt::entry_span(level);
+    let span = spte::entry_span(level);
     for (i, e) in entries(pa).iter().enumerate() {
-        let eb = npt::entry_base(base, level, i);
+        let eb = spte::entry_base(base, level, i);
         if eb >= end || eb.saturating_add(span) <= start {
             continue;
         }
@@ -219,8 +221,8 @@ fn walk(
             if v != 0 {
                 f(e);
             }
-        } else if npt::is_present(v) {
-            walk(npt::addr(v), level - 1, eb, start, end, f);
+        } else if spte::is_present(v) {
+            walk(spte::addr(v), level - 1, eb, start, end, f);
         }
     }
 }
@@ -232,11 +234,11 @@ fn free_tables(pa: u64, level: u32) {
     }
     for e in entries(pa) {
         let v = e.load(Acquire);
-        if npt::is_present(v) {
-            free_tables(npt::addr(v), level - 1);
+        if spte::is_present(v) {
+            free_tables(spte::addr(v), level - 1);
             e.store(0, Release);
             // SAFETY: a table page linked in map() from into_phys(); unlinked above, freed once.
-            drop(unsafe { Pages::from_phys(npt::addr(v), 4096) });
+            drop(unsafe { Pages::from_phys(spte::addr(v), 4096) });
         }
     }
 }

@@ -11,11 +11,18 @@ use kernel::prelude::*;
 use kernel::sync::Arc;
 
 use crate::abi::uapi;
-use crate::ioapic::{self, Apics, Ioapic};
-use crate::irq_routing::{self, Route, Target, UserEntry};
-use crate::lapic::Irq;
-use crate::pic::{self, Pic};
+use crate::arch::emulate::set_in_result;
+use crate::arch::x86::{Next, VcpuArch};
+use crate::hw::emulate::{self, Insn, Op};
+use crate::hw::ioapic::{self, Apics, Ioapic};
+use crate::hw::irq_routing::{self, Route, Target, UserEntry};
+use crate::hw::lapic::Irq;
+use crate::hw::pic::{self, Pic};
+use crate::kvm_x86_ops::{reg, Exit};
+use crate::stats::vcpu as st_;
+use crate::user::{Fam, IrqRouting};
 use crate::vcpu::Vcpu;
+use crate::vm::Vm;
 
 /// KVM_USERSPACE_IRQ_SOURCE_ID.
 const SOURCE_USERSPACE: u32 = pic::SOURCE_USERSPACE;
@@ -278,25 +285,15 @@ impl Irqchip {
 /// Reads KVM_SET_GSI_ROUTING's entries from `arg` and checks them; -EINVAL as
 /// upstream for a bad header or entry, -EFAULT for a bad pointer.
 pub(crate) fn read_routes(arg: usize, split: bool) -> Result<KVec<Route>> {
-    // struct kvm_irq_routing: nr, flags, then the entries.
-    let nr: u32 = crate::user::read(arg)?;
-    let flags: u32 = crate::user::read(arg.checked_add(4).ok_or(EFAULT)?)?;
-    if nr > irq_routing::MAX_ROUTES || flags != 0 {
+    let fam = Fam::<IrqRouting>::read_header(arg)?;
+    if fam.header.word != 0 {
         return Err(EINVAL);
     }
-    let size = core::mem::size_of::<uapi::kvm_irq_routing_entry>();
-    let base = arg
-        .checked_add(core::mem::size_of::<uapi::kvm_irq_routing>())
-        .ok_or(EFAULT)?;
     // All entries are copied before any is checked, so a bad pointer is -EFAULT
     // whatever the entries hold (vmemdup_array_user() first, as upstream).
-    let mut entries = KVec::with_capacity(nr as usize, GFP_KERNEL)?;
-    for i in 0..nr as usize {
-        let at = i
-            .checked_mul(size)
-            .and_then(|o| base.checked_add(o))
-            .ok_or(EFAULT)?;
-        let e: uapi::kvm_irq_routing_entry = crate::user::read(at)?;
+    let raw = fam.read_entries(irq_routing::MAX_ROUTES as usize, EINVAL)?;
+    let mut entries = KVec::with_capacity(raw.len(), GFP_KERNEL)?;
+    for e in raw.iter() {
         // SAFETY: the union's variants are plain integers; its words are read as `type_` says.
         let words = unsafe { e.u.pad };
         entries.push(
@@ -324,4 +321,70 @@ pub(crate) fn signal_msi(msi: &uapi::kvm_msi, vcpus: &[Arc<Vcpu>]) -> Result<i32
     }
     let irq = irq_routing::msi_irq(msi.address_lo, msi.address_hi, msi.data);
     Ok(VcpuApics(vcpus).deliver(&irq))
+}
+
+impl Vcpu {
+    /// IN/OUT to a port of the in-kernel PIC, done in the kernel (upstream's
+    /// KVM_PIO_BUS devices).
+    pub(crate) fn kernel_pio(
+        &self,
+        vm: &Vm,
+        st: &mut VcpuArch,
+        input: bool,
+        size: u8,
+        ex: &Exit,
+    ) -> Option<Next> {
+        let port = ex.info as u16;
+        if !crate::hw::pic::Pic::handles_port(port) {
+            return None;
+        }
+        let mut chip = vm.irqchip.lock();
+        let c = (*chip).as_mut()?;
+        let vcpus = vm.locked.lock();
+        let rax = &mut st.regs.gpr[reg::RAX];
+        if input {
+            let v = c.pic_port(port, size.into(), None, &vcpus.vcpus);
+            // Wider reads give 0 in the bytes read (picdev_read()).
+            set_in_result(rax, size, u64::from(v));
+        } else {
+            c.pic_port(port, size.into(), Some(*rax as u8), &vcpus.vcpus);
+        }
+        drop(vcpus);
+        drop(chip);
+        self.stats.inc(st_::IO_EXITS);
+        st.regs.rip = ex.next_rip;
+        Some(Next::Guest)
+    }
+
+    /// An access to the in-kernel IOAPIC's registers.
+    pub(crate) fn ioapic_mmio(
+        &self,
+        vm: &Vm,
+        st: &mut VcpuArch,
+        insn: &Insn,
+        gpa: u64,
+        next_rip: u64,
+    ) -> Option<Next> {
+        let mut chip = vm.irqchip.lock();
+        let c = (*chip).as_mut()?;
+        if !c.ioapic_in_range(gpa) {
+            return None;
+        }
+        let len = u32::from(insn.op_size);
+        match insn.op {
+            Op::Store { .. } => {
+                let v = emulate::store_value(insn, &st.regs.gpr).unwrap_or(0);
+                c.ioapic_write(gpa, len, v, &vm.locked.lock().vcpus);
+            }
+            Op::Load { .. } => {
+                let v = c.ioapic_read(gpa, len);
+                drop(chip);
+                self.finish_read(st, insn, v);
+            }
+            // A read-modify-write of an IOAPIC register is not something guests do.
+            _ => return Some(self.emulation_failure()),
+        }
+        st.regs.rip = next_rip;
+        Some(Next::Guest)
+    }
 }

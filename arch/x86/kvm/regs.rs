@@ -3,16 +3,30 @@
 //! XSAVE parts of x86.c): SREGS2 with the PAE PDPTRs, FPU, XSAVE/XSAVE2, XCRS,
 //! TRANSLATE, and the guest's XCR0 (XSETBV, switched around every entry).
 
-use super::*;
-use crate::xstate::{self, fxsave};
+use kernel::prelude::*;
 
-use crate::sregs::{CR0_PG, CR4_PAE};
+use crate::abi::uapi;
+use crate::arch::emulate;
+use crate::arch::lapic::set_apic_base;
+use crate::arch::x86::{Next, VcpuArch, RESET_RIP, RFLAGS_FIXED};
+use crate::glue;
+use crate::hw::cpuid::{self, Entry};
+use crate::hw::emulate::EFER_LMA;
+use crate::hw::lapic;
+use crate::hw::sregs;
+use crate::hw::xstate::{self, fxsave};
+use crate::kvm_x86_ops::{reg, GuestRegs};
+use crate::user;
+use crate::vcpu::Vcpu;
+use crate::vm::Vm;
+
+use crate::hw::sregs::{CR0_PG, CR4_PAE};
 
 const CR4_OSXSAVE: u64 = 1 << 18;
 /// Upstream's KVM_MAX_XCRS.
 const MAX_XCRS: u32 = 16;
 
-pub(super) fn host_cpuid(f: u32, i: u32) -> [u32; 4] {
+pub(crate) fn host_cpuid(f: u32, i: u32) -> [u32; 4] {
     let mut r = [0u32; 4];
     // SAFETY: `r` is a valid 4-element array.
     unsafe { glue::kvm_glue_cpuid(f, i, r.as_mut_ptr()) };
@@ -41,9 +55,9 @@ fn pae_paging(cr0: u64, cr4: u64, efer: u64) -> bool {
 
 /// Loads the PDPTRs at `cr3` into the vCPU's copy (load_pdptrs()): kept as they
 /// were if guest memory cannot be read or holds an invalid entry.
-fn load_pdptrs(vm: &Vm, st: &mut State, cr3: u64) {
+fn load_pdptrs(vm: &Vm, st: &mut VcpuArch, cr3: u64) {
     let mut b = [0u8; 32];
-    if emul::read_phys(vm, cr3 & !0x1f, &mut b).is_none() {
+    if emulate::read_phys(vm, cr3 & !0x1f, &mut b).is_none() {
         return;
     }
     let p: [u64; 4] = core::array::from_fn(|i| u64::from_le_bytes(bytes(&b, i * 8)));
@@ -52,7 +66,7 @@ fn load_pdptrs(vm: &Vm, st: &mut State, cr3: u64) {
     }
 }
 
-impl State {
+impl VcpuArch {
     /// What XSETBV/KVM_SET_XCRS may set (upstream guest_supported_xcr0).
     fn guest_supported_xcr0(&self) -> u64 {
         let d0 = cpuid::find(&self.cpuid, 0xd, 0).map(|e| [e.eax, e.ebx, e.ecx, e.edx]);
@@ -95,13 +109,8 @@ fn put(b: &mut [u8], at: usize, v: &[u8]) {
 impl Vcpu {
     /// KVM_GET_SREGS2: KVM_GET_SREGS without the interrupt bitmap, plus the PDPTRs
     /// when the guest uses PAE paging.
-    pub(super) fn get_sregs2(
-        &self,
-        vm: &Vm,
-        ops: &X86VendorOps,
-        st: &mut State,
-    ) -> uapi::kvm_sregs2 {
-        let s = self.get_sregs(ops, st);
+    pub(crate) fn get_sregs2(&self, vm: &Vm, st: &mut VcpuArch) -> uapi::kvm_sregs2 {
+        let s = self.get_sregs(st);
         let mut s2 = uapi::kvm_sregs2 {
             cs: s.cs,
             ds: s.ds,
@@ -137,20 +146,14 @@ impl Vcpu {
 
     /// After KVM_SET_SREGS (or SREGS2 without PDPTRs): PAE paging loads the
     /// PDPTRs from memory (__set_sregs_common()).
-    pub(super) fn update_pdptrs(&self, vm: &Vm, st: &mut State, s: &uapi::kvm_sregs) {
+    pub(crate) fn update_pdptrs(&self, vm: &Vm, st: &mut VcpuArch, s: &uapi::kvm_sregs) {
         if pae_paging(s.cr0, s.cr4, s.efer) {
             load_pdptrs(vm, st, s.cr3);
         }
     }
 
     /// KVM_SET_SREGS2 (kvm_vcpu_ioctl_x86_set_sregs2()).
-    pub(super) fn set_sregs2(
-        &self,
-        vm: &Vm,
-        ops: &X86VendorOps,
-        st: &mut State,
-        s2: &uapi::kvm_sregs2,
-    ) -> Result {
+    pub(crate) fn set_sregs2(&self, vm: &Vm, st: &mut VcpuArch, s2: &uapi::kvm_sregs2) -> Result {
         let valid_pdptrs = s2.flags & u64::from(uapi::KVM_SREGS2_FLAGS_PDPTRS_VALID) != 0;
         if s2.flags & !u64::from(uapi::KVM_SREGS2_FLAGS_PDPTRS_VALID) != 0 {
             return Err(EINVAL);
@@ -178,7 +181,7 @@ impl Vcpu {
             apic_base: s2.apic_base,
             interrupt_bitmap: [0; 4],
         };
-        self.set_sregs(ops, st, &s)?;
+        self.set_sregs(st, &s)?;
         if valid_pdptrs {
             st.pdptrs = s2.pdptrs;
             st.pdptrs_avail = true;
@@ -190,12 +193,9 @@ impl Vcpu {
 
     /// KVM_TRANSLATE (kvm_arch_vcpu_ioctl_translate()): a supervisor walk of the
     /// guest's page tables; `writeable` and `usermode` are fixed, as upstream.
-    pub(super) fn translate(&self, vm: &Vm, ops: &X86VendorOps, st: &State, arg: usize) -> Result {
+    pub(crate) fn translate(&self, vm: &Vm, st: &VcpuArch, arg: usize) -> Result {
         let mut t: uapi::kvm_translation = user::read(arg)?;
-        let gpa = self
-            .cpu(ops, st)
-            .translate_system(vm, t.linear_address)
-            .ok();
+        let gpa = self.cpu(st).translate_system(vm, t.linear_address).ok();
         t.physical_address = gpa.unwrap_or(u64::MAX);
         t.valid = u8::from(gpa.is_some());
         t.writeable = 1;
@@ -205,16 +205,15 @@ impl Vcpu {
 
     /// XSETBV from the guest (kvm_emulate_xsetbv()): #GP unless CPL 0, XCR 0 and
     /// a value __kvm_set_xcr() accepts.
-    pub(super) fn xsetbv(&self, ops: &X86VendorOps, st: &mut State, next_rip: u64) -> Next {
-        let cpl = self.get_sregs(ops, st).ss.dpl;
+    pub(crate) fn xsetbv(&self, st: &mut VcpuArch, next_rip: u64) -> Next {
+        let cpl = self.get_sregs(st).ss.dpl;
         let index = st.regs.gpr[reg::RCX] as u32;
         let value = (st.regs.gpr[reg::RDX] << 32) | (st.regs.gpr[reg::RAX] & 0xffff_ffff);
         if cpl == 0 && index == 0 && xstate::xcr0_valid(value, st.guest_supported_xcr0()) {
             st.xcr0 = value;
             st.regs.rip = next_rip;
         } else {
-            // SAFETY: a live vendor vCPU under the mutex.
-            unsafe { (ops.queue_exception)(st.vendor.0, 13, true, 0) };
+            st.vendor.queue_exception(13, true, 0);
         }
         Next::Guest
     }
@@ -222,10 +221,9 @@ impl Vcpu {
     /// Loads the guest's XCR0 for an entry if it differs and the guest enabled
     /// XSAVE (kvm_load_xfeatures()); returns the host's to restore after it.
     /// Interrupts are off.
-    pub(super) fn load_guest_xcr0(&self, ops: &X86VendorOps, st: &State) -> Option<u64> {
+    pub(crate) fn load_guest_xcr0(&self, st: &VcpuArch) -> Option<u64> {
         let host = host_xcr0();
-        // SAFETY: a live vendor vCPU under the mutex.
-        let cr4 = unsafe { (ops.get_cr4)(st.vendor.0) };
+        let cr4 = st.vendor.get_cr4();
         if host == 0 || cr4 & CR4_OSXSAVE == 0 || st.xcr0 == host {
             return None;
         }
@@ -235,9 +233,8 @@ impl Vcpu {
     }
 
     /// The state CPUID bits follow (kvm_update_cpuid_runtime()).
-    pub(super) fn cpuid_runtime(&self, ops: &X86VendorOps, st: &State) -> cpuid::Runtime {
-        // SAFETY: a live vendor vCPU under the mutex.
-        let cr4 = unsafe { (ops.get_cr4)(st.vendor.0) };
+    pub(crate) fn cpuid_runtime(&self, st: &VcpuArch) -> cpuid::Runtime {
+        let cr4 = st.vendor.get_cr4();
         cpuid::Runtime {
             osxsave: cr4 & CR4_OSXSAVE != 0,
             apic: self.apic_base(st) & lapic::MSR_APICBASE_ENABLE != 0,
@@ -246,14 +243,14 @@ impl Vcpu {
     }
 
     /// The guest FPU's legacy (FXSAVE) region, where KVM_GET/SET_FPU work.
-    fn fxsave(st: &State) -> *mut u8 {
+    fn fxsave(st: &VcpuArch) -> *mut u8 {
         // SAFETY: the vCPU's guest FPU, whose state stays allocated while it lives.
         unsafe { glue::kvm_glue_fpu_fxsave(st.fpu.0) }.cast()
     }
 
     /// KVM_GET_FPU (kvm_arch_vcpu_ioctl_get_fpu()): MXCSR is not reported, as
     /// upstream.
-    pub(super) fn get_fpu(&self, st: &State) -> uapi::kvm_fpu {
+    pub(crate) fn get_fpu(&self, st: &VcpuArch) -> uapi::kvm_fpu {
         let mut b = [0u8; fxsave::SIZE];
         // SAFETY: the 512-byte legacy region; the guest is not running (mutex held).
         unsafe { core::ptr::copy_nonoverlapping(Self::fxsave(st), b.as_mut_ptr(), b.len()) };
@@ -278,7 +275,7 @@ impl Vcpu {
     /// KVM_SET_FPU (kvm_arch_vcpu_ioctl_set_fpu()): the legacy region but MXCSR,
     /// written in place as upstream does. Like upstream, a guest whose FP/SSE state
     /// is in its initial state (XSTATE_BV) keeps it.
-    pub(super) fn set_fpu(&self, st: &mut State, f: &uapi::kvm_fpu) {
+    pub(crate) fn set_fpu(&self, st: &mut VcpuArch, f: &uapi::kvm_fpu) {
         let mut b = [0u8; fxsave::SIZE];
         let p = Self::fxsave(st);
         // SAFETY: as get_fpu.
@@ -302,7 +299,7 @@ impl Vcpu {
 
     /// KVM_GET_XSAVE (`size` = sizeof(struct kvm_xsave)) and KVM_GET_XSAVE2 (the
     /// FPU's uabi size): the state of the features the guest may use.
-    pub(super) fn get_xsave(&self, st: &State, arg: usize, xsave2: bool) -> Result {
+    pub(crate) fn get_xsave(&self, st: &VcpuArch, arg: usize, xsave2: bool) -> Result {
         // SAFETY: the vCPU's guest FPU.
         let uabi = unsafe { glue::kvm_glue_fpu_uabi_size(st.fpu.0) } as usize;
         if !xsave2 && uabi > XSAVE_SIZE {
@@ -314,7 +311,7 @@ impl Vcpu {
     }
 
     /// KVM_SET_XSAVE: features outside what kvm-rs supports are -EINVAL.
-    pub(super) fn set_xsave(&self, st: &mut State, arg: usize) -> Result {
+    pub(crate) fn set_xsave(&self, st: &mut VcpuArch, arg: usize) -> Result {
         // SAFETY: the vCPU's guest FPU.
         let size = unsafe { glue::kvm_glue_fpu_uabi_size(st.fpu.0) } as usize;
         let mut buf = user::read_bytes(arg, size)?;
@@ -328,7 +325,7 @@ impl Vcpu {
     }
 
     /// KVM_GET_XCRS: XCR0, on a host with XSAVE.
-    pub(super) fn get_xcrs(&self, st: &State) -> uapi::kvm_xcrs {
+    pub(crate) fn get_xcrs(&self, st: &VcpuArch) -> uapi::kvm_xcrs {
         let mut x = uapi::kvm_xcrs::default();
         if host_xcr0() != 0 {
             x.nr_xcrs = 1;
@@ -339,7 +336,7 @@ impl Vcpu {
     }
 
     /// KVM_SET_XCRS (kvm_vcpu_ioctl_x86_set_xcrs()): the first XCR0 entry counts.
-    pub(super) fn set_xcrs(&self, st: &mut State, x: &uapi::kvm_xcrs) -> Result {
+    pub(crate) fn set_xcrs(&self, st: &mut VcpuArch, x: &uapi::kvm_xcrs) -> Result {
         if host_xcr0() == 0 || x.nr_xcrs > MAX_XCRS || x.flags != 0 {
             return Err(EINVAL);
         }
@@ -349,6 +346,158 @@ impl Vcpu {
                 return Err(EINVAL);
             }
             st.xcr0 = e.value;
+        }
+        Ok(())
+    }
+}
+
+/// KVM_GET_VCPU_EVENTS (kvm_vcpu_ioctl_x86_get_vcpu_events()).
+pub(crate) fn get_events(st: &VcpuArch) -> uapi::kvm_vcpu_events {
+    let mut e = uapi::kvm_vcpu_events::default();
+    st.vendor.get_events(&mut e);
+    e.nmi.pending = u8::from(st.nmi_pending != 0);
+    e.flags = uapi::KVM_VCPUEVENT_VALID_NMI_PENDING
+        | uapi::KVM_VCPUEVENT_VALID_SHADOW
+        | uapi::KVM_VCPUEVENT_VALID_SMM;
+    e
+}
+
+/// KVM_SET_VCPU_EVENTS (kvm_vcpu_ioctl_x86_set_vcpu_events()): no exception
+/// payloads and no SMM (neither is enabled or supported), exceptions below 32
+/// but NMI.
+pub(crate) fn set_events(st: &mut VcpuArch, e: &uapi::kvm_vcpu_events) -> Result {
+    let valid = uapi::KVM_VCPUEVENT_VALID_NMI_PENDING
+        | uapi::KVM_VCPUEVENT_VALID_SIPI_VECTOR
+        | uapi::KVM_VCPUEVENT_VALID_SHADOW
+        | uapi::KVM_VCPUEVENT_VALID_SMM;
+    if e.flags & !valid != 0
+        || e.exception.injected != 0 && (e.exception.nr > 31 || e.exception.nr == 2)
+        || e.flags & uapi::KVM_VCPUEVENT_VALID_SMM != 0 && e.smi.smm != 0
+    {
+        return Err(EINVAL);
+    }
+    st.vendor.set_events(e);
+    if e.flags & uapi::KVM_VCPUEVENT_VALID_NMI_PENDING != 0 {
+        st.nmi_pending = e.nmi.pending.into();
+    }
+    Ok(())
+}
+
+/// `sizeof(struct kvm_xsave)`.
+pub(crate) const XSAVE_SIZE: usize = 4096;
+
+/// Registers after RESET or INIT (upstream kvm_vcpu_reset()).
+pub(crate) fn reset_regs(cpuid: &[Entry]) -> GuestRegs {
+    let mut regs = GuestRegs {
+        rip: RESET_RIP,
+        rflags: RFLAGS_FIXED,
+        ..Default::default()
+    };
+    // EDX holds the CPU signature (family/model/stepping).
+    regs.gpr[reg::RDX] = cpuid::find(cpuid, 1, 0).map_or(0x600, |e| e.eax.into());
+    regs
+}
+
+pub(crate) fn get_regs(g: &GuestRegs) -> uapi::kvm_regs {
+    let r = &g.gpr;
+    uapi::kvm_regs {
+        rax: r[0],
+        rcx: r[1],
+        rdx: r[2],
+        rbx: r[3],
+        rsp: r[4],
+        rbp: r[5],
+        rsi: r[6],
+        rdi: r[7],
+        r8: r[8],
+        r9: r[9],
+        r10: r[10],
+        r11: r[11],
+        r12: r[12],
+        r13: r[13],
+        r14: r[14],
+        r15: r[15],
+        rip: g.rip,
+        rflags: g.rflags,
+    }
+}
+
+pub(crate) fn set_regs(g: &mut GuestRegs, r: &uapi::kvm_regs) {
+    g.gpr = [
+        r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11, r.r12,
+        r.r13, r.r14, r.r15,
+    ];
+    g.rip = r.rip;
+    // As kvm_set_rflags(): bit 1 always reads as 1.
+    g.rflags = r.rflags | RFLAGS_FIXED;
+}
+
+impl Vcpu {
+    pub(crate) fn get_sregs(&self, st: &VcpuArch) -> uapi::kvm_sregs {
+        let mut s = uapi::kvm_sregs::default();
+        st.vendor.get_sregs(&mut s);
+        s.apic_base = self.apic_base(st);
+        s.cr8 = self.lapic.lock().as_ref().map_or(st.regs.cr8, |l| l.cr8());
+        // An external interrupt being injected (__get_sregs()).
+        let mut e = uapi::kvm_vcpu_events::default();
+        st.vendor.get_events(&mut e);
+        if e.interrupt.injected != 0 && e.interrupt.soft == 0 {
+            let nr = usize::from(e.interrupt.nr);
+            if let Some(w) = s.interrupt_bitmap.get_mut(nr / 64) {
+                *w |= 1 << (nr % 64);
+            }
+        }
+        s
+    }
+
+    /// KVM_SET_SREGS, checked as kvm_is_valid_sregs() with the vCPU's CPUID.
+    pub(crate) fn set_sregs(&self, st: &mut VcpuArch, s: &uapi::kvm_sregs) -> Result {
+        let l1 = cpuid::find(&st.cpuid, 1, 0).map_or(0, |e| e.ecx);
+        let (b7, c7) = cpuid::find(&st.cpuid, 7, 0).map_or((0, 0), |e| (e.ebx, e.ecx));
+        let ok = sregs::sregs_valid(
+            s.cr0,
+            s.cr3,
+            s.cr4,
+            s.efer,
+            s.cs.l != 0,
+            sregs::cr4_allowed(l1, b7, c7),
+            cpuid::maxphyaddr(&st.cpuid),
+        ) && s.efer & !cpuid::efer_allowed(&st.cpuid) == 0;
+        if !ok {
+            return Err(EINVAL);
+        }
+        if let Some(l) = (*self.lapic.lock()).as_mut() {
+            if !set_apic_base(l, &st.cpuid, s.apic_base, true) {
+                return Err(EINVAL);
+            }
+        }
+        st.vendor.set_sregs(s)?;
+        st.apic_base = s.apic_base;
+        // kvm_set_cr8(), whose error for reserved bits upstream ignores here.
+        if s.cr8 & !0xf == 0 {
+            st.regs.cr8 = s.cr8;
+            if let Some(l) = (*self.lapic.lock()).as_mut() {
+                l.set_cr8(s.cr8);
+            }
+        }
+        // The lowest vector of the bitmap is injected again (__set_sregs()).
+        let pending = s
+            .interrupt_bitmap
+            .iter()
+            .enumerate()
+            .find(|(_, w)| **w != 0)
+            .map(|(i, w)| i as u32 * 64 + w.trailing_zeros());
+        if let Some(v) = pending {
+            st.vendor.inject_irq(v as u8);
+        }
+        // "Older userspace won't unhalt the vcpu on reset."
+        if self.id == 0
+            && st.regs.rip == RESET_RIP
+            && s.cs.selector == 0xf000
+            && s.cs.base == 0xffff_0000
+            && s.cr0 & 1 == 0
+        {
+            st.mp_state = uapi::KVM_MP_STATE_RUNNABLE;
         }
         Ok(())
     }

@@ -1,0 +1,210 @@
+// SPDX-License-Identifier: GPL-2.0-only
+//! The in-kernel LAPIC of a vCPU (upstream arch/x86/kvm/lapic.c): the no_std
+//! model (arch/x86/hw/lapic.rs) behind a spinlock so other vCPUs can deliver
+//! IPIs, its xAPIC page, KVM_GET/SET_LAPIC, INIT/SIPI and timer events.
+
+use kernel::prelude::*;
+
+use crate::abi::uapi;
+use crate::arch::emulate::Pending;
+use crate::arch::regs::reset_regs;
+use crate::arch::x86::{now_ns, Next, VcpuArch};
+use crate::hw::cpuid::{self, Entry};
+use crate::hw::emulate::{self, Insn, Op};
+use crate::hw::lapic::{self, Action, Irq, Lapic};
+use crate::user;
+use crate::vcpu::Vcpu;
+use crate::vm::Vm;
+
+/// `struct kvm_lapic_state` as bytes (the uapi spells it with C chars).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct LapicState(pub(crate) [u8; lapic::STATE_SIZE]);
+
+impl Default for LapicState {
+    fn default() -> Self {
+        LapicState([0; lapic::STATE_SIZE])
+    }
+}
+
+// SAFETY: a byte array.
+unsafe impl user::Pod for LapicState {}
+
+const _: () = assert!(size_of::<LapicState>() == size_of::<uapi::kvm_lapic_state>());
+
+/// kvm_apic_set_base(): x2APIC mode is reserved unless the guest's CPUID has it.
+pub(crate) fn set_apic_base(l: &mut Lapic, cpuid: &[Entry], v: u64, host: bool) -> bool {
+    let x2apic = cpuid::find(cpuid, 1, 0).is_some_and(|e| e.ecx & cpuid::L1_ECX_X2APIC != 0);
+    if v & lapic::MSR_APICBASE_X2APIC != 0 && !x2apic {
+        return false;
+    }
+    l.set_base(v, host, cpuid::maxphyaddr(cpuid)).is_ok()
+}
+
+impl Vcpu {
+    /// The LAPIC's timer, INIT and SIPI (upstream kvm_apic_accept_events() and the
+    /// timer's expiry work), and the host timer armed for its next expiry.
+    pub(crate) fn accept_events(&self, st: &mut VcpuArch) {
+        let mut g = self.lapic.lock();
+        let Some(l) = (*g).as_mut() else {
+            return;
+        };
+        l.timer_poll(now_ns());
+        let init = l.take_init();
+        if init {
+            l.init();
+        }
+        let sipi = l.take_sipi();
+        let nmis = l.take_nmis();
+        let expiry = l.next_timer_expiry().unwrap_or(0);
+        let cr8 = l.cr8();
+        drop(g);
+        st.nmi_pending = st.nmi_pending.saturating_add(nmis);
+        if expiry != st.armed_ns {
+            self.waiter.arm(expiry);
+            st.armed_ns = expiry;
+        }
+        if init {
+            // kvm_vcpu_reset(vcpu, true): the BSP runs again, APs wait for SIPI.
+            st.vendor.vcpu_reset();
+            st.regs = reset_regs(&st.cpuid);
+            st.pending = Pending::None;
+            st.db = [0; 4];
+            st.mp_state = if self.id == 0 {
+                uapi::KVM_MP_STATE_RUNNABLE
+            } else {
+                uapi::KVM_MP_STATE_INIT_RECEIVED
+            };
+        }
+        if let Some(vector) = sipi {
+            if st.mp_state == uapi::KVM_MP_STATE_INIT_RECEIVED {
+                // kvm_vcpu_deliver_sipi_vector(): start at vector:0000 in real mode.
+                let mut s = uapi::kvm_sregs::default();
+                st.vendor.get_sregs(&mut s);
+                s.cs.selector = u16::from(vector) << 8;
+                s.cs.base = u64::from(vector) << 12;
+                // The INIT state with another CS: one the vendor accepts.
+                let _ = st.vendor.set_sregs(&s);
+                st.regs.rip = 0;
+                st.mp_state = uapi::KVM_MP_STATE_RUNNABLE;
+            }
+        }
+        st.regs.cr8 = cr8;
+    }
+
+    /// Delivers `irq` from vCPU `source` if this vCPU's LAPIC accepts it.
+    pub(crate) fn deliver_irq(&self, irq: &Irq, source: u32) -> bool {
+        let mut g = self.lapic.lock();
+        let Some(l) = (*g).as_mut() else {
+            return false;
+        };
+        if !l.matches(irq, source, source == self.id) {
+            return false;
+        }
+        let accepted = l.accept(irq);
+        drop(g);
+        if accepted {
+            self.waiter.poke();
+        }
+        accepted
+    }
+
+    /// Delivers `irq` from the IOAPIC or an MSI: None if this vCPU's LAPIC is not
+    /// a destination, else whether it accepted it.
+    pub(crate) fn deliver_irq_from_device(&self, irq: &Irq) -> Option<bool> {
+        let mut g = self.lapic.lock();
+        let l = (*g).as_mut()?;
+        if !l.matches(irq, crate::hw::lapic::NO_SOURCE, false) {
+            return None;
+        }
+        let accepted = l.accept(irq);
+        drop(g);
+        if accepted {
+            self.waiter.poke();
+        }
+        Some(accepted)
+    }
+
+    /// Whether this vCPU takes the PIC's output (kvm_apic_accept_pic_intr()).
+    pub(crate) fn accepts_pic_interrupts(&self) -> bool {
+        self.lapic
+            .lock()
+            .as_ref()
+            .is_some_and(|l| l.accepts_pic_interrupts())
+    }
+
+    /// Makes the vCPU look at its interrupts again (a PIC output rose).
+    pub(crate) fn kick(&self) {
+        self.waiter.poke();
+    }
+
+    /// Carries out what a LAPIC register write asked for.
+    pub(crate) fn lapic_action(&self, vm: &Vm, a: Action) {
+        match a {
+            Action::SendIpi(irq) => vm.deliver_irq(&irq, self.id),
+            // The IOAPIC re-delivers a level-triggered line still asserted.
+            Action::Eoi { vector, level } => {
+                if let Some(chip) = (*vm.irqchip.lock()).as_mut() {
+                    chip.ioapic_eoi(vector, level, &vm.locked.lock().vcpus);
+                }
+            }
+            // The timer is re-armed by accept_events() before the next entry.
+            Action::TimerChanged | Action::None => {}
+        }
+    }
+
+    pub(crate) fn apic_base(&self, st: &VcpuArch) -> u64 {
+        self.lapic
+            .lock()
+            .as_ref()
+            .map_or(st.apic_base, |l| l.base())
+    }
+
+    /// An access to the xAPIC page of an enabled in-kernel LAPIC, done in the kernel.
+    pub(crate) fn lapic_mmio(
+        &self,
+        vm: &Vm,
+        st: &mut VcpuArch,
+        insn: &Insn,
+        gpa: u64,
+        next_rip: u64,
+    ) -> Option<Next> {
+        let mut g = self.lapic.lock();
+        let l = (*g).as_mut()?;
+        let base = l.mmio_base()?;
+        if gpa < base || gpa >= base + 4096 {
+            return None;
+        }
+        let off = (gpa - base) as u32;
+        let len = u32::from(insn.op_size);
+        let now = now_ns();
+        let action = match insn.op {
+            Op::Store { .. } => {
+                let v = emulate::store_value(insn, &st.regs.gpr).unwrap_or(0);
+                l.mmio_write_sized(off, len, v as u32, now)
+            }
+            _ => {
+                let v = l.mmio_read(off, len, now);
+                drop(g);
+                if let Some(w) = self.finish_read(st, insn, v.into()) {
+                    let mut g = self.lapic.lock();
+                    let a = (*g).as_mut().map_or(Action::None, |l| {
+                        l.mmio_write_sized(off, len, w as u32, now)
+                    });
+                    drop(g);
+                    self.lapic_action(vm, a);
+                }
+                st.regs.rip = next_rip;
+                if let Some(l) = (*self.lapic.lock()).as_ref() {
+                    st.regs.cr8 = l.cr8();
+                }
+                return Some(Next::Guest);
+            }
+        };
+        st.regs.cr8 = l.cr8();
+        drop(g);
+        self.lapic_action(vm, action);
+        st.regs.rip = next_rip;
+        Some(Next::Guest)
+    }
+}

@@ -1,0 +1,192 @@
+// SPDX-License-Identifier: GPL-2.0-only
+//! The MMU's vCPU side (upstream arch/x86/kvm/mmu/mmu.c): kvm_mmu_page_fault() on
+//! an NPF, the TDP fault path that pins and maps guest pages (tdp.rs keeps the
+//! tables), and KVM_PRE_FAULT_MEMORY.
+
+pub(crate) mod tdp;
+
+use core::sync::atomic::Ordering;
+use kernel::prelude::*;
+
+use crate::abi::uapi;
+use crate::arch::x86::{Next, VcpuArch};
+use crate::glue;
+use crate::kvm_x86_ops::{exit, Exit};
+use crate::stats::{self, vcpu as st_};
+use crate::user;
+use crate::vcpu::{Vcpu, PAGE_SIZE};
+use crate::vm::Vm;
+
+impl Vcpu {
+    /// NPF: map the page backing the GPA, or report what cannot be mapped.
+    pub(crate) fn page_fault(&self, vm: &Vm, st: &mut VcpuArch, ex: &Exit) -> Next {
+        let gfn = ex.info >> 12;
+        let write = ex.flags & exit::PF_WRITE != 0;
+        let (slot, gen) = vm.find_slot(gfn);
+        if slot.is_none() || write && slot.is_some_and(|s| s.readonly()) {
+            if ex.flags & exit::VECTORING != 0 {
+                // MMIO while delivering an event cannot be emulated
+                // (kvm_prepare_event_vectoring_exit()).
+                return self.vectoring_exit(ex);
+            }
+            return self.emulate_mmio(vm, st, ex.info);
+        }
+        let Some(slot) = slot else {
+            return self.emulation_failure();
+        };
+        // A race with a slot change just faults again.
+        match self.map_page(vm, &slot, gen, gfn, write) {
+            Ok(_) => Next::Guest,
+            Err(e) => Next::User(Err(e)),
+        }
+    }
+
+    /// Pins the page backing `gfn` in `slot` (read at slot generation `gen`) and
+    /// maps it. Ok(true): `gfn` is mapped (by this call or before); Ok(false): the
+    /// slots changed meanwhile, look the slot up again.
+    /// A dirty-logged slot's pages are mapped read-only until written (`write`:
+    /// the fault is a write), which marks them dirty.
+    pub(crate) fn map_page(
+        &self,
+        vm: &Vm,
+        slot: &crate::memslot::Slot,
+        gen: u64,
+        gfn: u64,
+        write: bool,
+    ) -> Result<bool> {
+        let pin_write = !slot.readonly();
+        let logged = slot.dirty_logging();
+        if write && pin_write {
+            // Marked before the page becomes writable, so a harvest in between
+            // cannot miss it.
+            if logged {
+                vm.mark_dirty(gfn);
+            }
+            if vm.mmu.lock().make_writable(gfn) {
+                return Ok(true);
+            }
+        }
+        let mut pin_write = pin_write;
+        let mut hpa = 0u64;
+        let hva = slot.hva(gfn);
+        // SAFETY: the VM's owner mm is current (checked by the ioctl); pins one page.
+        let mut r = unsafe { glue::kvm_glue_pin_user_page(hva, i32::from(pin_write), &mut hpa) };
+        if r != 0 && pin_write && !write {
+            // A read of a writable slot whose memory is read-only now (mprotect):
+            // map it read-only, as upstream's hva_to_pfn() falls back to.
+            pin_write = false;
+            // SAFETY: as above.
+            r = unsafe { glue::kvm_glue_pin_user_page(hva, 0, &mut hpa) };
+        }
+        if r != 0 {
+            return Err(EFAULT);
+        }
+        let writable = pin_write && (write || !logged);
+        let mut mmu = vm.mmu.lock();
+        let mapped = loop {
+            // Slots changed, or user memory is being invalidated (MMU notifier):
+            // the pinned page may be stale, fault again.
+            if vm.slots_gen.load(Ordering::SeqCst) != gen || vm.invalidating() {
+                break Ok(None);
+            }
+            match mmu.map(gfn, hpa, writable, pin_write) {
+                Err(e) if e == EAGAIN => {
+                    // Page-table pages are allocated outside the lock (see Mmu).
+                    let need = mmu.spare_needed();
+                    drop(mmu);
+                    let mut pages = KVec::with_capacity(need, GFP_KERNEL)?;
+                    for _ in 0..need {
+                        pages.push(crate::pages::Pages::new(PAGE_SIZE)?, GFP_KERNEL)?;
+                    }
+                    mmu = vm.mmu.lock();
+                    mmu.topup(pages);
+                }
+                r => break r.map(Some),
+            }
+        };
+        if mapped == Ok(Some(false)) && write && pin_write {
+            // Mapped read-only while the memory was read-only; writable again now.
+            if let Some(old) = mmu.upgrade(gfn, hpa, writable) {
+                vm.flush_all();
+                drop(mmu);
+                // SAFETY: the old leaf's read-only pin, no longer mapped or cached.
+                unsafe { glue::kvm_glue_unpin_phys(old, 0) };
+                self.stats.inc(st_::PF_FIXED);
+                return Ok(true);
+            }
+        }
+        let pages = mmu.mapped;
+        drop(mmu);
+        if mapped == Ok(Some(true)) {
+            vm.stats.set(stats::vm::PAGES_4K, pages);
+            self.stats.inc(st_::PF_FIXED);
+            return Ok(true);
+        }
+        // SAFETY: our pin, not handed to the MMU.
+        unsafe { glue::kvm_glue_unpin_phys(hpa, 0) };
+        // Some(false): another vCPU mapped it first.
+        mapped.map(|m| m.is_some())
+    }
+
+    /// KVM_PRE_FAULT_MEMORY (kvm_vcpu_pre_fault_memory()): maps the range page
+    /// by page; the range left is passed back, and the call succeeds if any page
+    /// was mapped. A GPA without a slot is -ENOENT (upstream: emulated MMIO).
+    pub(crate) fn pre_fault(&self, vm: &Vm, arg: usize) -> Result<isize> {
+        let mut r: uapi::kvm_pre_fault_memory = user::read(arg)?;
+        if r.flags != 0
+            || r.gpa % PAGE_SIZE as u64 != 0
+            || r.size % PAGE_SIZE as u64 != 0
+            || r.gpa.checked_add(r.size).is_none_or(|end| end <= r.gpa)
+        {
+            return Err(EINVAL);
+        }
+        let full = r.size;
+        let mut res = Ok(());
+        while r.size != 0 {
+            // SAFETY: plain query of the current task.
+            if unsafe { glue::kvm_glue_signal_pending() } != 0 {
+                res = Err(EINTR);
+                break;
+            }
+            let gfn = r.gpa >> 12;
+            let (slot, gen) = vm.find_slot(gfn);
+            let Some(slot) = slot else {
+                res = Err(ENOENT);
+                break;
+            };
+            match self.map_page(vm, &slot, gen, gfn, false) {
+                Ok(true) => {
+                    r.gpa += PAGE_SIZE as u64;
+                    r.size -= PAGE_SIZE as u64;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    res = Err(e);
+                    break;
+                }
+            }
+            // SAFETY: process context, only our vCPU mutex held.
+            unsafe { glue::kvm_glue_cond_resched() };
+        }
+        user::write(arg, &r)?;
+        if r.size == full {
+            res?;
+        }
+        Ok(0)
+    }
+}
+
+impl Vcpu {
+    /// kvm_mmu_reload() → kvm_mmu_load(): points the vCPU at its MMU root and
+    /// hands it to the vendor (load_mmu_pgd). The TDP root is shared by the VM's
+    /// vCPUs (upstream's TDP MMU hands every vCPU of one role the same root) and
+    /// lives as long as the VM, so this happens once per vCPU.
+    pub(crate) fn kvm_mmu_reload(&self, vm: &Vm, st: &mut VcpuArch) {
+        if st.mmu_root_hpa != super::x86::INVALID_PAGE {
+            return;
+        }
+        let root = vm.mmu.lock().root_pa();
+        st.vendor.load_mmu_pgd(root);
+        st.mmu_root_hpa = root;
+    }
+}

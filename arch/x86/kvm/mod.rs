@@ -1,0 +1,14 @@
+// SPDX-License-Identifier: GPL-2.0-only
+//! The x86 code both vendors share (upstream arch/x86/kvm), compiled into kvm.ko.
+//! One concept a file, named as upstream; the pure logic under it is the no_std
+//! crate in arch/x86/hw (mounted as `crate::hw`).
+
+pub(crate) mod cpuid;
+pub(crate) mod emulate;
+pub(crate) mod irq;
+pub(crate) mod irqchip;
+pub(crate) mod lapic;
+pub(crate) mod mmu;
+pub(crate) mod msr;
+pub(crate) mod regs;
+pub(crate) mod x86;

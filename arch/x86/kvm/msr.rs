@@ -1,0 +1,206 @@
+// SPDX-License-Identifier: GPL-2.0-only
+//! MSRs (upstream kvm_get_msr_common()/kvm_set_msr_common(), msr_io() and
+//! KVM_GET_MSR_INDEX_LIST of x86.c): what kvm.ko keeps, the rest the vendor's.
+
+use core::sync::atomic::Ordering;
+use kernel::prelude::*;
+
+use crate::arch::lapic::set_apic_base;
+use crate::arch::x86::{now_ns, now_tsc, VcpuArch};
+use crate::hw::cpuid;
+use crate::hw::lapic;
+use crate::user::{Fam, MsrList, Msrs};
+use crate::vcpu::Vcpu;
+use crate::vm::Vm;
+
+/// The MSRs KVM_GET_MSR_INDEX_LIST reports: those KVM_GET/SET_MSRS save and
+/// restore (upstream msrs_to_save + emulated_msrs, as far as kvm-rs has them).
+pub(crate) const MSRS_TO_SAVE: [u32; 14] = [
+    MSR_IA32_SYSENTER_CS,
+    MSR_IA32_SYSENTER_ESP,
+    MSR_IA32_SYSENTER_EIP,
+    MSR_STAR,
+    MSR_CSTAR,
+    MSR_KERNEL_GS_BASE,
+    MSR_SYSCALL_MASK,
+    MSR_LSTAR,
+    MSR_IA32_TSC,
+    MSR_IA32_CR_PAT,
+    MSR_IA32_APICBASE,
+    lapic::MSR_TSC_DEADLINE,
+    MSR_IA32_MISC_ENABLE,
+    MSR_PLATFORM_INFO,
+];
+
+pub(crate) const MSR_PLATFORM_INFO: u32 = 0xce;
+
+pub(crate) const MSR_IA32_TSC: u32 = 0x10;
+
+pub(crate) const MSR_IA32_SYSENTER_CS: u32 = 0x174;
+
+pub(crate) const MSR_IA32_SYSENTER_ESP: u32 = 0x175;
+
+pub(crate) const MSR_IA32_SYSENTER_EIP: u32 = 0x176;
+
+pub(crate) const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
+
+pub(crate) const MSR_IA32_CR_PAT: u32 = 0x277;
+
+pub(crate) const MSR_STAR: u32 = 0xc000_0081;
+
+pub(crate) const MSR_LSTAR: u32 = 0xc000_0082;
+
+pub(crate) const MSR_CSTAR: u32 = 0xc000_0083;
+
+pub(crate) const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
+
+pub(crate) const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
+
+/// MSR_IA32_MISC_ENABLE's reset value: fast strings, PEBS and BTS unavailable
+/// (upstream kvm_vcpu_reset()).
+pub(crate) const MISC_ENABLE_RESET: u64 = 1 | 1 << 11 | 1 << 12;
+
+/// upstream MAX_IO_MSRS.
+pub(crate) const MAX_IO_MSRS: usize = 256;
+
+/// KVM_GET_MSR_INDEX_LIST on /dev/kvm (kvm_get_msr_index_list()): the count is
+/// written back first, then -E2BIG if the caller's room is smaller.
+pub(crate) fn kvm_get_msr_index_list(arg: usize) -> Result<isize> {
+    Fam::<MsrList>::read_header(arg)?.write_all(&MSRS_TO_SAVE, true)?;
+    Ok(0)
+}
+
+pub(crate) const MSR_IA32_APICBASE: u32 = 0x1b;
+
+pub(crate) const X2APIC_MSR_LAST: u32 = 0x8ff;
+
+pub(crate) const MSR_EFER: u32 = 0xc000_0080;
+
+pub(crate) const EFER_LMA: u64 = 1 << 10;
+
+impl Vcpu {
+    /// KVM_GET_MSRS / KVM_SET_MSRS: entries in order up to the first that fails;
+    /// returns how many were done (upstream msr_io()).
+    pub(crate) fn msrs(&self, vm: &Vm, st: &mut VcpuArch, arg: usize, set: bool) -> Result<isize> {
+        let fam = Fam::<Msrs>::read_header(arg)?;
+        // Upstream: nmsrs >= MAX_IO_MSRS is -E2BIG.
+        let mut e = fam.read_entries(MAX_IO_MSRS - 1, E2BIG)?;
+        let mut done = 0;
+        for m in e.iter_mut() {
+            let ok = if set {
+                self.set_msr(vm, st, m.index, m.data, true)
+            } else {
+                match self.get_msr(vm, st, m.index, true) {
+                    Some(v) => {
+                        m.data = v;
+                        true
+                    }
+                    None => false,
+                }
+            };
+            if !ok {
+                break;
+            }
+            done += 1;
+        }
+        if !set {
+            fam.write_entries(&e)?;
+        }
+        Ok(done)
+    }
+
+    /// The guest's TSC now (the host's plus the vendor's offset).
+    pub(crate) fn guest_tsc(&self, st: &VcpuArch) -> u64 {
+        let mut v = 0;
+        if !st.vendor.get_msr(MSR_IA32_TSC, &mut v) {
+            return now_tsc();
+        }
+        v
+    }
+
+    /// Reads an MSR for the guest (RDMSR) or for userspace (`host`, KVM_GET_MSRS).
+    pub(crate) fn get_msr(&self, vm: &Vm, st: &VcpuArch, index: u32, host: bool) -> Option<u64> {
+        match index {
+            // Readable by the guest unless KVM_CAP_MSR_PLATFORM_INFO turned it off.
+            MSR_PLATFORM_INFO => (host || vm.platform_info_readable.load(Ordering::Relaxed))
+                .then_some(st.platform_info),
+            MSR_IA32_APICBASE => Some(self.apic_base(st)),
+            MSR_IA32_MISC_ENABLE => Some(st.misc_enable),
+            lapic::MSR_TSC_DEADLINE | lapic::X2APIC_MSR_BASE..=X2APIC_MSR_LAST => {
+                let tsc = self.guest_tsc(st);
+                match (*self.lapic.lock()).as_ref() {
+                    Some(l) => l.read_msr(index, now_ns(), tsc).ok(),
+                    // Without a LAPIC the deadline reads 0 (kvm_get_lapic_tscdeadline_msr()).
+                    None => (index == lapic::MSR_TSC_DEADLINE).then_some(0),
+                }
+            }
+            _ => {
+                let mut v = 0;
+                st.vendor.get_msr(index, &mut v).then_some(v)
+            }
+        }
+    }
+
+    /// Writes an MSR for the guest (WRMSR) or for userspace (`host`, KVM_SET_MSRS).
+    pub(crate) fn set_msr(
+        &self,
+        vm: &Vm,
+        st: &mut VcpuArch,
+        index: u32,
+        v: u64,
+        host: bool,
+    ) -> bool {
+        match index {
+            MSR_IA32_MISC_ENABLE => {
+                st.misc_enable = v;
+                true
+            }
+            // Written by userspace only (upstream kvm_set_msr_common()).
+            MSR_PLATFORM_INFO => {
+                if host {
+                    st.platform_info = v;
+                }
+                host
+            }
+            MSR_IA32_APICBASE => {
+                let mut g = self.lapic.lock();
+                match (*g).as_mut() {
+                    Some(l) => set_apic_base(l, &st.cpuid, v, host),
+                    None => {
+                        st.apic_base = v;
+                        true
+                    }
+                }
+            }
+            lapic::MSR_TSC_DEADLINE | lapic::X2APIC_MSR_BASE..=X2APIC_MSR_LAST => {
+                let tsc = self.guest_tsc(st);
+                let mut g = self.lapic.lock();
+                let Some(l) = (*g).as_mut() else {
+                    // Without a LAPIC a deadline write is dropped, as upstream.
+                    return index == lapic::MSR_TSC_DEADLINE;
+                };
+                let r = l.write_msr(index, v, now_ns(), tsc);
+                st.regs.cr8 = l.cr8();
+                drop(g);
+                match r {
+                    Ok(a) => {
+                        self.lapic_action(vm, a);
+                        true
+                    }
+                    Err(_) => false,
+                }
+            }
+            MSR_EFER => {
+                // Reserved (by the guest's CPUID) bits fault; LMA is the CPU's.
+                if v & !cpuid::efer_allowed(&st.cpuid) != 0 {
+                    return false;
+                }
+                let mut old = 0;
+                st.vendor.get_msr(MSR_EFER, &mut old);
+                let v = (v & !EFER_LMA) | (old & EFER_LMA);
+                st.vendor.set_msr(MSR_EFER, v)
+            }
+            _ => st.vendor.set_msr(index, v),
+        }
+    }
+}

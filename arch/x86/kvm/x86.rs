@@ -1,0 +1,832 @@
+// SPDX-License-Identifier: GPL-2.0-only
+//! The x86 vCPU (upstream arch/x86/kvm/x86.c): `struct kvm_vcpu_arch` as
+//! [`VcpuArch`], the arch vCPU ioctls (kvm_arch_vcpu_ioctl()), KVM_RUN's loop
+//! (kvm_arch_vcpu_ioctl_run() → vcpu_run() → vcpu_enter_guest()) and the exit
+//! dispatch with the core's kvm_emulate_*() helpers.
+
+use core::sync::atomic::Ordering;
+use kernel::prelude::*;
+
+use crate::abi::{ioctl, uapi};
+use crate::arch::emulate::{self, Failure, Pending};
+use crate::arch::lapic::LapicState;
+use crate::arch::msr::MISC_ENABLE_RESET;
+use crate::arch::regs::{get_events, get_regs, reset_regs, set_events, set_regs};
+use crate::glue;
+use crate::hw::cpuid::{self, Entry};
+use crate::hw::emulate as emulate_hw;
+use crate::hw::lapic;
+use crate::hw::xstate;
+use crate::kvm_x86_ops::{exit, reg, Exit, GuestRegs};
+use crate::stats::vcpu as st_;
+use crate::user;
+use crate::vcpu::{run, Vcpu};
+use crate::vendor::{VendorRef, VendorVcpu};
+use crate::vm::Vm;
+use kernel::ffi::c_void;
+
+/// The guest FPU (the kernel's `struct fpu_guest`, upstream vcpu->arch.guest_fpu).
+pub(crate) struct Fpu(pub(crate) *mut c_void);
+
+// SAFETY: plain memory owned by the vCPU, used under its mutex only.
+unsafe impl Send for Fpu {}
+
+impl Fpu {
+    fn new() -> Result<Self> {
+        // SAFETY: a plain allocation, freed in drop.
+        let p = unsafe { glue::kvm_glue_fpu_alloc() };
+        if p.is_null() {
+            return Err(ENOMEM);
+        }
+        Ok(Fpu(p))
+    }
+}
+
+impl Drop for Fpu {
+    fn drop(&mut self) {
+        // SAFETY: allocated by kvm_glue_fpu_alloc, freed once.
+        unsafe { glue::kvm_glue_fpu_free(self.0) };
+    }
+}
+
+/// `INVALID_PAGE`: no MMU root loaded yet.
+pub(crate) const INVALID_PAGE: u64 = u64::MAX;
+
+/// The x86 state of a vCPU (upstream struct kvm_vcpu_arch), guarded by the vCPU
+/// mutex.
+pub(crate) struct VcpuArch {
+    /// The vendor's part (VMCB or VMCS), reached through the vendor table.
+    pub(crate) vendor: VendorVcpu,
+    pub(crate) fpu: Fpu,
+    pub(crate) regs: GuestRegs,
+    pub(crate) pending: Pending,
+    pub(crate) cpuid: KVec<Entry>,
+    pub(crate) mp_state: u32,
+    /// The root of the guest-physical page tables this vCPU runs on (upstream
+    /// vcpu->arch.mmu->root.hpa); loaded into the vendor by kvm_mmu_reload().
+    pub(crate) mmu_root_hpa: u64,
+    /// MSR_IA32_APICBASE without an in-kernel LAPIC (with one, the LAPIC's).
+    pub(crate) apic_base: u64,
+    /// The VM's TLB generation this vCPU last flushed for.
+    pub(crate) tlb_gen: u64,
+    /// KVM_GET/SET_TSC_KHZ (upstream virtual_tsc_khz).
+    pub(crate) tsc_khz: u32,
+    /// When the waiter's timer is armed for (0: not armed).
+    pub(crate) armed_ns: u64,
+    /// The vCPU has entered the guest (upstream kvm_vcpu_has_run()).
+    pub(crate) ran: bool,
+    /// MSR_IA32_MISC_ENABLE.
+    pub(crate) misc_enable: u64,
+    /// MSR_PLATFORM_INFO as userspace set it. Upstream starts it with the
+    /// CPUID-faulting bit; kvm-rs does not emulate CPUID faulting, so 0.
+    pub(crate) platform_info: u64,
+    /// NMIs waiting for the guest to be able to take one.
+    pub(crate) nmi_pending: u32,
+    /// The guest's DR0-3, loaded into the hardware for entries while the guest
+    /// has breakpoints enabled or accesses them without exits (`db_wont_exit`).
+    pub(crate) db: [u64; 4],
+    pub(crate) db_wont_exit: bool,
+    /// The guest's XCR0 (loaded while it runs with CR4.OSXSAVE).
+    pub(crate) xcr0: u64,
+    /// The PAE PDPTRs as last loaded from guest memory or set by KVM_SET_SREGS2
+    /// (upstream's cache: after an entry they are loaded again when read, and
+    /// kept when guest memory holds invalid ones).
+    pub(crate) pdptrs: [u64; 4],
+    pub(crate) pdptrs_avail: bool,
+}
+
+/// The reset RFLAGS (bit 1 always set) and RIP (upstream kvm_vcpu_reset()).
+pub(crate) const RESET_RIP: u64 = 0xfff0;
+
+pub(crate) const RFLAGS_FIXED: u64 = 0x2;
+
+/// signal_pending(current).
+pub(crate) fn signal_pending() -> bool {
+    kernel::current!().signal_pending()
+}
+
+pub(crate) fn now_ns() -> u64 {
+    // SAFETY: reads the clock.
+    unsafe { glue::kvm_glue_ktime_ns() }
+}
+
+/// The guest's TSC now (no TSC offset yet: the host's).
+pub(crate) fn now_tsc() -> u64 {
+    // SAFETY: reads the TSC.
+    unsafe { glue::kvm_glue_rdtsc() }
+}
+
+/// kvm_set_tsc_khz() without TSC scaling: the rate is recorded either way (as
+/// upstream's virtual_tsc_khz), but only one within upstream's 250 ppm tolerance
+/// of the host's succeeds. Upstream "catches up" a faster guest TSC instead of
+/// failing; kvm-rs does not emulate that.
+pub(crate) fn set_tsc_khz(st: &mut VcpuArch, khz: u32) -> Result {
+    st.tsc_khz = khz;
+    // SAFETY: reads a kernel variable.
+    let host = u64::from(unsafe { glue::kvm_glue_tsc_khz() });
+    let lo = host * (1_000_000 - 250) / 1_000_000;
+    let hi = host * (1_000_000 + 250) / 1_000_000;
+    if (lo..=hi).contains(&u64::from(khz)) {
+        Ok(())
+    } else {
+        Err(EINVAL)
+    }
+}
+
+/// KVM_SET_TSC_KHZ's argument (VM and vCPU): the low 32 bits, 0 for the host's rate.
+pub(crate) fn tsc_khz_arg(arg: usize) -> u32 {
+    match arg as u32 {
+        // SAFETY: reads a kernel variable.
+        0 => unsafe { glue::kvm_glue_tsc_khz() },
+        khz => khz,
+    }
+}
+
+impl VcpuArch {
+    /// kvm_arch_vcpu_create() + kvm_vcpu_reset(): a vendor vCPU in its reset
+    /// state and the registers, MSRs and MP state kvm.ko keeps.
+    pub(crate) fn new(vendor: &VendorRef, id: u32, irqchip: bool, tsc_khz: u32) -> Result<Self> {
+        let mut arch = VcpuArch {
+            vendor: VendorVcpu::create(vendor)?,
+            fpu: Fpu::new()?,
+            regs: reset_regs(&[]),
+            pending: Pending::None,
+            cpuid: KVec::new(),
+            // Application processors wait for INIT/SIPI when the LAPIC is in the
+            // kernel (kvm_arch_vcpu_create()).
+            mp_state: if irqchip && id != 0 {
+                uapi::KVM_MP_STATE_UNINITIALIZED
+            } else {
+                uapi::KVM_MP_STATE_RUNNABLE
+            },
+            mmu_root_hpa: INVALID_PAGE,
+            apic_base: lapic::APIC_DEFAULT_BASE
+                | lapic::MSR_APICBASE_ENABLE
+                | if id == 0 { lapic::MSR_APICBASE_BSP } else { 0 },
+            tlb_gen: 0,
+            tsc_khz: 0,
+            armed_ns: 0,
+            ran: false,
+            nmi_pending: 0,
+            misc_enable: MISC_ENABLE_RESET,
+            platform_info: 0,
+            db: [0; 4],
+            db_wont_exit: false,
+            xcr0: xstate::FP,
+            pdptrs: [0; 4],
+            pdptrs_avail: false,
+        };
+        // As kvm_arch_vcpu_create(), whose kvm_set_tsc_khz() result is not checked.
+        let _ = set_tsc_khz(&mut arch, tsc_khz);
+        Ok(arch)
+    }
+}
+
+/// What an exit handler decided.
+pub(crate) enum Next {
+    /// Re-enter the guest.
+    Guest,
+    /// Return to userspace with this KVM_RUN result (kvm_run filled in).
+    User(Result<isize>),
+}
+
+impl Next {
+    /// As a completion's result: None to go on into the guest.
+    pub(crate) fn into_user(self) -> Option<Result<isize>> {
+        match self {
+            Next::Guest => None,
+            Next::User(r) => Some(r),
+        }
+    }
+}
+
+pub(crate) const PF_VECTOR: u32 = 14;
+
+/// DR7's L0-3/G0-3 enables (upstream DR7_BP_EN_MASK).
+pub(crate) const DR7_BP_EN_MASK: u64 = 0xff;
+
+pub(crate) const RFLAGS_IF: u64 = 1 << 9;
+
+pub(crate) const SYNC_REGS_REGS: u64 = uapi::KVM_SYNC_X86_REGS as u64;
+
+pub(crate) const SYNC_REGS_SREGS: u64 = uapi::KVM_SYNC_X86_SREGS as u64;
+
+pub(crate) const SYNC_REGS_EVENTS: u64 = uapi::KVM_SYNC_X86_EVENTS as u64;
+
+pub(crate) const SYNC_REGS_VALID: u64 = uapi::KVM_SYNC_X86_VALID_FIELDS as u64;
+
+// include/uapi/linux/kvm_para.h
+pub(crate) const KVM_ENOSYS: i64 = 1000;
+
+pub(crate) const KVM_EPERM: i64 = 1;
+
+pub(crate) const KVM_HC_VAPIC_POLL_IRQ: u64 = 1;
+
+pub(crate) const KVM_HC_SCHED_YIELD: u64 = 11;
+
+pub(crate) const UD_VECTOR: u32 = 6;
+
+pub(crate) const QUIRK_FIX_HYPERCALL_INSN: u64 = uapi::KVM_X86_QUIRK_FIX_HYPERCALL_INSN as u64;
+
+impl Vcpu {
+    /// The arch vCPU ioctls (upstream kvm_arch_vcpu_ioctl()), under the vCPU mutex.
+    pub(crate) fn kvm_arch_vcpu_ioctl(
+        &self,
+        vm: &Vm,
+        st: &mut VcpuArch,
+        cmd: u32,
+        arg: usize,
+    ) -> Result<isize> {
+        match cmd {
+            ioctl::KVM_GET_REGS => {
+                user::write(arg, &get_regs(&st.regs))?;
+                Ok(0)
+            }
+            ioctl::KVM_SET_REGS => {
+                let r: uapi::kvm_regs = user::read(arg)?;
+                set_regs(&mut st.regs, &r);
+                Ok(0)
+            }
+            ioctl::KVM_GET_SREGS => {
+                user::write(arg, &self.get_sregs(st))?;
+                Ok(0)
+            }
+            ioctl::KVM_SET_SREGS => {
+                let sr: uapi::kvm_sregs = user::read(arg)?;
+                self.set_sregs(st, &sr)?;
+                self.update_pdptrs(vm, st, &sr);
+                Ok(0)
+            }
+            ioctl::KVM_SET_CPUID2 => {
+                self.kvm_vcpu_ioctl_set_cpuid2(st, arg)?;
+                Ok(0)
+            }
+            ioctl::KVM_GET_CPUID2 => {
+                self.kvm_vcpu_ioctl_get_cpuid2(st, arg)?;
+                Ok(0)
+            }
+            ioctl::KVM_GET_MP_STATE => {
+                user::write(
+                    arg,
+                    &uapi::kvm_mp_state {
+                        mp_state: st.mp_state,
+                    },
+                )?;
+                Ok(0)
+            }
+            ioctl::KVM_SET_MP_STATE => {
+                let m: uapi::kvm_mp_state = user::read(arg)?;
+                // kvm_arch_vcpu_ioctl_set_mpstate(): without an in-kernel LAPIC only
+                // RUNNABLE is a state KVM can be in.
+                let lapic = self.lapic.lock().is_some();
+                st.mp_state = match m.mp_state {
+                    uapi::KVM_MP_STATE_RUNNABLE => m.mp_state,
+                    uapi::KVM_MP_STATE_UNINITIALIZED
+                    | uapi::KVM_MP_STATE_HALTED
+                    | uapi::KVM_MP_STATE_AP_RESET_HOLD
+                    | uapi::KVM_MP_STATE_INIT_RECEIVED
+                        if lapic =>
+                    {
+                        m.mp_state
+                    }
+                    // Obsolete: wait-for-SIPI. The SIPI itself is not re-pended (a
+                    // vector is not part of the ABI); upstream re-sends the last one.
+                    uapi::KVM_MP_STATE_SIPI_RECEIVED if lapic => uapi::KVM_MP_STATE_INIT_RECEIVED,
+                    _ => return Err(EINVAL),
+                };
+                self.waiter.poke();
+                Ok(0)
+            }
+            ioctl::KVM_GET_LAPIC => {
+                let mut out = LapicState::default();
+                let g = self.lapic.lock();
+                let l = g.as_ref().ok_or(EINVAL)?;
+                l.get_state(&mut out.0, false, now_ns());
+                drop(g);
+                user::write(arg, &out)?;
+                Ok(0)
+            }
+            ioctl::KVM_SET_LAPIC => {
+                if self.lapic.lock().is_none() {
+                    return Err(EINVAL);
+                }
+                let inp: LapicState = user::read(arg)?;
+                let mut g = self.lapic.lock();
+                let l = (*g).as_mut().ok_or(EINVAL)?;
+                l.set_state(&inp.0, false, now_ns()).map_err(|_| EINVAL)?;
+                st.regs.cr8 = l.cr8();
+                drop(g);
+                self.waiter.poke();
+                Ok(0)
+            }
+            ioctl::KVM_GET_TSC_KHZ => Ok(st.tsc_khz as isize),
+            ioctl::KVM_PRE_FAULT_MEMORY => self.pre_fault(vm, arg),
+            ioctl::KVM_GET_MSRS | ioctl::KVM_SET_MSRS => {
+                self.msrs(vm, st, arg, cmd == ioctl::KVM_SET_MSRS)
+            }
+            ioctl::KVM_GET_VCPU_EVENTS => {
+                user::write(arg, &get_events(st))?;
+                Ok(0)
+            }
+            ioctl::KVM_SET_VCPU_EVENTS => {
+                let e: uapi::kvm_vcpu_events = user::read(arg)?;
+                set_events(st, &e)?;
+                Ok(0)
+            }
+            ioctl::KVM_GET_DEBUGREGS => {
+                let mut d = uapi::kvm_debugregs {
+                    db: st.db,
+                    ..Default::default()
+                };
+                d.dr6 = st.vendor.get_dr(6);
+                d.dr7 = st.vendor.get_dr(7);
+                user::write(arg, &d)?;
+                Ok(0)
+            }
+            ioctl::KVM_SET_DEBUGREGS => {
+                let d: uapi::kvm_debugregs = user::read(arg)?;
+                // kvm_dr6_valid()/kvm_dr7_valid(): the upper halves are reserved.
+                if d.flags != 0 || d.dr6 >> 32 != 0 || d.dr7 >> 32 != 0 {
+                    return Err(EINVAL);
+                }
+                st.db = d.db;
+                st.vendor.set_dr(6, d.dr6);
+                st.vendor.set_dr(7, d.dr7);
+                Ok(0)
+            }
+            ioctl::KVM_GET_XSAVE | ioctl::KVM_GET_XSAVE2 => {
+                self.get_xsave(st, arg, cmd == ioctl::KVM_GET_XSAVE2)?;
+                Ok(0)
+            }
+            ioctl::KVM_SET_XSAVE => {
+                self.set_xsave(st, arg)?;
+                Ok(0)
+            }
+            ioctl::KVM_GET_XCRS => {
+                user::write(arg, &self.get_xcrs(st))?;
+                Ok(0)
+            }
+            ioctl::KVM_SET_XCRS => {
+                let x: uapi::kvm_xcrs = user::read(arg)?;
+                self.set_xcrs(st, &x)?;
+                Ok(0)
+            }
+            ioctl::KVM_GET_SREGS2 => {
+                user::write(arg, &self.get_sregs2(vm, st))?;
+                Ok(0)
+            }
+            ioctl::KVM_SET_SREGS2 => {
+                let s: uapi::kvm_sregs2 = user::read(arg)?;
+                self.set_sregs2(vm, st, &s)?;
+                Ok(0)
+            }
+            ioctl::KVM_GET_FPU => {
+                user::write(arg, &self.get_fpu(st))?;
+                Ok(0)
+            }
+            ioctl::KVM_SET_FPU => {
+                let f: uapi::kvm_fpu = user::read(arg)?;
+                self.set_fpu(st, &f);
+                Ok(0)
+            }
+            ioctl::KVM_TRANSLATE => {
+                self.translate(vm, st, arg)?;
+                Ok(0)
+            }
+            ioctl::KVM_SET_TSC_KHZ => {
+                let khz = tsc_khz_arg(arg);
+                if let Some(l) = (*self.lapic.lock()).as_mut() {
+                    l.set_tsc_khz(khz);
+                }
+                set_tsc_khz(st, khz)?;
+                Ok(0)
+            }
+            // kvm_arch_vcpu_ioctl() answers unknown commands with -EINVAL.
+            _ => Err(EINVAL),
+        }
+    }
+
+    /// KVM_RUN (kvm_arch_vcpu_ioctl_run()): the run itself, framed by the
+    /// sync_regs exchange through kvm_run and the fields upstream's
+    /// post_kvm_run_save() reports.
+    pub(crate) fn kvm_arch_vcpu_ioctl_run(&self, vm: &Vm, st: &mut VcpuArch) -> Result<isize> {
+        let r = self.vcpu_run_prepare(vm, st);
+        let valid: u64 = self.run_read(run::VALID_REGS);
+        if valid & SYNC_REGS_REGS != 0 {
+            self.run_write(run::SYNC_REGS, get_regs(&st.regs));
+        }
+        if valid & SYNC_REGS_SREGS != 0 {
+            self.run_write(run::SYNC_SREGS, self.get_sregs(st));
+        }
+        if valid & SYNC_REGS_EVENTS != 0 {
+            self.run_write(run::SYNC_EVENTS, get_events(st));
+        }
+        let lapic = self.lapic.lock().is_some();
+        let ready = lapic || st.vendor.interrupt_allowed(st.regs.rflags);
+        self.run_write(run::IF_FLAG, u8::from(st.regs.rflags & RFLAGS_IF != 0));
+        self.run_write(run::CR8, st.regs.cr8);
+        self.run_write(run::APIC_BASE, self.apic_base(st));
+        self.run_write(run::READY_FOR_INTERRUPT_INJECTION, u8::from(ready));
+        r
+    }
+
+    /// What kvm_arch_vcpu_ioctl_run() does before vcpu_run(): sync_regs in, the
+    /// TPR from kvm_run, the completion of a userspace exit, immediate_exit, and
+    /// the wait of an AP for INIT.
+    fn vcpu_run_prepare(&self, vm: &Vm, st: &mut VcpuArch) -> Result<isize> {
+        let has_lapic = self.lapic.lock().is_some();
+        if !(has_lapic && st.mp_state == uapi::KVM_MP_STATE_UNINITIALIZED) {
+            let valid: u64 = self.run_read(run::VALID_REGS);
+            let dirty: u64 = self.run_read(run::DIRTY_REGS);
+            if (valid | dirty) & !SYNC_REGS_VALID != 0 {
+                return Err(EINVAL);
+            }
+            if dirty != 0 {
+                self.sync_regs(vm, st, dirty)?;
+            }
+            if !has_lapic {
+                // The TPR userspace keeps in kvm_run (kvm_set_cr8()).
+                let cr8: u64 = self.run_read(run::CR8);
+                if cr8 & !0xf != 0 {
+                    return Err(EINVAL);
+                }
+                st.regs.cr8 = cr8;
+            }
+            if let Some(r) = self.complete_userspace(vm, st) {
+                return r;
+            }
+        }
+        if self.run_read_u8(run::IMMEDIATE_EXIT) != 0 {
+            return Err(EINTR);
+        }
+        if has_lapic && st.mp_state == uapi::KVM_MP_STATE_UNINITIALIZED {
+            // As upstream: an AP waiting for INIT blocks once, then KVM_RUN returns
+            // (-EAGAIN, or -EINTR for a signal) so that userspace sees its new state.
+            self.accept_events(st);
+            if st.mp_state == uapi::KVM_MP_STATE_UNINITIALIZED {
+                self.waiter.block();
+                self.accept_events(st);
+            }
+            if signal_pending() {
+                self.set_exit(uapi::KVM_EXIT_INTR);
+                return Err(EINTR);
+            }
+            return Err(EAGAIN);
+        }
+        if signal_pending() {
+            self.stats.inc(st_::SIGNAL_EXITS);
+            self.set_exit(uapi::KVM_EXIT_INTR);
+            return Err(EINTR);
+        }
+        // SAFETY: the guest FPU state is this vCPU's; swapped back below.
+        unsafe { glue::kvm_glue_fpu_load(st.fpu.0, 1) };
+        let r = self.vcpu_run(vm, st, has_lapic);
+        // SAFETY: pairs with the load above.
+        unsafe { glue::kvm_glue_fpu_load(st.fpu.0, 0) };
+        r
+    }
+
+    /// vcpu_run(): enters the guest, or blocks while the vCPU is halted, until an
+    /// exit is for userspace; between rounds the task's pending work (signals,
+    /// reschedule, notify-resume) runs as upstream's
+    /// kvm_xfer_to_guest_mode_handle_work().
+    fn vcpu_run(&self, vm: &Vm, st: &mut VcpuArch, has_lapic: bool) -> Result<isize> {
+        loop {
+            let next = if has_lapic && !self.kvm_vcpu_running(vm, st) {
+                self.vcpu_block();
+                Next::Guest
+            } else {
+                self.vcpu_enter_guest(vm, st, has_lapic)
+            };
+            if let Next::User(r) = next {
+                return r;
+            }
+            // SAFETY: process context, interrupts and preemption on, only our vCPU
+            // mutex held; may schedule.
+            if unsafe { glue::kvm_glue_xfer_to_guest_mode_handle_work() } != 0 {
+                self.stats.inc(st_::SIGNAL_EXITS);
+                self.set_exit(uapi::KVM_EXIT_INTR);
+                return Err(EINTR);
+            }
+        }
+    }
+
+    /// kvm_vcpu_running() with the LAPIC's events applied first: whether the vCPU
+    /// can enter the guest (not halted with nothing to wake it, not waiting for SIPI).
+    fn kvm_vcpu_running(&self, vm: &Vm, st: &mut VcpuArch) -> bool {
+        self.waiter.take();
+        self.accept_events(st);
+        if st.mp_state == uapi::KVM_MP_STATE_HALTED && self.kvm_vcpu_has_events(vm, st) {
+            st.mp_state = uapi::KVM_MP_STATE_RUNNABLE;
+        }
+        st.mp_state == uapi::KVM_MP_STATE_RUNNABLE
+    }
+
+    /// vcpu_block(): sleeps until poked, the LAPIC timer or a signal.
+    fn vcpu_block(&self) {
+        self.stats.set(st_::BLOCKING, 1);
+        self.waiter.block();
+        self.stats.set(st_::BLOCKING, 0);
+        self.stats.inc(st_::HALT_WAKEUP);
+    }
+
+    /// One guest entry and its exit (upstream vcpu_enter_guest()): events are
+    /// injected, the MMU root loaded, then with preemption and interrupts off the
+    /// last-moment exit-request check, the guest's XCR0 and debug registers, the
+    /// vendor's vcpu_run, and the exit handled once interrupts are on again.
+    fn vcpu_enter_guest(&self, vm: &Vm, st: &mut VcpuArch, has_lapic: bool) -> Next {
+        if has_lapic {
+            self.kvm_check_and_inject_events(vm, st);
+        }
+        if st.nmi_pending != 0 && st.vendor.inject_nmi() {
+            st.nmi_pending -= 1;
+        }
+        self.kvm_mmu_reload(vm, st);
+        let cpu = self.enter_guest_mode(vm);
+        // kvm_vcpu_exit_request(): read after publishing guest mode, so a poke
+        // either sees the vCPU in the guest and sends an IPI (taken as an exit), or
+        // came before this check; the same for a reschedule or signal raised since
+        // the loop looked. Backing out leaves an event already injected in the
+        // vendor's event-injection field, where upstream's cancel_injection()
+        // requeues it: either way it is delivered on the next entry.
+        // SAFETY: interrupts are off, as the check requires.
+        let work = unsafe { glue::kvm_glue_xfer_to_guest_mode_work_pending() } != 0;
+        if work || has_lapic && self.waiter.pending() {
+            self.exit_guest_mode(vm, cpu, false);
+            return Next::Guest;
+        }
+        // Same for a zap: it either sees us in the guest and kicks, or bumped
+        // the generation before this load.
+        let gen = vm.tlb_gen.load(Ordering::SeqCst);
+        let flush = gen != st.tlb_gen;
+        st.tlb_gen = gen;
+        st.ran = true;
+        st.pdptrs_avail = false;
+        // SAFETY: interrupts off, this task's FPU is the guest's.
+        unsafe { glue::kvm_glue_fpu_prepare_entry() };
+        let host_xcr0 = self.load_guest_xcr0(st);
+        let dr7 = st.vendor.get_dr(7);
+        if st.db_wont_exit || dr7 & DR7_BP_EN_MASK != 0 {
+            // SAFETY: interrupts are off until after the exit, which restores the host's.
+            unsafe { glue::kvm_glue_load_guest_db(st.db.as_ptr()) };
+        }
+        // SAFETY: interrupts off; paired with guest_timing_exit_irqoff() in exit_guest_mode().
+        unsafe { glue::kvm_glue_guest_timing_enter_irqoff() };
+        let ex = st.vendor.vcpu_run(&mut st.regs, flush);
+        if st.db_wont_exit {
+            // The guest may have written them (svm_sync_dirty_debug_regs()).
+            // SAFETY: reads DR0-3 into our array.
+            unsafe { glue::kvm_glue_save_guest_db(st.db.as_mut_ptr()) };
+            st.db_wont_exit = false;
+            st.vendor.sync_dirty_debug_regs();
+        }
+        // SAFETY: interrupts still off; puts back host breakpoints, if any.
+        unsafe { glue::kvm_glue_restore_host_db() };
+        if let Some(x) = host_xcr0 {
+            // SAFETY: the host's own XCR0 back, interrupts still off.
+            unsafe { glue::kvm_glue_xsetbv(x) };
+        }
+        self.exit_guest_mode(vm, cpu, true);
+        if let Some(l) = (*self.lapic.lock()).as_mut() {
+            // The guest may have written CR8 without an exit (V_TPR).
+            l.set_cr8(st.regs.cr8);
+        }
+        self.stats.inc(st_::EXITS);
+        self.handle_exit(vm, st, &ex)
+    }
+
+    /// Preemption and interrupts off, then "in guest mode on this CPU" published for
+    /// pokes and remote TLB flushes; returns the CPU. As upstream vcpu_enter_guest(),
+    /// the host interrupt that ends the run is taken in exit_guest_mode() and a
+    /// reschedule it asks for happens at its preempt_enable, not on the IRQ exit.
+    fn enter_guest_mode(&self, vm: &Vm) -> u32 {
+        // SAFETY: undone by exit_guest_mode(), which every caller reaches.
+        unsafe { glue::kvm_glue_preempt_disable() };
+        // SAFETY: interrupts off until exit_guest_mode(), as VMRUN needs.
+        unsafe { glue::kvm_glue_irq_disable() };
+        // SAFETY: interrupts are off, so the CPU number is stable.
+        let cpu = unsafe { glue::kvm_glue_smp_processor_id() };
+        // Publishing guest mode is a full barrier.
+        self.waiter.set_cpu(cpu + 1);
+        vm.set_in_guest(cpu, true);
+        cpu
+    }
+
+    /// Undoes enter_guest_mode(); pending host interrupts run here. `entered`:
+    /// the guest ran, so its time is accounted once those interrupts (and the
+    /// ticks among them) were taken, as upstream.
+    fn exit_guest_mode(&self, vm: &Vm, cpu: u32, entered: bool) {
+        self.waiter.set_cpu(0);
+        vm.set_in_guest(cpu, false);
+        if entered {
+            // SAFETY: interrupts were off since enter_guest_mode(); on for the
+            // exit's interrupt, off again to close the guest-time window it began.
+            unsafe {
+                glue::kvm_glue_irq_enable();
+                glue::kvm_glue_irq_disable();
+                glue::kvm_glue_guest_timing_exit_irqoff();
+            }
+        }
+        // SAFETY: pairs with the disable in enter_guest_mode().
+        unsafe { glue::kvm_glue_irq_enable() };
+        // SAFETY: pairs with the disable in enter_guest_mode(); may reschedule.
+        unsafe { glue::kvm_glue_preempt_enable() };
+    }
+
+    /// Applies the kvm_run sync_regs userspace marked dirty (upstream sync_regs()).
+    pub(crate) fn sync_regs(&self, vm: &Vm, st: &mut VcpuArch, dirty: u64) -> Result {
+        if dirty & SYNC_REGS_REGS != 0 {
+            let r: uapi::kvm_regs = self.run_read(run::SYNC_REGS);
+            set_regs(&mut st.regs, &r);
+        }
+        if dirty & SYNC_REGS_SREGS != 0 {
+            let s: uapi::kvm_sregs = self.run_read(run::SYNC_SREGS);
+            self.set_sregs(st, &s).map_err(|_| EINVAL)?;
+            self.update_pdptrs(vm, st, &s);
+        }
+        if dirty & SYNC_REGS_EVENTS != 0 {
+            let e: uapi::kvm_vcpu_events = self.run_read(run::SYNC_EVENTS);
+            set_events(st, &e).map_err(|_| EINVAL)?;
+        }
+        self.run_write(run::DIRTY_REGS, 0u64);
+        Ok(())
+    }
+
+    pub(crate) fn handle_exit(&self, vm: &Vm, st: &mut VcpuArch, ex: &Exit) -> Next {
+        match ex.kind {
+            exit::NONE | exit::UD => {
+                if ex.kind == exit::NONE && ex.next_rip == 0 {
+                    self.stats.inc(st_::IRQ_EXITS);
+                }
+                if ex.next_rip != 0 {
+                    st.regs.rip = ex.next_rip;
+                }
+                Next::Guest
+            }
+            exit::IO if ex.flags & exit::IO_STRING == 0 => {
+                let input = ex.flags & exit::IO_IN != 0;
+                let size = ex.info2 as u8;
+                if let Some(n) = self.kernel_pio(vm, st, input, size, ex) {
+                    return n;
+                }
+                if !input {
+                    let bytes = st.regs.gpr[reg::RAX].to_le_bytes();
+                    // SAFETY: the PIO page is ours; size <= 4.
+                    unsafe {
+                        core::ptr::copy_nonoverlapping(
+                            bytes.as_ptr(),
+                            self.pio_data(),
+                            size as usize,
+                        )
+                    };
+                }
+                self.stats.inc(st_::IO_EXITS);
+                st.pending = Pending::Pio {
+                    input,
+                    size,
+                    rip: st.regs.rip,
+                    next_rip: ex.next_rip,
+                };
+                self.io_exit(input, size, ex.info as u16, 1);
+                Next::User(Ok(0))
+            }
+            exit::HLT => {
+                self.stats.inc(st_::HALT_EXITS);
+                st.regs.rip = ex.next_rip;
+                if self.lapic.lock().is_some() {
+                    // The in-kernel LAPIC wakes it (kvm_emulate_halt()).
+                    st.mp_state = uapi::KVM_MP_STATE_HALTED;
+                    return Next::Guest;
+                }
+                self.set_exit(uapi::KVM_EXIT_HLT);
+                Next::User(Ok(0))
+            }
+            exit::IRQ_WINDOW => {
+                self.stats.inc(st_::IRQ_WINDOW_EXITS);
+                Next::Guest
+            }
+            exit::SHUTDOWN => {
+                // The vendor put the vCPU in its INIT state; so are the registers.
+                st.regs = reset_regs(&st.cpuid);
+                st.pending = Pending::None;
+                self.set_exit(uapi::KVM_EXIT_SHUTDOWN);
+                Next::User(Ok(0))
+            }
+            exit::NPF => self.page_fault(vm, st, ex),
+            exit::CPUID => {
+                let (f, i) = (st.regs.gpr[reg::RAX] as u32, st.regs.gpr[reg::RCX] as u32);
+                let r = self.cpuid_runtime(st);
+                cpuid::update_runtime(&mut st.cpuid, &r);
+                let e = cpuid::find(&st.cpuid, f, i).copied().unwrap_or_default();
+                st.regs.gpr[reg::RAX] = e.eax.into();
+                st.regs.gpr[reg::RBX] = e.ebx.into();
+                st.regs.gpr[reg::RCX] = e.ecx.into();
+                st.regs.gpr[reg::RDX] = e.edx.into();
+                st.regs.rip = ex.next_rip;
+                Next::Guest
+            }
+            exit::RDMSR | exit::WRMSR => {
+                let index = st.regs.gpr[reg::RCX] as u32;
+                let ok = if ex.kind == exit::RDMSR {
+                    let v = self.get_msr(vm, st, index, false);
+                    if let Some(v) = v {
+                        st.regs.gpr[reg::RAX] = v & 0xffff_ffff;
+                        st.regs.gpr[reg::RDX] = v >> 32;
+                    }
+                    v.is_some()
+                } else {
+                    let v = (st.regs.gpr[reg::RDX] << 32) | (st.regs.gpr[reg::RAX] & 0xffff_ffff);
+                    self.set_msr(vm, st, index, v, false)
+                };
+                if ok {
+                    st.regs.rip = ex.next_rip;
+                } else {
+                    // Unknown MSRs fault, as upstream with ignore_msrs=0.
+                    st.vendor.queue_exception(13, true, 0);
+                }
+                Next::Guest
+            }
+            exit::VMMCALL => {
+                self.hypercall(st);
+                st.regs.rip = ex.next_rip;
+                Next::Guest
+            }
+            exit::INVALID_OPCODE => self.invalid_opcode(vm, st),
+            exit::XSETBV => self.xsetbv(st, ex.next_rip),
+            exit::DR_ACCESS => {
+                st.db_wont_exit = true;
+                Next::Guest
+            }
+            exit::FAIL_ENTRY => {
+                self.set_exit(uapi::KVM_EXIT_FAIL_ENTRY);
+                self.run_write(run::U, ex.hw_reason);
+                // SAFETY: reads the CPU number only.
+                self.run_write(run::U + 8, unsafe { glue::kvm_glue_smp_processor_id() });
+                Next::User(Ok(0))
+            }
+            exit::IO => self.emulate_string_io(vm, st, ex),
+            _ => {
+                self.set_exit(uapi::KVM_EXIT_INTERNAL_ERROR);
+                self.run_write(run::U, uapi::KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON);
+                self.run_write(run::U + 4, 2u32);
+                self.run_write(run::U + 8, ex.hw_reason);
+                // SAFETY: reads the CPU number only.
+                let cpu = unsafe { glue::kvm_glue_smp_processor_id() };
+                self.run_write(run::U + 16, u64::from(cpu));
+                Next::User(Ok(0))
+            }
+        }
+    }
+
+    /// A KVM hypercall (upstream ____kvm_emulate_hypercall()): the number in
+    /// RAX, the result back in RAX; only from CPL 0.
+    pub(crate) fn hypercall(&self, st: &mut VcpuArch) {
+        let s = self.get_sregs(st);
+        let long = s.efer & emulate_hw::EFER_LMA != 0 && s.cs.l != 0;
+        let mask = if long { u64::MAX } else { 0xffff_ffff };
+        let nr = st.regs.gpr[reg::RAX] & mask;
+        let ret: i64 = if s.ss.dpl != 0 {
+            -KVM_EPERM
+        } else {
+            match nr {
+                KVM_HC_VAPIC_POLL_IRQ => 0,
+                KVM_HC_SCHED_YIELD => {
+                    // A hint that the vCPU waits for another: let others run.
+                    // SAFETY: process context, only our vCPU mutex held.
+                    unsafe { glue::kvm_glue_cond_resched() };
+                    0
+                }
+                // No PV kick, IPI or clock pairing (none is in the PV CPUID).
+                _ => -KVM_ENOSYS,
+            }
+        };
+        st.regs.gpr[reg::RAX] = ret as u64 & mask;
+    }
+
+    /// #UD in the guest: the other vendor's hypercall instruction (VMCALL) is
+    /// patched to VMMCALL and run again unless KVM_X86_QUIRK_FIX_HYPERCALL_INSN
+    /// is disabled (upstream em_hypercall/emulator_fix_hypercall); any other #UD
+    /// goes back to the guest.
+    pub(crate) fn invalid_opcode(&self, vm: &Vm, st: &mut VcpuArch) -> Next {
+        const VMCALL: [u8; 3] = [0x0f, 0x01, 0xc1];
+        const VMMCALL: [u8; 3] = [0x0f, 0x01, 0xd9];
+        let fix = vm.disabled_quirks.load(Ordering::Relaxed) & QUIRK_FIX_HYPERCALL_INSN == 0;
+        let cpu = self.cpu(st);
+        let la = cpu.linear(1, st.regs.rip);
+        if fix {
+            let mut insn = [0u8; 3];
+            let code = cpu.translate(vm, la, false, true).ok();
+            if code.is_some_and(|gpa| emulate::read_phys(vm, gpa, &mut insn).is_some())
+                && insn == VMCALL
+            {
+                return match cpu.translate(vm, la, true, false) {
+                    Ok(gpa) if emulate::write_phys(vm, gpa, &VMMCALL).is_some() => Next::Guest,
+                    Ok(_) => self.emulation_failure(),
+                    Err(e) => self.failure(st, Failure::Walk(e), la),
+                };
+            }
+        }
+        st.vendor.queue_exception(UD_VECTOR, false, 0);
+        Next::Guest
+    }
+}
