@@ -2,19 +2,24 @@
 //! kvm.ko: the generic core of kvm-rs.
 //!
 //! It owns `/dev/kvm` (registered once a vendor module registers, as upstream's
-//! kvm_init()), VM file descriptors and the ABI. Hardware specifics live in
-//! kvm-amd.ko / kvm-intel.ko behind [`kvm_x86_ops::KvmX86Ops`].
+//! kvm_init()), VM file descriptors and the ABI. The generic files (this folder)
+//! are written against [`kvm_host::KvmArch`]; this file instantiates them with
+//! x86 ([`arch::kvm_arch::X86`]) for the C glue's file operations. Hardware
+//! specifics live in kvm-amd.ko / kvm-intel.ko behind [`kvm_x86_ops::KvmX86Ops`].
 
+use kernel::ffi::{c_int, c_long, c_uint, c_ulong, c_void};
 use kernel::prelude::*;
 
-// The generic core (upstream virt/kvm).
+use arch::kvm_arch::X86;
+
+// The generic core (upstream virt/kvm), written against `kvm_host::KvmArch`.
 mod dev;
 mod glue;
+mod kvm_host;
 mod pages;
 mod stats;
 mod user;
 mod vcpu;
-mod vendor;
 mod vm;
 
 // No_std libraries shared with the host crates (tested there): their API is `pub`
@@ -58,4 +63,66 @@ impl kernel::Module for KvmModule {
         // Nothing to do until a vendor registers: without one there is no /dev/kvm.
         Ok(KvmModule)
     }
+}
+
+// The C glue's entry points (include/kvm_rs_glue.h), for x86.
+
+#[no_mangle]
+extern "C" fn kvm_rs_dev_ioctl(cmd: c_uint, arg: c_ulong) -> c_long {
+    user::ioctl_ret(dev::kvm_dev_ioctl::<X86>(cmd, arg))
+}
+
+#[no_mangle]
+extern "C" fn kvm_rs_vm_ioctl(vm: *mut c_void, cmd: c_uint, arg: c_ulong) -> c_long {
+    vm::kvm_vm_ioctl::<X86>(vm, cmd, arg)
+}
+
+#[no_mangle]
+extern "C" fn kvm_rs_vm_compat_ioctl(vm: *mut c_void, cmd: c_uint, arg: c_ulong) -> c_long {
+    vm::kvm_vm_compat_ioctl::<X86>(vm, cmd, arg)
+}
+
+#[no_mangle]
+extern "C" fn kvm_rs_vm_release(vm: *mut c_void) {
+    vm::kvm_vm_release::<X86>(vm)
+}
+
+#[no_mangle]
+extern "C" fn kvm_rs_vcpu_ioctl(vcpu: *mut c_void, cmd: c_uint, arg: c_ulong) -> c_long {
+    vcpu::kvm_vcpu_ioctl::<X86>(vcpu, cmd, arg)
+}
+
+#[no_mangle]
+extern "C" fn kvm_rs_vcpu_compat_ioctl(vcpu: *mut c_void, cmd: c_uint, arg: c_ulong) -> c_long {
+    vcpu::kvm_vcpu_compat_ioctl::<X86>(vcpu, cmd, arg)
+}
+
+#[no_mangle]
+extern "C" fn kvm_rs_vcpu_release(vcpu: *mut c_void) {
+    vcpu::kvm_vcpu_release::<X86>(vcpu)
+}
+
+#[no_mangle]
+extern "C" fn kvm_rs_vcpu_page(vcpu: *mut c_void, pgoff: c_ulong) -> *mut c_void {
+    vcpu::kvm_vcpu_page::<X86>(vcpu, pgoff)
+}
+
+#[no_mangle]
+extern "C" fn kvm_rs_mn_invalidate_start(
+    vm: *mut c_void,
+    start: c_ulong,
+    end: c_ulong,
+    blockable: c_int,
+) -> c_int {
+    vm::kvm_mmu_notifier_invalidate_range_start::<X86>(vm, start as u64, end as u64, blockable != 0)
+}
+
+#[no_mangle]
+extern "C" fn kvm_rs_mn_invalidate_end(vm: *mut c_void) {
+    vm::kvm_mmu_notifier_invalidate_range_end::<X86>(vm)
+}
+
+#[no_mangle]
+extern "C" fn kvm_rs_mn_release(vm: *mut c_void) {
+    vm::kvm_mmu_notifier_release::<X86>(vm)
 }

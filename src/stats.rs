@@ -7,13 +7,10 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use kernel::ffi::{c_char, c_long, c_longlong, c_ulong, c_void};
 use kernel::prelude::*;
 use kernel::str::CString;
-use kernel::sync::Arc;
 use kernel::uaccess::{UserPtr, UserSlice};
 
 use crate::glue;
-use crate::statsfmt::{self, Desc};
-use crate::vcpu::Vcpu;
-use crate::vm::Vm;
+use crate::statsfmt::Desc;
 
 /// Counters a VM keeps; names as upstream's, so tools find them.
 pub(crate) mod vm {
@@ -81,27 +78,25 @@ impl<const N: usize> Counters<N> {
         }
     }
 
-    fn snapshot(&self) -> [u64; N] {
+    pub(crate) fn snapshot(&self) -> [u64; N] {
         core::array::from_fn(|i| self.0.get(i).map_or(0, |c| c.load(Ordering::Relaxed)))
     }
 }
 
-/// What a stats file reads.
-enum Source {
-    Vm(Arc<Vm>),
-    /// The VM reference keeps the VM alive as long as the file, as upstream.
-    Vcpu {
-        _vm: Arc<Vm>,
-        vcpu: Arc<Vcpu>,
-    },
+/// What a stats file describes: it holds the references that keep it alive.
+pub(crate) trait StatsSource: Send + Sync {
+    /// The file's bytes from offset `start` into `out` (statsfmt::read()).
+    fn read_stats(&self, id: &str, start: u64, out: &mut [u8]) -> usize;
 }
 
 struct StatsFile {
     id: CString,
-    source: Source,
+    source: KBox<dyn StatsSource>,
 }
 
-fn create(id: CString, source: Source, name: &CStr) -> Result<isize> {
+/// KVM_GET_STATS_FD (kvm_vm_ioctl_get_stats_fd(), kvm_vcpu_ioctl_get_stats_fd()):
+/// a read-only file named `name` with header id `id`.
+pub(crate) fn stats_fd(id: CString, source: KBox<dyn StatsSource>, name: &CStr) -> Result<isize> {
     let f = KBox::into_raw(KBox::new(StatsFile { id, source }, GFP_KERNEL)?);
     // SAFETY: on success the file owns `f` (see kvm_rs_stats_release); `name` is a NUL-terminated string.
     let fd = unsafe { glue::kvm_glue_stats_fd(f.cast(), name.as_char_ptr().cast()) };
@@ -111,18 +106,6 @@ fn create(id: CString, source: Source, name: &CStr) -> Result<isize> {
         return Err(Error::from_errno(fd));
     }
     Ok(fd as isize)
-}
-
-/// KVM_GET_STATS_FD on a VM fd.
-pub(crate) fn vm_fd(vm: Arc<Vm>) -> Result<isize> {
-    let id = CString::try_from_fmt(fmt!("kvm-{}", vm.pid))?;
-    create(id, Source::Vm(vm), c"kvm-vm-stats")
-}
-
-/// KVM_GET_STATS_FD on a vCPU fd.
-pub(crate) fn vcpu_fd(vm: Arc<Vm>, vcpu: Arc<Vcpu>) -> Result<isize> {
-    let id = CString::try_from_fmt(fmt!("kvm-{}/vcpu-{}", vm.pid, vcpu.id))?;
-    create(id, Source::Vcpu { _vm: vm, vcpu }, c"kvm-vcpu-stats")
 }
 
 /// Bytes formatted per step (on the stack).
@@ -137,12 +120,7 @@ fn read(f: &StatsFile, buf: usize, size: usize, pos: &mut i64) -> Result<isize> 
     while done < size {
         let start = u64::try_from(*pos).map_err(|_| EINVAL)? + done as u64;
         let out = tmp.get_mut(..(size - done).min(CHUNK)).ok_or(EINVAL)?;
-        let n = match &f.source {
-            Source::Vm(vm) => statsfmt::read(id, &vm::DESCS, &vm.stats.snapshot(), start, out),
-            Source::Vcpu { vcpu: v, .. } => {
-                statsfmt::read(id, &vcpu::DESCS, &v.stats.snapshot(), start, out)
-            }
-        };
+        let n = f.source.read_stats(id, start, out);
         if n == 0 {
             break;
         }

@@ -2,23 +2,23 @@
 //! vCPUs, the generic part (upstream virt/kvm/kvm_main.c): the vCPU struct, its fd
 //! (KVM_CREATE_VCPU's anon inode, the mmap of kvm_run and the PIO page, the
 //! ioctls under the vCPU mutex) and the kvm_run page accessors. Everything x86
-//! is in arch/x86/kvm: the state under the mutex is its [`VcpuArch`].
+//! is the arch's ([`KvmArch`]): the state under the mutex, and what other
+//! threads reach without it.
 
-use kernel::ffi::{c_long, c_uint, c_ulong, c_void};
+use kernel::ffi::{c_long, c_void};
 use kernel::fs::file::{File, FileDescriptorReservation};
 use kernel::prelude::*;
+use kernel::str::CString;
 use kernel::sync::aref::ARef;
 use kernel::sync::lock::Guard;
-use kernel::sync::{Arc, Mutex, MutexGuard, SpinLock};
-use kernel::{bindings, new_mutex, new_spinlock};
+use kernel::sync::{Arc, MutexGuard};
+use kernel::{bindings, new_mutex};
 
 use crate::abi::{ioctl, uapi};
-use crate::arch::x86::VcpuArch;
-use crate::hw::lapic::Lapic;
+use crate::kvm_host::{KvmArch, Vcpu, Vm, Waiter};
 use crate::pages::Pages;
-use crate::stats::{self, Counters};
-use crate::vm::Vm;
-use crate::{glue, user};
+use crate::stats::{self, Counters, StatsSource};
+use crate::{glue, statsfmt, user};
 
 pub(crate) const PAGE_SIZE: usize = 4096;
 
@@ -52,104 +52,20 @@ pub(crate) mod run {
     const _: () = assert!(core::mem::offset_of!(super::uapi::kvm_run, __bindgen_anon_1) == U);
 }
 
-/// A vCPU's glue waiter (see kvm_glue_waiter_* in the glue header).
-/// A vCPU's glue waiter (see kvm_glue_waiter_* in the glue header): where it sleeps
-/// when halted, what others poke, and which CPU it is in guest mode on.
-pub(crate) struct Waiter(*mut c_void);
-
-// SAFETY: the glue object is made for use from any thread (atomics, a waitqueue).
-unsafe impl Send for Waiter {}
-
-// SAFETY: as above.
-unsafe impl Sync for Waiter {}
-
-impl Waiter {
-    fn new() -> Result<Self> {
-        // SAFETY: a plain allocation, owned by the Waiter.
-        let p = unsafe { glue::kvm_glue_waiter_new() };
-        if p.is_null() {
-            return Err(ENOMEM);
-        }
-        Ok(Waiter(p))
-    }
-
-    /// Wakes the vCPU, or makes it exit the guest (kvm_vcpu_kick()).
-    pub(crate) fn poke(&self) {
-        // SAFETY: a live waiter (freed in drop only).
-        unsafe { glue::kvm_glue_waiter_poke(self.0) }
-    }
-
-    /// Reads and clears the poke flag.
-    pub(crate) fn take(&self) -> bool {
-        // SAFETY: a live waiter.
-        unsafe { glue::kvm_glue_waiter_take(self.0) != 0 }
-    }
-
-    pub(crate) fn pending(&self) -> bool {
-        // SAFETY: a live waiter.
-        unsafe { glue::kvm_glue_waiter_pending(self.0) != 0 }
-    }
-
-    /// Sleeps until poked, the timer fires or a signal is pending.
-    pub(crate) fn block(&self) {
-        // SAFETY: a live waiter, called by the vCPU's own thread.
-        unsafe { glue::kvm_glue_waiter_block(self.0) }
-    }
-
-    /// Arms the timer for absolute CLOCK_MONOTONIC `ns` (0 cancels it).
-    pub(crate) fn arm(&self, ns: u64) {
-        // SAFETY: a live waiter.
-        unsafe { glue::kvm_glue_waiter_arm(self.0, ns) }
-    }
-
-    /// Publishes guest mode on CPU `cpu_plus_one - 1` (0: outside); a full barrier.
-    pub(crate) fn set_cpu(&self, cpu_plus_one: u32) {
-        // SAFETY: a live waiter.
-        unsafe { glue::kvm_glue_waiter_set_cpu(self.0, cpu_plus_one) }
-    }
-}
-
-impl Drop for Waiter {
-    fn drop(&mut self) {
-        // SAFETY: allocated by kvm_glue_waiter_new, freed once.
-        unsafe { glue::kvm_glue_waiter_free(self.0) }
-    }
-}
-
-/// A vCPU (upstream struct kvm_vcpu).
-#[pin_data]
-pub(crate) struct Vcpu {
-    pub(crate) id: u32,
-    run: Pages,
-    pio: Pages,
-    /// Where the vCPU sleeps when halted; also says which CPU it is in guest mode
-    /// on (see Vm::flush_all).
-    pub(crate) waiter: Waiter,
-    /// The in-kernel LAPIC (when the VM had an irqchip when this vCPU was
-    /// created). Other vCPUs lock it briefly to deliver IPIs.
-    #[pin]
-    pub(crate) lapic: SpinLock<Option<Lapic>>,
-    pub(crate) stats: Counters<{ stats::vcpu::DESCS.len() }>,
-    /// The vCPU mutex (upstream vcpu->mutex) and the arch state it guards.
-    #[pin]
-    pub(crate) state: Mutex<VcpuArch>,
-}
-
-impl Vcpu {
+impl<A: KvmArch> Vcpu<A> {
     /// kvm_vm_ioctl_create_vcpu()'s allocation: the generic pages and waiter, and
-    /// the arch state (kvm_arch_vcpu_create()).
-    pub(crate) fn new(vm: &Vm, id: u32, irqchip: bool, tsc_khz: u32) -> Result<Arc<Self>> {
-        let arch = VcpuArch::new(&vm.vendor, id, irqchip, tsc_khz)?;
-        let lapic = irqchip.then(|| Lapic::new(id, tsc_khz));
+    /// the arch state (kvm_arch_vcpu_create()). Called with kvm->lock held.
+    pub(crate) fn new(vm: &Vm<A>, id: u32) -> Result<Arc<Self>> {
+        let (st, shared) = A::vcpu_create(vm, id)?;
         Arc::pin_init(
             try_pin_init!(Vcpu {
                 id,
                 run: Pages::new(PAGE_SIZE)?,
                 pio: Pages::new(PAGE_SIZE)?,
                 waiter: Waiter::new()?,
-                lapic <- new_spinlock!(lapic),
                 stats: Counters::new(),
-                state <- new_mutex!(arch),
+                arch <- shared,
+                state <- new_mutex!(st),
             }),
             GFP_KERNEL,
         )
@@ -157,7 +73,7 @@ impl Vcpu {
 
     /// The vCPU mutex, taken killable as upstream (kvm_vcpu_ioctl()): a task that
     /// waits for a vCPU busy in KVM_RUN can still be killed (-EINTR).
-    fn lock_killable(&self) -> Result<MutexGuard<'_, VcpuArch>> {
+    fn lock_killable(&self) -> Result<MutexGuard<'_, A::VcpuArch>> {
         // `Lock` is `#[repr(C)]` with the kernel mutex as its first field.
         let m = core::ptr::from_ref(&self.state)
             .cast::<bindings::mutex>()
@@ -172,7 +88,7 @@ impl Vcpu {
 
     /// kvm_vcpu_ioctl(): the owner check, the vCPU mutex, KVM_RUN, and the arch
     /// ioctls.
-    fn kvm_vcpu_ioctl(&self, vm: &Vm, cmd: u32, arg: usize) -> Result<isize> {
+    fn kvm_vcpu_ioctl(&self, vm: &Vm<A>, cmd: u32, arg: usize) -> Result<isize> {
         vm.check_owner()?;
         let mut st = self.lock_killable()?;
         match cmd {
@@ -180,9 +96,9 @@ impl Vcpu {
                 if arg != 0 {
                     return Err(EINVAL);
                 }
-                self.kvm_arch_vcpu_ioctl_run(vm, &mut st)
+                A::vcpu_ioctl_run(self, vm, &mut st)
             }
-            _ => self.kvm_arch_vcpu_ioctl(vm, &mut st, cmd, arg),
+            _ => A::vcpu_ioctl(self, vm, &mut st, cmd, arg),
         }
     }
 
@@ -218,9 +134,28 @@ impl Vcpu {
 }
 
 /// Both references a vCPU fd holds.
-struct VcpuFile {
-    vm: Arc<Vm>,
-    vcpu: Arc<Vcpu>,
+struct VcpuFile<A: KvmArch> {
+    vm: Arc<Vm<A>>,
+    vcpu: Arc<Vcpu<A>>,
+}
+
+/// A vCPU's statistics for its stats file, which holds the VM too (as upstream's
+/// holds a reference on the kvm).
+struct VcpuStats<A: KvmArch> {
+    _vm: Arc<Vm<A>>,
+    vcpu: Arc<Vcpu<A>>,
+}
+
+impl<A: KvmArch> StatsSource for VcpuStats<A> {
+    fn read_stats(&self, id: &str, start: u64, out: &mut [u8]) -> usize {
+        statsfmt::read(
+            id,
+            &stats::vcpu::DESCS,
+            &self.vcpu.stats.snapshot(),
+            start,
+            out,
+        )
+    }
 }
 
 /// The file of a new vCPU (upstream create_vcpu_fd()), not installed yet: the
@@ -231,12 +166,12 @@ pub(crate) struct NewVcpuFile {
 }
 
 impl NewVcpuFile {
-    pub(crate) fn new(vm: Arc<Vm>, vcpu: Arc<Vcpu>) -> Result<Self> {
+    pub(crate) fn new<A: KvmArch>(vm: Arc<Vm<A>>, vcpu: Arc<Vcpu<A>>) -> Result<Self> {
         let id = vcpu.id;
         let fd = FileDescriptorReservation::get_unused_fd_flags(bindings::O_CLOEXEC)?;
         let f = KBox::into_raw(KBox::new(VcpuFile { vm, vcpu }, GFP_KERNEL)?);
         let mut file = core::ptr::null_mut();
-        // SAFETY: on success the file owns `f` (see kvm_rs_vcpu_release).
+        // SAFETY: on success the file owns `f` (see kvm_vcpu_release).
         let r = unsafe { glue::kvm_glue_vcpu_file(f.cast(), id, &mut file) };
         let Some(file) = core::ptr::NonNull::new(file.cast::<File>()).filter(|_| r == 0) else {
             // SAFETY: not handed over.
@@ -257,19 +192,27 @@ impl NewVcpuFile {
     }
 }
 
-fn file<'a>(p: *mut c_void) -> &'a VcpuFile {
+fn file<'a, A: KvmArch>(p: *mut c_void) -> &'a VcpuFile<A> {
     // SAFETY: private_data of a vCPU file, alive while its fops run.
-    unsafe { &*p.cast_const().cast::<VcpuFile>() }
+    unsafe { &*p.cast_const().cast::<VcpuFile<A>>() }
 }
 
-#[no_mangle]
-pub(crate) extern "C" fn kvm_rs_vcpu_ioctl(p: *mut c_void, cmd: c_uint, arg: c_ulong) -> c_long {
-    let f = file(p);
+/// `unlocked_ioctl` of a vCPU fd.
+pub(crate) fn kvm_vcpu_ioctl<A: KvmArch>(p: *mut c_void, cmd: u32, arg: usize) -> c_long {
+    let f = file::<A>(p);
     if cmd == ioctl::KVM_GET_STATS_FD {
         // Needs the references, not the vCPU lock.
-        let r =
-            f.vm.check_owner()
-                .and_then(|()| stats::vcpu_fd(f.vm.clone(), f.vcpu.clone()));
+        let r = f.vm.check_owner().and_then(|()| {
+            let id = CString::try_from_fmt(fmt!("kvm-{}/vcpu-{}", f.vm.pid, f.vcpu.id))?;
+            let src: KBox<dyn StatsSource> = KBox::new(
+                VcpuStats {
+                    _vm: f.vm.clone(),
+                    vcpu: f.vcpu.clone(),
+                },
+                GFP_KERNEL,
+            )?;
+            stats::stats_fd(id, src, c"kvm-vcpu-stats")
+        });
         return user::ioctl_ret(r);
     }
     user::ioctl_ret(f.vcpu.kvm_vcpu_ioctl(&f.vm, cmd, arg))
@@ -279,28 +222,22 @@ pub(crate) extern "C" fn kvm_rs_vcpu_ioctl(p: *mut c_void, cmd: c_uint, arg: c_u
 /// KVM_SET_SIGNAL_MASK's compat sigset, which kvm-rs does not implement for any
 /// caller (-EINVAL either way); every other vCPU ioctl has the same layout for
 /// 32-bit callers.
-#[no_mangle]
-pub(crate) extern "C" fn kvm_rs_vcpu_compat_ioctl(
-    p: *mut c_void,
-    cmd: c_uint,
-    arg: c_ulong,
-) -> c_long {
+pub(crate) fn kvm_vcpu_compat_ioctl<A: KvmArch>(p: *mut c_void, cmd: u32, arg: usize) -> c_long {
     if cmd == ioctl::KVM_SET_SIGNAL_MASK {
         return EINVAL.to_errno() as c_long;
     }
-    kvm_rs_vcpu_ioctl(p, cmd, arg)
+    kvm_vcpu_ioctl::<A>(p, cmd, arg)
 }
 
-#[no_mangle]
-pub(crate) extern "C" fn kvm_rs_vcpu_release(p: *mut c_void) {
+/// `release` of a vCPU fd.
+pub(crate) fn kvm_vcpu_release<A: KvmArch>(p: *mut c_void) {
     // SAFETY: handed to the file by NewVcpuFile::new(); release runs once.
-    drop(unsafe { KBox::from_raw(p.cast::<VcpuFile>()) });
+    drop(unsafe { KBox::from_raw(p.cast::<VcpuFile<A>>()) });
 }
 
 /// The page at `pgoff` of the vCPU mapping (struct page *), or null (SIGBUS).
-#[no_mangle]
-pub(crate) extern "C" fn kvm_rs_vcpu_page(p: *mut c_void, pgoff: c_ulong) -> *mut c_void {
-    let v = &file(p).vcpu;
+pub(crate) fn kvm_vcpu_page<A: KvmArch>(p: *mut c_void, pgoff: usize) -> *mut c_void {
+    let v = &file::<A>(p).vcpu;
     let page = match pgoff as u32 {
         0 => v.run.as_ptr(),
         uapi::KVM_PIO_PAGE_OFFSET => v.pio.as_ptr(),

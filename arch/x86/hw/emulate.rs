@@ -9,7 +9,12 @@
 //! model has the data. Only forms with a memory operand (and string I/O) are decoded:
 //! register-only forms never reach the emulator from an MMIO fault.
 
+use super::msr_index::EFER_LMA;
 /// Architectural maximum instruction length; longer is #GP(0) (__do_insn_fetch_bytes).
+use super::processor_flags::{
+    X86_CR0_PE, X86_EFLAGS_AF, X86_EFLAGS_CF, X86_EFLAGS_DF, X86_EFLAGS_OF, X86_EFLAGS_PF,
+    X86_EFLAGS_SF, X86_EFLAGS_VM, X86_EFLAGS_ZF,
+};
 pub const MAX_INSN_LEN: usize = 15;
 
 /// Segment register numbers (upstream VCPU_SREG_*).
@@ -28,28 +33,9 @@ const RBP: u8 = 5;
 const RSI: u8 = 6;
 const RDI: u8 = 7;
 
-pub const CR0_PE: u64 = 1 << 0;
-pub const CR0_WP: u64 = 1 << 16;
-pub const CR0_PG: u64 = 1 << 31;
-pub const CR4_PSE: u64 = 1 << 4;
-pub const CR4_PAE: u64 = 1 << 5;
-pub const CR4_LA57: u64 = 1 << 12;
-pub const CR4_SMEP: u64 = 1 << 20;
-pub const CR4_SMAP: u64 = 1 << 21;
-pub const EFER_LMA: u64 = 1 << 10;
-pub const EFER_NXE: u64 = 1 << 11;
-
-pub const FLAG_CF: u64 = 1 << 0;
-pub const FLAG_PF: u64 = 1 << 2;
-pub const FLAG_AF: u64 = 1 << 4;
-pub const FLAG_ZF: u64 = 1 << 6;
-pub const FLAG_SF: u64 = 1 << 7;
-pub const FLAG_DF: u64 = 1 << 10;
-pub const FLAG_OF: u64 = 1 << 11;
-pub const FLAG_VM: u64 = 1 << 17;
-pub const FLAG_AC: u64 = 1 << 18;
 /// The flags the ALU instructions define (EFLAGS_MASK in emulate.c).
-pub const ARITH_FLAGS: u64 = FLAG_CF | FLAG_PF | FLAG_AF | FLAG_ZF | FLAG_SF | FLAG_OF;
+pub const ARITH_FLAGS: u64 =
+    X86_EFLAGS_CF | X86_EFLAGS_PF | X86_EFLAGS_AF | X86_EFLAGS_ZF | X86_EFLAGS_SF | X86_EFLAGS_OF;
 
 /// Page-fault error code bits (PFERR_*_MASK).
 pub const PFERR_PRESENT: u32 = 1 << 0;
@@ -70,9 +56,9 @@ pub enum Mode {
 
 /// The emulation mode from the vCPU state, as init_emulate_ctxt computes it.
 pub fn mode(cr0: u64, rflags: u64, efer: u64, cs_l: bool, cs_db: bool) -> Mode {
-    if cr0 & CR0_PE == 0 {
+    if cr0 & X86_CR0_PE == 0 {
         Mode::Real
-    } else if rflags & FLAG_VM != 0 {
+    } else if rflags & X86_EFLAGS_VM != 0 {
         Mode::Vm86
     } else if cs_l && efer & EFER_LMA != 0 {
         Mode::Prot64
@@ -1075,12 +1061,12 @@ fn arith_flags(rflags: u64, r: u64, size: u8, cf: bool, of: bool, af: bool) -> u
             *f |= bit;
         }
     };
-    set(&mut f, cf, FLAG_CF);
-    set(&mut f, parity_even(r), FLAG_PF);
-    set(&mut f, af, FLAG_AF);
-    set(&mut f, r & size_mask(size) == 0, FLAG_ZF);
-    set(&mut f, r & sign_bit(size) != 0, FLAG_SF);
-    set(&mut f, of, FLAG_OF);
+    set(&mut f, cf, X86_EFLAGS_CF);
+    set(&mut f, parity_even(r), X86_EFLAGS_PF);
+    set(&mut f, af, X86_EFLAGS_AF);
+    set(&mut f, r & size_mask(size) == 0, X86_EFLAGS_ZF);
+    set(&mut f, r & sign_bit(size) != 0, X86_EFLAGS_SF);
+    set(&mut f, of, X86_EFLAGS_OF);
     f
 }
 
@@ -1091,7 +1077,7 @@ pub fn alu_op(kind: AluKind, size: u8, dst: u64, src: u64, rflags: u64) -> (u64,
     let m = size_mask(size);
     let sign = sign_bit(size);
     let (a, b) = (dst & m, src & m);
-    let cf_in = rflags & FLAG_CF;
+    let cf_in = rflags & X86_EFLAGS_CF;
     let add = |b: u64, c: u64, keep_cf: bool| {
         let wide = u128::from(a) + u128::from(b) + u128::from(c);
         let r = (wide as u64) & m;
@@ -1119,7 +1105,7 @@ pub fn alu_op(kind: AluKind, size: u8, dst: u64, src: u64, rflags: u64) -> (u64,
     let bit = |op: fn(u64, u64) -> u64| {
         // Only the offset within the operand counts (fetch_bit_operand).
         let mb = 1u64 << (b & (8 * u64::from(size.clamp(1, 8)) - 1));
-        let f = (rflags & !FLAG_CF) | if a & mb != 0 { FLAG_CF } else { 0 };
+        let f = (rflags & !X86_EFLAGS_CF) | if a & mb != 0 { X86_EFLAGS_CF } else { 0 };
         (op(a, mb) & m, f)
     };
     match kind {
@@ -1204,7 +1190,7 @@ fn assign_register(gpr: &mut [u64; 16], reg: u8, value: u64, addr_size: u8) {
 /// register_address_increment).
 pub fn string_advance(insn: &Insn, gpr: &mut [u64; 16], rflags: u64, n: u64) {
     let step = n.wrapping_mul(u64::from(insn.op_size));
-    let delta = if rflags & FLAG_DF != 0 {
+    let delta = if rflags & X86_EFLAGS_DF != 0 {
         0u64.wrapping_sub(step)
     } else {
         step
@@ -1240,7 +1226,7 @@ pub fn string_done(insn: &Insn, gpr: &[u64; 16], rflags: u64) -> bool {
     if string_count(insn, gpr) == 0 {
         return true;
     }
-    let zf = rflags & FLAG_ZF != 0;
+    let zf = rflags & X86_EFLAGS_ZF != 0;
     matches!(insn.op, Op::Cmps | Op::Scas)
         && match rep {
             Rep::Repe => !zf,
@@ -1254,7 +1240,7 @@ pub fn string_done(insn: &Insn, gpr: &[u64; 16], rflags: u64) -> bool {
 pub fn ins_read_ahead(insn: &Insn, gpr: &[u64; 16], rflags: u64) -> u64 {
     let count = string_count(insn, gpr);
     let off = gpr_get(gpr, RDI) & 0xfff;
-    let in_page = if rflags & FLAG_DF != 0 {
+    let in_page = if rflags & X86_EFLAGS_DF != 0 {
         off
     } else {
         0x1000 - off
@@ -1297,12 +1283,12 @@ mod tests {
     #[test]
     fn modes() {
         assert_eq!(mode(0, 0, 0, false, false), Mode::Real);
-        assert_eq!(mode(CR0_PE, FLAG_VM, 0, false, false), Mode::Vm86);
-        assert_eq!(mode(CR0_PE, 0, EFER_LMA, true, false), Mode::Prot64);
+        assert_eq!(mode(X86_CR0_PE, X86_EFLAGS_VM, 0, false, false), Mode::Vm86);
+        assert_eq!(mode(X86_CR0_PE, 0, EFER_LMA, true, false), Mode::Prot64);
         // Compatibility mode: LMA without CS.L.
-        assert_eq!(mode(CR0_PE, 0, EFER_LMA, false, true), Mode::Prot32);
+        assert_eq!(mode(X86_CR0_PE, 0, EFER_LMA, false, true), Mode::Prot32);
         // CS.L means nothing without LMA.
-        assert_eq!(mode(CR0_PE, 0, 0, true, false), Mode::Prot16);
+        assert_eq!(mode(X86_CR0_PE, 0, 0, true, false), Mode::Prot16);
     }
 
     // ---- decode ---------------------------------------------------------------
@@ -1902,70 +1888,88 @@ mod tests {
         // cmp: 1 - 2 borrows.
         let (r, f) = alu_op(AluKind::Cmp, 4, 1, 2, 0);
         assert_eq!(r, 0xffff_ffff);
-        assert_eq!(flags(f), FLAG_CF | FLAG_SF | FLAG_AF | FLAG_PF);
+        assert_eq!(
+            flags(f),
+            X86_EFLAGS_CF | X86_EFLAGS_SF | X86_EFLAGS_AF | X86_EFLAGS_PF
+        );
         // sub: 0x80 - 1 overflows a signed byte.
         let (r, f) = alu_op(AluKind::Sub, 1, 0x80, 1, 0);
         assert_eq!(r, 0x7f);
-        assert_eq!(flags(f), FLAG_OF | FLAG_AF);
+        assert_eq!(flags(f), X86_EFLAGS_OF | X86_EFLAGS_AF);
         // cmp equal: ZF and PF only.
-        let (_, f) = alu_op(AluKind::Cmp, 8, 5, 5, FLAG_CF | FLAG_OF);
-        assert_eq!(flags(f), FLAG_ZF | FLAG_PF);
+        let (_, f) = alu_op(AluKind::Cmp, 8, 5, 5, X86_EFLAGS_CF | X86_EFLAGS_OF);
+        assert_eq!(flags(f), X86_EFLAGS_ZF | X86_EFLAGS_PF);
         // add: 0xff + 1 carries out.
         let (r, f) = alu_op(AluKind::Add, 1, 0xff, 1, 0);
         assert_eq!(r, 0);
-        assert_eq!(flags(f), FLAG_CF | FLAG_ZF | FLAG_AF | FLAG_PF);
+        assert_eq!(
+            flags(f),
+            X86_EFLAGS_CF | X86_EFLAGS_ZF | X86_EFLAGS_AF | X86_EFLAGS_PF
+        );
         // add: 0x7fffffff + 1 overflows.
         let (r, f) = alu_op(AluKind::Add, 4, 0x7fff_ffff, 1, 0);
         assert_eq!(r, 0x8000_0000);
-        assert_eq!(flags(f), FLAG_OF | FLAG_SF | FLAG_AF | FLAG_PF);
+        assert_eq!(
+            flags(f),
+            X86_EFLAGS_OF | X86_EFLAGS_SF | X86_EFLAGS_AF | X86_EFLAGS_PF
+        );
         // 64-bit add carry.
         let (r, f) = alu_op(AluKind::Add, 8, u64::MAX, 2, 0);
         assert_eq!(r, 1);
-        assert_eq!(flags(f), FLAG_CF | FLAG_AF);
+        assert_eq!(flags(f), X86_EFLAGS_CF | X86_EFLAGS_AF);
         // adc / sbb use CF.
-        let (r, f) = alu_op(AluKind::Adc, 2, 0xfffe, 1, FLAG_CF);
+        let (r, f) = alu_op(AluKind::Adc, 2, 0xfffe, 1, X86_EFLAGS_CF);
         assert_eq!(r, 0);
-        assert!(f & FLAG_CF != 0 && f & FLAG_ZF != 0);
-        let (r, f) = alu_op(AluKind::Sbb, 1, 0, 0, FLAG_CF);
+        assert!(f & X86_EFLAGS_CF != 0 && f & X86_EFLAGS_ZF != 0);
+        let (r, f) = alu_op(AluKind::Sbb, 1, 0, 0, X86_EFLAGS_CF);
         assert_eq!(r, 0xff);
-        assert!(f & FLAG_CF != 0 && f & FLAG_SF != 0 && f & FLAG_OF == 0);
-        let (r, f) = alu_op(AluKind::Sbb, 1, 0x80, 0x7f, FLAG_CF);
+        assert!(f & X86_EFLAGS_CF != 0 && f & X86_EFLAGS_SF != 0 && f & X86_EFLAGS_OF == 0);
+        let (r, f) = alu_op(AluKind::Sbb, 1, 0x80, 0x7f, X86_EFLAGS_CF);
         assert_eq!(r, 0);
-        assert!(f & FLAG_OF != 0 && f & FLAG_ZF != 0 && f & FLAG_CF == 0);
+        assert!(f & X86_EFLAGS_OF != 0 && f & X86_EFLAGS_ZF != 0 && f & X86_EFLAGS_CF == 0);
         // and zeroes OF and CF, keeps non-arithmetic flags.
-        let (r, f) = alu_op(AluKind::And, 4, 0xf0, 0x0f, FLAG_CF | FLAG_OF | FLAG_DF);
+        let (r, f) = alu_op(
+            AluKind::And,
+            4,
+            0xf0,
+            0x0f,
+            X86_EFLAGS_CF | X86_EFLAGS_OF | X86_EFLAGS_DF,
+        );
         assert_eq!(r, 0);
-        assert_eq!(f, FLAG_ZF | FLAG_PF | FLAG_DF);
-        let (r, f) = alu_op(AluKind::Or, 1, 0x80, 0x01, FLAG_CF);
+        assert_eq!(f, X86_EFLAGS_ZF | X86_EFLAGS_PF | X86_EFLAGS_DF);
+        let (r, f) = alu_op(AluKind::Or, 1, 0x80, 0x01, X86_EFLAGS_CF);
         assert_eq!(r, 0x81);
-        assert_eq!(flags(f), FLAG_SF | FLAG_PF);
+        assert_eq!(flags(f), X86_EFLAGS_SF | X86_EFLAGS_PF);
         let (r, f) = alu_op(AluKind::Xor, 2, 0xffff, 0x00fe, 0);
         assert_eq!(r, 0xff01);
-        assert_eq!(flags(f), FLAG_SF);
+        assert_eq!(flags(f), X86_EFLAGS_SF);
         // inc/dec keep CF.
-        let (r, f) = alu_op(AluKind::Inc, 1, 0x7f, 0, FLAG_CF);
+        let (r, f) = alu_op(AluKind::Inc, 1, 0x7f, 0, X86_EFLAGS_CF);
         assert_eq!(r, 0x80);
-        assert_eq!(flags(f), FLAG_CF | FLAG_OF | FLAG_SF | FLAG_AF);
+        assert_eq!(
+            flags(f),
+            X86_EFLAGS_CF | X86_EFLAGS_OF | X86_EFLAGS_SF | X86_EFLAGS_AF
+        );
         let (r, f) = alu_op(AluKind::Dec, 4, 0, 0, 0);
         assert_eq!(r, 0xffff_ffff);
-        assert_eq!(flags(f), FLAG_SF | FLAG_AF | FLAG_PF);
+        assert_eq!(flags(f), X86_EFLAGS_SF | X86_EFLAGS_AF | X86_EFLAGS_PF);
         // neg
-        let (r, f) = alu_op(AluKind::Neg, 1, 0, 0, FLAG_CF);
+        let (r, f) = alu_op(AluKind::Neg, 1, 0, 0, X86_EFLAGS_CF);
         assert_eq!(r, 0);
-        assert_eq!(flags(f), FLAG_ZF | FLAG_PF);
+        assert_eq!(flags(f), X86_EFLAGS_ZF | X86_EFLAGS_PF);
         let (r, f) = alu_op(AluKind::Neg, 1, 0x80, 0, 0);
         assert_eq!(r, 0x80);
-        assert_eq!(flags(f), FLAG_CF | FLAG_OF | FLAG_SF);
+        assert_eq!(flags(f), X86_EFLAGS_CF | X86_EFLAGS_OF | X86_EFLAGS_SF);
         // not changes no flags.
         assert_eq!(alu_op(AluKind::Not, 2, 0x00ff, 0, 0x8d5), (0xff00, 0x8d5));
         // bt family: CF = old bit, offset modulo the operand width.
         assert_eq!(
-            alu_op(AluKind::Bt, 4, 0x8, 35, FLAG_ZF),
-            (0x8, FLAG_ZF | FLAG_CF)
+            alu_op(AluKind::Bt, 4, 0x8, 35, X86_EFLAGS_ZF),
+            (0x8, X86_EFLAGS_ZF | X86_EFLAGS_CF)
         );
-        assert_eq!(alu_op(AluKind::Bts, 2, 0, 17, FLAG_CF), (0x2, 0));
+        assert_eq!(alu_op(AluKind::Bts, 2, 0, 17, X86_EFLAGS_CF), (0x2, 0));
         assert_eq!(alu_op(AluKind::Btr, 8, u64::MAX, 63, 0).0, u64::MAX >> 1);
-        assert_eq!(alu_op(AluKind::Btc, 1, 0x01, 0, 0), (0x00, FLAG_CF));
+        assert_eq!(alu_op(AluKind::Btc, 1, 0x01, 0, 0), (0x00, X86_EFLAGS_CF));
     }
 
     #[test]
@@ -1975,17 +1979,20 @@ mod tests {
         let i = d64(&[0x83, 0x03, 0x01]);
         let (w, f) = alu(&i, &mut g, 0x2, 0xffff_ffff);
         assert_eq!(w, Some(0));
-        assert_eq!(f, 0x2 | FLAG_CF | FLAG_ZF | FLAG_AF | FLAG_PF);
+        assert_eq!(
+            f,
+            0x2 | X86_EFLAGS_CF | X86_EFLAGS_ZF | X86_EFLAGS_AF | X86_EFLAGS_PF
+        );
         // cmpl $1,(%rbx): no write back.
         let i = d64(&[0x83, 0x3b, 0x01]);
-        assert_eq!(alu(&i, &mut g, 0, 1), (None, FLAG_ZF | FLAG_PF));
+        assert_eq!(alu(&i, &mut g, 0, 1), (None, X86_EFLAGS_ZF | X86_EFLAGS_PF));
         // sub (%rbx),%eax: the register is the destination, zero-extended.
         let i = d64(&[0x2b, 0x03]);
         g[0] = 0xffff_ffff_0000_0005;
         let (w, f) = alu(&i, &mut g, 0, 6);
         assert_eq!(w, None);
         assert_eq!(g[0], 0xffff_ffff);
-        assert!(f & FLAG_CF != 0);
+        assert!(f & X86_EFLAGS_CF != 0);
         // sub %eax,(%rbx): memory is the destination, EAX unchanged.
         let i = d64(&[0x29, 0x03]);
         g[0] = 1;
@@ -1999,7 +2006,7 @@ mod tests {
         let i = d64(&[0x3a, 0x03]);
         g[0] = 1;
         let (_, f) = alu(&i, &mut g, 0, 2);
-        assert!(f & FLAG_CF != 0);
+        assert!(f & X86_EFLAGS_CF != 0);
         // test %ecx,(%rbx)
         let i = d64(&[0x85, 0x0b]);
         g[1] = 0x10;
@@ -2013,10 +2020,10 @@ mod tests {
         // scasb: flags of AL - mem.
         let i = d64(&[0xae]);
         g[0] = 0x41;
-        assert_eq!(alu(&i, &mut g, 0, 0x41).1, FLAG_ZF | FLAG_PF);
+        assert_eq!(alu(&i, &mut g, 0, 0x41).1, X86_EFLAGS_ZF | X86_EFLAGS_PF);
         // cmpsb: flags of [rsi] - [rdi].
         let i = d64(&[0xa6]);
-        assert!(cmps_flags(&i, 0, 1, 2) & FLAG_CF != 0);
+        assert!(cmps_flags(&i, 0, 1, 2) & X86_EFLAGS_CF != 0);
     }
 
     #[test]
@@ -2040,7 +2047,7 @@ mod tests {
         let i = d64(&[0x0f, 0xba, 0x23, 35]);
         g[3] = 0x1000;
         assert_eq!(effective_address(&i, &g, 0), 0x1000);
-        assert_eq!(alu(&i, &mut g, 0, 0x8), (None, FLAG_CF));
+        assert_eq!(alu(&i, &mut g, 0, 0x8), (None, X86_EFLAGS_CF));
     }
 
     // ---- strings ------------------------------------------------------------------
@@ -2054,7 +2061,7 @@ mod tests {
         assert_eq!(string_count(&i, &g), 3);
         g[6] = 0xdead_0001;
         g[7] = 0x0000_0010;
-        string_advance(&i, &mut g, FLAG_DF, 2);
+        string_advance(&i, &mut g, X86_EFLAGS_DF, 2);
         assert_eq!(g[6], 0xdead_fffd);
         assert_eq!(g[7], 0x0000_000c);
         assert_eq!(g[1], 0x1_0001);
@@ -2082,7 +2089,7 @@ mod tests {
         // lodsq DF=1: RSI -= 8.
         let i = d64(&[0x48, 0xad]);
         g[6] = 0x1000;
-        string_advance(&i, &mut g, FLAG_DF, 1);
+        string_advance(&i, &mut g, X86_EFLAGS_DF, 1);
         assert_eq!(g[6], 0xff8);
     }
 
@@ -2091,14 +2098,14 @@ mod tests {
         let mut g = [0u64; 16];
         g[1] = 2;
         let repe_cmps = d64(&[0xf3, 0xa6]);
-        assert!(!string_done(&repe_cmps, &g, FLAG_ZF));
+        assert!(!string_done(&repe_cmps, &g, X86_EFLAGS_ZF));
         assert!(string_done(&repe_cmps, &g, 0));
         let repne_scas = d64(&[0xf2, 0xae]);
-        assert!(string_done(&repne_scas, &g, FLAG_ZF));
+        assert!(string_done(&repne_scas, &g, X86_EFLAGS_ZF));
         assert!(!string_done(&repne_scas, &g, 0));
         // ZF does not matter for MOVS, even with F2.
         let rep_movs = d64(&[0xf2, 0xa4]);
-        assert!(!string_done(&rep_movs, &g, FLAG_ZF));
+        assert!(!string_done(&rep_movs, &g, X86_EFLAGS_ZF));
         g[1] = 0;
         assert!(string_done(&rep_movs, &g, 0));
         assert!(string_done(&d64(&[0xa4]), &g, 0));
@@ -2116,10 +2123,10 @@ mod tests {
         g[1] = 5;
         g[7] = 0xffe;
         assert_eq!(ins_read_ahead(&rep_insb, &g, 0), 2);
-        assert_eq!(ins_read_ahead(&rep_insb, &g, FLAG_DF), 5);
+        assert_eq!(ins_read_ahead(&rep_insb, &g, X86_EFLAGS_DF), 5);
         // DF=1 at a page start: at least one.
         g[7] = 0x2000;
-        assert_eq!(ins_read_ahead(&rep_insb, &g, FLAG_DF), 1);
+        assert_eq!(ins_read_ahead(&rep_insb, &g, X86_EFLAGS_DF), 1);
         // 1024-byte buffer: 256 dwords.
         let rep_insl = d64(&[0xf3, 0x6d]);
         g[1] = 10_000;

@@ -10,6 +10,8 @@
 //! advance; the ICR is kept split (ICR2 at 0x310 holds the x2APIC high half, as with
 //! SVM's `x2apic_icr_is_split`), which is what userspace sees either way.
 
+use super::msr_index::MSR_IA32_TSC_DEADLINE;
+
 pub const APIC_DEFAULT_BASE: u64 = 0xfee0_0000;
 pub const MSR_APICBASE_BSP: u64 = 1 << 8;
 pub const MSR_APICBASE_X2APIC: u64 = 1 << 10;
@@ -18,7 +20,6 @@ pub const MSR_APICBASE_ENABLE: u64 = 1 << 11;
 pub const STATE_SIZE: usize = 1024;
 /// x2APIC MSRs are 0x800..=0x8ff.
 pub const X2APIC_MSR_BASE: u32 = 0x800;
-pub const MSR_TSC_DEADLINE: u32 = 0x6e0;
 /// `source_id` for [`Lapic::matches`] when the message comes from a device (IOAPIC,
 /// MSI) rather than an APIC: upstream kvm_apic_mda()'s `source == NULL`. Never a
 /// vCPU id (it is the x2APIC broadcast address).
@@ -804,10 +805,10 @@ impl Lapic {
             .unwrap_or(Action::None)
     }
 
-    /// x2APIC MSR (0x800..=0x8ff) and MSR_TSC_DEADLINE reads (upstream
+    /// x2APIC MSR (0x800..=0x8ff) and MSR_IA32_TSC_DEADLINE reads (upstream
     /// kvm_x2apic_msr_read, kvm_get_lapic_tscdeadline_msr).
     pub fn read_msr(&self, msr: u32, now_ns: u64, _now_tsc: u64) -> Result<u64, Fault> {
-        if msr == MSR_TSC_DEADLINE {
+        if msr == MSR_IA32_TSC_DEADLINE {
             if !self.hw_enabled() || self.timer.mode != TIMER_TSCDEADLINE {
                 return Ok(0);
             }
@@ -823,7 +824,7 @@ impl Lapic {
         self.reg_read(offset, 4, now_ns).map(u64::from).ok_or(Fault)
     }
 
-    /// x2APIC MSR (0x800..=0x8ff) and MSR_TSC_DEADLINE writes (upstream
+    /// x2APIC MSR (0x800..=0x8ff) and MSR_IA32_TSC_DEADLINE writes (upstream
     /// kvm_x2apic_msr_write, kvm_set_lapic_tscdeadline_msr).
     pub fn write_msr(
         &mut self,
@@ -832,7 +833,7 @@ impl Lapic {
         now_ns: u64,
         now_tsc: u64,
     ) -> Result<Action, Fault> {
-        if msr == MSR_TSC_DEADLINE {
+        if msr == MSR_IA32_TSC_DEADLINE {
             if !self.hw_enabled() || self.timer.mode != TIMER_TSCDEADLINE {
                 return Ok(Action::None);
             }
@@ -2167,37 +2168,41 @@ mod tests {
         // 3_000_000 cycles at 3 GHz = 1 ms.
         let dl = tsc + 3_000_000;
         assert_eq!(
-            a.write_msr(MSR_TSC_DEADLINE, dl, ns, tsc),
+            a.write_msr(MSR_IA32_TSC_DEADLINE, dl, ns, tsc),
             Ok(Action::TimerChanged)
         );
-        assert_eq!(a.read_msr(MSR_TSC_DEADLINE, ns, tsc), Ok(dl));
+        assert_eq!(a.read_msr(MSR_IA32_TSC_DEADLINE, ns, tsc), Ok(dl));
         assert_eq!(a.next_timer_expiry(), Some(ns + 1_000_000));
         assert_eq!(a.mmio_read(TMCCT, 4, ns), 0);
         assert!(!a.timer_poll(ns + 999_999));
         assert!(a.timer_poll(ns + 1_000_000));
         assert!(irr(&a, 0x42));
         // Fired: the MSR reads 0 and nothing is armed.
-        assert_eq!(a.read_msr(MSR_TSC_DEADLINE, ns, tsc), Ok(0));
+        assert_eq!(a.read_msr(MSR_IA32_TSC_DEADLINE, ns, tsc), Ok(0));
         assert_eq!(a.next_timer_expiry(), None);
 
         // A deadline in the past fires at once.
-        a.write_msr(MSR_TSC_DEADLINE, tsc - 1, ns, tsc).unwrap();
+        a.write_msr(MSR_IA32_TSC_DEADLINE, tsc - 1, ns, tsc)
+            .unwrap();
         assert_eq!(a.next_timer_expiry(), Some(ns));
         assert!(a.timer_poll(ns));
         // 0 disarms.
-        a.write_msr(MSR_TSC_DEADLINE, dl, ns, tsc).unwrap();
-        a.write_msr(MSR_TSC_DEADLINE, 0, ns, tsc).unwrap();
+        a.write_msr(MSR_IA32_TSC_DEADLINE, dl, ns, tsc).unwrap();
+        a.write_msr(MSR_IA32_TSC_DEADLINE, 0, ns, tsc).unwrap();
         assert_eq!(a.next_timer_expiry(), None);
         // A huge deadline saturates instead of overflowing.
-        a.write_msr(MSR_TSC_DEADLINE, u64::MAX, ns, 0).unwrap();
+        a.write_msr(MSR_IA32_TSC_DEADLINE, u64::MAX, ns, 0).unwrap();
         assert!(a.next_timer_expiry().is_some_and(|t| t > ns));
 
         // Leaving TSC-deadline mode disarms and clears the deadline.
         a.mmio_write(LVTT, 0x42, ns);
         assert_eq!(a.next_timer_expiry(), None);
-        assert_eq!(a.read_msr(MSR_TSC_DEADLINE, ns, tsc), Ok(0));
+        assert_eq!(a.read_msr(MSR_IA32_TSC_DEADLINE, ns, tsc), Ok(0));
         // Outside TSC-deadline mode the MSR write is ignored.
-        assert_eq!(a.write_msr(MSR_TSC_DEADLINE, dl, ns, tsc), Ok(Action::None));
+        assert_eq!(
+            a.write_msr(MSR_IA32_TSC_DEADLINE, dl, ns, tsc),
+            Ok(Action::None)
+        );
         assert_eq!(a.next_timer_expiry(), None);
     }
 
@@ -2207,7 +2212,10 @@ mod tests {
         a.set_guest_caps(true, false, false);
         a.mmio_write(LVTT, 0x4_0042, 0);
         assert_eq!(a.reg(LVTT), 0x42);
-        assert_eq!(a.write_msr(MSR_TSC_DEADLINE, 100, 0, 0), Ok(Action::None));
+        assert_eq!(
+            a.write_msr(MSR_IA32_TSC_DEADLINE, 100, 0, 0),
+            Ok(Action::None)
+        );
         // Periodic remains.
         a.mmio_write(LVTT, 0x6_0042, 0);
         assert_eq!(a.reg(LVTT), 0x2_0042);
@@ -2355,11 +2363,11 @@ mod tests {
     #[test]
     fn tsc_deadline_survives_set_state() {
         let mut a = timer_apic(0x4_0042);
-        a.write_msr(MSR_TSC_DEADLINE, 3_000_000, 0, 0).unwrap();
+        a.write_msr(MSR_IA32_TSC_DEADLINE, 3_000_000, 0, 0).unwrap();
         let mut s = [0u8; STATE_SIZE];
         a.get_state(&mut s, false, 0);
         a.set_state(&s, false, 10).unwrap();
         assert_eq!(a.next_timer_expiry(), Some(1_000_000));
-        assert_eq!(a.read_msr(MSR_TSC_DEADLINE, 10, 30), Ok(3_000_000));
+        assert_eq!(a.read_msr(MSR_IA32_TSC_DEADLINE, 10, 30), Ok(3_000_000));
     }
 }

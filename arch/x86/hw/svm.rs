@@ -3,10 +3,6 @@
 
 use core::fmt;
 
-/// MSR VM_CR: SVM lock and disable bits.
-pub const MSR_VM_CR: u32 = 0xc001_0114;
-/// MSR VM_HSAVE_PA: physical address of the host save area VMRUN uses.
-pub const MSR_VM_HSAVE_PA: u32 = 0xc001_0117;
 
 /// CPUID Fn8000_0001 ECX: SVM supported.
 pub const CPUID_80000001_ECX_SVM: u32 = 1 << 2;

@@ -3,9 +3,6 @@
 
 use core::fmt;
 
-pub const MSR_IA32_FEAT_CTL: u32 = 0x0000_003a;
-pub const MSR_IA32_VMX_BASIC: u32 = 0x0000_0480;
-
 /// CPUID.1 ECX: VMX supported.
 pub const CPUID_1_ECX_VMX: u32 = 1 << 5;
 /// IA32_FEAT_CTL bits.

@@ -8,9 +8,9 @@ use kernel::prelude::*;
 use crate::abi::uapi;
 use crate::arch::regs::{host_cpuid, supported_xcr0};
 use crate::arch::x86::VcpuArch;
+use crate::arch::Vcpu;
 use crate::hw::cpuid::{self, Entry};
 use crate::user::{Cpuid2, Fam, FamHeader};
-use crate::vcpu::Vcpu;
 
 pub(crate) fn from_uapi(e: &uapi::kvm_cpuid_entry2) -> Entry {
     Entry {
@@ -78,7 +78,7 @@ impl Vcpu {
         }
         st.cpuid = entries;
         let l1 = cpuid::find(&st.cpuid, 1, 0).map_or(0, |e| e.ecx);
-        if let Some(l) = (*self.lapic.lock()).as_mut() {
+        if let Some(l) = (*self.arch.lapic.lock()).as_mut() {
             l.set_guest_caps(
                 l1 & cpuid::L1_ECX_X2APIC != 0,
                 l1 & cpuid::L1_ECX_TSC_DEADLINE != 0,

@@ -5,20 +5,22 @@
 //! exits, and the completions userspace's data finishes (complete_userspace_io).
 
 use crate::abi::uapi;
-use crate::arch::x86::{Next, VcpuArch, PF_VECTOR, RFLAGS_FIXED};
+use crate::arch::x86::{Next, VcpuArch};
+use crate::arch::Vcpu;
 use crate::glue;
 use crate::hw::cpuid;
 use crate::hw::paging::{Access, GuestMem, Paging, WalkError, WalkOptions};
+use crate::hw::processor_flags::X86_EFLAGS_FIXED;
 use crate::kvm_x86_ops::{exit, reg, Exit};
 use crate::stats::vcpu as st_;
-use crate::vcpu::{run, Vcpu, PAGE_SIZE};
+use crate::vcpu::{run, PAGE_SIZE};
 
 use kernel::prelude::*;
 use kernel::uaccess::{UserPtr, UserSlice};
 
 use crate::abi::uapi::{kvm_segment, kvm_sregs};
+use crate::arch::Vm;
 use crate::hw::emulate::{self, Insn, Mode, Op};
-use crate::vm::Vm;
 
 const PAGE: u64 = 4096;
 
@@ -374,7 +376,7 @@ impl Vcpu {
             }
             _ => {
                 let (w, flags) = emulate::alu(insn, &mut st.regs.gpr, st.regs.rflags, value);
-                st.regs.rflags = flags | RFLAGS_FIXED;
+                st.regs.rflags = flags | X86_EFLAGS_FIXED;
                 w
             }
         }
@@ -411,7 +413,7 @@ impl Vcpu {
                 s.cr2 = la;
                 // Only CR2 differs from what the vendor returned: it takes it back.
                 let _ = st.vendor.set_sregs(&s);
-                st.vendor.queue_exception(PF_VECTOR, true, error_code);
+                st.vendor.queue_exception(uapi::PF_VECTOR, true, error_code);
                 Next::Guest
             }
             _ => self.emulation_failure(),

@@ -4,14 +4,15 @@
 //! an interrupt window when the guest cannot take one now.
 
 use crate::arch::x86::VcpuArch;
+use crate::arch::Vcpu;
+use crate::arch::Vm;
 use crate::stats::vcpu as st_;
-use crate::vcpu::Vcpu;
-use crate::vm::Vm;
 
 impl Vcpu {
     /// Whether a halted vCPU has something to run for (kvm_vcpu_has_events()).
     pub(crate) fn kvm_vcpu_has_events(&self, vm: &Vm, st: &VcpuArch) -> bool {
         let pending = self
+            .arch
             .lapic
             .lock()
             .as_ref()
@@ -26,7 +27,7 @@ impl Vcpu {
         // The PIC's ExtINT comes first (kvm_cpu_get_interrupt()).
         if self.has_extint(vm) {
             if st.vendor.interrupt_allowed(st.regs.rflags) {
-                let mut chip = vm.irqchip.lock();
+                let mut chip = vm.arch.irqchip.lock();
                 if let Some(c) = (*chip).as_mut() {
                     let vector = c.pic_read_irq(&vm.locked.lock().vcpus);
                     drop(chip);
@@ -38,7 +39,7 @@ impl Vcpu {
             }
             return;
         }
-        let mut g = self.lapic.lock();
+        let mut g = self.arch.lapic.lock();
         let Some(l) = (*g).as_mut() else {
             return;
         };
@@ -60,7 +61,7 @@ impl Vcpu {
     /// (kvm_cpu_has_extint()). The LAPIC lock is dropped before the irqchip's.
     pub(crate) fn has_extint(&self, vm: &Vm) -> bool {
         self.accepts_pic_interrupts()
-            && (*vm.irqchip.lock())
+            && (*vm.arch.irqchip.lock())
                 .as_ref()
                 .is_some_and(|c| c.pic_output())
     }

@@ -13,6 +13,8 @@ use kernel::sync::Arc;
 use crate::abi::uapi;
 use crate::arch::emulate::set_in_result;
 use crate::arch::x86::{Next, VcpuArch};
+use crate::arch::Vcpu;
+use crate::arch::Vm;
 use crate::hw::emulate::{self, Insn, Op};
 use crate::hw::ioapic::{self, Apics, Ioapic};
 use crate::hw::irq_routing::{self, Route, Target, UserEntry};
@@ -21,8 +23,6 @@ use crate::hw::pic::{self, Pic};
 use crate::kvm_x86_ops::{reg, Exit};
 use crate::stats::vcpu as st_;
 use crate::user::{Fam, IrqRouting};
-use crate::vcpu::Vcpu;
-use crate::vm::Vm;
 
 /// KVM_USERSPACE_IRQ_SOURCE_ID.
 const SOURCE_USERSPACE: u32 = pic::SOURCE_USERSPACE;
@@ -338,7 +338,7 @@ impl Vcpu {
         if !crate::hw::pic::Pic::handles_port(port) {
             return None;
         }
-        let mut chip = vm.irqchip.lock();
+        let mut chip = vm.arch.irqchip.lock();
         let c = (*chip).as_mut()?;
         let vcpus = vm.locked.lock();
         let rax = &mut st.regs.gpr[reg::RAX];
@@ -365,7 +365,7 @@ impl Vcpu {
         gpa: u64,
         next_rip: u64,
     ) -> Option<Next> {
-        let mut chip = vm.irqchip.lock();
+        let mut chip = vm.arch.irqchip.lock();
         let c = (*chip).as_mut()?;
         if !c.ioapic_in_range(gpa) {
             return None;

@@ -9,12 +9,12 @@ use crate::abi::uapi;
 use crate::arch::emulate::Pending;
 use crate::arch::regs::reset_regs;
 use crate::arch::x86::{now_ns, Next, VcpuArch};
+use crate::arch::Vcpu;
+use crate::arch::Vm;
 use crate::hw::cpuid::{self, Entry};
 use crate::hw::emulate::{self, Insn, Op};
 use crate::hw::lapic::{self, Action, Irq, Lapic};
 use crate::user;
-use crate::vcpu::Vcpu;
-use crate::vm::Vm;
 
 /// `struct kvm_lapic_state` as bytes (the uapi spells it with C chars).
 #[repr(C)]
@@ -45,7 +45,7 @@ impl Vcpu {
     /// The LAPIC's timer, INIT and SIPI (upstream kvm_apic_accept_events() and the
     /// timer's expiry work), and the host timer armed for its next expiry.
     pub(crate) fn accept_events(&self, st: &mut VcpuArch) {
-        let mut g = self.lapic.lock();
+        let mut g = self.arch.lapic.lock();
         let Some(l) = (*g).as_mut() else {
             return;
         };
@@ -94,7 +94,7 @@ impl Vcpu {
 
     /// Delivers `irq` from vCPU `source` if this vCPU's LAPIC accepts it.
     pub(crate) fn deliver_irq(&self, irq: &Irq, source: u32) -> bool {
-        let mut g = self.lapic.lock();
+        let mut g = self.arch.lapic.lock();
         let Some(l) = (*g).as_mut() else {
             return false;
         };
@@ -112,7 +112,7 @@ impl Vcpu {
     /// Delivers `irq` from the IOAPIC or an MSI: None if this vCPU's LAPIC is not
     /// a destination, else whether it accepted it.
     pub(crate) fn deliver_irq_from_device(&self, irq: &Irq) -> Option<bool> {
-        let mut g = self.lapic.lock();
+        let mut g = self.arch.lapic.lock();
         let l = (*g).as_mut()?;
         if !l.matches(irq, crate::hw::lapic::NO_SOURCE, false) {
             return None;
@@ -127,7 +127,8 @@ impl Vcpu {
 
     /// Whether this vCPU takes the PIC's output (kvm_apic_accept_pic_intr()).
     pub(crate) fn accepts_pic_interrupts(&self) -> bool {
-        self.lapic
+        self.arch
+            .lapic
             .lock()
             .as_ref()
             .is_some_and(|l| l.accepts_pic_interrupts())
@@ -144,7 +145,7 @@ impl Vcpu {
             Action::SendIpi(irq) => vm.deliver_irq(&irq, self.id),
             // The IOAPIC re-delivers a level-triggered line still asserted.
             Action::Eoi { vector, level } => {
-                if let Some(chip) = (*vm.irqchip.lock()).as_mut() {
+                if let Some(chip) = (*vm.arch.irqchip.lock()).as_mut() {
                     chip.ioapic_eoi(vector, level, &vm.locked.lock().vcpus);
                 }
             }
@@ -154,7 +155,8 @@ impl Vcpu {
     }
 
     pub(crate) fn apic_base(&self, st: &VcpuArch) -> u64 {
-        self.lapic
+        self.arch
+            .lapic
             .lock()
             .as_ref()
             .map_or(st.apic_base, |l| l.base())
@@ -169,7 +171,7 @@ impl Vcpu {
         gpa: u64,
         next_rip: u64,
     ) -> Option<Next> {
-        let mut g = self.lapic.lock();
+        let mut g = self.arch.lapic.lock();
         let l = (*g).as_mut()?;
         let base = l.mmio_base()?;
         if gpa < base || gpa >= base + 4096 {
@@ -187,7 +189,7 @@ impl Vcpu {
                 let v = l.mmio_read(off, len, now);
                 drop(g);
                 if let Some(w) = self.finish_read(st, insn, v.into()) {
-                    let mut g = self.lapic.lock();
+                    let mut g = self.arch.lapic.lock();
                     let a = (*g).as_mut().map_or(Action::None, |l| {
                         l.mmio_write_sized(off, len, w as u32, now)
                     });
@@ -195,7 +197,7 @@ impl Vcpu {
                     self.lapic_action(vm, a);
                 }
                 st.regs.rip = next_rip;
-                if let Some(l) = (*self.lapic.lock()).as_ref() {
+                if let Some(l) = (*self.arch.lapic.lock()).as_ref() {
                     st.regs.cr8 = l.cr8();
                 }
                 return Some(Next::Guest);

@@ -7,8 +7,14 @@ pub(crate) mod cpuid;
 pub(crate) mod emulate;
 pub(crate) mod irq;
 pub(crate) mod irqchip;
+pub(crate) mod kvm_arch;
 pub(crate) mod lapic;
 pub(crate) mod mmu;
 pub(crate) mod msr;
 pub(crate) mod regs;
+pub(crate) mod vendor;
 pub(crate) mod x86;
+
+/// The generic VM and vCPU as x86 code sees them.
+pub(crate) type Vm = crate::kvm_host::Vm<kvm_arch::X86>;
+pub(crate) type Vcpu = crate::kvm_host::Vcpu<kvm_arch::X86>;

@@ -2,16 +2,22 @@
 //! MSRs (upstream kvm_get_msr_common()/kvm_set_msr_common(), msr_io() and
 //! KVM_GET_MSR_INDEX_LIST of x86.c): what kvm.ko keeps, the rest the vendor's.
 
+use crate::hw::msr_index::{
+    EFER_LMA, MSR_CSTAR, MSR_EFER, MSR_IA32_APICBASE, MSR_IA32_CR_PAT, MSR_IA32_MISC_ENABLE,
+    MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_EIP, MSR_IA32_SYSENTER_ESP, MSR_IA32_TSC,
+    MSR_IA32_TSC_DEADLINE, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_PLATFORM_INFO, MSR_STAR,
+    MSR_SYSCALL_MASK,
+};
 use core::sync::atomic::Ordering;
 use kernel::prelude::*;
 
 use crate::arch::lapic::set_apic_base;
 use crate::arch::x86::{now_ns, now_tsc, VcpuArch};
+use crate::arch::Vcpu;
+use crate::arch::Vm;
 use crate::hw::cpuid;
 use crate::hw::lapic;
 use crate::user::{Fam, MsrList, Msrs};
-use crate::vcpu::Vcpu;
-use crate::vm::Vm;
 
 /// The MSRs KVM_GET_MSR_INDEX_LIST reports: those KVM_GET/SET_MSRS save and
 /// restore (upstream msrs_to_save + emulated_msrs, as far as kvm-rs has them).
@@ -27,34 +33,10 @@ pub(crate) const MSRS_TO_SAVE: [u32; 14] = [
     MSR_IA32_TSC,
     MSR_IA32_CR_PAT,
     MSR_IA32_APICBASE,
-    lapic::MSR_TSC_DEADLINE,
+    MSR_IA32_TSC_DEADLINE,
     MSR_IA32_MISC_ENABLE,
     MSR_PLATFORM_INFO,
 ];
-
-pub(crate) const MSR_PLATFORM_INFO: u32 = 0xce;
-
-pub(crate) const MSR_IA32_TSC: u32 = 0x10;
-
-pub(crate) const MSR_IA32_SYSENTER_CS: u32 = 0x174;
-
-pub(crate) const MSR_IA32_SYSENTER_ESP: u32 = 0x175;
-
-pub(crate) const MSR_IA32_SYSENTER_EIP: u32 = 0x176;
-
-pub(crate) const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
-
-pub(crate) const MSR_IA32_CR_PAT: u32 = 0x277;
-
-pub(crate) const MSR_STAR: u32 = 0xc000_0081;
-
-pub(crate) const MSR_LSTAR: u32 = 0xc000_0082;
-
-pub(crate) const MSR_CSTAR: u32 = 0xc000_0083;
-
-pub(crate) const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
-
-pub(crate) const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
 
 /// MSR_IA32_MISC_ENABLE's reset value: fast strings, PEBS and BTS unavailable
 /// (upstream kvm_vcpu_reset()).
@@ -70,13 +52,7 @@ pub(crate) fn kvm_get_msr_index_list(arg: usize) -> Result<isize> {
     Ok(0)
 }
 
-pub(crate) const MSR_IA32_APICBASE: u32 = 0x1b;
-
 pub(crate) const X2APIC_MSR_LAST: u32 = 0x8ff;
-
-pub(crate) const MSR_EFER: u32 = 0xc000_0080;
-
-pub(crate) const EFER_LMA: u64 = 1 << 10;
 
 impl Vcpu {
     /// KVM_GET_MSRS / KVM_SET_MSRS: entries in order up to the first that fails;
@@ -122,16 +98,16 @@ impl Vcpu {
     pub(crate) fn get_msr(&self, vm: &Vm, st: &VcpuArch, index: u32, host: bool) -> Option<u64> {
         match index {
             // Readable by the guest unless KVM_CAP_MSR_PLATFORM_INFO turned it off.
-            MSR_PLATFORM_INFO => (host || vm.platform_info_readable.load(Ordering::Relaxed))
+            MSR_PLATFORM_INFO => (host || vm.arch.platform_info_readable.load(Ordering::Relaxed))
                 .then_some(st.platform_info),
             MSR_IA32_APICBASE => Some(self.apic_base(st)),
             MSR_IA32_MISC_ENABLE => Some(st.misc_enable),
-            lapic::MSR_TSC_DEADLINE | lapic::X2APIC_MSR_BASE..=X2APIC_MSR_LAST => {
+            MSR_IA32_TSC_DEADLINE | lapic::X2APIC_MSR_BASE..=X2APIC_MSR_LAST => {
                 let tsc = self.guest_tsc(st);
-                match (*self.lapic.lock()).as_ref() {
+                match (*self.arch.lapic.lock()).as_ref() {
                     Some(l) => l.read_msr(index, now_ns(), tsc).ok(),
                     // Without a LAPIC the deadline reads 0 (kvm_get_lapic_tscdeadline_msr()).
-                    None => (index == lapic::MSR_TSC_DEADLINE).then_some(0),
+                    None => (index == MSR_IA32_TSC_DEADLINE).then_some(0),
                 }
             }
             _ => {
@@ -163,7 +139,7 @@ impl Vcpu {
                 host
             }
             MSR_IA32_APICBASE => {
-                let mut g = self.lapic.lock();
+                let mut g = self.arch.lapic.lock();
                 match (*g).as_mut() {
                     Some(l) => set_apic_base(l, &st.cpuid, v, host),
                     None => {
@@ -172,12 +148,12 @@ impl Vcpu {
                     }
                 }
             }
-            lapic::MSR_TSC_DEADLINE | lapic::X2APIC_MSR_BASE..=X2APIC_MSR_LAST => {
+            MSR_IA32_TSC_DEADLINE | lapic::X2APIC_MSR_BASE..=X2APIC_MSR_LAST => {
                 let tsc = self.guest_tsc(st);
-                let mut g = self.lapic.lock();
+                let mut g = self.arch.lapic.lock();
                 let Some(l) = (*g).as_mut() else {
                     // Without a LAPIC a deadline write is dropped, as upstream.
-                    return index == lapic::MSR_TSC_DEADLINE;
+                    return index == MSR_IA32_TSC_DEADLINE;
                 };
                 let r = l.write_msr(index, v, now_ns(), tsc);
                 st.regs.cr8 = l.cr8();

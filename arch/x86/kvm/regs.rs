@@ -3,26 +3,24 @@
 //! XSAVE parts of x86.c): SREGS2 with the PAE PDPTRs, FPU, XSAVE/XSAVE2, XCRS,
 //! TRANSLATE, and the guest's XCR0 (XSETBV, switched around every entry).
 
+use crate::hw::msr_index::EFER_LMA;
+use crate::hw::processor_flags::{X86_CR0_PG, X86_CR4_OSXSAVE, X86_CR4_PAE, X86_EFLAGS_FIXED};
 use kernel::prelude::*;
 
 use crate::abi::uapi;
 use crate::arch::emulate;
 use crate::arch::lapic::set_apic_base;
-use crate::arch::x86::{Next, VcpuArch, RESET_RIP, RFLAGS_FIXED};
+use crate::arch::x86::{Next, VcpuArch, RESET_RIP};
+use crate::arch::Vcpu;
+use crate::arch::Vm;
 use crate::glue;
 use crate::hw::cpuid::{self, Entry};
-use crate::hw::emulate::EFER_LMA;
 use crate::hw::lapic;
 use crate::hw::sregs;
 use crate::hw::xstate::{self, fxsave};
 use crate::kvm_x86_ops::{reg, GuestRegs};
 use crate::user;
-use crate::vcpu::Vcpu;
-use crate::vm::Vm;
 
-use crate::hw::sregs::{CR0_PG, CR4_PAE};
-
-const CR4_OSXSAVE: u64 = 1 << 18;
 /// Upstream's KVM_MAX_XCRS.
 const MAX_XCRS: u32 = 16;
 
@@ -50,7 +48,7 @@ pub(crate) fn xsave2_size() -> u32 {
 }
 
 fn pae_paging(cr0: u64, cr4: u64, efer: u64) -> bool {
-    cr0 & CR0_PG != 0 && cr4 & CR4_PAE != 0 && efer & EFER_LMA == 0
+    cr0 & X86_CR0_PG != 0 && cr4 & X86_CR4_PAE != 0 && efer & EFER_LMA == 0
 }
 
 /// Loads the PDPTRs at `cr3` into the vCPU's copy (load_pdptrs()): kept as they
@@ -224,7 +222,7 @@ impl Vcpu {
     pub(crate) fn load_guest_xcr0(&self, st: &VcpuArch) -> Option<u64> {
         let host = host_xcr0();
         let cr4 = st.vendor.get_cr4();
-        if host == 0 || cr4 & CR4_OSXSAVE == 0 || st.xcr0 == host {
+        if host == 0 || cr4 & X86_CR4_OSXSAVE == 0 || st.xcr0 == host {
             return None;
         }
         // SAFETY: a value xcr0_valid() accepted within the host's XCR0 (or FP).
@@ -236,7 +234,7 @@ impl Vcpu {
     pub(crate) fn cpuid_runtime(&self, st: &VcpuArch) -> cpuid::Runtime {
         let cr4 = st.vendor.get_cr4();
         cpuid::Runtime {
-            osxsave: cr4 & CR4_OSXSAVE != 0,
+            osxsave: cr4 & X86_CR4_OSXSAVE != 0,
             apic: self.apic_base(st) & lapic::MSR_APICBASE_ENABLE != 0,
             xsave_size: xstate::required_size(st.xcr0, host_cpuid),
         }
@@ -390,7 +388,7 @@ pub(crate) const XSAVE_SIZE: usize = 4096;
 pub(crate) fn reset_regs(cpuid: &[Entry]) -> GuestRegs {
     let mut regs = GuestRegs {
         rip: RESET_RIP,
-        rflags: RFLAGS_FIXED,
+        rflags: X86_EFLAGS_FIXED,
         ..Default::default()
     };
     // EDX holds the CPU signature (family/model/stepping).
@@ -429,7 +427,7 @@ pub(crate) fn set_regs(g: &mut GuestRegs, r: &uapi::kvm_regs) {
     ];
     g.rip = r.rip;
     // As kvm_set_rflags(): bit 1 always reads as 1.
-    g.rflags = r.rflags | RFLAGS_FIXED;
+    g.rflags = r.rflags | X86_EFLAGS_FIXED;
 }
 
 impl Vcpu {
@@ -437,7 +435,12 @@ impl Vcpu {
         let mut s = uapi::kvm_sregs::default();
         st.vendor.get_sregs(&mut s);
         s.apic_base = self.apic_base(st);
-        s.cr8 = self.lapic.lock().as_ref().map_or(st.regs.cr8, |l| l.cr8());
+        s.cr8 = self
+            .arch
+            .lapic
+            .lock()
+            .as_ref()
+            .map_or(st.regs.cr8, |l| l.cr8());
         // An external interrupt being injected (__get_sregs()).
         let mut e = uapi::kvm_vcpu_events::default();
         st.vendor.get_events(&mut e);
@@ -466,7 +469,7 @@ impl Vcpu {
         if !ok {
             return Err(EINVAL);
         }
-        if let Some(l) = (*self.lapic.lock()).as_mut() {
+        if let Some(l) = (*self.arch.lapic.lock()).as_mut() {
             if !set_apic_base(l, &st.cpuid, s.apic_base, true) {
                 return Err(EINVAL);
             }
@@ -476,7 +479,7 @@ impl Vcpu {
         // kvm_set_cr8(), whose error for reserved bits upstream ignores here.
         if s.cr8 & !0xf == 0 {
             st.regs.cr8 = s.cr8;
-            if let Some(l) = (*self.lapic.lock()).as_mut() {
+            if let Some(l) = (*self.arch.lapic.lock()).as_mut() {
                 l.set_cr8(s.cr8);
             }
         }

@@ -4,6 +4,8 @@
 //! (kvm_arch_vcpu_ioctl_run() → vcpu_run() → vcpu_enter_guest()) and the exit
 //! dispatch with the core's kvm_emulate_*() helpers.
 
+use crate::hw::msr_index::EFER_LMA;
+use crate::hw::processor_flags::X86_EFLAGS_IF;
 use core::sync::atomic::Ordering;
 use kernel::prelude::*;
 
@@ -12,17 +14,17 @@ use crate::arch::emulate::{self, Failure, Pending};
 use crate::arch::lapic::LapicState;
 use crate::arch::msr::MISC_ENABLE_RESET;
 use crate::arch::regs::{get_events, get_regs, reset_regs, set_events, set_regs};
+use crate::arch::vendor::{VendorRef, VendorVcpu};
+use crate::arch::Vcpu;
+use crate::arch::Vm;
 use crate::glue;
 use crate::hw::cpuid::{self, Entry};
-use crate::hw::emulate as emulate_hw;
 use crate::hw::lapic;
 use crate::hw::xstate;
 use crate::kvm_x86_ops::{exit, reg, Exit, GuestRegs};
 use crate::stats::vcpu as st_;
 use crate::user;
-use crate::vcpu::{run, Vcpu};
-use crate::vendor::{VendorRef, VendorVcpu};
-use crate::vm::Vm;
+use crate::vcpu::run;
 use kernel::ffi::c_void;
 
 /// The guest FPU (the kernel's `struct fpu_guest`, upstream vcpu->arch.guest_fpu).
@@ -97,8 +99,6 @@ pub(crate) struct VcpuArch {
 
 /// The reset RFLAGS (bit 1 always set) and RIP (upstream kvm_vcpu_reset()).
 pub(crate) const RESET_RIP: u64 = 0xfff0;
-
-pub(crate) const RFLAGS_FIXED: u64 = 0x2;
 
 /// signal_pending(current).
 pub(crate) fn signal_pending() -> bool {
@@ -200,12 +200,8 @@ impl Next {
     }
 }
 
-pub(crate) const PF_VECTOR: u32 = 14;
-
 /// DR7's L0-3/G0-3 enables (upstream DR7_BP_EN_MASK).
 pub(crate) const DR7_BP_EN_MASK: u64 = 0xff;
-
-pub(crate) const RFLAGS_IF: u64 = 1 << 9;
 
 pub(crate) const SYNC_REGS_REGS: u64 = uapi::KVM_SYNC_X86_REGS as u64;
 
@@ -223,8 +219,6 @@ pub(crate) const KVM_EPERM: i64 = 1;
 pub(crate) const KVM_HC_VAPIC_POLL_IRQ: u64 = 1;
 
 pub(crate) const KVM_HC_SCHED_YIELD: u64 = 11;
-
-pub(crate) const UD_VECTOR: u32 = 6;
 
 pub(crate) const QUIRK_FIX_HYPERCALL_INSN: u64 = uapi::KVM_X86_QUIRK_FIX_HYPERCALL_INSN as u64;
 
@@ -278,7 +272,7 @@ impl Vcpu {
                 let m: uapi::kvm_mp_state = user::read(arg)?;
                 // kvm_arch_vcpu_ioctl_set_mpstate(): without an in-kernel LAPIC only
                 // RUNNABLE is a state KVM can be in.
-                let lapic = self.lapic.lock().is_some();
+                let lapic = self.arch.lapic.lock().is_some();
                 st.mp_state = match m.mp_state {
                     uapi::KVM_MP_STATE_RUNNABLE => m.mp_state,
                     uapi::KVM_MP_STATE_UNINITIALIZED
@@ -299,7 +293,7 @@ impl Vcpu {
             }
             ioctl::KVM_GET_LAPIC => {
                 let mut out = LapicState::default();
-                let g = self.lapic.lock();
+                let g = self.arch.lapic.lock();
                 let l = g.as_ref().ok_or(EINVAL)?;
                 l.get_state(&mut out.0, false, now_ns());
                 drop(g);
@@ -307,11 +301,11 @@ impl Vcpu {
                 Ok(0)
             }
             ioctl::KVM_SET_LAPIC => {
-                if self.lapic.lock().is_none() {
+                if self.arch.lapic.lock().is_none() {
                     return Err(EINVAL);
                 }
                 let inp: LapicState = user::read(arg)?;
-                let mut g = self.lapic.lock();
+                let mut g = self.arch.lapic.lock();
                 let l = (*g).as_mut().ok_or(EINVAL)?;
                 l.set_state(&inp.0, false, now_ns()).map_err(|_| EINVAL)?;
                 st.regs.cr8 = l.cr8();
@@ -395,7 +389,7 @@ impl Vcpu {
             }
             ioctl::KVM_SET_TSC_KHZ => {
                 let khz = tsc_khz_arg(arg);
-                if let Some(l) = (*self.lapic.lock()).as_mut() {
+                if let Some(l) = (*self.arch.lapic.lock()).as_mut() {
                     l.set_tsc_khz(khz);
                 }
                 set_tsc_khz(st, khz)?;
@@ -421,9 +415,9 @@ impl Vcpu {
         if valid & SYNC_REGS_EVENTS != 0 {
             self.run_write(run::SYNC_EVENTS, get_events(st));
         }
-        let lapic = self.lapic.lock().is_some();
+        let lapic = self.arch.lapic.lock().is_some();
         let ready = lapic || st.vendor.interrupt_allowed(st.regs.rflags);
-        self.run_write(run::IF_FLAG, u8::from(st.regs.rflags & RFLAGS_IF != 0));
+        self.run_write(run::IF_FLAG, u8::from(st.regs.rflags & X86_EFLAGS_IF != 0));
         self.run_write(run::CR8, st.regs.cr8);
         self.run_write(run::APIC_BASE, self.apic_base(st));
         self.run_write(run::READY_FOR_INTERRUPT_INJECTION, u8::from(ready));
@@ -434,7 +428,7 @@ impl Vcpu {
     /// TPR from kvm_run, the completion of a userspace exit, immediate_exit, and
     /// the wait of an AP for INIT.
     fn vcpu_run_prepare(&self, vm: &Vm, st: &mut VcpuArch) -> Result<isize> {
-        let has_lapic = self.lapic.lock().is_some();
+        let has_lapic = self.arch.lapic.lock().is_some();
         if !(has_lapic && st.mp_state == uapi::KVM_MP_STATE_UNINITIALIZED) {
             let valid: u64 = self.run_read(run::VALID_REGS);
             let dirty: u64 = self.run_read(run::DIRTY_REGS);
@@ -557,7 +551,7 @@ impl Vcpu {
         }
         // Same for a zap: it either sees us in the guest and kicks, or bumped
         // the generation before this load.
-        let gen = vm.tlb_gen.load(Ordering::SeqCst);
+        let gen = vm.arch.tlb_gen.load(Ordering::SeqCst);
         let flush = gen != st.tlb_gen;
         st.tlb_gen = gen;
         st.ran = true;
@@ -587,7 +581,7 @@ impl Vcpu {
             unsafe { glue::kvm_glue_xsetbv(x) };
         }
         self.exit_guest_mode(vm, cpu, true);
-        if let Some(l) = (*self.lapic.lock()).as_mut() {
+        if let Some(l) = (*self.arch.lapic.lock()).as_mut() {
             // The guest may have written CR8 without an exit (V_TPR).
             l.set_cr8(st.regs.cr8);
         }
@@ -693,7 +687,7 @@ impl Vcpu {
             exit::HLT => {
                 self.stats.inc(st_::HALT_EXITS);
                 st.regs.rip = ex.next_rip;
-                if self.lapic.lock().is_some() {
+                if self.arch.lapic.lock().is_some() {
                     // The in-kernel LAPIC wakes it (kvm_emulate_halt()).
                     st.mp_state = uapi::KVM_MP_STATE_HALTED;
                     return Next::Guest;
@@ -782,7 +776,7 @@ impl Vcpu {
     /// RAX, the result back in RAX; only from CPL 0.
     pub(crate) fn hypercall(&self, st: &mut VcpuArch) {
         let s = self.get_sregs(st);
-        let long = s.efer & emulate_hw::EFER_LMA != 0 && s.cs.l != 0;
+        let long = s.efer & EFER_LMA != 0 && s.cs.l != 0;
         let mask = if long { u64::MAX } else { 0xffff_ffff };
         let nr = st.regs.gpr[reg::RAX] & mask;
         let ret: i64 = if s.ss.dpl != 0 {
@@ -810,7 +804,7 @@ impl Vcpu {
     pub(crate) fn invalid_opcode(&self, vm: &Vm, st: &mut VcpuArch) -> Next {
         const VMCALL: [u8; 3] = [0x0f, 0x01, 0xc1];
         const VMMCALL: [u8; 3] = [0x0f, 0x01, 0xd9];
-        let fix = vm.disabled_quirks.load(Ordering::Relaxed) & QUIRK_FIX_HYPERCALL_INSN == 0;
+        let fix = vm.arch.disabled_quirks.load(Ordering::Relaxed) & QUIRK_FIX_HYPERCALL_INSN == 0;
         let cpu = self.cpu(st);
         let la = cpu.linear(1, st.regs.rip);
         if fix {
@@ -826,7 +820,7 @@ impl Vcpu {
                 };
             }
         }
-        st.vendor.queue_exception(UD_VECTOR, false, 0);
+        st.vendor.queue_exception(uapi::UD_VECTOR, false, 0);
         Next::Guest
     }
 }

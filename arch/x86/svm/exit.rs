@@ -6,7 +6,8 @@
 use core::sync::atomic::Ordering;
 
 use super::kvm_x86_ops::{exit, Exit};
-use super::vcpu::{queue_exception_vmcb, reinit_vmcb, AC_VECTOR, EVTINJ_VALID, NRIPS, UD_VECTOR};
+use super::uapi;
+use super::vcpu::{queue_exception_vmcb, reinit_vmcb, EVTINJ_VALID, NRIPS};
 use super::vmcb::{self as vm, Vmcb};
 
 pub(crate) fn exit_of(kind: u32) -> Exit {
@@ -122,9 +123,11 @@ pub(crate) fn decode_exit(vmcb: &mut Vmcb, rip: u64) -> Exit {
             hw_reason: c.exit_code,
             ..Default::default()
         },
-        code if code == vm::EXIT_EXCP_BASE + u64::from(UD_VECTOR) => exit_of(exit::INVALID_OPCODE),
-        code if code == vm::EXIT_EXCP_BASE + u64::from(AC_VECTOR) => {
-            queue_exception_vmcb(vmcb, AC_VECTOR, Some(info1 as u32));
+        code if code == vm::EXIT_EXCP_BASE + u64::from(uapi::UD_VECTOR) => {
+            exit_of(exit::INVALID_OPCODE)
+        }
+        code if code == vm::EXIT_EXCP_BASE + u64::from(uapi::AC_VECTOR) => {
+            queue_exception_vmcb(vmcb, uapi::AC_VECTOR, Some(info1 as u32));
             exit_of(exit::NONE)
         }
         // MOV from/to DR0-15 (dr_interception() without guest debugging): let
@@ -139,7 +142,7 @@ pub(crate) fn decode_exit(vmcb: &mut Vmcb, rip: u64) -> Exit {
         },
         // No nested SVM, no MONITOR/MWAIT: #UD, as the guest's CPUID promises.
         vm::EXIT_VMRUN..=vm::EXIT_SKINIT | vm::EXIT_MONITOR | vm::EXIT_MWAIT | vm::EXIT_RDPRU => {
-            queue_exception_vmcb(vmcb, UD_VECTOR, None);
+            queue_exception_vmcb(vmcb, uapi::UD_VECTOR, None);
             exit_of(exit::NONE)
         }
         // INVD, WBINVD: nothing to do for a guest without assigned devices.

@@ -15,8 +15,14 @@ mod cpus;
 mod exit;
 #[path = "../../../src/glue.rs"]
 mod glue;
+#[allow(unreachable_pub, dead_code)]
+#[path = "../hw/msr_index.rs"]
+mod msr_index;
 #[path = "../../../src/pages.rs"]
 mod pages;
+#[allow(unreachable_pub, dead_code)]
+#[path = "../hw/processor_flags.rs"]
+mod processor_flags;
 // No_std files shared with the host crates, whose API is `pub`.
 #[allow(dead_code)] // kvm.ko uses all of it; kvm-amd part.
 #[path = "../kvm_x86_ops.rs"]
@@ -61,12 +67,12 @@ impl cpus::PerCpu for CpuData {
     fn enable(&self) -> Result {
         // SAFETY: the page is owned by `self` and stays allocated while enabled.
         let pa = unsafe { glue::kvm_glue_page_to_phys(self.hsave.as_ptr().cast()) };
-        cpus::wrmsr(svm::MSR_VM_HSAVE_PA, pa)
+        cpus::wrmsr(msr_index::MSR_VM_HSAVE_PA, pa)
     }
 
     fn disable(&self) {
         // As upstream: nothing may point at the page once it is freed.
-        let _ = cpus::wrmsr(svm::MSR_VM_HSAVE_PA, 0);
+        let _ = cpus::wrmsr(msr_index::MSR_VM_HSAVE_PA, 0);
     }
 }
 
@@ -162,7 +168,7 @@ extern "C" {
 
 fn check_cpu() -> Result<(), svm::Unusable> {
     let ecx = cpus::cpuid(0x8000_0001, 0)[2];
-    svm::check(ecx, || cpus::rdmsr(svm::MSR_VM_CR))
+    svm::check(ecx, || cpus::rdmsr(msr_index::MSR_VM_CR))
 }
 
 impl kernel::Module for KvmAmd {

@@ -2,13 +2,19 @@
 //! An SVM vCPU (upstream struct vcpu_svm): one VMCB, its reset state (init_vmcb()),
 //! register access and VMRUN (svm_vcpu_run()); exits are decoded in exit.rs.
 
+use super::msr_index::{
+    EFER_SVME, MSR_CSTAR, MSR_EFER, MSR_FS_BASE, MSR_GS_BASE, MSR_IA32_CR_PAT,
+    MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_EIP, MSR_IA32_SYSENTER_ESP, MSR_IA32_TSC,
+    MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_STAR, MSR_SYSCALL_MASK,
+};
+use super::processor_flags::X86_EFLAGS_IF;
 use core::sync::atomic::{AtomicBool, Ordering};
 use kernel::prelude::*;
 
 use super::exit::decode_exit;
 use super::kvm_x86_ops::{exit, reg, Exit, GuestRegs};
 use super::pages::Pages;
-use super::uapi::{kvm_dtable, kvm_segment, kvm_sregs, kvm_vcpu_events};
+use super::uapi::{self, kvm_dtable, kvm_segment, kvm_sregs, kvm_vcpu_events};
 use super::vendor::KvmX86Vendor;
 use super::vmcb::{self as vm, Seg, SegAttr, Vmcb};
 use super::{iopm_pa, msrpm_pa, this_cpu};
@@ -27,27 +33,11 @@ pub(crate) fn set_nrips(on: bool) {
     NRIPS.store(on, Ordering::Relaxed);
 }
 
-const MSR_EFER: u32 = 0xc000_0080;
-const MSR_STAR: u32 = 0xc000_0081;
-const MSR_LSTAR: u32 = 0xc000_0082;
-const MSR_CSTAR: u32 = 0xc000_0083;
-const MSR_SFMASK: u32 = 0xc000_0084;
-const MSR_FS_BASE: u32 = 0xc000_0100;
-const MSR_GS_BASE: u32 = 0xc000_0101;
-const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
-const MSR_SYSENTER_CS: u32 = 0x174;
-const MSR_SYSENTER_ESP: u32 = 0x175;
-const MSR_SYSENTER_EIP: u32 = 0x176;
-const MSR_PAT: u32 = 0x277;
-const MSR_TSC: u32 = 0x10;
-
 fn rdtsc() -> u64 {
     // SAFETY: reads the TSC.
     unsafe { super::glue::kvm_glue_rdtsc() }
 }
 
-pub(crate) const UD_VECTOR: u32 = 6;
-pub(crate) const AC_VECTOR: u32 = 17;
 pub(crate) const EVTINJ_VALID: u32 = 1 << 31;
 const EVTINJ_VALID_ERR: u32 = 1 << 11;
 const EVTINJ_TYPE_EXEPT: u32 = 3 << 8;
@@ -95,7 +85,7 @@ fn init_vmcb(v: &mut Vmcb) {
     let c = &mut v.control;
     // #UD for the hypercall fix-up (upstream always intercepts it), #AC so that
     // a guest cannot hang the host with an alignment-check storm.
-    c.intercepts[vm::INTERCEPT_EXCEPTION] = 1 << UD_VECTOR | 1 << AC_VECTOR;
+    c.intercepts[vm::INTERCEPT_EXCEPTION] = 1 << uapi::UD_VECTOR | 1 << uapi::AC_VECTOR;
     c.intercepts[vm::INTERCEPT_DR] = DR_INTERCEPTS;
     c.intercepts[vm::INTERCEPT_WORD3] = vm::INTR
         | vm::NMI
@@ -140,7 +130,7 @@ fn init_vmcb(v: &mut Vmcb) {
     s.cr0 = 0x6000_0010;
     s.cr4 = 0;
     s.cr3 = 0;
-    s.efer = vm::EFER_SVME;
+    s.efer = EFER_SVME;
     s.dr6 = 0xffff_0ff0;
     s.dr7 = 0x400;
     s.g_pat = 0x0007_0406_0007_0406;
@@ -275,7 +265,7 @@ impl KvmX86Vendor for Svm {
         k.cr2 = s.cr2;
         k.cr3 = s.cr3;
         k.cr4 = s.cr4;
-        k.efer = s.efer & !vm::EFER_SVME;
+        k.efer = s.efer & !EFER_SVME;
     }
 
     fn set_sregs(v: &mut SvmVcpu, k: &kvm_sregs) -> Result {
@@ -295,7 +285,7 @@ impl KvmX86Vendor for Svm {
         s.cr2 = k.cr2;
         s.cr3 = k.cr3;
         s.cr4 = k.cr4;
-        s.efer = k.efer | vm::EFER_SVME;
+        s.efer = k.efer | EFER_SVME;
         Ok(())
     }
 
@@ -395,44 +385,44 @@ impl KvmX86Vendor for Svm {
     fn get_msr(v: &SvmVcpu, index: u32, data: &mut u64) -> bool {
         let s = &v.vmcb_ref().save;
         *data = match index {
-            MSR_EFER => s.efer & !vm::EFER_SVME,
+            MSR_EFER => s.efer & !EFER_SVME,
             MSR_STAR => s.star,
             MSR_LSTAR => s.lstar,
             MSR_CSTAR => s.cstar,
-            MSR_SFMASK => s.sfmask,
+            MSR_SYSCALL_MASK => s.sfmask,
             MSR_FS_BASE => s.fs.base,
             MSR_GS_BASE => s.gs.base,
             MSR_KERNEL_GS_BASE => s.kernel_gs_base,
-            MSR_SYSENTER_CS => s.sysenter_cs,
-            MSR_SYSENTER_ESP => s.sysenter_esp,
-            MSR_SYSENTER_EIP => s.sysenter_eip,
-            MSR_PAT => s.g_pat,
-            MSR_TSC => rdtsc().wrapping_add(v.vmcb_ref().control.tsc_offset),
+            MSR_IA32_SYSENTER_CS => s.sysenter_cs,
+            MSR_IA32_SYSENTER_ESP => s.sysenter_esp,
+            MSR_IA32_SYSENTER_EIP => s.sysenter_eip,
+            MSR_IA32_CR_PAT => s.g_pat,
+            MSR_IA32_TSC => rdtsc().wrapping_add(v.vmcb_ref().control.tsc_offset),
             _ => return false,
         };
         true
     }
 
     fn set_msr(v: &mut SvmVcpu, index: u32, data: u64) -> bool {
-        if index == MSR_TSC {
+        if index == MSR_IA32_TSC {
             // The guest reads host TSC + offset, also through unintercepted RDTSC.
             v.vmcb().control.tsc_offset = data.wrapping_sub(rdtsc());
             return true;
         }
         let s = &mut v.vmcb().save;
         match index {
-            MSR_EFER => s.efer = data | vm::EFER_SVME,
+            MSR_EFER => s.efer = data | EFER_SVME,
             MSR_STAR => s.star = data,
             MSR_LSTAR => s.lstar = data,
             MSR_CSTAR => s.cstar = data,
-            MSR_SFMASK => s.sfmask = data,
+            MSR_SYSCALL_MASK => s.sfmask = data,
             MSR_FS_BASE => s.fs.base = data,
             MSR_GS_BASE => s.gs.base = data,
             MSR_KERNEL_GS_BASE => s.kernel_gs_base = data,
-            MSR_SYSENTER_CS => s.sysenter_cs = data,
-            MSR_SYSENTER_ESP => s.sysenter_esp = data,
-            MSR_SYSENTER_EIP => s.sysenter_eip = data,
-            MSR_PAT => s.g_pat = data,
+            MSR_IA32_SYSENTER_CS => s.sysenter_cs = data,
+            MSR_IA32_SYSENTER_ESP => s.sysenter_esp = data,
+            MSR_IA32_SYSENTER_EIP => s.sysenter_eip = data,
+            MSR_IA32_CR_PAT => s.g_pat = data,
             _ => return false,
         }
         true
@@ -441,7 +431,7 @@ impl KvmX86Vendor for Svm {
     fn interrupt_allowed(v: &SvmVcpu, rflags: u64) -> bool {
         let c = &v.vmcb_ref().control;
         // As svm_interrupt_blocked() outside nested guests (GIF is always set).
-        rflags & RFLAGS_IF != 0
+        rflags & X86_EFLAGS_IF != 0
             && c.int_state & vm::INTERRUPT_SHADOW == 0
             && c.event_inj & EVTINJ_VALID == 0
     }
@@ -554,7 +544,6 @@ impl KvmX86Vendor for Svm {
     }
 }
 
-const RFLAGS_IF: u64 = 1 << 9;
 /// Reads and writes of DR0-3, DR6 and DR7 (upstream set_dr_intercepts()): the
 /// first one makes kvm.ko switch DR0-3 (exit::DR_ACCESS).
 const DR_INTERCEPTS: u32 = 0x00cf_00cf;

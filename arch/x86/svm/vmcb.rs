@@ -215,7 +215,6 @@ pub const IOIO_SIZE_SHIFT: u32 = 4;
 pub const IOIO_SIZE_MASK: u64 = 7 << IOIO_SIZE_SHIFT;
 
 // EFER.
-pub const EFER_SVME: u64 = 1 << 12;
 
 /// kvm_segment-style unpacked attributes (type, s, dpl, present, avl, l, db, g).
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]

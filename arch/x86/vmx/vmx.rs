@@ -12,6 +12,9 @@ use kernel::prelude::*;
 mod cpus;
 #[path = "../../../src/glue.rs"]
 mod glue;
+#[allow(unreachable_pub, dead_code)]
+#[path = "../hw/msr_index.rs"]
+mod msr_index;
 // A no_std file shared with the host crate kvm-x86-hw, whose API is `pub`.
 #[allow(dead_code)] // kvm.ko uses all of it.
 #[path = "../kvm_x86_ops.rs"]
@@ -131,8 +134,10 @@ impl kernel::Module for KvmIntel {
         // Every CPU must have usable VMX and the same IA32_VMX_BASIC as the first one.
         let basic = AtomicU64::new(0);
         let check = || -> Result<(), vmx::Unusable> {
-            vmx::check(cpus::cpuid(1, 0)[2], || cpus::rdmsr(vmx::MSR_IA32_FEAT_CTL))?;
-            let b = cpus::rdmsr(vmx::MSR_IA32_VMX_BASIC).unwrap_or(0);
+            vmx::check(cpus::cpuid(1, 0)[2], || {
+                cpus::rdmsr(msr_index::MSR_IA32_FEAT_CTL)
+            })?;
+            let b = cpus::rdmsr(msr_index::MSR_IA32_VMX_BASIC).unwrap_or(0);
             vmx::Basic(b)
                 .validate()
                 .map_err(vmx::Unusable::BadVmxBasic)?;

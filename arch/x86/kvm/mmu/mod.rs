@@ -10,12 +10,13 @@ use kernel::prelude::*;
 
 use crate::abi::uapi;
 use crate::arch::x86::{Next, VcpuArch};
+use crate::arch::Vcpu;
+use crate::arch::Vm;
 use crate::glue;
 use crate::kvm_x86_ops::{exit, Exit};
 use crate::stats::{self, vcpu as st_};
 use crate::user;
-use crate::vcpu::{Vcpu, PAGE_SIZE};
-use crate::vm::Vm;
+use crate::vcpu::PAGE_SIZE;
 
 impl Vcpu {
     /// NPF: map the page backing the GPA, or report what cannot be mapped.
@@ -62,7 +63,7 @@ impl Vcpu {
             if logged {
                 vm.mark_dirty(gfn);
             }
-            if vm.mmu.lock().make_writable(gfn) {
+            if vm.arch.mmu.lock().make_writable(gfn) {
                 return Ok(true);
             }
         }
@@ -82,7 +83,7 @@ impl Vcpu {
             return Err(EFAULT);
         }
         let writable = pin_write && (write || !logged);
-        let mut mmu = vm.mmu.lock();
+        let mut mmu = vm.arch.mmu.lock();
         let mapped = loop {
             // Slots changed, or user memory is being invalidated (MMU notifier):
             // the pinned page may be stale, fault again.
@@ -98,7 +99,7 @@ impl Vcpu {
                     for _ in 0..need {
                         pages.push(crate::pages::Pages::new(PAGE_SIZE)?, GFP_KERNEL)?;
                     }
-                    mmu = vm.mmu.lock();
+                    mmu = vm.arch.mmu.lock();
                     mmu.topup(pages);
                 }
                 r => break r.map(Some),
@@ -107,7 +108,7 @@ impl Vcpu {
         if mapped == Ok(Some(false)) && write && pin_write {
             // Mapped read-only while the memory was read-only; writable again now.
             if let Some(old) = mmu.upgrade(gfn, hpa, writable) {
-                vm.flush_all();
+                vm.kvm_flush_remote_tlbs();
                 drop(mmu);
                 // SAFETY: the old leaf's read-only pin, no longer mapped or cached.
                 unsafe { glue::kvm_glue_unpin_phys(old, 0) };
@@ -185,7 +186,7 @@ impl Vcpu {
         if st.mmu_root_hpa != super::x86::INVALID_PAGE {
             return;
         }
-        let root = vm.mmu.lock().root_pa();
+        let root = vm.arch.mmu.lock().root_pa();
         st.vendor.load_mmu_pgd(root);
         st.mmu_root_hpa = root;
     }

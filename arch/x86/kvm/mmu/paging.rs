@@ -2,9 +2,10 @@
 //! pure logic, shared by KVM_TRANSLATE, the instruction emulator and the coming
 //! shadow MMU. Guest memory comes through [`GuestMem`].
 
-use super::emulate::{
-    CR0_PG, CR0_WP, CR4_LA57, CR4_PAE, CR4_PSE, CR4_SMAP, CR4_SMEP, EFER_LMA, EFER_NXE,
-    PFERR_FETCH, PFERR_PRESENT, PFERR_RSVD, PFERR_USER, PFERR_WRITE,
+use super::emulate::{PFERR_FETCH, PFERR_PRESENT, PFERR_RSVD, PFERR_USER, PFERR_WRITE};
+use super::msr_index::{EFER_LMA, EFER_NX};
+use super::processor_flags::{
+    X86_CR0_PG, X86_CR0_WP, X86_CR4_LA57, X86_CR4_PAE, X86_CR4_PSE, X86_CR4_SMAP, X86_CR4_SMEP,
 };
 
 /// Guest physical memory for the walker.
@@ -135,7 +136,7 @@ pub fn translate_with(
     opts: &WalkOptions,
 ) -> Result<u64, WalkError> {
     // nonpaging_gva_to_gpa.
-    if paging.cr0 & CR0_PG == 0 {
+    if paging.cr0 & X86_CR0_PG == 0 {
         return Ok(gva);
     }
     for _ in 0..WALK_RETRIES {
@@ -156,9 +157,9 @@ fn walk_once(
 ) -> Result<Option<u64>, WalkError> {
     let long = p.efer & EFER_LMA != 0;
     // 64-bit entries (PAE or long mode; LMA implies PAE).
-    let wide = long || p.cr4 & CR4_PAE != 0;
-    let efer_nx = p.efer & EFER_NXE != 0;
-    let smep = p.cr4 & CR4_SMEP != 0;
+    let wide = long || p.cr4 & X86_CR4_PAE != 0;
+    let efer_nx = p.efer & EFER_NX != 0;
+    let smep = p.cr4 & X86_CR4_SMEP != 0;
     let maxphy = u32::from(opts.maxphyaddr).clamp(32, 52);
 
     // The error code always describes the access (walk_addr_generic's error label);
@@ -192,7 +193,7 @@ fn walk_once(
     }
 
     let (mut level, mut table): (u32, u64) = if long {
-        let levels = if p.cr4 & CR4_LA57 != 0 { 5 } else { 4 };
+        let levels = if p.cr4 & X86_CR4_LA57 != 0 { 5 } else { 4 };
         (levels, p.cr3 & PTE_ADDR)
     } else if wide {
         // The PDPTE has no A/D or permission bits; its reserved bits are checked when
@@ -234,7 +235,7 @@ fn walk_once(
         // reserved.
         let large = ps
             && match level {
-                2 => wide || p.cr4 & CR4_PSE != 0,
+                2 => wide || p.cr4 & X86_CR4_PSE != 0,
                 3 => long,
                 _ => false,
             };
@@ -271,13 +272,13 @@ fn walk_once(
     };
 
     // permission_fault / update_permission_bitmask.
-    let wp = p.cr0 & CR0_WP != 0;
+    let wp = p.cr0 & X86_CR0_WP != 0;
     let denied = (access.user && !user)
         || (access.write && !writable && (access.user || wp))
         || (access.fetch && efer_nx && nx)
         || (access.fetch && !access.user && smep && user)
         || (opts.smap_ac == Some(false)
-            && p.cr4 & CR4_SMAP != 0
+            && p.cr4 & X86_CR4_SMAP != 0
             && !access.fetch
             && !access.user
             && user);
@@ -320,7 +321,7 @@ fn walk_once(
 
 #[cfg(test)]
 mod tests {
-    use super::super::emulate::CR0_PE;
+    use super::super::processor_flags::X86_CR0_PE;
     use super::*;
     use std::collections::HashMap;
     use std::vec;
@@ -404,10 +405,10 @@ mod tests {
 
     fn long4() -> Paging {
         Paging {
-            cr0: CR0_PE | CR0_PG | CR0_WP,
+            cr0: X86_CR0_PE | X86_CR0_PG | X86_CR0_WP,
             cr3: 0x1000,
-            cr4: CR4_PAE,
-            efer: EFER_LMA | (1 << 8) | EFER_NXE,
+            cr4: X86_CR4_PAE,
+            efer: EFER_LMA | (1 << 8) | EFER_NX,
         }
     }
 
@@ -444,7 +445,7 @@ mod tests {
     fn no_paging_is_identity() {
         let mut m = Ram::default();
         let pg = Paging {
-            cr0: CR0_PE,
+            cr0: X86_CR0_PE,
             cr3: 0,
             cr4: 0,
             efer: 0,
@@ -526,11 +527,11 @@ mod tests {
         m.put(0x4000 + i(1) * 8, 0x7000 | PRW);
         let mut pg = long4();
         pg.cr3 = 0x9000;
-        pg.cr4 |= CR4_LA57;
+        pg.cr4 |= X86_CR4_LA57;
         assert_eq!(translate(&mut m, &pg, va, RD), Ok(0x7678));
         assert!(m.get(0x9000 + i(5) * 8) & PTE_A != 0);
         // Without LA57 the same CR3 is a PML4: the walk reads other entries.
-        pg.cr4 &= !CR4_LA57;
+        pg.cr4 &= !X86_CR4_LA57;
         assert_eq!(translate(&mut m, &pg, va, RD), pf(0));
     }
 
@@ -543,9 +544,9 @@ mod tests {
         m.put(0x2000 + ((va >> 21) & 0x1ff) * 8, 0x3000 | PRW);
         m.put(0x3000 + ((va >> 12) & 0x1ff) * 8, 0x8_0000_4000 | PRW);
         let pg = Paging {
-            cr0: CR0_PE | CR0_PG | CR0_WP,
+            cr0: X86_CR0_PE | X86_CR0_PG | X86_CR0_WP,
             cr3: 0x1020,
-            cr4: CR4_PAE,
+            cr4: X86_CR4_PAE,
             efer: 0,
         };
         assert_eq!(translate(&mut m, &pg, va, WR), Ok(0x8_0000_4456));
@@ -572,7 +573,7 @@ mod tests {
             pf(PFERR_PRESENT | PFERR_RSVD)
         );
         let nx = Paging {
-            efer: EFER_NXE,
+            efer: EFER_NX,
             ..pg
         };
         assert_eq!(translate(&mut m, &nx, va, RD), Ok(0x8_0000_4456));
@@ -595,9 +596,9 @@ mod tests {
         let mut m = Ram::default();
         let pde = 0x1000 + ((va >> 22) & 0x3ff) * 4;
         let pg = Paging {
-            cr0: CR0_PE | CR0_PG,
+            cr0: X86_CR0_PE | X86_CR0_PG,
             cr3: 0x1000,
-            cr4: CR4_PSE,
+            cr4: X86_CR4_PSE,
             efer: 0,
         };
         // 4M page with PSE-36 bits: PA 39:32 = 0x12 from bits 20:13.
@@ -665,7 +666,7 @@ mod tests {
         let mut m = four_level(VA, P | U);
         let wp = long4();
         let nowp = Paging {
-            cr0: wp.cr0 & !CR0_WP,
+            cr0: wp.cr0 & !X86_CR0_WP,
             ..wp
         };
         assert_eq!(
@@ -735,7 +736,7 @@ mod tests {
         // SMEP: supervisor fetch from a user page.
         let mut m = four_level(VA, PRW);
         let smep = Paging {
-            cr4: pg.cr4 | CR4_SMEP,
+            cr4: pg.cr4 | X86_CR4_SMEP,
             ..pg
         };
         assert_eq!(translate(&mut m, &pg, VA, FETCH), Ok(0x5abc));
@@ -750,7 +751,7 @@ mod tests {
         assert_eq!(translate(&mut m, &smep, VA, ufetch), Ok(0x5abc));
         // SMAP: only when asked for, and not with EFLAGS.AC.
         let smap = Paging {
-            cr4: pg.cr4 | CR4_SMAP,
+            cr4: pg.cr4 | X86_CR4_SMAP,
             ..pg
         };
         assert_eq!(translate(&mut m, &smap, VA, RD), Ok(0x5abc));

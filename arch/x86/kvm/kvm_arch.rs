@@ -1,0 +1,386 @@
+// SPDX-License-Identifier: GPL-2.0-only
+//! x86's side of the generic core (upstream: struct kvm_arch, kvm_arch_init_vm(),
+//! kvm_arch_vm_ioctl(), kvm_vm_ioctl_enable_cap(), kvm_arch_vcpu_precreate() /
+//! _create() of x86.c, and the MMU hooks of mmu.c): [`X86`] implements
+//! [`KvmArch`] for kvm_main.rs.
+
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use kernel::prelude::*;
+use kernel::sync::{Arc, Mutex, SpinLock};
+use kernel::{new_mutex, new_spinlock};
+
+use crate::abi::caps::{self, Host, MAX_VCPU_IDS};
+use crate::abi::{ioctl, uapi};
+use crate::arch::irqchip::{self, Irqchip};
+use crate::arch::mmu::tdp::Mmu;
+use crate::arch::vendor::{self, VendorRef};
+use crate::arch::x86::{tsc_khz_arg, VcpuArch};
+use crate::arch::{cpuid, msr, regs, Vcpu, Vm};
+use crate::hw::lapic::{self, Irq, Lapic};
+use crate::kvm_host::VmLocked;
+use crate::kvm_host::{GfnRanges, Gfns, KvmArch};
+use crate::stats;
+use crate::{glue, user};
+
+/// KVM_MIN_ALLOC_MMU_PAGES.
+const KVM_MIN_ALLOC_MMU_PAGES: usize = 64;
+
+/// x86, for the generic core.
+pub(crate) struct X86;
+
+/// `struct kvm_arch`.
+#[pin_data]
+pub(crate) struct VmArch {
+    /// The vendor module, pinned for the VM's lifetime (its vCPUs pin it too).
+    pub(crate) vendor: VendorRef,
+    #[allow(dead_code)] // Read by the vendor hooks of protected VM types.
+    vm_type: u32,
+    /// The TDP MMU: taken after the generic slots lock, before kvm->lock.
+    #[pin]
+    pub(crate) mmu: Mutex<Mmu>,
+    /// The PIC, IOAPIC and routing table (irqchip.rs), taken before kvm->lock.
+    #[pin]
+    pub(crate) irqchip: Mutex<Option<KBox<Irqchip>>>,
+    /// Set once by KVM_CREATE_IRQCHIP, before any vCPU exists: vCPUs created
+    /// afterwards get an in-kernel LAPIC.
+    pub(crate) has_irqchip: AtomicBool,
+    /// KVM_CAP_DISABLE_QUIRKS2: the quirks userspace turned off.
+    pub(crate) disabled_quirks: AtomicU64,
+    /// KVM_CAP_MSR_PLATFORM_INFO: the guest may read MSR_PLATFORM_INFO.
+    pub(crate) platform_info_readable: AtomicBool,
+    /// Bumped whenever NPT entries are zapped: vCPUs flush their TLB on entry when
+    /// it differs from what they last saw.
+    pub(crate) tlb_gen: AtomicU64,
+    /// Per host CPU: whether one of our vCPUs is in guest mode there (set before
+    /// `tlb_gen` is read on entry), so that a flush interrupts only those CPUs.
+    in_guest: KVec<AtomicBool>,
+    /// KVM_CAP_MAX_VCPU_ID (0: not set yet; fixed at the first KVM_CREATE_VCPU).
+    /// Changed only under kvm->lock.
+    max_vcpu_ids: AtomicU32,
+    /// KVM_SET_TSC_KHZ on the VM: what new vCPUs start with. Changed only under
+    /// kvm->lock, while there is no vCPU.
+    pub(crate) default_tsc_khz: AtomicU32,
+}
+
+/// What other threads reach of an x86 vCPU without its mutex.
+#[pin_data]
+pub(crate) struct VcpuShared {
+    /// The in-kernel LAPIC (when the VM had an irqchip when this vCPU was
+    /// created). Other vCPUs lock it briefly to deliver IPIs.
+    #[pin]
+    pub(crate) lapic: SpinLock<Option<Lapic>>,
+}
+
+/// One cleared flag per possible CPU id.
+fn in_guest_flags() -> Result<KVec<AtomicBool>> {
+    let n = kernel::cpu::nr_cpu_ids() as usize;
+    let mut v = KVec::with_capacity(n, GFP_KERNEL)?;
+    for _ in 0..n {
+        v.push(AtomicBool::new(false), GFP_KERNEL)?;
+    }
+    Ok(v)
+}
+
+impl KvmArch for X86 {
+    type VmArch = VmArch;
+    type VcpuArch = VcpuArch;
+    type VcpuShared = VcpuShared;
+
+    fn host() -> Host {
+        let (vm_types, vcpus) = vendor::vm_types_and_vcpus();
+        Host {
+            vm_types,
+            // SAFETY: reads a counter.
+            online_cpus: unsafe { glue::kvm_glue_num_online_cpus() },
+            vcpus,
+            xsave: regs::host_xcr0() != 0,
+            xsave2_size: regs::xsave2_size(),
+        }
+    }
+
+    /// kvm_arch_dev_ioctl().
+    fn dev_ioctl(cmd: u32, arg: usize) -> Result<isize> {
+        match cmd {
+            ioctl::KVM_GET_SUPPORTED_CPUID => cpuid::kvm_dev_ioctl_get_cpuid(arg),
+            ioctl::KVM_GET_MSR_INDEX_LIST => msr::kvm_get_msr_index_list(arg),
+            // x86's kvm_arch_dev_ioctl() answers unknown commands with -EINVAL.
+            _ => Err(EINVAL),
+        }
+    }
+
+    fn vm_init(vm_type: u32) -> Result<impl PinInit<VmArch, Error>> {
+        if !caps::vm_type_supported(&Self::host(), vm_type.into()) {
+            return Err(EINVAL);
+        }
+        let vendor = VendorRef::get()?;
+        let mmu = Mmu::new()?;
+        let in_guest = in_guest_flags()?;
+        Ok(try_pin_init!(VmArch {
+            vendor,
+            vm_type,
+            mmu <- new_mutex!(mmu),
+            irqchip <- new_mutex!(None),
+            has_irqchip: AtomicBool::new(false),
+            disabled_quirks: AtomicU64::new(0),
+            platform_info_readable: AtomicBool::new(true),
+            tlb_gen: AtomicU64::new(0),
+            in_guest,
+            max_vcpu_ids: AtomicU32::new(0),
+            // SAFETY: reads a kernel variable.
+            default_tsc_khz: AtomicU32::new(unsafe { glue::kvm_glue_tsc_khz() }),
+        }))
+    }
+
+    fn vm_ioctl(vm: &Arc<Vm>, cmd: u32, arg: usize) -> Result<isize> {
+        kvm_arch_vm_ioctl(vm, cmd, arg)
+    }
+
+    fn unmap_gfn_ranges(vm: &Vm, ranges: GfnRanges<'_>) {
+        let mut mmu = vm.arch.mmu.lock();
+        vm.slots_gen.fetch_add(1, Ordering::SeqCst);
+        let (mut any, mut lo, mut hi) = (false, u64::MAX, 0);
+        ranges(&mut |first, last| {
+            any |= mmu.zap(first, last);
+            lo = lo.min(first);
+            hi = hi.max(last);
+        });
+        if any {
+            // Zapped leaves keep their pages until no vCPU can use them.
+            vm.kvm_flush_remote_tlbs();
+            mmu.release_zapped(lo, hi);
+            vm.stats.set(stats::vm::PAGES_4K, mmu.mapped);
+        }
+    }
+
+    fn write_protect_gfns(vm: &Vm, gfns: Gfns<'_>) {
+        let mut mmu = vm.arch.mmu.lock();
+        let mut any = false;
+        gfns(&mut |gfn| any |= mmu.write_protect(gfn));
+        if any {
+            vm.kvm_flush_remote_tlbs();
+        }
+    }
+
+    fn vcpu_precreate(vm: &Vm, _locked: &mut VmLocked<X86>, id: u32) -> Result {
+        // The first vCPU fixes the id limit.
+        let _ = vm.arch.max_vcpu_ids.compare_exchange(
+            0,
+            MAX_VCPU_IDS,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        if id >= vm.arch.max_vcpu_ids.load(Ordering::Relaxed) {
+            return Err(EINVAL);
+        }
+        Ok(())
+    }
+
+    fn vcpu_create(vm: &Vm, id: u32) -> Result<(VcpuArch, impl PinInit<VcpuShared, Error>)> {
+        let irqchip = vm.arch.has_irqchip.load(Ordering::SeqCst);
+        let tsc_khz = vm.arch.default_tsc_khz.load(Ordering::Relaxed);
+        let arch = VcpuArch::new(&vm.arch.vendor, id, irqchip, tsc_khz)?;
+        let lapic = irqchip.then(|| Lapic::new(id, tsc_khz));
+        Ok((
+            arch,
+            try_pin_init!(VcpuShared { lapic <- new_spinlock!(lapic) }),
+        ))
+    }
+
+    fn vcpu_ioctl(vcpu: &Vcpu, vm: &Vm, st: &mut VcpuArch, cmd: u32, arg: usize) -> Result<isize> {
+        vcpu.kvm_arch_vcpu_ioctl(vm, st, cmd, arg)
+    }
+
+    fn vcpu_ioctl_run(vcpu: &Vcpu, vm: &Vm, st: &mut VcpuArch) -> Result<isize> {
+        vcpu.kvm_arch_vcpu_ioctl_run(vm, st)
+    }
+}
+
+/// kvm_arch_vm_ioctl().
+fn kvm_arch_vm_ioctl(vm: &Arc<Vm>, cmd: u32, arg: usize) -> Result<isize> {
+    match cmd {
+        ioctl::KVM_ENABLE_CAP => {
+            let c: uapi::kvm_enable_cap = user::read(arg)?;
+            kvm_vm_ioctl_enable_cap(vm, &c)
+        }
+        ioctl::KVM_GET_TSC_KHZ => Ok(vm.arch.default_tsc_khz.load(Ordering::Relaxed) as isize),
+        ioctl::KVM_SET_TSC_KHZ => {
+            // Without TSC scaling any rate is accepted here, as upstream; whether
+            // a vCPU can run at it is KVM_SET_TSC_KHZ on the vCPU's business.
+            let khz = tsc_khz_arg(arg);
+            let l = vm.locked.lock();
+            if !l.vcpus.is_empty() {
+                return Err(EINVAL);
+            }
+            vm.arch.default_tsc_khz.store(khz, Ordering::Relaxed);
+            Ok(0)
+        }
+        // A cap on shadow-MMU pages (kvm_vm_ioctl_set_nr_mmu_pages()). The NPT
+        // MMU has no shadow pages, as upstream's TDP MMU: only the bound is checked.
+        ioctl::KVM_SET_NR_MMU_PAGES => {
+            if arg < KVM_MIN_ALLOC_MMU_PAGES {
+                return Err(EINVAL);
+            }
+            Ok(0)
+        }
+        // SVM has no real-mode TSS or identity map to place (svm_set_tss_addr()).
+        ioctl::KVM_SET_TSS_ADDR => Ok(0),
+        ioctl::KVM_SET_IDENTITY_MAP_ADDR => {
+            let _addr: u64 = user::read(arg)?;
+            if !vm.locked.lock().vcpus.is_empty() {
+                return Err(EINVAL);
+            }
+            Ok(0)
+        }
+        ioctl::KVM_CREATE_IRQCHIP => {
+            let mut chip = vm.arch.irqchip.lock();
+            if chip.is_some() {
+                return Err(EEXIST);
+            }
+            // Held until the flag is set: a vCPU created meanwhile would lack
+            // its LAPIC.
+            let l = vm.locked.lock();
+            if !l.vcpus.is_empty() {
+                return Err(EINVAL);
+            }
+            *chip = Some(KBox::new(Irqchip::new()?, GFP_KERNEL)?);
+            vm.arch.has_irqchip.store(true, Ordering::SeqCst);
+            drop(l);
+            Ok(0)
+        }
+        ioctl::KVM_GET_IRQCHIP => {
+            let mut c: uapi::kvm_irqchip = user::read(arg)?;
+            vm.arch.irqchip.lock().as_ref().ok_or(ENXIO)?.get(&mut c)?;
+            user::write(arg, &c)?;
+            Ok(0)
+        }
+        ioctl::KVM_SET_IRQCHIP => {
+            let c: uapi::kvm_irqchip = user::read(arg)?;
+            let mut chip = vm.arch.irqchip.lock();
+            let chip = (*chip).as_mut().ok_or(ENXIO)?;
+            chip.set(&c, &vm.locked.lock().vcpus)?;
+            Ok(0)
+        }
+        ioctl::KVM_IRQ_LINE | ioctl::KVM_IRQ_LINE_STATUS => {
+            let mut ev: uapi::kvm_irq_level = user::read(arg)?;
+            let mut chip = vm.arch.irqchip.lock();
+            let chip = (*chip).as_mut().ok_or(ENXIO)?;
+            // SAFETY: the union's variants are plain integers.
+            let gsi = unsafe { ev.__bindgen_anon_1.irq };
+            let status = chip.set_irq(gsi, ev.level != 0, &vm.locked.lock().vcpus);
+            if cmd == ioctl::KVM_IRQ_LINE_STATUS {
+                ev.__bindgen_anon_1.status = status;
+                user::write(arg, &ev)?;
+            }
+            Ok(0)
+        }
+        ioctl::KVM_SET_GSI_ROUTING => {
+            let mut chip = vm.arch.irqchip.lock();
+            // kvm_arch_can_set_irq_routing(): only with an in-kernel irqchip.
+            let chip = (*chip).as_mut().ok_or(EINVAL)?;
+            let routes = irqchip::read_routes(arg, false)?;
+            chip.set_routes(routes);
+            Ok(0)
+        }
+        ioctl::KVM_SIGNAL_MSI => {
+            let msi: uapi::kvm_msi = user::read(arg)?;
+            let chip = vm.arch.irqchip.lock();
+            if chip.is_none() {
+                return Err(EINVAL);
+            }
+            let r = irqchip::signal_msi(&msi, &vm.locked.lock().vcpus)?;
+            // Upstream returns kvm_set_msi()'s -1 (no destination) as is, which
+            // userspace sees as -EPERM.
+            if r < 0 {
+                return Err(EPERM);
+            }
+            Ok(r as isize)
+        }
+        // x86's kvm_arch_vm_ioctl() answers unknown commands with -ENOTTY.
+        _ => Err(ENOTTY),
+    }
+}
+
+/// KVM_ENABLE_CAP on the VM (upstream kvm_vm_ioctl_enable_cap()).
+fn kvm_vm_ioctl_enable_cap(vm: &Vm, c: &uapi::kvm_enable_cap) -> Result<isize> {
+    if c.flags != 0 {
+        return Err(EINVAL);
+    }
+    match c.cap {
+        uapi::KVM_CAP_MAX_VCPU_ID => {
+            let want = c.args[0];
+            if want > u64::from(MAX_VCPU_IDS) {
+                return Err(EINVAL);
+            }
+            // Settable once, before any vCPU (which fixes it at the maximum);
+            // changed only under kvm->lock.
+            let _l = vm.locked.lock();
+            let cur = vm.arch.max_vcpu_ids.load(Ordering::Relaxed);
+            if u64::from(cur) == want {
+                Ok(0)
+            } else if cur == 0 {
+                vm.arch.max_vcpu_ids.store(want as u32, Ordering::Relaxed);
+                Ok(0)
+            } else {
+                Err(EINVAL)
+            }
+        }
+        uapi::KVM_CAP_DISABLE_QUIRKS2 => {
+            if c.args[0] & !u64::from(caps::SUPPORTED_QUIRKS) != 0 {
+                return Err(EINVAL);
+            }
+            vm.arch
+                .disabled_quirks
+                .fetch_or(c.args[0], Ordering::Relaxed);
+            Ok(0)
+        }
+        uapi::KVM_CAP_MSR_PLATFORM_INFO => {
+            vm.arch
+                .platform_info_readable
+                .store(c.args[0] != 0, Ordering::Relaxed);
+            Ok(0)
+        }
+        _ => Err(EINVAL),
+    }
+}
+
+impl Vm {
+    /// Makes every vCPU flush its TLB before it next runs guest code, and waits
+    /// until none is still running on old translations. Called with `mmu` held.
+    /// As upstream's kvm_flush_remote_tlbs(), only CPUs where one of our vCPUs is
+    /// in guest mode get a (waited-for) IPI; the flags, not the vCPU list, say
+    /// which, because that list's lock is held across allocations (the MMU
+    /// notifier calls this).
+    pub(crate) fn kvm_flush_remote_tlbs(&self) {
+        self.stats.inc(stats::vm::REMOTE_TLB_FLUSH_REQUESTS);
+        self.stats.inc(stats::vm::REMOTE_TLB_FLUSH);
+        // Pairs with set_in_guest(): a vCPU either sees the new generation on
+        // entry or is seen in guest mode here.
+        self.arch.tlb_gen.fetch_add(1, Ordering::SeqCst);
+        for (cpu, f) in self.arch.in_guest.iter().enumerate() {
+            if f.load(Ordering::SeqCst) {
+                // SAFETY: process context, interrupts on; returns once the CPU took the IPI, so it left guest mode.
+                unsafe { glue::kvm_glue_kick_cpu_wait(cpu as u32) };
+            }
+        }
+    }
+
+    /// Marks this CPU as running one of our vCPUs in guest mode (or not).
+    /// Called with interrupts off, so `cpu` is the current CPU throughout.
+    pub(crate) fn set_in_guest(&self, cpu: u32, on: bool) {
+        if let Some(f) = self.arch.in_guest.get(cpu as usize) {
+            f.store(on, Ordering::SeqCst);
+        }
+    }
+
+    /// Delivers an interrupt message from the LAPIC of vCPU `source` to every
+    /// vCPU whose LAPIC it addresses (upstream kvm_irq_delivery_to_apic()).
+    /// Lowest-priority delivery goes to the first match (upstream arbitrates).
+    pub(crate) fn deliver_irq(&self, irq: &Irq, source: u32) {
+        let l = self.locked.lock();
+        for v in l.vcpus.iter() {
+            if v.deliver_irq(irq, source) && irq.delivery_mode == lapic::delivery::LOWEST {
+                break;
+            }
+        }
+    }
+}

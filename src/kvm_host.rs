@@ -1,0 +1,231 @@
+// SPDX-License-Identifier: GPL-2.0-only
+//! What the generic core needs from the architecture (upstream: the `kvm_arch_*`
+//! hooks include/linux/kvm_host.h declares, and `struct kvm_arch` /
+//! `struct kvm_vcpu_arch`), and the two structs they take, as in that header:
+//! [`Vm`] (struct kvm) and [`Vcpu`] (struct kvm_vcpu). Their ioctls are in vm.rs
+//! and vcpu.rs. The generic files are written against [`KvmArch`] and never name
+//! x86 code; kvm_main.rs instantiates them with `arch::kvm_arch::X86`.
+
+use core::sync::atomic::{AtomicPtr, AtomicU64};
+use kernel::ffi::c_void;
+use kernel::prelude::*;
+use kernel::sync::{Arc, Mutex, SpinLock};
+
+use crate::abi::caps::Host;
+use crate::glue;
+use crate::memslot::Slot;
+use crate::pages::Pages;
+use crate::stats::{self, Counters};
+
+/// Hands each [first, last) gfn range of an unmap to its argument.
+pub(crate) type GfnRanges<'a> = &'a dyn Fn(&mut dyn FnMut(u64, u64));
+/// Hands each gfn of a write-protect to its argument.
+pub(crate) type Gfns<'a> = &'a dyn Fn(&mut dyn FnMut(u64));
+
+pub(crate) trait KvmArch: Sized + Send + Sync + 'static {
+    /// `struct kvm_arch`: the VM's arch state.
+    type VmArch: Send + Sync;
+    /// `struct kvm_vcpu_arch`: the vCPU's arch state, under the vCPU mutex.
+    type VcpuArch: Send + Unpin;
+    /// The part of a vCPU other threads reach without its mutex (x86: the
+    /// in-kernel LAPIC, which IPIs and device interrupts are delivered to).
+    type VcpuShared: Send + Sync;
+
+    /// What KVM_CHECK_EXTENSION answers from (kvm_vm_ioctl_check_extension()).
+    fn host() -> Host;
+    /// kvm_arch_dev_ioctl(): the /dev/kvm ioctls the generic core does not know.
+    fn dev_ioctl(cmd: u32, arg: usize) -> Result<isize>;
+
+    /// kvm_arch_init_vm(); -EINVAL for a VM type the arch cannot create.
+    fn vm_init(vm_type: u32) -> Result<impl PinInit<Self::VmArch, Error>>;
+    /// kvm_arch_vm_ioctl() and kvm_vm_ioctl_enable_cap().
+    fn vm_ioctl(vm: &Arc<Vm<Self>>, cmd: u32, arg: usize) -> Result<isize>;
+    /// Unmaps guest memory (kvm_arch_flush_shadow_memslot(), kvm_unmap_gfn_range()):
+    /// `ranges` hands each [first, last) gfn range to its argument, called with the
+    /// arch MMU lock held. `slots_gen` is bumped under that lock first, so a fault
+    /// that pinned a page before it does not map it.
+    fn unmap_gfn_ranges(vm: &Vm<Self>, ranges: GfnRanges<'_>);
+    /// Makes the next guest write to each gfn `gfns` hands over fault, for dirty
+    /// logging (kvm_arch_mmu_enable_log_dirty_pt_masked()); TLBs are flushed
+    /// before it returns.
+    fn write_protect_gfns(vm: &Vm<Self>, gfns: Gfns<'_>);
+
+    /// kvm_arch_vcpu_precreate(), with kvm->lock held: may refuse `id`.
+    fn vcpu_precreate(vm: &Vm<Self>, locked: &mut VmLocked<Self>, id: u32) -> Result;
+    /// kvm_arch_vcpu_create(), with kvm->lock held.
+    fn vcpu_create(
+        vm: &Vm<Self>,
+        id: u32,
+    ) -> Result<(Self::VcpuArch, impl PinInit<Self::VcpuShared, Error>)>;
+    /// kvm_arch_vcpu_ioctl(), under the vCPU mutex.
+    fn vcpu_ioctl(
+        vcpu: &Vcpu<Self>,
+        vm: &Vm<Self>,
+        st: &mut Self::VcpuArch,
+        cmd: u32,
+        arg: usize,
+    ) -> Result<isize>;
+    /// kvm_arch_vcpu_ioctl_run(), under the vCPU mutex.
+    fn vcpu_ioctl_run(vcpu: &Vcpu<Self>, vm: &Vm<Self>, st: &mut Self::VcpuArch) -> Result<isize>;
+}
+
+/// The creating process's mm, pinned so that the identity check below cannot be
+/// fooled by a recycled address.
+pub(crate) struct OwnerMm(*mut c_void);
+
+impl OwnerMm {
+    pub(crate) fn current() -> Self {
+        // SAFETY: called from an ioctl, in process context with a user mm.
+        OwnerMm(unsafe { glue::kvm_glue_mm_grab_current() })
+    }
+
+    pub(crate) fn is_current(&self) -> bool {
+        // SAFETY: `self.0` is pinned by mmgrab until drop.
+        unsafe { glue::kvm_glue_mm_is_current(self.0) != 0 }
+    }
+}
+
+impl Drop for OwnerMm {
+    fn drop(&mut self) {
+        // SAFETY: balances the mmgrab() of `current()`.
+        unsafe { glue::kvm_glue_mm_drop(self.0) }
+    }
+}
+
+// SAFETY: the mm pointer is only compared and dropped; mmdrop may run on any thread.
+unsafe impl Send for OwnerMm {}
+// SAFETY: as above, shared access only compares the pointer.
+unsafe impl Sync for OwnerMm {}
+
+/// A VM (upstream struct kvm).
+#[pin_data(PinnedDrop)]
+pub(crate) struct Vm<A: KvmArch> {
+    pub(crate) mm: OwnerMm,
+    /// The creator's pid, for the stats file id ("kvm-<pid>").
+    pub(crate) pid: i32,
+    pub(crate) stats: Counters<{ stats::vm::DESCS.len() }>,
+    /// Sorted by base gfn (memslot.rs). Taken before the arch MMU lock.
+    #[pin]
+    pub(crate) slots: Mutex<KVec<Slot>>,
+    /// Dirty bitmaps of the slots with KVM_MEM_LOG_DIRTY_PAGES. A leaf lock:
+    /// nothing else is taken while it is held.
+    #[pin]
+    pub(crate) dirty: Mutex<KVec<DirtyLog>>,
+    /// kvm->lock: the vCPU list. Taken after the arch MMU lock (kicks walk the
+    /// list under it), and after a vCPU's own mutex (IPIs walk the list from a
+    /// running vCPU).
+    #[pin]
+    pub(crate) locked: Mutex<VmLocked<A>>,
+    /// Bumped (under the arch MMU lock) whenever slots change or user memory is
+    /// invalidated: a fault that pinned a page for an older generation must not
+    /// map it (upstream mmu_invalidate_seq).
+    pub(crate) slots_gen: AtomicU64,
+    /// The slots as the MMU notifier sees them (it must not take `slots`, which
+    /// is held across allocations that may reclaim memory of this mm).
+    #[pin]
+    pub(crate) notifier_slots: SpinLock<KVec<Slot>>,
+    /// MMU-notifier invalidations in progress: faults retry until none is
+    /// (upstream mmu_invalidate_in_progress).
+    pub(crate) invalidations: AtomicU64,
+    /// The glue's MMU notifier on the owner mm (null if registration failed).
+    pub(crate) notifier: AtomicPtr<c_void>,
+    /// `struct kvm_arch`.
+    #[pin]
+    pub(crate) arch: A::VmArch,
+}
+
+/// What upstream guards with kvm->lock: the vCPU list and the VM-wide settings that
+/// may only change before the first vCPU exists.
+pub(crate) struct VmLocked<A: KvmArch> {
+    pub(crate) vcpus: KVec<Arc<Vcpu<A>>>,
+}
+
+/// The dirty bitmap of one logged slot (bit n: page base_gfn + n).
+pub(crate) struct DirtyLog {
+    pub(crate) id: u16,
+    pub(crate) base_gfn: u64,
+    pub(crate) npages: u64,
+    pub(crate) bits: KVec<u64>,
+}
+
+/// A vCPU's glue waiter (see kvm_glue_waiter_* in the glue header).
+/// A vCPU's glue waiter (see kvm_glue_waiter_* in the glue header): where it sleeps
+/// when halted, what others poke, and which CPU it is in guest mode on.
+pub(crate) struct Waiter(*mut c_void);
+
+// SAFETY: the glue object is made for use from any thread (atomics, a waitqueue).
+unsafe impl Send for Waiter {}
+
+// SAFETY: as above.
+unsafe impl Sync for Waiter {}
+
+impl Waiter {
+    pub(crate) fn new() -> Result<Self> {
+        // SAFETY: a plain allocation, owned by the Waiter.
+        let p = unsafe { glue::kvm_glue_waiter_new() };
+        if p.is_null() {
+            return Err(ENOMEM);
+        }
+        Ok(Waiter(p))
+    }
+
+    /// Wakes the vCPU, or makes it exit the guest (kvm_vcpu_kick()).
+    pub(crate) fn poke(&self) {
+        // SAFETY: a live waiter (freed in drop only).
+        unsafe { glue::kvm_glue_waiter_poke(self.0) }
+    }
+
+    /// Reads and clears the poke flag.
+    pub(crate) fn take(&self) -> bool {
+        // SAFETY: a live waiter.
+        unsafe { glue::kvm_glue_waiter_take(self.0) != 0 }
+    }
+
+    pub(crate) fn pending(&self) -> bool {
+        // SAFETY: a live waiter.
+        unsafe { glue::kvm_glue_waiter_pending(self.0) != 0 }
+    }
+
+    /// Sleeps until poked, the timer fires or a signal is pending.
+    pub(crate) fn block(&self) {
+        // SAFETY: a live waiter, called by the vCPU's own thread.
+        unsafe { glue::kvm_glue_waiter_block(self.0) }
+    }
+
+    /// Arms the timer for absolute CLOCK_MONOTONIC `ns` (0 cancels it).
+    pub(crate) fn arm(&self, ns: u64) {
+        // SAFETY: a live waiter.
+        unsafe { glue::kvm_glue_waiter_arm(self.0, ns) }
+    }
+
+    /// Publishes guest mode on CPU `cpu_plus_one - 1` (0: outside); a full barrier.
+    pub(crate) fn set_cpu(&self, cpu_plus_one: u32) {
+        // SAFETY: a live waiter.
+        unsafe { glue::kvm_glue_waiter_set_cpu(self.0, cpu_plus_one) }
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        // SAFETY: allocated by kvm_glue_waiter_new, freed once.
+        unsafe { glue::kvm_glue_waiter_free(self.0) }
+    }
+}
+
+/// A vCPU (upstream struct kvm_vcpu).
+#[pin_data]
+pub(crate) struct Vcpu<A: KvmArch> {
+    pub(crate) id: u32,
+    pub(crate) run: Pages,
+    pub(crate) pio: Pages,
+    /// Where the vCPU sleeps when halted; also says which CPU it is in guest mode
+    /// on (for kicks).
+    pub(crate) waiter: Waiter,
+    pub(crate) stats: Counters<{ stats::vcpu::DESCS.len() }>,
+    /// What other threads reach without the vCPU mutex.
+    #[pin]
+    pub(crate) arch: A::VcpuShared,
+    /// The vCPU mutex (upstream vcpu->mutex) and the arch state it guards.
+    #[pin]
+    pub(crate) state: Mutex<A::VcpuArch>,
+}
