@@ -31,9 +31,7 @@ void *kvm_glue_mm_grab_current(void);
 void kvm_glue_mm_drop(void *mm);
 int kvm_glue_mm_is_current(const void *mm);
 
-unsigned int kvm_glue_nr_cpu_ids(void);
 unsigned int kvm_glue_num_online_cpus(void);
-unsigned int kvm_glue_smp_processor_id(void);
 /* Runs fn(data) on every online CPU, with interrupts off, and waits for all. */
 void kvm_glue_on_each_cpu(void (*fn)(void *data), void *data);
 
@@ -70,7 +68,6 @@ void kvm_glue_module_put(void *module);
 int kvm_glue_mutex_lock_killable(void *mutex);
 
 /* The calling task. */
-int kvm_glue_signal_pending(void);
 void kvm_glue_cond_resched(void);
 unsigned long long kvm_glue_task_size_max(void);
 unsigned int kvm_glue_tsc_khz(void);

@@ -313,11 +313,6 @@ noinstr void kvm_glue_guest_state_exit_irqoff(void)
 }
 EXPORT_SYMBOL_GPL(kvm_glue_guest_state_exit_irqoff);
 
-int kvm_glue_signal_pending(void)
-{
-	return signal_pending(current);
-}
-
 void kvm_glue_cond_resched(void)
 {
 	cond_resched();
@@ -709,22 +704,10 @@ int kvm_glue_mm_is_current(const void *mm)
 	return current->mm == mm;
 }
 
-unsigned int kvm_glue_nr_cpu_ids(void)
-{
-	return nr_cpu_ids;
-}
-EXPORT_SYMBOL_GPL(kvm_glue_nr_cpu_ids);
-
 unsigned int kvm_glue_num_online_cpus(void)
 {
 	return num_online_cpus();
 }
-
-unsigned int kvm_glue_smp_processor_id(void)
-{
-	return smp_processor_id();
-}
-EXPORT_SYMBOL_GPL(kvm_glue_smp_processor_id);
 
 void kvm_glue_on_each_cpu(void (*fn)(void *data), void *data)
 {

@@ -13,6 +13,7 @@ use kernel::sync::{Arc, Mutex, SpinLock};
 
 use crate::abi::caps::Host;
 use crate::glue;
+use crate::io_bus::IoRange;
 use crate::memslot::Slot;
 use crate::pages::Pages;
 use crate::stats::{self, Counters};
@@ -129,6 +130,9 @@ pub(crate) struct Vm<A: KvmArch> {
     pub(crate) invalidations: AtomicU64,
     /// The glue's MMU notifier on the owner mm (null if registration failed).
     pub(crate) notifier: AtomicPtr<c_void>,
+    /// The PIO and MMIO buses of in-kernel devices (upstream kvm->buses).
+    #[pin]
+    pub(crate) buses: KvmIoBuses<A>,
     /// `struct kvm_arch`.
     #[pin]
     pub(crate) arch: A::VmArch,
@@ -228,4 +232,37 @@ pub(crate) struct Vcpu<A: KvmArch> {
     /// The vCPU mutex (upstream vcpu->mutex) and the arch state it guards.
     #[pin]
     pub(crate) state: Mutex<A::VcpuArch>,
+}
+
+/// A device on a bus (upstream struct kvm_io_device_ops). Each returns
+/// Err(EOPNOTSUPP) for an access it does not take, so the next device on the
+/// same range, or userspace, gets it.
+pub(crate) trait KvmIoDevice<A: KvmArch>: Send + Sync {
+    /// Fills `data` (the access's length) from `addr`.
+    fn read(&self, vm: &Vm<A>, addr: u64, data: &mut [u8]) -> Result;
+    /// Takes `data` written at `addr`.
+    fn write(&self, vm: &Vm<A>, addr: u64, data: &[u8]) -> Result;
+}
+
+/// One table: the sorted ranges and their devices, index for index.
+pub(crate) struct Table<A: KvmArch> {
+    pub(crate) ranges: KVec<IoRange>,
+    pub(crate) devs: KVec<Arc<dyn KvmIoDevice<A>>>,
+}
+
+/// One bus (upstream struct kvm_io_bus).
+#[pin_data]
+pub(crate) struct KvmIoBus<A: KvmArch> {
+    /// The current table; held only to take a reference or to swap.
+    #[pin]
+    pub(crate) table: Mutex<Arc<Table<A>>>,
+}
+
+/// The buses of a VM (upstream kvm->buses).
+#[pin_data]
+pub(crate) struct KvmIoBuses<A: KvmArch> {
+    #[pin]
+    pub(crate) mmio: KvmIoBus<A>,
+    #[pin]
+    pub(crate) pio: KvmIoBus<A>,
 }

@@ -15,6 +15,7 @@ use arch::kvm_arch::X86;
 // The generic core (upstream virt/kvm), written against `kvm_host::KvmArch`.
 mod dev;
 mod glue;
+mod iodev;
 mod kvm_host;
 mod pages;
 mod stats;
@@ -30,6 +31,9 @@ mod abi;
 #[allow(unreachable_pub, dead_code)]
 #[path = "../arch/x86/hw/mod.rs"]
 mod hw;
+#[allow(unreachable_pub, dead_code)]
+#[path = "virt/io_bus.rs"]
+mod io_bus;
 #[allow(unreachable_pub, dead_code)]
 #[path = "virt/memslot.rs"]
 mod memslot;

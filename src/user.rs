@@ -4,23 +4,26 @@
 use core::marker::PhantomData;
 use kernel::ffi::c_long;
 use kernel::prelude::*;
+use kernel::transmute::{AsBytes, FromBytes};
 use kernel::uaccess::{UserPtr, UserSlice};
 
 use crate::abi::uapi;
 
-/// A C struct of the uapi that any byte pattern is a valid value of, and that has
-/// no implicit padding (the uapi headers spell padding out), so copying its bytes
-/// in either direction is sound.
-///
-/// # Safety
-/// Only for such structs.
-pub(crate) unsafe trait Pod: Copy + Default {}
+/// A C struct of the uapi that can be copied byte for byte in both directions: the
+/// kernel crate's `FromBytes` (any byte pattern is a value) and `AsBytes` (no
+/// uninitialized padding: the uapi headers spell their padding out).
+pub(crate) trait Pod: FromBytes + AsBytes + Copy + Default {}
+
+impl<T: FromBytes + AsBytes + Copy + Default> Pod for T {}
 
 macro_rules! pod {
-    ($($t:ident),* $(,)?) => {
-        // SAFETY: uapi structs of integers and arrays with explicit padding.
-        $(unsafe impl Pod for uapi::$t {})*
-    };
+    ($($t:ident),* $(,)?) => {$(
+        // SAFETY: a uapi struct of integers and arrays with explicit padding:
+        // every byte pattern is valid and every byte initialized.
+        unsafe impl FromBytes for uapi::$t {}
+        // SAFETY: as above.
+        unsafe impl AsBytes for uapi::$t {}
+    )*};
 }
 
 pod!(
@@ -47,28 +50,11 @@ pod!(
     kvm_msi,
 );
 
-// SAFETY: any 8 bytes are a u64.
-unsafe impl Pod for u64 {}
-// SAFETY: any 4 bytes are a u32.
-unsafe impl Pod for u32 {}
-
-fn as_bytes_mut<T: Pod>(v: &mut T) -> &mut [u8] {
-    // SAFETY: T is Pod: every byte pattern is valid, and the slice covers exactly `v`.
-    unsafe { core::slice::from_raw_parts_mut(core::ptr::from_mut(v).cast::<u8>(), size_of::<T>()) }
-}
-
-fn as_bytes<T: Pod>(v: &T) -> &[u8] {
-    // SAFETY: T is Pod without implicit padding, so all its bytes are initialized.
-    unsafe { core::slice::from_raw_parts(core::ptr::from_ref(v).cast::<u8>(), size_of::<T>()) }
-}
-
 /// Reads a `T` at user address `addr` (-EFAULT if unmapped).
 pub(crate) fn read<T: Pod>(addr: usize) -> Result<T> {
-    let mut v = T::default();
     UserSlice::new(UserPtr::from_addr(addr), size_of::<T>())
         .reader()
-        .read_slice(as_bytes_mut(&mut v))?;
-    Ok(v)
+        .read()
 }
 
 /// Reads the first `len` bytes of a `T` at `addr`, the rest zero: an older, shorter
@@ -76,8 +62,7 @@ pub(crate) fn read<T: Pod>(addr: usize) -> Result<T> {
 /// into a zeroed `_region2`).
 pub(crate) fn read_prefix<T: Pod>(addr: usize, len: usize) -> Result<T> {
     let mut v = T::default();
-    let bytes = as_bytes_mut(&mut v);
-    let head = bytes.get_mut(..len).ok_or(EINVAL)?;
+    let head = v.as_bytes_mut().get_mut(..len).ok_or(EINVAL)?;
     UserSlice::new(UserPtr::from_addr(addr), len)
         .reader()
         .read_slice(head)?;
@@ -88,7 +73,7 @@ pub(crate) fn read_prefix<T: Pod>(addr: usize, len: usize) -> Result<T> {
 pub(crate) fn write<T: Pod>(addr: usize, v: &T) -> Result {
     UserSlice::new(UserPtr::from_addr(addr), size_of::<T>())
         .writer()
-        .write_slice(as_bytes(v))
+        .write(v)
 }
 
 /// Reads `n` consecutive `T`s at `addr`.
@@ -100,9 +85,7 @@ pub(crate) fn read_array<T: Pod>(addr: usize, n: usize) -> Result<KVec<T>> {
     )
     .reader();
     for _ in 0..n {
-        let mut v = T::default();
-        r.read_slice(as_bytes_mut(&mut v))?;
-        out.push(v, GFP_KERNEL)?;
+        out.push(r.read()?, GFP_KERNEL)?;
     }
     Ok(out)
 }
@@ -127,7 +110,7 @@ pub(crate) fn write_bytes(addr: usize, bytes: &[u8]) -> Result {
 pub(crate) fn write_array<T: Pod>(addr: usize, items: &[T]) -> Result {
     let mut w = UserSlice::new(UserPtr::from_addr(addr), size_of_val(items)).writer();
     for v in items {
-        w.write_slice(as_bytes(v))?;
+        w.write(v)?;
     }
     Ok(())
 }
@@ -182,10 +165,14 @@ const _: () = assert!(size_of::<Msrs>() == size_of::<uapi::kvm_msrs>());
 const _: () = assert!(size_of::<IrqRouting>() == size_of::<uapi::kvm_irq_routing>());
 const _: () = assert!(size_of::<MsrList>() == size_of::<uapi::kvm_msr_list>());
 
-// SAFETY: two u32s, no padding.
-unsafe impl<E: Pod> Pod for CountWord<E> {}
-// SAFETY: one u32.
-unsafe impl<E: Pod> Pod for Count<E> {}
+// SAFETY: two u32s, no padding (the marker is zero-sized).
+unsafe impl<E: Pod> FromBytes for CountWord<E> {}
+// SAFETY: as above.
+unsafe impl<E: Pod> AsBytes for CountWord<E> {}
+// SAFETY: one u32 (the marker is zero-sized).
+unsafe impl<E: Pod> FromBytes for Count<E> {}
+// SAFETY: as above.
+unsafe impl<E: Pod> AsBytes for Count<E> {}
 
 // SAFETY: the layouts are the uapi headers' (asserted above).
 unsafe impl<E: Pod> FamHeader for CountWord<E> {

@@ -65,7 +65,7 @@ impl<A: KvmArch> Vcpu<A> {
                 waiter: Waiter::new()?,
                 stats: Counters::new(),
                 arch <- shared,
-                state <- new_mutex!(st),
+                state <- new_mutex!(st, "vcpu->mutex"),
             }),
             GFP_KERNEL,
         )

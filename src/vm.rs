@@ -13,7 +13,7 @@ use kernel::sync::{Arc, ArcBorrow};
 use kernel::{new_mutex, new_spinlock};
 
 use crate::abi::{caps, ioctl, uapi};
-use crate::kvm_host::{DirtyLog, KvmArch, OwnerMm, Vcpu, Vm, VmLocked};
+use crate::kvm_host::{DirtyLog, KvmArch, KvmIoBuses, OwnerMm, Vcpu, Vm, VmLocked};
 use crate::memslot::{self, Slot};
 use crate::stats::{self, Counters, StatsSource};
 use crate::vcpu::NewVcpuFile;
@@ -25,19 +25,21 @@ use caps::MAX_VCPUS;
 pub(crate) fn create<A: KvmArch>(vm_type: usize) -> Result<isize> {
     let vm_type = u32::try_from(vm_type).map_err(|_| EINVAL)?;
     let arch = A::vm_init(vm_type)?;
+    let buses = KvmIoBuses::new()?;
     let vm = Arc::pin_init(
         try_pin_init!(Vm::<A> {
             mm: OwnerMm::current(),
             // SAFETY: reads the current task's pid.
             pid: unsafe { glue::kvm_glue_current_pid() },
             stats: Counters::new(),
-            slots <- new_mutex!(KVec::new()),
-            dirty <- new_mutex!(KVec::new()),
-            locked <- new_mutex!(VmLocked { vcpus: KVec::new() }),
+            slots <- new_mutex!(KVec::new(), "kvm->slots_lock"),
+            dirty <- new_mutex!(KVec::new(), "kvm->dirty_log"),
+            locked <- new_mutex!(VmLocked { vcpus: KVec::new() }, "kvm->lock"),
             slots_gen: AtomicU64::new(0),
-            notifier_slots <- new_spinlock!(KVec::new()),
+            notifier_slots <- new_spinlock!(KVec::new(), "kvm->mn_slots"),
             invalidations: AtomicU64::new(0),
             notifier: AtomicPtr::new(core::ptr::null_mut()),
+            buses <- buses,
             arch <- arch,
         }),
         GFP_KERNEL,

@@ -18,8 +18,7 @@ pub(crate) fn on_each_cpu<F: Fn(usize) + Sync>(f: &F) {
     extern "C" fn trampoline<F: Fn(usize) + Sync>(data: *mut c_void) {
         // SAFETY: `data` is the `&F` passed below, alive until on_each_cpu returns.
         let f = unsafe { &*data.cast_const().cast::<F>() };
-        // SAFETY: runs in the IPI handler, preemption disabled.
-        f(unsafe { glue::kvm_glue_smp_processor_id() } as usize)
+        f(kernel::cpu::CpuId::current().as_u32() as usize)
     }
     // SAFETY: on_each_cpu(wait=1) returns after every call, so `f` outlives them.
     unsafe {
@@ -32,8 +31,7 @@ pub(crate) fn on_each_cpu<F: Fn(usize) + Sync>(f: &F) {
 
 /// Number of possible CPU ids (per-CPU arrays are indexed by them).
 pub(crate) fn nr_cpu_ids() -> usize {
-    // SAFETY: reads a boot-time constant.
-    unsafe { glue::kvm_glue_nr_cpu_ids() as usize }
+    kernel::cpu::nr_cpu_ids() as usize
 }
 
 /// CPUID on the calling CPU: [eax, ebx, ecx, edx].

@@ -1,3 +1,4 @@
 // Shared by the host crate (lib.rs) and the kvm.ko build.
+pub mod io_bus;
 pub mod memslot;
 pub mod stats;

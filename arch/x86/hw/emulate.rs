@@ -1,13 +1,17 @@
-//! x86 instruction decoder, mini emulator and guest page-table walker: the pure logic
-//! behind MMIO and string-I/O emulation (upstream arch/x86/kvm/emulate.c, the
-//! emulator_* callbacks of x86.c and mmu/paging_tmpl.h).
+//! x86 instruction decoder and mini emulator: the pure logic behind MMIO and
+//! string-I/O emulation (upstream arch/x86/kvm/emulate.c and the emulator_*
+//! callbacks of x86.c).
 //!
 //! kvm.ko fetches up to [`MAX_INSN_LEN`] bytes at CS.base + RIP, calls [`decode`],
 //! turns the operand into a linear address with [`effective_address`] and
-//! [`linear_address`], translates it with [`translate`], and completes the access with
+//! [`linear_address`], translates it with the walker (mmu/paging.rs), and completes the access with
 //! [`store_value`], [`complete_load`], [`alu`] or the string helpers once the device
 //! model has the data. Only forms with a memory operand (and string I/O) are decoded:
 //! register-only forms never reach the emulator from an MMIO fault.
+//!
+//! One file of ~1,000 lines of code (plus its tests), as upstream's emulate.c is
+//! one: the decoder tables and the operations they name belong together. The guest
+//! page walker, the other half of emulation, is mmu/paging.rs.
 
 use super::msr_index::EFER_LMA;
 /// Architectural maximum instruction length; longer is #GP(0) (__do_insn_fetch_bytes).

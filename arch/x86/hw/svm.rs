@@ -3,7 +3,6 @@
 
 use core::fmt;
 
-
 /// CPUID Fn8000_0001 ECX: SVM supported.
 pub const CPUID_80000001_ECX_SVM: u32 = 1 << 2;
 /// VM_CR: SVME cannot be set (disabled by firmware).

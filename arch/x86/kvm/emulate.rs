@@ -7,10 +7,10 @@
 use crate::abi::uapi;
 use crate::arch::x86::{Next, VcpuArch};
 use crate::arch::Vcpu;
-use crate::glue;
 use crate::hw::cpuid;
 use crate::hw::paging::{Access, GuestMem, Paging, WalkError, WalkOptions};
 use crate::hw::processor_flags::X86_EFLAGS_FIXED;
+use crate::io_bus::Bus;
 use crate::kvm_x86_ops::{exit, reg, Exit};
 use crate::stats::vcpu as st_;
 use crate::vcpu::{run, PAGE_SIZE};
@@ -266,7 +266,11 @@ impl Vcpu {
     /// Finishes an instruction whose data userspace provided (upstream's
     /// complete_userspace_io callbacks). An MMIO read-modify-write can need a second
     /// exit, for its write.
-    pub(crate) fn complete_userspace(&self, vm: &Vm, st: &mut VcpuArch) -> Option<Result<isize>> {
+    pub(crate) fn complete_userspace_io(
+        &self,
+        vm: &Vm,
+        st: &mut VcpuArch,
+    ) -> Option<Result<isize>> {
         let p = core::mem::replace(&mut st.pending, Pending::None);
         // Userspace moved RIP: the instruction is no longer there to finish.
         let at = |rip: u64| st.regs.rip == rip;
@@ -416,14 +420,14 @@ impl Vcpu {
                 st.vendor.queue_exception(uapi::PF_VECTOR, true, error_code);
                 Next::Guest
             }
-            _ => self.emulation_failure(),
+            _ => self.handle_emulation_failure(),
         }
     }
 
     /// NPF on a GPA that is not RAM (or a write to a read-only slot): emulate the
     /// instruction against the in-kernel LAPIC or exit with KVM_EXIT_MMIO
     /// (upstream handle_mmio_page_fault() → x86_emulate_instruction()).
-    pub(crate) fn emulate_mmio(&self, vm: &Vm, st: &mut VcpuArch, gpa: u64) -> Next {
+    pub(crate) fn x86_emulate_instruction(&self, vm: &Vm, st: &mut VcpuArch, gpa: u64) -> Next {
         let cpu = self.cpu(st);
         let rip = st.regs.rip;
         let insn = match cpu.fetch_decode(vm, rip) {
@@ -432,24 +436,49 @@ impl Vcpu {
         };
         if insn.is_string() || insn.lock && matches!(insn.op, Op::Alu { .. }) {
             // String MMIO and atomics on MMIO are not emulated yet.
-            return self.emulation_failure();
+            return self.handle_emulation_failure();
         }
         let next_rip = next_ip(st, &insn, rip);
         if let Some(n) = self.lapic_mmio(vm, st, &insn, gpa, next_rip) {
             return n;
         }
-        if let Some(n) = self.ioapic_mmio(vm, st, &insn, gpa, next_rip) {
-            return n;
-        }
+        let len = usize::from(insn.op_size).min(8);
         match insn.op {
             Op::Store { .. } => {
-                let v = emulate::store_value(&insn, &st.regs.gpr);
+                let v = emulate::store_value(&insn, &st.regs.gpr).unwrap_or(0);
                 // Upstream advances RIP before the write exit (writeback).
                 st.regs.rip = next_rip;
-                self.mmio_exit(gpa, insn.op_size, Some(v.unwrap_or(0)));
+                let bytes = v.to_le_bytes();
+                if vm
+                    .kvm_io_bus_write(Bus::Mmio, gpa, bytes.get(..len).unwrap_or(&[]))
+                    .is_ok()
+                {
+                    return Next::Guest;
+                }
+                self.mmio_exit(gpa, insn.op_size, Some(v));
                 Next::User(Ok(0))
             }
             Op::Load { .. } | Op::Alu { .. } | Op::Xchg { .. } => {
+                // vcpu_mmio_read(): an in-kernel device first; a read-modify-write
+                // writes back through the bus too, or exits for the write.
+                let mut d = [0u8; 8];
+                if vm
+                    .kvm_io_bus_read(Bus::Mmio, gpa, d.get_mut(..len).unwrap_or(&mut []))
+                    .is_ok()
+                {
+                    st.regs.rip = next_rip;
+                    if let Some(w) = self.finish_read(st, &insn, u64::from_le_bytes(d)) {
+                        let wb = w.to_le_bytes();
+                        if vm
+                            .kvm_io_bus_write(Bus::Mmio, gpa, wb.get(..len).unwrap_or(&[]))
+                            .is_err()
+                        {
+                            self.mmio_exit(gpa, insn.op_size, Some(w));
+                            return Next::User(Ok(0));
+                        }
+                    }
+                    return Next::Guest;
+                }
                 st.pending = Pending::MmioRead {
                     insn,
                     rip,
@@ -459,13 +488,13 @@ impl Vcpu {
                 self.mmio_exit(gpa, insn.op_size, None);
                 Next::User(Ok(0))
             }
-            _ => self.emulation_failure(),
+            _ => self.handle_emulation_failure(),
         }
     }
 
     /// INS/OUTS (IOIO exit with the string bit): OUTS exits once per element, INS
     /// once per read-ahead batch, as upstream's emulator does.
-    pub(crate) fn emulate_string_io(&self, vm: &Vm, st: &mut VcpuArch, ex: &Exit) -> Next {
+    pub(crate) fn emulator_pio_in_out(&self, vm: &Vm, st: &mut VcpuArch, ex: &Exit) -> Next {
         let cpu = self.cpu(st);
         let rip = st.regs.rip;
         let insn = match cpu.fetch_decode(vm, rip) {
@@ -503,7 +532,7 @@ impl Vcpu {
                 st.pending = Pending::StringIn { insn, rip, count };
                 (true, count)
             }
-            _ => return self.emulation_failure(),
+            _ => return self.handle_emulation_failure(),
         };
         self.stats.inc(st_::IO_EXITS);
         self.io_exit(input, size, port, count as u32);
@@ -531,7 +560,7 @@ impl Vcpu {
 
     /// KVM_INTERNAL_ERROR_DELIVERY_EV with upstream's data: exit info 2, reason,
     /// exit info 1, the GPA and the CPU of the last entry.
-    pub(crate) fn vectoring_exit(&self, ex: &Exit) -> Next {
+    pub(crate) fn kvm_prepare_event_vectoring_exit(&self, ex: &Exit) -> Next {
         self.set_exit(uapi::KVM_EXIT_INTERNAL_ERROR);
         self.run_write(run::U, uapi::KVM_INTERNAL_ERROR_DELIVERY_EV);
         self.run_write(run::U + 4, 5u32);
@@ -539,15 +568,14 @@ impl Vcpu {
         self.run_write(run::U + 16, ex.hw_reason);
         self.run_write(run::U + 24, u64::from(ex.flags & !exit::VECTORING));
         self.run_write(run::U + 32, ex.info);
-        // SAFETY: reads the CPU number only.
-        let cpu = unsafe { glue::kvm_glue_smp_processor_id() };
+        let cpu = kernel::cpu::CpuId::current().as_u32();
         self.run_write(run::U + 40, u64::from(cpu));
         Next::User(Ok(0))
     }
 
     /// An instruction the emulator does not handle, reported as upstream reports a
     /// failed emulation (handle_emulation_failure() without the instruction bytes).
-    pub(crate) fn emulation_failure(&self) -> Next {
+    pub(crate) fn handle_emulation_failure(&self) -> Next {
         self.set_exit(uapi::KVM_EXIT_INTERNAL_ERROR);
         self.run_write(run::U, uapi::KVM_INTERNAL_ERROR_EMULATION);
         self.run_write(run::U + 4, 0u32);

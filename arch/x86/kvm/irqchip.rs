@@ -11,17 +11,15 @@ use kernel::prelude::*;
 use kernel::sync::Arc;
 
 use crate::abi::uapi;
-use crate::arch::emulate::set_in_result;
-use crate::arch::x86::{Next, VcpuArch};
+use crate::arch::kvm_arch::X86;
 use crate::arch::Vcpu;
 use crate::arch::Vm;
-use crate::hw::emulate::{self, Insn, Op};
 use crate::hw::ioapic::{self, Apics, Ioapic};
 use crate::hw::irq_routing::{self, Route, Target, UserEntry};
 use crate::hw::lapic::Irq;
 use crate::hw::pic::{self, Pic};
-use crate::kvm_x86_ops::{reg, Exit};
-use crate::stats::vcpu as st_;
+use crate::iodev::eopnotsupp;
+use crate::kvm_host::KvmIoDevice;
 use crate::user::{Fam, IrqRouting};
 
 /// KVM_USERSPACE_IRQ_SOURCE_ID.
@@ -323,68 +321,68 @@ pub(crate) fn signal_msi(msi: &uapi::kvm_msi, vcpus: &[Arc<Vcpu>]) -> Result<i32
     Ok(VcpuApics(vcpus).deliver(&irq))
 }
 
-impl Vcpu {
-    /// IN/OUT to a port of the in-kernel PIC, done in the kernel (upstream's
-    /// KVM_PIO_BUS devices).
-    pub(crate) fn kernel_pio(
-        &self,
-        vm: &Vm,
-        st: &mut VcpuArch,
-        input: bool,
-        size: u8,
-        ex: &Exit,
-    ) -> Option<Next> {
-        let port = ex.info as u16;
-        if !crate::hw::pic::Pic::handles_port(port) {
-            return None;
-        }
+/// The PIC's ports on the PIO bus (upstream picdev_master/slave/elcr): master
+/// 0x20-0x21, slave 0xa0-0xa1, ELCR 0x4d0-0x4d1.
+pub(crate) struct PicDev;
+
+pub(crate) const PIC_PORTS: [(u64, u32); 3] = [(0x20, 2), (0xa0, 2), (0x4d0, 2)];
+
+impl KvmIoDevice<X86> for PicDev {
+    /// picdev_read(): one byte; wider reads give 0 in the other bytes.
+    fn read(&self, vm: &Vm, addr: u64, data: &mut [u8]) -> Result {
+        let port = u16::try_from(addr).map_err(|_| eopnotsupp())?;
         let mut chip = vm.arch.irqchip.lock();
-        let c = (*chip).as_mut()?;
-        let vcpus = vm.locked.lock();
-        let rax = &mut st.regs.gpr[reg::RAX];
-        if input {
-            let v = c.pic_port(port, size.into(), None, &vcpus.vcpus);
-            // Wider reads give 0 in the bytes read (picdev_read()).
-            set_in_result(rax, size, u64::from(v));
-        } else {
-            c.pic_port(port, size.into(), Some(*rax as u8), &vcpus.vcpus);
+        let c = (*chip).as_mut().ok_or_else(eopnotsupp)?;
+        let v = c.pic_port(port, data.len() as u32, None, &vm.locked.lock().vcpus);
+        data.fill(0);
+        if let Some(b) = data.first_mut() {
+            *b = v;
         }
-        drop(vcpus);
-        drop(chip);
-        self.stats.inc(st_::IO_EXITS);
-        st.regs.rip = ex.next_rip;
-        Some(Next::Guest)
+        Ok(())
     }
 
-    /// An access to the in-kernel IOAPIC's registers.
-    pub(crate) fn ioapic_mmio(
-        &self,
-        vm: &Vm,
-        st: &mut VcpuArch,
-        insn: &Insn,
-        gpa: u64,
-        next_rip: u64,
-    ) -> Option<Next> {
+    /// picdev_write(): only byte writes reach the PIC.
+    fn write(&self, vm: &Vm, addr: u64, data: &[u8]) -> Result {
+        let port = u16::try_from(addr).map_err(|_| eopnotsupp())?;
         let mut chip = vm.arch.irqchip.lock();
-        let c = (*chip).as_mut()?;
-        if !c.ioapic_in_range(gpa) {
-            return None;
+        let c = (*chip).as_mut().ok_or_else(eopnotsupp)?;
+        let b = data.first().copied().unwrap_or(0);
+        c.pic_port(port, data.len() as u32, Some(b), &vm.locked.lock().vcpus);
+        Ok(())
+    }
+}
+
+/// The IOAPIC's window on the MMIO bus (upstream ioapic_mmio_ops), registered at
+/// its default base; an access outside the current base's window is declined,
+/// as ioapic_in_range().
+pub(crate) struct IoapicDev;
+
+impl KvmIoDevice<X86> for IoapicDev {
+    fn read(&self, vm: &Vm, addr: u64, data: &mut [u8]) -> Result {
+        let chip = vm.arch.irqchip.lock();
+        let c = (*chip).as_ref().ok_or_else(eopnotsupp)?;
+        if !c.ioapic_in_range(addr) {
+            return Err(eopnotsupp());
         }
-        let len = u32::from(insn.op_size);
-        match insn.op {
-            Op::Store { .. } => {
-                let v = emulate::store_value(insn, &st.regs.gpr).unwrap_or(0);
-                c.ioapic_write(gpa, len, v, &vm.locked.lock().vcpus);
-            }
-            Op::Load { .. } => {
-                let v = c.ioapic_read(gpa, len);
-                drop(chip);
-                self.finish_read(st, insn, v);
-            }
-            // A read-modify-write of an IOAPIC register is not something guests do.
-            _ => return Some(self.emulation_failure()),
+        let v = c.ioapic_read(addr, data.len() as u32).to_le_bytes();
+        for (d, s) in data.iter_mut().zip(v.iter()) {
+            *d = *s;
         }
-        st.regs.rip = next_rip;
-        Some(Next::Guest)
+        Ok(())
+    }
+
+    fn write(&self, vm: &Vm, addr: u64, data: &[u8]) -> Result {
+        let mut chip = vm.arch.irqchip.lock();
+        let c = (*chip).as_mut().ok_or_else(eopnotsupp)?;
+        if !c.ioapic_in_range(addr) {
+            return Err(eopnotsupp());
+        }
+        let mut v = [0u8; 8];
+        for (d, s) in v.iter_mut().zip(data.iter()) {
+            *d = *s;
+        }
+        let len = data.len() as u32;
+        c.ioapic_write(addr, len, u64::from_le_bytes(v), &vm.locked.lock().vcpus);
+        Ok(())
     }
 }

@@ -11,14 +11,16 @@ use kernel::{new_mutex, new_spinlock};
 
 use crate::abi::caps::{self, Host, MAX_VCPU_IDS};
 use crate::abi::{ioctl, uapi};
-use crate::arch::irqchip::{self, Irqchip};
+use crate::arch::irqchip::{self, IoapicDev, Irqchip, PicDev};
 use crate::arch::mmu::tdp::Mmu;
 use crate::arch::vendor::{self, VendorRef};
 use crate::arch::x86::{tsc_khz_arg, VcpuArch};
 use crate::arch::{cpuid, msr, regs, Vcpu, Vm};
+use crate::hw::ioapic;
 use crate::hw::lapic::{self, Irq, Lapic};
+use crate::io_bus::Bus;
 use crate::kvm_host::VmLocked;
-use crate::kvm_host::{GfnRanges, Gfns, KvmArch};
+use crate::kvm_host::{GfnRanges, Gfns, KvmArch, KvmIoDevice};
 use crate::stats;
 use crate::{glue, user};
 
@@ -118,8 +120,8 @@ impl KvmArch for X86 {
         Ok(try_pin_init!(VmArch {
             vendor,
             vm_type,
-            mmu <- new_mutex!(mmu),
-            irqchip <- new_mutex!(None),
+            mmu <- new_mutex!(mmu, "kvm->arch.mmu_lock"),
+            irqchip <- new_mutex!(None, "kvm->arch.irqchip"),
             has_irqchip: AtomicBool::new(false),
             disabled_quirks: AtomicU64::new(0),
             platform_info_readable: AtomicBool::new(true),
@@ -182,7 +184,7 @@ impl KvmArch for X86 {
         let lapic = irqchip.then(|| Lapic::new(id, tsc_khz));
         Ok((
             arch,
-            try_pin_init!(VcpuShared { lapic <- new_spinlock!(lapic) }),
+            try_pin_init!(VcpuShared { lapic <- new_spinlock!(lapic, "apic->lock") }),
         ))
     }
 
@@ -193,6 +195,26 @@ impl KvmArch for X86 {
     fn vcpu_ioctl_run(vcpu: &Vcpu, vm: &Vm, st: &mut VcpuArch) -> Result<isize> {
         vcpu.kvm_arch_vcpu_ioctl_run(vm, st)
     }
+}
+
+/// kvm_pic_init() and kvm_ioapic_init(): the PIC's ports and the IOAPIC's window
+/// on the buses; none stays registered if one cannot be.
+fn register_irqchip_devices(vm: &Vm) -> Result {
+    let pic: Arc<dyn KvmIoDevice<X86>> = Arc::new(PicDev, GFP_KERNEL)?;
+    let ioapic: Arc<dyn KvmIoDevice<X86>> = Arc::new(IoapicDev, GFP_KERNEL)?;
+    let mut r = Ok(());
+    for (port, len) in irqchip::PIC_PORTS {
+        r = r.and_then(|()| vm.kvm_io_bus_register_dev(Bus::Pio, port, len, pic.clone()));
+    }
+    let (base, len) = (ioapic::DEFAULT_BASE, ioapic::MEM_LENGTH as u32);
+    r = r.and_then(|()| vm.kvm_io_bus_register_dev(Bus::Mmio, base, len, ioapic.clone()));
+    if r.is_err() {
+        // Unregistering allocates too; a device it cannot remove declines every
+        // access while the VM has no irqchip.
+        let _ = vm.kvm_io_bus_unregister_dev(Bus::Pio, &pic);
+        let _ = vm.kvm_io_bus_unregister_dev(Bus::Mmio, &ioapic);
+    }
+    r
 }
 
 /// kvm_arch_vm_ioctl().
@@ -242,7 +264,9 @@ fn kvm_arch_vm_ioctl(vm: &Arc<Vm>, cmd: u32, arg: usize) -> Result<isize> {
             if !l.vcpus.is_empty() {
                 return Err(EINVAL);
             }
-            *chip = Some(KBox::new(Irqchip::new()?, GFP_KERNEL)?);
+            let new = KBox::new(Irqchip::new()?, GFP_KERNEL)?;
+            register_irqchip_devices(vm)?;
+            *chip = Some(new);
             vm.arch.has_irqchip.store(true, Ordering::SeqCst);
             drop(l);
             Ok(0)
@@ -375,7 +399,7 @@ impl Vm {
     /// Delivers an interrupt message from the LAPIC of vCPU `source` to every
     /// vCPU whose LAPIC it addresses (upstream kvm_irq_delivery_to_apic()).
     /// Lowest-priority delivery goes to the first match (upstream arbitrates).
-    pub(crate) fn deliver_irq(&self, irq: &Irq, source: u32) {
+    pub(crate) fn kvm_irq_delivery_to_apic(&self, irq: &Irq, source: u32) {
         let l = self.locked.lock();
         for v in l.vcpus.iter() {
             if v.deliver_irq(irq, source) && irq.delivery_mode == lapic::delivery::LOWEST {

@@ -4,6 +4,7 @@
 //! IPIs, its xAPIC page, KVM_GET/SET_LAPIC, INIT/SIPI and timer events.
 
 use kernel::prelude::*;
+use kernel::transmute::{AsBytes, FromBytes};
 
 use crate::abi::uapi;
 use crate::arch::emulate::Pending;
@@ -14,7 +15,6 @@ use crate::arch::Vm;
 use crate::hw::cpuid::{self, Entry};
 use crate::hw::emulate::{self, Insn, Op};
 use crate::hw::lapic::{self, Action, Irq, Lapic};
-use crate::user;
 
 /// `struct kvm_lapic_state` as bytes (the uapi spells it with C chars).
 #[repr(C)]
@@ -27,8 +27,10 @@ impl Default for LapicState {
     }
 }
 
-// SAFETY: a byte array.
-unsafe impl user::Pod for LapicState {}
+// SAFETY: a byte array: any bytes, all initialized.
+unsafe impl FromBytes for LapicState {}
+// SAFETY: as above.
+unsafe impl AsBytes for LapicState {}
 
 const _: () = assert!(size_of::<LapicState>() == size_of::<uapi::kvm_lapic_state>());
 
@@ -44,7 +46,7 @@ pub(crate) fn set_apic_base(l: &mut Lapic, cpuid: &[Entry], v: u64, host: bool) 
 impl Vcpu {
     /// The LAPIC's timer, INIT and SIPI (upstream kvm_apic_accept_events() and the
     /// timer's expiry work), and the host timer armed for its next expiry.
-    pub(crate) fn accept_events(&self, st: &mut VcpuArch) {
+    pub(crate) fn kvm_apic_accept_events(&self, st: &mut VcpuArch) {
         let mut g = self.arch.lapic.lock();
         let Some(l) = (*g).as_mut() else {
             return;
@@ -142,7 +144,7 @@ impl Vcpu {
     /// Carries out what a LAPIC register write asked for.
     pub(crate) fn lapic_action(&self, vm: &Vm, a: Action) {
         match a {
-            Action::SendIpi(irq) => vm.deliver_irq(&irq, self.id),
+            Action::SendIpi(irq) => vm.kvm_irq_delivery_to_apic(&irq, self.id),
             // The IOAPIC re-delivers a level-triggered line still asserted.
             Action::Eoi { vector, level } => {
                 if let Some(chip) = (*vm.arch.irqchip.lock()).as_mut() {

@@ -191,7 +191,12 @@ impl Vcpu {
 
     /// KVM_TRANSLATE (kvm_arch_vcpu_ioctl_translate()): a supervisor walk of the
     /// guest's page tables; `writeable` and `usermode` are fixed, as upstream.
-    pub(crate) fn translate(&self, vm: &Vm, st: &VcpuArch, arg: usize) -> Result {
+    pub(crate) fn kvm_arch_vcpu_ioctl_translate(
+        &self,
+        vm: &Vm,
+        st: &VcpuArch,
+        arg: usize,
+    ) -> Result {
         let mut t: uapi::kvm_translation = user::read(arg)?;
         let gpa = self.cpu(st).translate_system(vm, t.linear_address).ok();
         t.physical_address = gpa.unwrap_or(u64::MAX);
@@ -203,7 +208,7 @@ impl Vcpu {
 
     /// XSETBV from the guest (kvm_emulate_xsetbv()): #GP unless CPL 0, XCR 0 and
     /// a value __kvm_set_xcr() accepts.
-    pub(crate) fn xsetbv(&self, st: &mut VcpuArch, next_rip: u64) -> Next {
+    pub(crate) fn kvm_emulate_xsetbv(&self, st: &mut VcpuArch, next_rip: u64) -> Next {
         let cpl = self.get_sregs(st).ss.dpl;
         let index = st.regs.gpr[reg::RCX] as u32;
         let value = (st.regs.gpr[reg::RDX] << 32) | (st.regs.gpr[reg::RAX] & 0xffff_ffff);

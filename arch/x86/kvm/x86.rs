@@ -10,7 +10,7 @@ use core::sync::atomic::Ordering;
 use kernel::prelude::*;
 
 use crate::abi::{ioctl, uapi};
-use crate::arch::emulate::{self, Failure, Pending};
+use crate::arch::emulate::{self, set_in_result, Failure, Pending};
 use crate::arch::lapic::LapicState;
 use crate::arch::msr::MISC_ENABLE_RESET;
 use crate::arch::regs::{get_events, get_regs, reset_regs, set_events, set_regs};
@@ -21,6 +21,7 @@ use crate::glue;
 use crate::hw::cpuid::{self, Entry};
 use crate::hw::lapic;
 use crate::hw::xstate;
+use crate::io_bus::Bus;
 use crate::kvm_x86_ops::{exit, reg, Exit, GuestRegs};
 use crate::stats::vcpu as st_;
 use crate::user;
@@ -314,7 +315,7 @@ impl Vcpu {
                 Ok(0)
             }
             ioctl::KVM_GET_TSC_KHZ => Ok(st.tsc_khz as isize),
-            ioctl::KVM_PRE_FAULT_MEMORY => self.pre_fault(vm, arg),
+            ioctl::KVM_PRE_FAULT_MEMORY => self.kvm_vcpu_pre_fault_memory(vm, arg),
             ioctl::KVM_GET_MSRS | ioctl::KVM_SET_MSRS => {
                 self.msrs(vm, st, arg, cmd == ioctl::KVM_SET_MSRS)
             }
@@ -384,7 +385,7 @@ impl Vcpu {
                 Ok(0)
             }
             ioctl::KVM_TRANSLATE => {
-                self.translate(vm, st, arg)?;
+                self.kvm_arch_vcpu_ioctl_translate(vm, st, arg)?;
                 Ok(0)
             }
             ioctl::KVM_SET_TSC_KHZ => {
@@ -446,7 +447,7 @@ impl Vcpu {
                 }
                 st.regs.cr8 = cr8;
             }
-            if let Some(r) = self.complete_userspace(vm, st) {
+            if let Some(r) = self.complete_userspace_io(vm, st) {
                 return r;
             }
         }
@@ -456,10 +457,10 @@ impl Vcpu {
         if has_lapic && st.mp_state == uapi::KVM_MP_STATE_UNINITIALIZED {
             // As upstream: an AP waiting for INIT blocks once, then KVM_RUN returns
             // (-EAGAIN, or -EINTR for a signal) so that userspace sees its new state.
-            self.accept_events(st);
+            self.kvm_apic_accept_events(st);
             if st.mp_state == uapi::KVM_MP_STATE_UNINITIALIZED {
                 self.waiter.block();
-                self.accept_events(st);
+                self.kvm_apic_accept_events(st);
             }
             if signal_pending() {
                 self.set_exit(uapi::KVM_EXIT_INTR);
@@ -509,7 +510,7 @@ impl Vcpu {
     /// can enter the guest (not halted with nothing to wake it, not waiting for SIPI).
     fn kvm_vcpu_running(&self, vm: &Vm, st: &mut VcpuArch) -> bool {
         self.waiter.take();
-        self.accept_events(st);
+        self.kvm_apic_accept_events(st);
         if st.mp_state == uapi::KVM_MP_STATE_HALTED && self.kvm_vcpu_has_events(vm, st) {
             st.mp_state = uapi::KVM_MP_STATE_RUNNABLE;
         }
@@ -598,8 +599,7 @@ impl Vcpu {
         unsafe { glue::kvm_glue_preempt_disable() };
         // SAFETY: interrupts off until exit_guest_mode(), as VMRUN needs.
         unsafe { glue::kvm_glue_irq_disable() };
-        // SAFETY: interrupts are off, so the CPU number is stable.
-        let cpu = unsafe { glue::kvm_glue_smp_processor_id() };
+        let cpu = kernel::cpu::CpuId::current().as_u32();
         // Publishing guest mode is a full barrier.
         self.waiter.set_cpu(cpu + 1);
         vm.set_in_guest(cpu, true);
@@ -660,8 +660,10 @@ impl Vcpu {
             exit::IO if ex.flags & exit::IO_STRING == 0 => {
                 let input = ex.flags & exit::IO_IN != 0;
                 let size = ex.info2 as u8;
-                if let Some(n) = self.kernel_pio(vm, st, input, size, ex) {
-                    return n;
+                if self.kernel_pio(vm, st, input, size, ex.info as u16) {
+                    self.stats.inc(st_::IO_EXITS);
+                    st.regs.rip = ex.next_rip;
+                    return Next::Guest;
                 }
                 if !input {
                     let bytes = st.regs.gpr[reg::RAX].to_le_bytes();
@@ -684,17 +686,7 @@ impl Vcpu {
                 self.io_exit(input, size, ex.info as u16, 1);
                 Next::User(Ok(0))
             }
-            exit::HLT => {
-                self.stats.inc(st_::HALT_EXITS);
-                st.regs.rip = ex.next_rip;
-                if self.arch.lapic.lock().is_some() {
-                    // The in-kernel LAPIC wakes it (kvm_emulate_halt()).
-                    st.mp_state = uapi::KVM_MP_STATE_HALTED;
-                    return Next::Guest;
-                }
-                self.set_exit(uapi::KVM_EXIT_HLT);
-                Next::User(Ok(0))
-            }
+            exit::HLT => self.kvm_emulate_halt(st, ex.next_rip),
             exit::IRQ_WINDOW => {
                 self.stats.inc(st_::IRQ_WINDOW_EXITS);
                 Next::Guest
@@ -706,47 +698,17 @@ impl Vcpu {
                 self.set_exit(uapi::KVM_EXIT_SHUTDOWN);
                 Next::User(Ok(0))
             }
-            exit::NPF => self.page_fault(vm, st, ex),
-            exit::CPUID => {
-                let (f, i) = (st.regs.gpr[reg::RAX] as u32, st.regs.gpr[reg::RCX] as u32);
-                let r = self.cpuid_runtime(st);
-                cpuid::update_runtime(&mut st.cpuid, &r);
-                let e = cpuid::find(&st.cpuid, f, i).copied().unwrap_or_default();
-                st.regs.gpr[reg::RAX] = e.eax.into();
-                st.regs.gpr[reg::RBX] = e.ebx.into();
-                st.regs.gpr[reg::RCX] = e.ecx.into();
-                st.regs.gpr[reg::RDX] = e.edx.into();
-                st.regs.rip = ex.next_rip;
-                Next::Guest
-            }
-            exit::RDMSR | exit::WRMSR => {
-                let index = st.regs.gpr[reg::RCX] as u32;
-                let ok = if ex.kind == exit::RDMSR {
-                    let v = self.get_msr(vm, st, index, false);
-                    if let Some(v) = v {
-                        st.regs.gpr[reg::RAX] = v & 0xffff_ffff;
-                        st.regs.gpr[reg::RDX] = v >> 32;
-                    }
-                    v.is_some()
-                } else {
-                    let v = (st.regs.gpr[reg::RDX] << 32) | (st.regs.gpr[reg::RAX] & 0xffff_ffff);
-                    self.set_msr(vm, st, index, v, false)
-                };
-                if ok {
-                    st.regs.rip = ex.next_rip;
-                } else {
-                    // Unknown MSRs fault, as upstream with ignore_msrs=0.
-                    st.vendor.queue_exception(13, true, 0);
-                }
-                Next::Guest
-            }
+            exit::NPF => self.kvm_mmu_page_fault(vm, st, ex),
+            exit::CPUID => self.kvm_emulate_cpuid(st, ex.next_rip),
+            exit::RDMSR => self.kvm_emulate_rdmsr(vm, st, ex.next_rip),
+            exit::WRMSR => self.kvm_emulate_wrmsr(vm, st, ex.next_rip),
             exit::VMMCALL => {
-                self.hypercall(st);
+                self.kvm_emulate_hypercall(st);
                 st.regs.rip = ex.next_rip;
                 Next::Guest
             }
-            exit::INVALID_OPCODE => self.invalid_opcode(vm, st),
-            exit::XSETBV => self.xsetbv(st, ex.next_rip),
+            exit::INVALID_OPCODE => self.handle_ud(vm, st),
+            exit::XSETBV => self.kvm_emulate_xsetbv(st, ex.next_rip),
             exit::DR_ACCESS => {
                 st.db_wont_exit = true;
                 Next::Guest
@@ -754,27 +716,98 @@ impl Vcpu {
             exit::FAIL_ENTRY => {
                 self.set_exit(uapi::KVM_EXIT_FAIL_ENTRY);
                 self.run_write(run::U, ex.hw_reason);
-                // SAFETY: reads the CPU number only.
-                self.run_write(run::U + 8, unsafe { glue::kvm_glue_smp_processor_id() });
+                self.run_write(run::U + 8, kernel::cpu::CpuId::current().as_u32());
                 Next::User(Ok(0))
             }
-            exit::IO => self.emulate_string_io(vm, st, ex),
+            exit::IO => self.emulator_pio_in_out(vm, st, ex),
             _ => {
                 self.set_exit(uapi::KVM_EXIT_INTERNAL_ERROR);
                 self.run_write(run::U, uapi::KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON);
                 self.run_write(run::U + 4, 2u32);
                 self.run_write(run::U + 8, ex.hw_reason);
-                // SAFETY: reads the CPU number only.
-                let cpu = unsafe { glue::kvm_glue_smp_processor_id() };
+                let cpu = kernel::cpu::CpuId::current().as_u32();
                 self.run_write(run::U + 16, u64::from(cpu));
                 Next::User(Ok(0))
             }
         }
     }
 
+    /// kvm_emulate_halt(): with the LAPIC in the kernel the vCPU sleeps until an
+    /// event wakes it; otherwise userspace gets KVM_EXIT_HLT.
+    fn kvm_emulate_halt(&self, st: &mut VcpuArch, next_rip: u64) -> Next {
+        self.stats.inc(st_::HALT_EXITS);
+        st.regs.rip = next_rip;
+        if self.arch.lapic.lock().is_some() {
+            st.mp_state = uapi::KVM_MP_STATE_HALTED;
+            return Next::Guest;
+        }
+        self.set_exit(uapi::KVM_EXIT_HLT);
+        Next::User(Ok(0))
+    }
+
+    /// kvm_emulate_cpuid(): the vCPU's table, with the runtime bits as they are.
+    fn kvm_emulate_cpuid(&self, st: &mut VcpuArch, next_rip: u64) -> Next {
+        let (f, i) = (st.regs.gpr[reg::RAX] as u32, st.regs.gpr[reg::RCX] as u32);
+        let r = self.cpuid_runtime(st);
+        cpuid::update_runtime(&mut st.cpuid, &r);
+        let e = cpuid::find(&st.cpuid, f, i).copied().unwrap_or_default();
+        st.regs.gpr[reg::RAX] = e.eax.into();
+        st.regs.gpr[reg::RBX] = e.ebx.into();
+        st.regs.gpr[reg::RCX] = e.ecx.into();
+        st.regs.gpr[reg::RDX] = e.edx.into();
+        st.regs.rip = next_rip;
+        Next::Guest
+    }
+
+    /// kvm_emulate_rdmsr(): EDX:EAX, or #GP for an MSR kvm-rs does not have
+    /// (upstream with ignore_msrs=0).
+    fn kvm_emulate_rdmsr(&self, vm: &Vm, st: &mut VcpuArch, next_rip: u64) -> Next {
+        let index = st.regs.gpr[reg::RCX] as u32;
+        match self.get_msr(vm, st, index, false) {
+            Some(v) => {
+                st.regs.gpr[reg::RAX] = v & 0xffff_ffff;
+                st.regs.gpr[reg::RDX] = v >> 32;
+                st.regs.rip = next_rip;
+            }
+            None => st.vendor.queue_exception(uapi::GP_VECTOR, true, 0),
+        }
+        Next::Guest
+    }
+
+    /// kvm_emulate_wrmsr(): EDX:EAX into the MSR, or #GP.
+    fn kvm_emulate_wrmsr(&self, vm: &Vm, st: &mut VcpuArch, next_rip: u64) -> Next {
+        let index = st.regs.gpr[reg::RCX] as u32;
+        let v = (st.regs.gpr[reg::RDX] << 32) | (st.regs.gpr[reg::RAX] & 0xffff_ffff);
+        if self.set_msr(vm, st, index, v, false) {
+            st.regs.rip = next_rip;
+        } else {
+            st.vendor.queue_exception(uapi::GP_VECTOR, true, 0);
+        }
+        Next::Guest
+    }
+
+    /// kernel_pio(): IN/OUT to a port an in-kernel device (the PIO bus) takes;
+    /// false when userspace must.
+    fn kernel_pio(&self, vm: &Vm, st: &mut VcpuArch, input: bool, size: u8, port: u16) -> bool {
+        let n = usize::from(size).min(4);
+        let rax = &mut st.regs.gpr[reg::RAX];
+        if input {
+            let mut d = [0u8; 8];
+            let read = vm.kvm_io_bus_read(Bus::Pio, port.into(), d.get_mut(..n).unwrap_or(&mut []));
+            if read.is_ok() {
+                set_in_result(rax, size, u64::from_le_bytes(d));
+            }
+            read.is_ok()
+        } else {
+            let d = rax.to_le_bytes();
+            vm.kvm_io_bus_write(Bus::Pio, port.into(), d.get(..n).unwrap_or(&[]))
+                .is_ok()
+        }
+    }
+
     /// A KVM hypercall (upstream ____kvm_emulate_hypercall()): the number in
     /// RAX, the result back in RAX; only from CPL 0.
-    pub(crate) fn hypercall(&self, st: &mut VcpuArch) {
+    pub(crate) fn kvm_emulate_hypercall(&self, st: &mut VcpuArch) {
         let s = self.get_sregs(st);
         let long = s.efer & EFER_LMA != 0 && s.cs.l != 0;
         let mask = if long { u64::MAX } else { 0xffff_ffff };
@@ -801,7 +834,7 @@ impl Vcpu {
     /// patched to VMMCALL and run again unless KVM_X86_QUIRK_FIX_HYPERCALL_INSN
     /// is disabled (upstream em_hypercall/emulator_fix_hypercall); any other #UD
     /// goes back to the guest.
-    pub(crate) fn invalid_opcode(&self, vm: &Vm, st: &mut VcpuArch) -> Next {
+    pub(crate) fn handle_ud(&self, vm: &Vm, st: &mut VcpuArch) -> Next {
         const VMCALL: [u8; 3] = [0x0f, 0x01, 0xc1];
         const VMMCALL: [u8; 3] = [0x0f, 0x01, 0xd9];
         let fix = vm.arch.disabled_quirks.load(Ordering::Relaxed) & QUIRK_FIX_HYPERCALL_INSN == 0;
@@ -815,7 +848,7 @@ impl Vcpu {
             {
                 return match cpu.translate(vm, la, true, false) {
                     Ok(gpa) if emulate::write_phys(vm, gpa, &VMMCALL).is_some() => Next::Guest,
-                    Ok(_) => self.emulation_failure(),
+                    Ok(_) => self.handle_emulation_failure(),
                     Err(e) => self.failure(st, Failure::Walk(e), la),
                 };
             }

@@ -19,7 +19,7 @@ pub(crate) fn exit_of(kind: u32) -> Exit {
 
 /// #VMEXIT as kvm.ko sees it. Exits that need nothing from kvm.ko (host
 /// interrupts, instructions the guest gets #UD for) are finished here.
-pub(crate) fn decode_exit(vmcb: &mut Vmcb, rip: u64) -> Exit {
+pub(crate) fn svm_handle_exit(vmcb: &mut Vmcb, rip: u64) -> Exit {
     let c = vmcb.control;
     let nrips = NRIPS.load(Ordering::Relaxed);
     // Without NRIPS, the length of the (prefix-free) intercepted instruction.

@@ -82,8 +82,8 @@ static NR_CPU_DATA: AtomicUsize = AtomicUsize::new(0);
 
 /// This CPU's data; called with interrupts off.
 pub(crate) fn this_cpu() -> Option<(u32, &'static CpuData)> {
-    // SAFETY: interrupts are off, so the CPU cannot change under us.
-    let cpu = unsafe { glue::kvm_glue_smp_processor_id() };
+    // Interrupts are off, so the CPU cannot change under us.
+    let cpu = kernel::cpu::CpuId::current().as_u32();
     let base = CPU_DATA.load(Ordering::Acquire);
     if base.is_null() || cpu as usize >= NR_CPU_DATA.load(Ordering::Acquire) {
         return None;

@@ -11,7 +11,7 @@ use super::processor_flags::X86_EFLAGS_IF;
 use core::sync::atomic::{AtomicBool, Ordering};
 use kernel::prelude::*;
 
-use super::exit::decode_exit;
+use super::exit::svm_handle_exit;
 use super::kvm_x86_ops::{exit, reg, Exit, GuestRegs};
 use super::pages::Pages;
 use super::uapi::{self, kvm_dtable, kvm_segment, kvm_sregs, kvm_vcpu_events};
@@ -369,7 +369,7 @@ impl KvmX86Vendor for Svm {
             vmcb.control.event_inj = int_info;
             vmcb.control.event_inj_err = vmcb.control.exit_int_info_err;
         }
-        let ex = decode_exit(vmcb, regs.rip);
+        let ex = svm_handle_exit(vmcb, regs.rip);
         if ex.kind == exit::SHUTDOWN {
             // The reinitialized VMCB has no ASID.
             v.asid_generation = 0;

@@ -20,7 +20,7 @@ use crate::vcpu::PAGE_SIZE;
 
 impl Vcpu {
     /// NPF: map the page backing the GPA, or report what cannot be mapped.
-    pub(crate) fn page_fault(&self, vm: &Vm, st: &mut VcpuArch, ex: &Exit) -> Next {
+    pub(crate) fn kvm_mmu_page_fault(&self, vm: &Vm, st: &mut VcpuArch, ex: &Exit) -> Next {
         let gfn = ex.info >> 12;
         let write = ex.flags & exit::PF_WRITE != 0;
         let (slot, gen) = vm.find_slot(gfn);
@@ -28,15 +28,15 @@ impl Vcpu {
             if ex.flags & exit::VECTORING != 0 {
                 // MMIO while delivering an event cannot be emulated
                 // (kvm_prepare_event_vectoring_exit()).
-                return self.vectoring_exit(ex);
+                return self.kvm_prepare_event_vectoring_exit(ex);
             }
-            return self.emulate_mmio(vm, st, ex.info);
+            return self.x86_emulate_instruction(vm, st, ex.info);
         }
         let Some(slot) = slot else {
-            return self.emulation_failure();
+            return self.handle_emulation_failure();
         };
         // A race with a slot change just faults again.
-        match self.map_page(vm, &slot, gen, gfn, write) {
+        match self.kvm_tdp_map_page(vm, &slot, gen, gfn, write) {
             Ok(_) => Next::Guest,
             Err(e) => Next::User(Err(e)),
         }
@@ -47,7 +47,7 @@ impl Vcpu {
     /// slots changed meanwhile, look the slot up again.
     /// A dirty-logged slot's pages are mapped read-only until written (`write`:
     /// the fault is a write), which marks them dirty.
-    pub(crate) fn map_page(
+    pub(crate) fn kvm_tdp_map_page(
         &self,
         vm: &Vm,
         slot: &crate::memslot::Slot,
@@ -132,7 +132,7 @@ impl Vcpu {
     /// KVM_PRE_FAULT_MEMORY (kvm_vcpu_pre_fault_memory()): maps the range page
     /// by page; the range left is passed back, and the call succeeds if any page
     /// was mapped. A GPA without a slot is -ENOENT (upstream: emulated MMIO).
-    pub(crate) fn pre_fault(&self, vm: &Vm, arg: usize) -> Result<isize> {
+    pub(crate) fn kvm_vcpu_pre_fault_memory(&self, vm: &Vm, arg: usize) -> Result<isize> {
         let mut r: uapi::kvm_pre_fault_memory = user::read(arg)?;
         if r.flags != 0
             || r.gpa % PAGE_SIZE as u64 != 0
@@ -144,8 +144,7 @@ impl Vcpu {
         let full = r.size;
         let mut res = Ok(());
         while r.size != 0 {
-            // SAFETY: plain query of the current task.
-            if unsafe { glue::kvm_glue_signal_pending() } != 0 {
+            if crate::arch::x86::signal_pending() {
                 res = Err(EINTR);
                 break;
             }
@@ -155,7 +154,7 @@ impl Vcpu {
                 res = Err(ENOENT);
                 break;
             };
-            match self.map_page(vm, &slot, gen, gfn, false) {
+            match self.kvm_tdp_map_page(vm, &slot, gen, gfn, false) {
                 Ok(true) => {
                     r.gpa += PAGE_SIZE as u64;
                     r.size -= PAGE_SIZE as u64;
