@@ -48,9 +48,10 @@ mod arch;
 #[path = "../arch/x86/kvm_x86_ops.rs"]
 mod kvm_x86_ops;
 
-// The uapi at the crate root, where the files shared with the vendor modules
-// (kvm_x86_ops.rs) find it in all three.
+// The uapi and the TDP entry format at the crate root, where the files shared with
+// the vendor modules (kvm_x86_ops.rs) find them in all three.
 use abi::uapi;
+use hw::spte;
 
 module! {
     type: KvmModule,

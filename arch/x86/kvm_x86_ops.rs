@@ -17,6 +17,7 @@
 use core::ffi::{c_char, c_int, c_void};
 use kernel::prelude::*;
 
+use crate::spte::SpteMasks;
 use crate::uapi;
 
 /// Indices into [`GuestRegs::gpr`], the hardware encoding (upstream `VCPU_REGS_*`).
@@ -209,6 +210,9 @@ macro_rules! define_kvm_x86_ops_table {
             pub(crate) vm_types: u32,
             /// Whether `vcpu_create` can succeed (capabilities depend on it).
             pub(crate) has_vcpus: bool,
+            /// The two-dimensional paging format (upstream: the masks a vendor
+            /// sets, kvm_mmu_set_ept_masks() for VMX).
+            pub(crate) tdp_masks: SpteMasks,
             /// A vCPU in its reset state into `*out`; 0 or -errno.
             pub(crate) vcpu_create: unsafe extern "C" fn(out: &mut *mut c_void) -> c_int,
             /// Frees a vCPU `vcpu_create` made.

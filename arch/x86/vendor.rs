@@ -9,6 +9,7 @@ use kernel::prelude::*;
 use super::cpus::{self, EnabledCpus, PerCpu};
 use super::glue;
 use super::kvm_x86_ops::{kvm_x86_ops_list, Exit, FfiRet, GuestRegs, KvmX86Ops};
+use super::spte::SpteMasks;
 use super::uapi;
 
 /// Implemented by each vendor module: upstream's `kvm_x86_ops` as a trait, one
@@ -23,6 +24,8 @@ macro_rules! define_vendor_trait {
             const VM_TYPES: u32;
             /// Whether vCPUs can be created.
             const HAS_VCPUS: bool;
+            /// The entry format of the TDP tables kvm.ko builds for this vendor.
+            const TDP_MASKS: SpteMasks;
             /// Per-vCPU state (VMCB or VMCS and what goes with it).
             type Vcpu: Send;
 
@@ -57,6 +60,7 @@ macro_rules! define_vendor_trait {
                 name: V::NAME.as_ptr(),
                 vm_types: V::VM_TYPES,
                 has_vcpus: V::HAS_VCPUS,
+                tdp_masks: V::TDP_MASKS,
                 vcpu_create: vcpu_create::<V>,
                 vcpu_free: vcpu_free::<V>,
                 $($name: $name::<V>,)*

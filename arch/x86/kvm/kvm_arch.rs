@@ -115,7 +115,7 @@ impl KvmArch for X86 {
             return Err(EINVAL);
         }
         let vendor = VendorRef::get()?;
-        let mmu = Mmu::new()?;
+        let mmu = Mmu::new(vendor.ops().tdp_masks)?;
         let in_guest = in_guest_flags()?;
         Ok(try_pin_init!(VmArch {
             vendor,

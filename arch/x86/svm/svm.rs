@@ -23,6 +23,9 @@ mod pages;
 #[allow(unreachable_pub, dead_code)]
 #[path = "../hw/processor_flags.rs"]
 mod processor_flags;
+#[allow(unreachable_pub, dead_code)]
+#[path = "../kvm/mmu/spte.rs"]
+mod spte;
 // No_std files shared with the host crates, whose API is `pub`.
 #[allow(dead_code)] // kvm.ko uses all of it; kvm-amd part.
 #[path = "../kvm_x86_ops.rs"]

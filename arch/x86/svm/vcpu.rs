@@ -14,6 +14,7 @@ use kernel::prelude::*;
 use super::exit::svm_handle_exit;
 use super::kvm_x86_ops::{exit, reg, Exit, GuestRegs};
 use super::pages::Pages;
+use super::spte::SpteMasks;
 use super::uapi::{self, kvm_dtable, kvm_segment, kvm_sregs, kvm_vcpu_events};
 use super::vendor::KvmX86Vendor;
 use super::vmcb::{self as vm, Seg, SegAttr, Vmcb};
@@ -221,6 +222,7 @@ impl KvmX86Vendor for Svm {
     /// `KVM_X86_DEFAULT_VM` only; the SEV types come with SEV support.
     const VM_TYPES: u32 = 1 << 0;
     const HAS_VCPUS: bool = true;
+    const TDP_MASKS: SpteMasks = SpteMasks::NPT;
     type Vcpu = SvmVcpu;
 
     fn vcpu_create() -> Result<KBox<SvmVcpu>> {

@@ -15,6 +15,9 @@ mod glue;
 #[allow(unreachable_pub, dead_code)]
 #[path = "../hw/msr_index.rs"]
 mod msr_index;
+#[allow(unreachable_pub, dead_code)]
+#[path = "../kvm/mmu/spte.rs"]
+mod spte;
 // A no_std file shared with the host crate kvm-x86-hw, whose API is `pub`.
 #[allow(dead_code)] // kvm.ko uses all of it.
 #[path = "../kvm_x86_ops.rs"]
@@ -29,6 +32,7 @@ mod vendor;
 mod vmx_hw;
 
 use kvm_x86_ops::{Exit, GuestRegs, KvmX86Ops};
+use spte::SpteMasks;
 use vmx_hw as vmx;
 
 module! {
@@ -46,6 +50,9 @@ impl vendor::KvmX86Vendor for Vmx {
     /// `KVM_X86_DEFAULT_VM` only; TDX comes with TDX support.
     const VM_TYPES: u32 = 1 << 0;
     const HAS_VCPUS: bool = false;
+    /// EPT without accessed/dirty bits: valid on every EPT CPU (upstream with
+    /// enable_ept_ad_bits=0); the A/D variant is an optimization for later.
+    const TDP_MASKS: SpteMasks = SpteMasks::ept(false);
     type Vcpu = NoVcpu;
 
     /// VMX vCPUs (VMCS, VM entry) are not written yet: KVM_CREATE_VCPU fails with

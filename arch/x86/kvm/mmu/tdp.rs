@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0-only
-//! The nested-paging MMU: one 4-level NPT per VM mapping guest-physical pages to
-//! pinned pages of the VM's user memory, filled on NPF exits and zapped when memory
-//! slots change. Entry rules live in arch/x86/hw/npt.rs.
+//! The TDP MMU: one two-dimensional page table per VM (NPT or EPT, 4 or 5 levels,
+//! in the format the vendor's masks give) mapping guest-physical pages to pinned
+//! pages of the VM's user memory, filled on NPF exits and zapped when memory slots
+//! change. Entry rules live in spte.rs.
 //!
 //! Zapping is two-phase so that a page is never unpinned while a vCPU might still
 //! reach it: [`Mmu::zap`] makes the leaves non-present (keeping the page), the VM
@@ -11,7 +12,7 @@
 use kernel::prelude::*;
 
 use crate::glue;
-use crate::hw::spte;
+use crate::hw::spte::{self, SpteMasks, SPTE_HOST_WRITABLE, SPTE_ZAPPED};
 use crate::pages::Pages;
 
 pub(crate) struct Mmu {
@@ -25,6 +26,8 @@ pub(crate) struct Mmu {
     spare: KVec<Pages>,
     /// Present 4K leaves (the `pages_4k` statistic).
     pub(crate) mapped: u64,
+    /// The entry format, as the vendor set it (NPT or EPT).
+    masks: SpteMasks,
 }
 
 /// Entries of the table at physical address `pa`.
@@ -39,8 +42,9 @@ fn entries<'a>(pa: u64) -> &'a [core::sync::atomic::AtomicU64] {
 use core::sync::atomic::Ordering::{Acquire, Release};
 
 impl Mmu {
-    pub(crate) fn new() -> Result<Self> {
+    pub(crate) fn new(masks: SpteMasks) -> Result<Self> {
         Ok(Mmu {
+            masks,
             root: Pages::new(4096)?,
             // SAFETY: reads a boot-time property.
             levels: if unsafe { glue::kvm_glue_pgtable_l5_enabled() } != 0 {
@@ -78,7 +82,7 @@ impl Mmu {
         let mut table = self.root_pa();
         for level in (2..=self.levels).rev() {
             let e = entries(table).get(spte::index(gfn, level))?.load(Acquire);
-            if !spte::is_present(e) {
+            if !self.masks.is_present(e) {
                 return None;
             }
             table = spte::addr(e);
@@ -92,7 +96,7 @@ impl Mmu {
         let Some(e) = self.leaf(gfn) else {
             return false;
         };
-        match spte::make_writable(e.load(Acquire)) {
+        match self.masks.make_writable(e.load(Acquire)) {
             Some(v) => {
                 e.store(v, Release);
                 true
@@ -107,10 +111,10 @@ impl Mmu {
     pub(crate) fn upgrade(&mut self, gfn: u64, hpa: u64, writable: bool) -> Option<u64> {
         let e = self.leaf(gfn)?;
         let cur = e.load(Acquire);
-        if !spte::is_present(cur) || cur & spte::PINNED_WRITE != 0 {
+        if !self.masks.is_present(cur) || cur & SPTE_HOST_WRITABLE != 0 {
             return None;
         }
-        e.store(spte::leaf_logged(hpa, writable), Release);
+        e.store(self.masks.leaf_logged(hpa, writable), Release);
         Some(spte::addr(cur))
     }
 
@@ -121,8 +125,8 @@ impl Mmu {
             return false;
         };
         let v = e.load(Acquire);
-        if spte::is_present(v) && v & spte::WRITABLE != 0 {
-            e.store(spte::write_protect(v), Release);
+        if self.masks.is_present(v) && self.masks.is_writable(v) {
+            e.store(self.masks.write_protect(v), Release);
             return true;
         }
         false
@@ -142,24 +146,24 @@ impl Mmu {
         for level in (2..=self.levels).rev() {
             let e = entries(table).get(spte::index(gfn, level)).ok_or(EINVAL)?;
             let cur = e.load(Acquire);
-            table = if spte::is_present(cur) {
+            table = if self.masks.is_present(cur) {
                 spte::addr(cur)
             } else {
                 // Out of spare tables: the caller tops up and retries.
                 let pa = self.spare.pop().ok_or(EAGAIN)?.into_phys();
-                e.store(spte::table(pa), Release);
+                e.store(self.masks.table(pa), Release);
                 pa
             };
         }
         let e = entries(table).get(spte::index(gfn, 1)).ok_or(EINVAL)?;
         let cur = e.load(Acquire);
-        if spte::is_present(cur) || cur & spte::ZAPPED != 0 {
+        if self.masks.is_present(cur) || cur & SPTE_ZAPPED != 0 {
             return Ok(false);
         }
         let leaf = if pinned_write {
-            spte::leaf_logged(hpa, writable)
+            self.masks.leaf_logged(hpa, writable)
         } else {
-            spte::leaf(hpa, false)
+            self.masks.leaf(hpa, false)
         };
         e.store(leaf, Release);
         self.mapped += 1;
@@ -169,11 +173,11 @@ impl Mmu {
     /// Makes every leaf in [start, end) non-present; the pages stay pinned until
     /// [`Mmu::release_zapped`]. Returns whether anything was zapped.
     pub(crate) fn zap(&mut self, start: u64, end: u64) -> bool {
-        let mut n = 0;
-        walk(self.root_pa(), self.levels, 0, start, end, &mut |e| {
+        let (mut n, m) = (0, self.masks);
+        walk(&m, self.root_pa(), self.levels, 0, start, end, &mut |e| {
             let v = e.load(Acquire);
-            if spte::is_present(v) {
-                e.store(spte::zap(v), Release);
+            if m.is_present(v) {
+                e.store(m.zap(v), Release);
                 n += 1;
             }
         });
@@ -183,26 +187,35 @@ impl Mmu {
 
     /// Unpins the pages of zapped leaves in [start, end).
     pub(crate) fn release_zapped(&mut self, start: u64, end: u64) {
-        walk(self.root_pa(), self.levels, 0, start, end, &mut |e| {
-            let v = e.load(Acquire);
-            if v & spte::ZAPPED != 0 {
-                e.store(0, Release);
-                unpin(v);
-            }
-        });
+        walk(
+            &self.masks,
+            self.root_pa(),
+            self.levels,
+            0,
+            start,
+            end,
+            &mut |e| {
+                let v = e.load(Acquire);
+                if v & SPTE_ZAPPED != 0 {
+                    e.store(0, Release);
+                    unpin(v);
+                }
+            },
+        );
     }
 }
 
 fn unpin(leaf: u64) {
     // SAFETY: the leaf holds the pin taken when it was mapped; it is cleared first, so this is the only unpin.
     unsafe {
-        glue::kvm_glue_unpin_phys(spte::addr(leaf), i32::from(leaf & spte::PINNED_WRITE != 0))
+        glue::kvm_glue_unpin_phys(spte::addr(leaf), i32::from(leaf & SPTE_HOST_WRITABLE != 0))
     }
 }
 
 /// Calls `f` on every leaf entry (present or zapped) covering [start, end) under
 /// the table at `pa` of `level`, whose first gfn is `base`.
 fn walk(
+    m: &SpteMasks,
     pa: u64,
     level: u32,
     base: u64,
@@ -221,21 +234,21 @@ fn walk(
             if v != 0 {
                 f(e);
             }
-        } else if spte::is_present(v) {
-            walk(spte::addr(v), level - 1, eb, start, end, f);
+        } else if m.is_present(v) {
+            walk(m, spte::addr(v), level - 1, eb, start, end, f);
         }
     }
 }
 
 /// Frees the tables below the table at `pa` of `level` (not `pa` itself).
-fn free_tables(pa: u64, level: u32) {
+fn free_tables(m: &SpteMasks, pa: u64, level: u32) {
     if level <= 1 {
         return;
     }
     for e in entries(pa) {
         let v = e.load(Acquire);
-        if spte::is_present(v) {
-            free_tables(spte::addr(v), level - 1);
+        if m.is_present(v) {
+            free_tables(m, spte::addr(v), level - 1);
             e.store(0, Release);
             // SAFETY: a table page linked in map() from into_phys(); unlinked above, freed once.
             drop(unsafe { Pages::from_phys(spte::addr(v), 4096) });
@@ -246,12 +259,20 @@ fn free_tables(pa: u64, level: u32) {
 impl Drop for Mmu {
     fn drop(&mut self) {
         // No vCPU can run any more (they are freed before the MMU): unpin all.
-        walk(self.root_pa(), self.levels, 0, 0, u64::MAX, &mut |e| {
-            let v = e.load(Acquire);
-            e.store(0, Release);
-            unpin(v);
-        });
-        free_tables(self.root_pa(), self.levels);
+        walk(
+            &self.masks,
+            self.root_pa(),
+            self.levels,
+            0,
+            0,
+            u64::MAX,
+            &mut |e| {
+                let v = e.load(Acquire);
+                e.store(0, Release);
+                unpin(v);
+            },
+        );
+        free_tables(&self.masks, self.root_pa(), self.levels);
     }
 }
 
