@@ -178,8 +178,7 @@ impl NewVcpuFile {
             drop(unsafe { KBox::from_raw(f) });
             return Err(Error::from_errno(r));
         };
-        // SAFETY: a new file whose one reference anon_inode_getfile() gave us;
-        // `File` is a transparent wrapper of `struct file`.
+        // SAFETY: a new file whose one reference anon_inode_getfile() gave us; `File` wraps `struct file` transparently.
         let file = unsafe { ARef::from_raw(file) };
         Ok(NewVcpuFile { fd, file })
     }

@@ -116,8 +116,8 @@ macro_rules! define_vendor_vcpu_calls {
         impl VendorVcpu {
             $($(#[$doc])*
             pub(crate) fn $name(self: recv_self!($recv) $(, $arg: $ty)*) -> $ret {
-                // SAFETY: `vcpu` is a live vCPU of the pinned vendor, made by its
-                // vcpu_create; the receiver gives the access the entry declares.
+                // The receiver (`&`/`&mut self`) gives the access the entry declares.
+                // SAFETY: `vcpu` is a live vCPU of the pinned vendor, made by its vcpu_create.
                 let raw = unsafe { (self.vendor.ops().$name)(self.vcpu.as_ptr() $(, $arg)*) };
                 <$ret as FfiRet>::from_raw(raw)
             })*

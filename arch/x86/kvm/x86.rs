@@ -496,8 +496,7 @@ impl Vcpu {
             if let Next::User(r) = next {
                 return r;
             }
-            // SAFETY: process context, interrupts and preemption on, only our vCPU
-            // mutex held; may schedule.
+            // SAFETY: process context, interrupts and preemption on, only our vCPU mutex held; may schedule.
             if unsafe { glue::kvm_glue_xfer_to_guest_mode_handle_work() } != 0 {
                 self.stats.inc(st_::SIGNAL_EXITS);
                 self.set_exit(uapi::KVM_EXIT_INTR);
@@ -613,8 +612,8 @@ impl Vcpu {
         self.waiter.set_cpu(0);
         vm.set_in_guest(cpu, false);
         if entered {
-            // SAFETY: interrupts were off since enter_guest_mode(); on for the
-            // exit's interrupt, off again to close the guest-time window it began.
+            // On for the exit's interrupt, off again to close the guest-time window.
+            // SAFETY: interrupts were off since enter_guest_mode(), which began that window.
             unsafe {
                 glue::kvm_glue_irq_enable();
                 glue::kvm_glue_irq_disable();
