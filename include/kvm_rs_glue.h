@@ -145,6 +145,23 @@ void kvm_glue_xsetbv(unsigned long long xcr0);
 /* With interrupts off, just before entry: reload the FPU if a switch dropped it. */
 void kvm_glue_fpu_prepare_entry(void);
 
+/*
+ * A vCPU's preempt notifier (upstream vcpu->preempt_notifier): while a vCPU ioctl
+ * runs, sched_in/sched_out call kvm_rs_sched_in/out(@vcpu). new() enables the
+ * notifier static key (preempt_notifier_inc) until free().
+ */
+void *kvm_glue_preempt_new(void);
+void kvm_glue_preempt_free(void *pn);
+/* vcpu_load(): registers the notifier for @vcpu and calls kvm_rs_sched_in(). */
+void kvm_glue_vcpu_load(void *pn, const void *vcpu);
+/* vcpu_put(): calls kvm_rs_sched_out() and unregisters the notifier. */
+void kvm_glue_vcpu_put(void *pn);
+/*
+ * With preemption off: an IBPB if @vcpu is not the last vCPU loaded on this CPU
+ * and the host asks for one on vCPU switches (switch_vcpu_ibpb).
+ */
+void kvm_glue_switch_vcpu_ibpb(const void *vcpu);
+
 #ifndef __KVM_RS_BINDGEN__
 long kvm_rs_dev_ioctl(unsigned int cmd, unsigned long arg);
 long kvm_rs_vm_ioctl(void *vm, unsigned int cmd, unsigned long arg);
@@ -158,6 +175,8 @@ int kvm_rs_mn_invalidate_start(void *vm, unsigned long start, unsigned long end,
 			       int blockable);
 void kvm_rs_mn_invalidate_end(void *vm);
 void kvm_rs_mn_release(void *vm);
+void kvm_rs_sched_in(const void *vcpu, int cpu);
+void kvm_rs_sched_out(const void *vcpu);
 long kvm_rs_stats_read(void *stats, char __user *buf, unsigned long size, long long *pos);
 void kvm_rs_stats_release(void *stats);
 int kvm_rs_vendor_register(const void *ops, void *owner);

@@ -13,6 +13,7 @@
 #include <linux/mmu_notifier.h>
 #include <linux/mm.h>
 #include <linux/module.h>
+#include <linux/preempt.h>
 #include <linux/moduleparam.h>
 #include <linux/sched/mm.h>
 #include <linux/sched/signal.h>
@@ -28,6 +29,7 @@
 #include <asm/cpufeature.h>
 #include <asm/cpuid/api.h>
 #include <asm/msr.h>
+#include <asm/nospec-branch.h>
 #include <asm/processor.h>
 #include <asm/virt.h>
 
@@ -346,6 +348,84 @@ void kvm_glue_preempt_disable(void)
 void kvm_glue_preempt_enable(void)
 {
 	preempt_enable();
+}
+
+static DEFINE_PER_CPU(const void *, kvm_glue_last_vcpu);
+
+struct kvm_glue_preempt {
+	struct preempt_notifier pn;
+	const void *vcpu;
+};
+
+static void kvm_glue_sched_in(struct preempt_notifier *pn, int cpu)
+{
+	kvm_rs_sched_in(container_of(pn, struct kvm_glue_preempt, pn)->vcpu, cpu);
+}
+
+static void kvm_glue_sched_out(struct preempt_notifier *pn, struct task_struct *next)
+{
+	kvm_rs_sched_out(container_of(pn, struct kvm_glue_preempt, pn)->vcpu);
+}
+
+static struct preempt_ops kvm_glue_preempt_ops = {
+	.sched_in = kvm_glue_sched_in,
+	.sched_out = kvm_glue_sched_out,
+};
+
+void *kvm_glue_preempt_new(void)
+{
+	struct kvm_glue_preempt *p = kzalloc(sizeof(*p), GFP_KERNEL_ACCOUNT);
+
+	if (!p)
+		return NULL;
+	preempt_notifier_init(&p->pn, &kvm_glue_preempt_ops);
+	preempt_notifier_inc();
+	return p;
+}
+
+void kvm_glue_preempt_free(void *pn)
+{
+	struct kvm_glue_preempt *p = pn;
+	int cpu;
+
+	if (!p)
+		return;
+	/* As kvm_arch_vcpu_destroy(): a new vCPU at this address still gets its IBPB. */
+	if (p->vcpu)
+		for_each_possible_cpu(cpu)
+			cmpxchg(per_cpu_ptr(&kvm_glue_last_vcpu, cpu), p->vcpu, NULL);
+	preempt_notifier_dec();
+	kfree(p);
+}
+
+void kvm_glue_vcpu_load(void *pn, const void *vcpu)
+{
+	struct kvm_glue_preempt *p = pn;
+	int cpu = get_cpu();
+
+	p->vcpu = vcpu;
+	preempt_notifier_register(&p->pn);
+	kvm_rs_sched_in(vcpu, cpu);
+	put_cpu();
+}
+
+void kvm_glue_vcpu_put(void *pn)
+{
+	struct kvm_glue_preempt *p = pn;
+
+	preempt_disable();
+	kvm_rs_sched_out(p->vcpu);
+	preempt_notifier_unregister(&p->pn);
+	preempt_enable();
+}
+
+void kvm_glue_switch_vcpu_ibpb(const void *vcpu)
+{
+	if (vcpu == __this_cpu_read(kvm_glue_last_vcpu))
+		return;
+	if (static_branch_likely(&switch_vcpu_ibpb))
+		indirect_branch_prediction_barrier();
+	__this_cpu_write(kvm_glue_last_vcpu, vcpu);
 }
 
 struct kvm_glue_waiter {

@@ -68,6 +68,12 @@ pub(crate) trait KvmArch: Sized + Send + Sync + 'static {
     ) -> Result<isize>;
     /// kvm_arch_vcpu_ioctl_run(), under the vCPU mutex.
     fn vcpu_ioctl_run(vcpu: &Vcpu<Self>, vm: &Vm<Self>, st: &mut Self::VcpuArch) -> Result<isize>;
+    /// kvm_arch_vcpu_load(): the vCPU's task runs on `cpu` (vcpu_load() and the
+    /// preempt notifier's sched_in), preemption off; shared state only, since the
+    /// task may have been preempted anywhere.
+    fn vcpu_load(vcpu: &Vcpu<Self>, cpu: u32);
+    /// kvm_arch_vcpu_put(): the vCPU's task leaves the CPU, preemption off.
+    fn vcpu_put(vcpu: &Vcpu<Self>);
 }
 
 /// The creating process's mm, pinned so that the identity check below cannot be
@@ -216,6 +222,34 @@ impl Drop for Waiter {
     }
 }
 
+/// A vCPU's preempt notifier (upstream vcpu->preempt_notifier): registered while a
+/// vCPU ioctl runs, so that the arch hears when the task moves between CPUs.
+pub(crate) struct PreemptNotifier(pub(crate) *mut c_void);
+
+// SAFETY: the glue object is only registered and unregistered by the task holding
+// the vCPU mutex; the scheduler's callbacks read it.
+unsafe impl Send for PreemptNotifier {}
+// SAFETY: as above.
+unsafe impl Sync for PreemptNotifier {}
+
+impl PreemptNotifier {
+    pub(crate) fn new() -> Result<Self> {
+        // SAFETY: a plain allocation, owned by the PreemptNotifier.
+        let p = unsafe { glue::kvm_glue_preempt_new() };
+        if p.is_null() {
+            return Err(ENOMEM);
+        }
+        Ok(PreemptNotifier(p))
+    }
+}
+
+impl Drop for PreemptNotifier {
+    fn drop(&mut self) {
+        // SAFETY: from kvm_glue_preempt_new, freed once; vcpu_put() unregistered it.
+        unsafe { glue::kvm_glue_preempt_free(self.0) }
+    }
+}
+
 /// A vCPU (upstream struct kvm_vcpu).
 #[pin_data]
 pub(crate) struct Vcpu<A: KvmArch> {
@@ -225,6 +259,7 @@ pub(crate) struct Vcpu<A: KvmArch> {
     /// Where the vCPU sleeps when halted; also says which CPU it is in guest mode
     /// on (for kicks).
     pub(crate) waiter: Waiter,
+    pub(crate) preempt_notifier: PreemptNotifier,
     pub(crate) stats: Counters<{ stats::vcpu::DESCS.len() }>,
     /// What other threads reach without the vCPU mutex.
     #[pin]

@@ -107,6 +107,25 @@ extern "C" fn kvm_rs_vcpu_release(vcpu: *mut c_void) {
     vcpu::kvm_vcpu_release::<X86>(vcpu)
 }
 
+/// # Safety
+/// From the vCPU's preempt notifier only, which is registered while a vCPU ioctl
+/// holds the vCPU: `vcpu` is that live `Vcpu<X86>`.
+#[no_mangle]
+unsafe extern "C" fn kvm_rs_sched_in(vcpu: *const c_void, cpu: c_int) {
+    // SAFETY: as the function's contract says.
+    let vcpu = unsafe { &*vcpu.cast::<kvm_host::Vcpu<X86>>() };
+    vcpu.kvm_sched_in(cpu as u32);
+}
+
+/// # Safety
+/// As kvm_rs_sched_in().
+#[no_mangle]
+unsafe extern "C" fn kvm_rs_sched_out(vcpu: *const c_void) {
+    // SAFETY: as the function's contract says.
+    let vcpu = unsafe { &*vcpu.cast::<kvm_host::Vcpu<X86>>() };
+    vcpu.kvm_sched_out();
+}
+
 #[no_mangle]
 extern "C" fn kvm_rs_vcpu_page(vcpu: *mut c_void, pgoff: c_ulong) -> *mut c_void {
     vcpu::kvm_vcpu_page::<X86>(vcpu, pgoff)

@@ -15,7 +15,7 @@ use kernel::sync::{Arc, MutexGuard};
 use kernel::{bindings, new_mutex};
 
 use crate::abi::{ioctl, uapi};
-use crate::kvm_host::{KvmArch, Vcpu, Vm, Waiter};
+use crate::kvm_host::{KvmArch, PreemptNotifier, Vcpu, Vm, Waiter};
 use crate::pages::Pages;
 use crate::stats::{self, Counters, StatsSource};
 use crate::{glue, statsfmt, user};
@@ -63,6 +63,7 @@ impl<A: KvmArch> Vcpu<A> {
                 run: Pages::new(PAGE_SIZE)?,
                 pio: Pages::new(PAGE_SIZE)?,
                 waiter: Waiter::new()?,
+                preempt_notifier: PreemptNotifier::new()?,
                 stats: Counters::new(),
                 arch <- shared,
                 state <- new_mutex!(st, "vcpu->mutex"),
@@ -91,15 +92,39 @@ impl<A: KvmArch> Vcpu<A> {
     fn kvm_vcpu_ioctl(&self, vm: &Vm<A>, cmd: u32, arg: usize) -> Result<isize> {
         vm.check_owner()?;
         let mut st = self.lock_killable()?;
-        match cmd {
-            ioctl::KVM_RUN => {
-                if arg != 0 {
-                    return Err(EINVAL);
-                }
-                A::vcpu_ioctl_run(self, vm, &mut st)
-            }
+        self.vcpu_load();
+        let r = match cmd {
+            ioctl::KVM_RUN if arg != 0 => Err(EINVAL),
+            ioctl::KVM_RUN => A::vcpu_ioctl_run(self, vm, &mut st),
             _ => A::vcpu_ioctl(self, vm, &mut st, cmd, arg),
+        };
+        self.vcpu_put();
+        r
+    }
+
+    /// vcpu_load(): the arch's view of the CPU this task runs on, kept by the
+    /// preempt notifier until vcpu_put(). Under the vCPU mutex.
+    fn vcpu_load(&self) {
+        // SAFETY: our unregistered notifier (the mutex holder pairs load/put); `self` outlives it.
+        unsafe {
+            glue::kvm_glue_vcpu_load(self.preempt_notifier.0, core::ptr::from_ref(self).cast())
         }
+    }
+
+    /// vcpu_put(): undoes vcpu_load().
+    fn vcpu_put(&self) {
+        // SAFETY: registered by vcpu_load() of this ioctl.
+        unsafe { glue::kvm_glue_vcpu_put(self.preempt_notifier.0) }
+    }
+
+    /// The preempt notifier's sched_in (upstream kvm_sched_in()), and vcpu_load()'s.
+    pub(crate) fn kvm_sched_in(&self, cpu: u32) {
+        A::vcpu_load(self, cpu);
+    }
+
+    /// The preempt notifier's sched_out (upstream kvm_sched_out()), and vcpu_put()'s.
+    pub(crate) fn kvm_sched_out(&self) {
+        A::vcpu_put(self);
     }
 
     pub(crate) fn run_ptr(&self, off: usize) -> *mut u8 {

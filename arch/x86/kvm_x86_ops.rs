@@ -45,61 +45,31 @@ pub(crate) struct GuestRegs {
     pub(crate) cr8: u64,
 }
 
-/// Why the guest stopped, in vendor-neutral terms (`kind`), with the raw reason for
-/// KVM_EXIT_FAIL_ENTRY / internal errors.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-pub(crate) struct Exit {
-    pub(crate) kind: u32,
-    /// IO: bit 0 in, bit 1 string, bit 2 rep; NPF: the page-fault error code bits.
-    pub(crate) flags: u32,
-    pub(crate) hw_reason: u64,
-    /// IO: port; NPF: faulting GPA; MSR: index.
-    pub(crate) info: u64,
-    /// IO: access size in bytes; MSR: value written.
-    pub(crate) info2: u64,
-    /// RIP after the exiting instruction, when the hardware tells (0 if not).
-    pub(crate) next_rip: u64,
+/// What an exit handler decided, as upstream's handlers return it: re-enter the
+/// guest (1), or go back to userspace with KVM_RUN's result (0 with kvm_run filled
+/// in, or -errno).
+#[derive(Clone, Copy)]
+pub(crate) enum Next {
+    /// Re-enter the guest.
+    Guest,
+    /// Return to userspace with this KVM_RUN result.
+    User(Result),
 }
 
-/// Values of [`Exit::kind`].
-pub(crate) mod exit {
-    /// Nothing for kvm.ko to do (a host interrupt, already handled): re-enter.
-    pub(crate) const NONE: u32 = 0;
-    pub(crate) const IO: u32 = 1;
-    pub(crate) const HLT: u32 = 2;
-    pub(crate) const SHUTDOWN: u32 = 3;
-    pub(crate) const NPF: u32 = 4;
-    pub(crate) const CPUID: u32 = 5;
-    pub(crate) const RDMSR: u32 = 6;
-    pub(crate) const WRMSR: u32 = 7;
-    pub(crate) const VMMCALL: u32 = 8;
-    pub(crate) const FAIL_ENTRY: u32 = 9;
-    /// An exit kvm-rs does not handle: KVM_EXIT_INTERNAL_ERROR with `hw_reason`.
-    pub(crate) const UNHANDLED: u32 = 10;
-    /// The guest executed an instruction it must get #UD for (VMRUN, XSETBV...).
-    pub(crate) const UD: u32 = 11;
-    /// The guest can take an interrupt now (the window `enable_irq_window` asked for).
-    pub(crate) const IRQ_WINDOW: u32 = 12;
-    /// The guest raised #UD (intercepted so that kvm.ko can fix up the other
-    /// vendor's hypercall instruction); kvm.ko re-injects it otherwise.
-    pub(crate) const INVALID_OPCODE: u32 = 13;
-    /// XSETBV: XCR `RCX` := `EDX:EAX`, for kvm.ko to check and switch on entries.
-    pub(crate) const XSETBV: u32 = 14;
-    /// The guest's first debug-register access since DR0-3 were last saved: the
-    /// vendor stopped intercepting them, kvm.ko loads DR0-3 for the entries until
-    /// the next exit (upstream KVM_DEBUGREG_WONT_EXIT). The instruction runs again.
-    pub(crate) const DR_ACCESS: u32 = 15;
+/// Page-fault error code bits (upstream PFERR_*_MASK) as the TDP exits report them.
+pub(crate) mod pferr {
+    pub(crate) const PRESENT: u64 = 1 << 0;
+    pub(crate) const WRITE: u64 = 1 << 1;
+    pub(crate) const FETCH: u64 = 1 << 4;
+}
 
-    pub(crate) const IO_IN: u32 = 1 << 0;
-    pub(crate) const IO_STRING: u32 = 1 << 1;
-    pub(crate) const IO_REP: u32 = 1 << 2;
-
-    pub(crate) const PF_PRESENT: u32 = 1 << 0;
-    pub(crate) const PF_WRITE: u32 = 1 << 1;
-    pub(crate) const PF_FETCH: u32 = 1 << 4;
-    /// NPF while the CPU was delivering an event (exit_int_info valid).
-    pub(crate) const VECTORING: u32 = 1 << 31;
+/// The stats a vendor's exit handler counts (upstream `++vcpu->stat.*` in the
+/// vendor's handlers), for [`KvmCoreOps`]' `kvm_stat_inc`.
+pub(crate) mod vcpu_stat {
+    /// A host interrupt ended the run (irq_exits).
+    pub(crate) const IRQ_EXITS: u32 = 0;
+    /// The interrupt window asked for opened (irq_window_exits).
+    pub(crate) const IRQ_WINDOW_EXITS: u32 = 1;
 }
 
 /// A result type of a vendor operation and how it crosses the C ABI.
@@ -122,7 +92,7 @@ macro_rules! ffi_ret_plain {
         }
     )*};
 }
-ffi_ret_plain!((), bool, u64, Exit);
+ffi_ret_plain!((), bool, u64);
 
 /// One return convention for fallible operations: 0, or a negative errno.
 impl FfiRet for Result {
@@ -141,10 +111,30 @@ impl FfiRet for Result {
     }
 }
 
+/// Upstream's convention for exit handlers: 1, 0 or -errno.
+impl FfiRet for Next {
+    type Raw = c_int;
+    fn into_raw(self) -> c_int {
+        match self {
+            Next::Guest => 1,
+            Next::User(r) => r.into_raw(),
+        }
+    }
+    fn from_raw(raw: c_int) -> Self {
+        match raw {
+            1 => Next::Guest,
+            r => Next::User(Result::from_raw(r)),
+        }
+    }
+}
+
 /// The vendor operations, in table order. `$cb!` receives each as
-/// `fn name(ref|mut, args...) -> ret;`: `ref` operations read the vendor vCPU, `mut`
-/// ones change it. Types are named as the expansion site sees them (`uapi`,
-/// `GuestRegs`, `Exit` in scope there).
+/// `fn name(ref|mut|exit|load, args...) -> ret;`: `ref` operations read the vendor
+/// vCPU, `mut` ones change it, `exit` (handle_exit) changes it and calls back into
+/// kvm.ko; `load` ones get only its load state (what the preempt notifier may
+/// touch while the vCPU's task is preempted anywhere, so shared and separate from
+/// the vCPU). Types are named as the expansion site sees
+/// them (`uapi`, `GuestRegs`, `Next`, `KvmCoreVcpu` in scope there).
 macro_rules! kvm_x86_ops_list {
     ($cb:ident) => {
         $cb! {
@@ -155,9 +145,19 @@ macro_rules! kvm_x86_ops_list {
             /// Points the vCPU's two-dimensional paging at `root_hpa`, the root of
             /// the guest-physical page tables (upstream load_mmu_pgd).
             fn load_mmu_pgd(mut, root_hpa: u64) -> ();
+            /// The vCPU's task runs on `cpu` now (upstream vcpu_load, from
+            /// vcpu_load() and the preempt notifier's sched_in, preemption off).
+            fn vcpu_load(load, cpu: u32) -> ();
+            /// The vCPU's task leaves the CPU (upstream vcpu_put: at the end of a
+            /// vCPU ioctl and at sched_out, preemption off).
+            fn vcpu_put(load) -> ();
             /// Enters the guest once, with interrupts and preemption off (upstream
             /// vcpu_run). `flush`: drop this guest's TLB entries first.
-            fn vcpu_run(mut, regs: &mut GuestRegs, flush: bool) -> Exit;
+            fn vcpu_run(mut, regs: &mut GuestRegs, flush: bool) -> ();
+            /// Handles the exit of the last vcpu_run (upstream handle_exit), with
+            /// interrupts on: the vendor decodes it and calls kvm.ko's helpers
+            /// through `core` (kvm_emulate_cpuid(), kvm_mmu_page_fault()...).
+            fn handle_exit(exit, core: &mut KvmCoreVcpu) -> Next;
             /// Queues exception `vector` (with `error_code` if `has_error`) for the
             /// next entry (upstream inject_exception).
             fn queue_exception(mut, vector: u32, has_error: bool, error_code: u32) -> ();
@@ -170,8 +170,8 @@ macro_rules! kvm_x86_ops_list {
             fn interrupt_allowed(ref, rflags: u64) -> bool;
             /// Injects external interrupt `vector` on the next entry.
             fn inject_irq(mut, vector: u8) -> ();
-            /// Makes the guest exit with `exit::IRQ_WINDOW` as soon as it can take
-            /// an interrupt.
+            /// Makes the guest exit as soon as it can take an interrupt (its handler
+            /// counts `vcpu_stat::IRQ_WINDOW_EXITS`; kvm.ko injects on re-entry).
             fn enable_irq_window(mut) -> ();
             /// Injects an NMI on the next entry if nothing else is being injected
             /// and the guest is not in an interrupt shadow; false if it cannot now.
@@ -189,12 +189,30 @@ macro_rules! kvm_x86_ops_list {
             fn set_dr(mut, n: u32, val: u64) -> ();
             /// The guest's CR4 as it runs (it may change it without an exit).
             fn get_cr4(ref) -> u64;
-            /// After `exit::DR_ACCESS`, once kvm.ko saved DR0-3: intercept
+            /// After `kvm_debugreg_wont_exit`, once kvm.ko saved DR0-3: intercept
             /// debug-register accesses again (upstream sync_dirty_debug_regs).
             fn sync_dirty_debug_regs(mut) -> ();
         }
     };
 }
+
+/// The receiver of a table entry as it crosses: the vendor vCPU, or its load state.
+macro_rules! recv_ptr {
+    (ref) => {
+        *mut c_void
+    };
+    (mut) => {
+        *mut c_void
+    };
+    (exit) => {
+        *mut c_void
+    };
+    (load) => {
+        *const c_void
+    };
+}
+#[allow(unused_imports, reason = "for the vendor side (arch/x86/vendor.rs)")]
+pub(crate) use recv_ptr;
 
 /// Expands the list into the table.
 macro_rules! define_kvm_x86_ops_table {
@@ -213,12 +231,17 @@ macro_rules! define_kvm_x86_ops_table {
             /// The two-dimensional paging format (upstream: the masks a vendor
             /// sets, kvm_mmu_set_ept_masks() for VMX).
             pub(crate) tdp_masks: SpteMasks,
-            /// A vCPU in its reset state into `*out`; 0 or -errno.
-            pub(crate) vcpu_create: unsafe extern "C" fn(out: &mut *mut c_void) -> c_int,
+            /// A vCPU in its reset state into `*vcpu` and its load state into
+            /// `*load`; 0 or -errno.
+            pub(crate) vcpu_create:
+                unsafe extern "C" fn(vcpu: &mut *mut c_void, load: &mut *const c_void) -> c_int,
             /// Frees a vCPU `vcpu_create` made.
             pub(crate) vcpu_free: unsafe extern "C" fn(*mut c_void),
+            /// Drops the load state `vcpu_create` made (once the preempt notifier
+            /// can no longer run).
+            pub(crate) load_free: unsafe extern "C" fn(*const c_void),
             $($(#[$doc])*
-            pub(crate) $name: unsafe extern "C" fn(*mut c_void $(, $ty)*) -> <$ret as FfiRet>::Raw,)*
+            pub(crate) $name: unsafe extern "C" fn(recv_ptr!($recv) $(, $ty)*) -> <$ret as FfiRet>::Raw,)*
         }
     };
 }
@@ -227,6 +250,82 @@ kvm_x86_ops_list!(define_kvm_x86_ops_table);
 // SAFETY: the table is immutable after construction and `name` points to a static
 // string, so sharing it between threads is sound.
 unsafe impl Sync for KvmX86Ops {}
+
+/// kvm.ko's helpers a vendor's `handle_exit` calls (upstream: the functions x86.c
+/// and mmu.c export to kvm-amd and kvm-intel), as one list. `$cb!` receives each as
+/// `fn name(args...) -> ret;`. Every helper gets the vendor vCPU back (the one
+/// `handle_exit` was called for), so that kvm.ko's calls into the vendor from
+/// inside the helper go through the vendor's own borrow.
+macro_rules! kvm_core_ops_list {
+    ($cb:ident) => {
+        $cb! {
+            /// HLT: sleep while halted with the LAPIC in the kernel, else KVM_EXIT_HLT.
+            fn kvm_emulate_halt(next_rip: u64) -> Next;
+            /// CPUID from the vCPU's table.
+            fn kvm_emulate_cpuid(next_rip: u64) -> Next;
+            /// RDMSR ECX into EDX:EAX, or #GP.
+            fn kvm_emulate_rdmsr(next_rip: u64) -> Next;
+            /// WRMSR EDX:EAX into ECX, or #GP.
+            fn kvm_emulate_wrmsr(next_rip: u64) -> Next;
+            /// A KVM hypercall (VMMCALL/VMCALL).
+            fn kvm_emulate_hypercall(next_rip: u64) -> Next;
+            /// XSETBV: XCR ECX := EDX:EAX, or #GP.
+            fn kvm_emulate_xsetbv(next_rip: u64) -> Next;
+            /// An instruction with nothing to emulate (INVD, WBINVD): skipped.
+            fn kvm_emulate_as_nop(next_rip: u64) -> Next;
+            /// IN/OUT (not string) of `size` bytes at `port`: an in-kernel device
+            /// or KVM_EXIT_IO.
+            fn kvm_fast_pio(size: u32, port: u16, input: bool, next_rip: u64) -> Next;
+            /// The instruction at RIP through the emulator (INS/OUTS).
+            fn kvm_emulate_instruction() -> Next;
+            /// A TDP fault at `gpa` (`error_code`: `pferr` bits; `vectoring`: the
+            /// CPU was delivering an event): map the page or emulate the MMIO
+            /// access. `exit_reason` is the vendor's, reported if it cannot be handled.
+            fn kvm_mmu_page_fault(gpa: u64, error_code: u64, vectoring: bool, exit_reason: u64) -> Next;
+            /// #UD in the guest: the other vendor's hypercall patched, or #UD back.
+            fn handle_ud() -> Next;
+            /// kvm_vcpu_reset(): the vCPU to its INIT (`init_event`) state; calls
+            /// the vendor's vcpu_reset.
+            fn kvm_vcpu_reset(init_event: bool) -> ();
+            /// `kvm_run->exit_reason = reason` (the handler then returns to userspace).
+            fn set_exit_reason(reason: u32) -> ();
+            /// KVM_EXIT_FAIL_ENTRY with the vendor's reason.
+            fn kvm_prepare_fail_entry_exit(hardware_entry_failure_reason: u64) -> Next;
+            /// KVM_EXIT_INTERNAL_ERROR for an exit the vendor does not handle.
+            fn kvm_prepare_unexpected_reason_exit(exit_reason: u64) -> Next;
+            /// Counts a `vcpu_stat` event.
+            fn kvm_stat_inc(stat: u32) -> ();
+            /// The guest accesses DR0-3 without exits until the next exit
+            /// (upstream KVM_DEBUGREG_WONT_EXIT): kvm.ko loads them for the entries.
+            fn kvm_debugreg_wont_exit() -> ();
+        }
+    };
+}
+pub(crate) use kvm_core_ops_list;
+
+/// Expands the core list into its table.
+macro_rules! define_kvm_core_ops_table {
+    ($($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
+        /// kvm.ko's helpers for exit handlers, the table behind [`KvmCoreVcpu`].
+        #[repr(C)]
+        pub(crate) struct KvmCoreOps {
+            $($(#[$doc])*
+            pub(crate) $name:
+                unsafe extern "C" fn(ctx: *mut c_void, vcpu: *mut c_void $(, $ty)*)
+                    -> <$ret as FfiRet>::Raw,)*
+        }
+    };
+}
+kvm_core_ops_list!(define_kvm_core_ops_table);
+
+/// What `handle_exit` gets: kvm.ko's helpers and the state they work on, valid for
+/// that call only (upstream: the `struct kvm_vcpu` the vendor's vCPU embeds).
+#[repr(C)]
+pub(crate) struct KvmCoreVcpu {
+    pub(crate) ops: &'static KvmCoreOps,
+    /// kvm.ko's exit context; opaque to the vendor.
+    pub(crate) ctx: *mut c_void,
+}
 
 // Path-scoped, so the users need not come after this file in their crate root.
 pub(crate) use kvm_x86_ops_list;

@@ -8,13 +8,17 @@ use kernel::prelude::*;
 
 use super::cpus::{self, EnabledCpus, PerCpu};
 use super::glue;
-use super::kvm_x86_ops::{kvm_x86_ops_list, Exit, FfiRet, GuestRegs, KvmX86Ops};
+use kernel::sync::Arc;
+
+use super::kvm_x86_ops::{
+    kvm_core_ops_list, kvm_x86_ops_list, recv_ptr, FfiRet, GuestRegs, KvmCoreVcpu, KvmX86Ops, Next,
+};
 use super::spte::SpteMasks;
 use super::uapi;
 
 /// Implemented by each vendor module: upstream's `kvm_x86_ops` as a trait, one
 /// method per entry of [`kvm_x86_ops_list!`] (the first argument the vendor vCPU,
-/// shared for `ref` entries, exclusive for `mut` ones).
+/// shared for `ref` entries, exclusive for `mut` ones; its load state for `load`).
 macro_rules! define_vendor_trait {
     ($($(#[$doc:meta])* fn $name:ident($recv:ident $(, $arg:ident: $ty:ty)*) -> $ret:ty;)*) => {
         pub(crate) trait KvmX86Vendor {
@@ -28,10 +32,15 @@ macro_rules! define_vendor_trait {
             const TDP_MASKS: SpteMasks;
             /// Per-vCPU state (VMCB or VMCS and what goes with it).
             type Vcpu: Send;
+            /// What vcpu_load/vcpu_put touch: the preempt notifier runs them while
+            /// the vCPU's task may be anywhere in its own use of [`Self::Vcpu`], so
+            /// this is shared (atomics) and apart from it.
+            type Loaded: Send + Sync;
 
-            /// A vCPU in the architectural reset state.
-            fn vcpu_create() -> Result<KBox<Self::Vcpu>>;
-            $($(#[$doc])* fn $name(v: recv_ty!($recv, Self::Vcpu) $(, $arg: $ty)*) -> $ret;)*
+            /// A vCPU in the architectural reset state, and its load state.
+            fn vcpu_create() -> Result<(KBox<Self::Vcpu>, Arc<Self::Loaded>)>;
+            $($(#[$doc])*
+            fn $name(v: recv_ty!($recv, Self::Vcpu, Self::Loaded) $(, $arg: $ty)*) -> $ret;)*
         }
 
         // The C-ABI entries of the table: each turns the opaque pointer back into
@@ -40,11 +49,12 @@ macro_rules! define_vendor_trait {
             /// # Safety
             /// Called by kvm.ko only (src/vendor.rs, `VendorVcpu`): `v` from
             /// `vcpu_create::<V>()`, not freed, with the access the entry declares
-            /// (exclusive for `mut`); pointer arguments valid for the call.
-            unsafe extern "C" fn $name<V: KvmX86Vendor>(v: *mut c_void $(, $arg: $ty)*)
+            /// (exclusive for `mut`), or its load state from the same call for
+            /// `load`; pointer arguments valid for the call.
+            unsafe extern "C" fn $name<V: KvmX86Vendor>(v: recv_ptr!($recv) $(, $arg: $ty)*)
                 -> <$ret as FfiRet>::Raw {
                 // SAFETY: as the function's contract says.
-                let v = unsafe { recv_deref!($recv, v, V::Vcpu) };
+                let v = unsafe { recv_deref!($recv, v, V::Vcpu, V::Loaded) };
                 V::$name(v $(, $arg)*).into_raw()
             }
         )*
@@ -63,6 +73,7 @@ macro_rules! define_vendor_trait {
                 tdp_masks: V::TDP_MASKS,
                 vcpu_create: vcpu_create::<V>,
                 vcpu_free: vcpu_free::<V>,
+                load_free: load_free::<V>,
                 $($name: $name::<V>,)*
             }
         }
@@ -70,36 +81,80 @@ macro_rules! define_vendor_trait {
 }
 
 macro_rules! recv_ty {
-    (ref, $t:ty) => {
+    (ref, $t:ty, $l:ty) => {
         &$t
     };
-    (mut, $t:ty) => {
+    (mut, $t:ty, $l:ty) => {
         &mut $t
+    };
+    (exit, $t:ty, $l:ty) => {
+        &mut $t
+    };
+    (load, $t:ty, $l:ty) => {
+        &$l
     };
 }
 
 macro_rules! recv_deref {
-    (ref, $p:ident, $t:ty) => {
+    (ref, $p:ident, $t:ty, $l:ty) => {
         &*$p.cast::<$t>()
     };
-    (mut, $p:ident, $t:ty) => {
+    (mut, $p:ident, $t:ty, $l:ty) => {
         &mut *$p.cast::<$t>()
+    };
+    (exit, $p:ident, $t:ty, $l:ty) => {
+        &mut *$p.cast::<$t>()
+    };
+    (load, $p:ident, $t:ty, $l:ty) => {
+        &*$p.cast::<$l>()
     };
 }
 
 kvm_x86_ops_list!(define_vendor_trait);
 
 /// # Safety
-/// Called by kvm.ko only, with a valid out-pointer.
-unsafe extern "C" fn vcpu_create<V: KvmX86Vendor>(out: &mut *mut c_void) -> c_int {
+/// Called by kvm.ko only, with valid out-pointers.
+unsafe extern "C" fn vcpu_create<V: KvmX86Vendor>(
+    vcpu: &mut *mut c_void,
+    load: &mut *const c_void,
+) -> c_int {
     match V::vcpu_create() {
-        Ok(b) => {
-            *out = KBox::into_raw(b).cast();
+        Ok((b, l)) => {
+            *vcpu = KBox::into_raw(b).cast();
+            *load = Arc::into_raw(l).cast();
             0
         }
         Err(e) => e.to_errno(),
     }
 }
+
+/// # Safety
+/// Called by kvm.ko only: `l` from `vcpu_create::<V>()`, freed once, not used after.
+unsafe extern "C" fn load_free<V: KvmX86Vendor>(l: *const c_void) {
+    if !l.is_null() {
+        // SAFETY: `l` came from Arc::into_raw in vcpu_create::<V>(), dropped once.
+        drop(unsafe { Arc::from_raw(l.cast::<V::Loaded>()) });
+    }
+}
+
+/// kvm.ko's helpers as a vendor's exit handler calls them: `core.kvm_emulate_cpuid(v,
+/// next_rip)`. `v` is the vendor vCPU `handle_exit` got, reborrowed for the call,
+/// so kvm.ko may call back into the vendor through it while the helper runs.
+macro_rules! define_core_calls {
+    ($($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
+        #[allow(dead_code, reason = "a vendor calls the helpers its exits need")]
+        impl KvmCoreVcpu {
+            $($(#[$doc])*
+            pub(crate) fn $name<T>(&mut self, v: &mut T $(, $arg: $ty)*) -> $ret {
+                let v = core::ptr::from_mut(v).cast::<c_void>();
+                // SAFETY: `self` exists only inside handle_exit; `v` is its vCPU, exclusively lent.
+                let raw = unsafe { (self.ops.$name)(self.ctx, v $(, $arg)*) };
+                <$ret as FfiRet>::from_raw(raw)
+            })*
+        }
+    };
+}
+kvm_core_ops_list!(define_core_calls);
 
 /// # Safety
 /// Called by kvm.ko only: `v` from `vcpu_create::<V>()`, freed once, not used after.

@@ -5,13 +5,14 @@
 //! exits, and the completions userspace's data finishes (complete_userspace_io).
 
 use crate::abi::uapi;
-use crate::arch::x86::{Next, VcpuArch};
+use crate::arch::x86::VcpuArch;
 use crate::arch::Vcpu;
 use crate::hw::cpuid;
 use crate::hw::paging::{Access, GuestMem, Paging, WalkError, WalkOptions};
 use crate::hw::processor_flags::X86_EFLAGS_FIXED;
 use crate::io_bus::Bus;
-use crate::kvm_x86_ops::{exit, reg, Exit};
+use crate::kvm_x86_ops::reg;
+use crate::kvm_x86_ops::Next;
 use crate::stats::vcpu as st_;
 use crate::vcpu::{run, PAGE_SIZE};
 
@@ -338,7 +339,10 @@ impl Vcpu {
                                 .ok_or(Failure::Emulation)
                         });
                     if let Err(f) = stored {
-                        return self.failure(st, f, la).into_user();
+                        return match self.failure(st, f, la) {
+                            Next::Guest => None,
+                            Next::User(r) => Some(r.map(|()| 0)),
+                        };
                     }
                     emulate::string_advance(&insn, &mut st.regs.gpr, st.regs.rflags, 1);
                 }
@@ -456,7 +460,7 @@ impl Vcpu {
                     return Next::Guest;
                 }
                 self.mmio_exit(gpa, insn.op_size, Some(v));
-                Next::User(Ok(0))
+                Next::User(Ok(()))
             }
             Op::Load { .. } | Op::Alu { .. } | Op::Xchg { .. } => {
                 // vcpu_mmio_read(): an in-kernel device first; a read-modify-write
@@ -474,7 +478,7 @@ impl Vcpu {
                             .is_err()
                         {
                             self.mmio_exit(gpa, insn.op_size, Some(w));
-                            return Next::User(Ok(0));
+                            return Next::User(Ok(()));
                         }
                     }
                     return Next::Guest;
@@ -486,7 +490,7 @@ impl Vcpu {
                     gpa,
                 };
                 self.mmio_exit(gpa, insn.op_size, None);
-                Next::User(Ok(0))
+                Next::User(Ok(()))
             }
             _ => self.handle_emulation_failure(),
         }
@@ -494,14 +498,13 @@ impl Vcpu {
 
     /// INS/OUTS (IOIO exit with the string bit): OUTS exits once per element, INS
     /// once per read-ahead batch, as upstream's emulator does.
-    pub(crate) fn emulator_pio_in_out(&self, vm: &Vm, st: &mut VcpuArch, ex: &Exit) -> Next {
+    pub(crate) fn emulator_pio_in_out(&self, vm: &Vm, st: &mut VcpuArch, port: u16) -> Next {
         let cpu = self.cpu(st);
         let rip = st.regs.rip;
         let insn = match cpu.fetch_decode(vm, rip) {
             Ok(i) => i,
             Err(f) => return self.failure(st, f, cpu.linear(1, rip)),
         };
-        let port = ex.info as u16;
         let size = insn.op_size;
         if emulate::string_count(&insn, &st.regs.gpr) == 0 {
             st.regs.rip = next_ip(st, &insn, rip);
@@ -536,7 +539,7 @@ impl Vcpu {
         };
         self.stats.inc(st_::IO_EXITS);
         self.io_exit(input, size, port, count as u32);
-        Next::User(Ok(0))
+        Next::User(Ok(()))
     }
 
     /// Fills kvm_run for KVM_EXIT_IO; the data is at the start of the PIO page.
@@ -560,17 +563,22 @@ impl Vcpu {
 
     /// KVM_INTERNAL_ERROR_DELIVERY_EV with upstream's data: exit info 2, reason,
     /// exit info 1, the GPA and the CPU of the last entry.
-    pub(crate) fn kvm_prepare_event_vectoring_exit(&self, ex: &Exit) -> Next {
+    pub(crate) fn kvm_prepare_event_vectoring_exit(
+        &self,
+        gpa: u64,
+        error_code: u64,
+        exit_reason: u64,
+    ) -> Next {
         self.set_exit(uapi::KVM_EXIT_INTERNAL_ERROR);
         self.run_write(run::U, uapi::KVM_INTERNAL_ERROR_DELIVERY_EV);
         self.run_write(run::U + 4, 5u32);
-        self.run_write(run::U + 8, ex.info);
-        self.run_write(run::U + 16, ex.hw_reason);
-        self.run_write(run::U + 24, u64::from(ex.flags & !exit::VECTORING));
-        self.run_write(run::U + 32, ex.info);
+        self.run_write(run::U + 8, gpa);
+        self.run_write(run::U + 16, exit_reason);
+        self.run_write(run::U + 24, error_code);
+        self.run_write(run::U + 32, gpa);
         let cpu = kernel::cpu::CpuId::current().as_u32();
         self.run_write(run::U + 40, u64::from(cpu));
-        Next::User(Ok(0))
+        Next::User(Ok(()))
     }
 
     /// An instruction the emulator does not handle, reported as upstream reports a
@@ -579,6 +587,6 @@ impl Vcpu {
         self.set_exit(uapi::KVM_EXIT_INTERNAL_ERROR);
         self.run_write(run::U, uapi::KVM_INTERNAL_ERROR_EMULATION);
         self.run_write(run::U + 4, 0u32);
-        Next::User(Ok(0))
+        Next::User(Ok(()))
     }
 }

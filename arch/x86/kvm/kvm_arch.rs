@@ -13,7 +13,7 @@ use crate::abi::caps::{self, Host, MAX_VCPU_IDS};
 use crate::abi::{ioctl, uapi};
 use crate::arch::irqchip::{self, IoapicDev, Irqchip, PicDev};
 use crate::arch::mmu::tdp::Mmu;
-use crate::arch::vendor::{self, VendorRef};
+use crate::arch::vendor::{self, VendorLoaded, VendorRef};
 use crate::arch::x86::{tsc_khz_arg, VcpuArch};
 use crate::arch::{cpuid, msr, regs, Vcpu, Vm};
 use crate::hw::ioapic;
@@ -71,6 +71,23 @@ pub(crate) struct VcpuShared {
     /// created). Other vCPUs lock it briefly to deliver IPIs.
     #[pin]
     pub(crate) lapic: SpinLock<Option<Lapic>>,
+    /// The vendor's load state, for vcpu_load/vcpu_put from the preempt notifier.
+    pub(crate) loaded: VendorLoaded,
+}
+
+/// kvm_arch_vcpu_load(): the vCPU's task runs on `cpu`, preemption off (from
+/// vcpu_load() and the preempt notifier's sched_in). A different vCPU than the
+/// last one on this CPU gets a branch-predictor barrier, so vCPUs do not share
+/// prediction state (upstream's switch_vcpu_ibpb); then the vendor's vcpu_load.
+fn kvm_arch_vcpu_load(vcpu: &Vcpu, cpu: u32) {
+    // SAFETY: preemption is off for the per-CPU access; the pointer is only compared.
+    unsafe { glue::kvm_glue_switch_vcpu_ibpb(core::ptr::from_ref(vcpu).cast()) };
+    vcpu.arch.loaded.vcpu_load(cpu);
+}
+
+/// kvm_arch_vcpu_put(): the vCPU's task leaves the CPU, preemption off.
+fn kvm_arch_vcpu_put(vcpu: &Vcpu) {
+    vcpu.arch.loaded.vcpu_put();
 }
 
 /// One cleared flag per possible CPU id.
@@ -180,12 +197,23 @@ impl KvmArch for X86 {
     fn vcpu_create(vm: &Vm, id: u32) -> Result<(VcpuArch, impl PinInit<VcpuShared, Error>)> {
         let irqchip = vm.arch.has_irqchip.load(Ordering::SeqCst);
         let tsc_khz = vm.arch.default_tsc_khz.load(Ordering::Relaxed);
-        let arch = VcpuArch::new(&vm.arch.vendor, id, irqchip, tsc_khz)?;
+        let (arch, loaded) = VcpuArch::new(&vm.arch.vendor, id, irqchip, tsc_khz)?;
         let lapic = irqchip.then(|| Lapic::new(id, tsc_khz));
         Ok((
             arch,
-            try_pin_init!(VcpuShared { lapic <- new_spinlock!(lapic, "apic->lock") }),
+            try_pin_init!(VcpuShared {
+                lapic <- new_spinlock!(lapic, "apic->lock"),
+                loaded,
+            }),
         ))
+    }
+
+    fn vcpu_load(vcpu: &Vcpu, cpu: u32) {
+        kvm_arch_vcpu_load(vcpu, cpu);
+    }
+
+    fn vcpu_put(vcpu: &Vcpu) {
+        kvm_arch_vcpu_put(vcpu);
     }
 
     fn vcpu_ioctl(vcpu: &Vcpu, vm: &Vm, st: &mut VcpuArch, cmd: u32, arg: usize) -> Result<isize> {

@@ -7,14 +7,13 @@ use kernel::prelude::*;
 use kernel::transmute::{AsBytes, FromBytes};
 
 use crate::abi::uapi;
-use crate::arch::emulate::Pending;
-use crate::arch::regs::reset_regs;
-use crate::arch::x86::{now_ns, Next, VcpuArch};
+use crate::arch::x86::{now_ns, VcpuArch};
 use crate::arch::Vcpu;
 use crate::arch::Vm;
 use crate::hw::cpuid::{self, Entry};
 use crate::hw::emulate::{self, Insn, Op};
 use crate::hw::lapic::{self, Action, Irq, Lapic};
+use crate::kvm_x86_ops::Next;
 
 /// `struct kvm_lapic_state` as bytes (the uapi spells it with C chars).
 #[repr(C)]
@@ -46,7 +45,7 @@ pub(crate) fn set_apic_base(l: &mut Lapic, cpuid: &[Entry], v: u64, host: bool) 
 impl Vcpu {
     /// The LAPIC's timer, INIT and SIPI (upstream kvm_apic_accept_events() and the
     /// timer's expiry work), and the host timer armed for its next expiry.
-    pub(crate) fn kvm_apic_accept_events(&self, st: &mut VcpuArch) {
+    pub(crate) fn kvm_apic_accept_events(&self, vm: &Vm, st: &mut VcpuArch) {
         let mut g = self.arch.lapic.lock();
         let Some(l) = (*g).as_mut() else {
             return;
@@ -68,10 +67,7 @@ impl Vcpu {
         }
         if init {
             // kvm_vcpu_reset(vcpu, true): the BSP runs again, APs wait for SIPI.
-            st.vendor.vcpu_reset();
-            st.regs = reset_regs(&st.cpuid);
-            st.pending = Pending::None;
-            st.db = [0; 4];
+            self.kvm_vcpu_reset(vm, st, true);
             st.mp_state = if self.id == 0 {
                 uapi::KVM_MP_STATE_RUNNABLE
             } else {

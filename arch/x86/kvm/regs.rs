@@ -10,7 +10,7 @@ use kernel::prelude::*;
 use crate::abi::uapi;
 use crate::arch::emulate;
 use crate::arch::lapic::set_apic_base;
-use crate::arch::x86::{Next, VcpuArch, RESET_RIP};
+use crate::arch::x86::{VcpuArch, RESET_RIP};
 use crate::arch::Vcpu;
 use crate::arch::Vm;
 use crate::glue;
@@ -18,6 +18,7 @@ use crate::hw::cpuid::{self, Entry};
 use crate::hw::lapic;
 use crate::hw::sregs;
 use crate::hw::xstate::{self, fxsave};
+use crate::kvm_x86_ops::Next;
 use crate::kvm_x86_ops::{reg, GuestRegs};
 use crate::user;
 
@@ -208,7 +209,7 @@ impl Vcpu {
 
     /// XSETBV from the guest (kvm_emulate_xsetbv()): #GP unless CPL 0, XCR 0 and
     /// a value __kvm_set_xcr() accepts.
-    pub(crate) fn kvm_emulate_xsetbv(&self, st: &mut VcpuArch, next_rip: u64) -> Next {
+    pub(crate) fn kvm_emulate_xsetbv(&self, _vm: &Vm, st: &mut VcpuArch, next_rip: u64) -> Next {
         let cpl = self.get_sregs(st).ss.dpl;
         let index = st.regs.gpr[reg::RCX] as u32;
         let value = (st.regs.gpr[reg::RDX] << 32) | (st.regs.gpr[reg::RAX] & 0xffff_ffff);
@@ -216,7 +217,7 @@ impl Vcpu {
             st.xcr0 = value;
             st.regs.rip = next_rip;
         } else {
-            st.vendor.queue_exception(13, true, 0);
+            st.vendor.queue_exception(uapi::GP_VECTOR, true, 0);
         }
         Next::Guest
     }

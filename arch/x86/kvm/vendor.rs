@@ -9,8 +9,13 @@ use kernel::ffi::{c_int, c_void};
 use kernel::prelude::*;
 
 use crate::abi::uapi;
+use crate::arch::x86::VcpuArch;
+use crate::arch::{Vcpu, Vm};
 use crate::glue;
-use crate::kvm_x86_ops::{kvm_x86_ops_list, Exit, FfiRet, GuestRegs, KvmX86Ops};
+use crate::kvm_x86_ops::{
+    kvm_core_ops_list, kvm_x86_ops_list, FfiRet, GuestRegs, KvmCoreOps, KvmCoreVcpu, KvmX86Ops,
+    Next,
+};
 
 static VENDOR: AtomicPtr<KvmX86Ops> = AtomicPtr::new(core::ptr::null_mut());
 /// The registered vendor's `struct module`.
@@ -91,16 +96,38 @@ pub(crate) struct VendorVcpu {
 unsafe impl Send for VendorVcpu {}
 
 impl VendorVcpu {
-    /// A new vendor vCPU in its reset state (upstream vcpu_create).
-    pub(crate) fn create(vendor: &VendorRef) -> Result<Self> {
+    /// A new vendor vCPU in its reset state (upstream vcpu_create), and its load
+    /// state for the preempt notifier.
+    pub(crate) fn create(vendor: &VendorRef) -> Result<(Self, VendorLoaded)> {
         let mut p = core::ptr::null_mut();
-        // SAFETY: the table is pinned; `p` is a valid out-pointer.
-        let r = unsafe { (vendor.ops().vcpu_create)(&mut p) };
+        let mut l = core::ptr::null();
+        // SAFETY: the table is pinned; `p` and `l` are valid out-pointers.
+        let r = unsafe { (vendor.ops().vcpu_create)(&mut p, &mut l) };
         Result::from_raw(r)?;
-        Ok(VendorVcpu {
+        // Owned from here on, so that an error below frees them.
+        let load = NonNull::new(l.cast_mut()).map(|load| VendorLoaded {
             vendor: vendor.clone(),
-            vcpu: NonNull::new(p).ok_or(ENOMEM)?,
-        })
+            load,
+        });
+        let vcpu = NonNull::new(p).map(|vcpu| VendorVcpu {
+            vendor: vendor.clone(),
+            vcpu,
+        });
+        match (vcpu, load) {
+            (Some(v), Some(l)) => Ok((v, l)),
+            _ => Err(ENOMEM),
+        }
+    }
+
+    /// Makes the vendor vCPU reached through `v`, the pointer the vendor's
+    /// handle_exit lent back with a helper call (a reborrow of its own `&mut`), so
+    /// that calls into the vendor from the helper use the vendor's borrow; returns
+    /// the handle's own pointer, put back when the helper returns.
+    fn lend(&mut self, v: *mut c_void) -> NonNull<c_void> {
+        match NonNull::new(v) {
+            Some(v) => core::mem::replace(&mut self.vcpu, v),
+            None => self.vcpu,
+        }
     }
 }
 
@@ -111,30 +138,107 @@ impl Drop for VendorVcpu {
     }
 }
 
-macro_rules! define_vendor_vcpu_calls {
-    ($($(#[$doc:meta])* fn $name:ident($recv:ident $(, $arg:ident: $ty:ty)*) -> $ret:ty;)*) => {
-        impl VendorVcpu {
-            $($(#[$doc])*
-            pub(crate) fn $name(self: recv_self!($recv) $(, $arg: $ty)*) -> $ret {
-                // The receiver (`&`/`&mut self`) gives the access the entry declares.
-                // SAFETY: `vcpu` is a live vCPU of the pinned vendor, made by its vcpu_create.
-                let raw = unsafe { (self.vendor.ops().$name)(self.vcpu.as_ptr() $(, $arg)*) };
+/// A vendor vCPU's load state (upstream: what vcpu_load()/vcpu_put() touch, like
+/// VMX's loaded_vmcs): shared, because the preempt notifier reaches it while the
+/// vCPU's task is preempted anywhere, including inside the vendor.
+pub(crate) struct VendorLoaded {
+    vendor: VendorRef,
+    load: NonNull<c_void>,
+}
+
+// SAFETY: the vendor's load state is `Send + Sync` (the trait requires it); the
+// handle only passes shared pointers to it.
+unsafe impl Send for VendorLoaded {}
+// SAFETY: as above.
+unsafe impl Sync for VendorLoaded {}
+
+impl Drop for VendorLoaded {
+    fn drop(&mut self) {
+        // SAFETY: made by this vendor's vcpu_create, freed once; `vendor` pins it.
+        unsafe { (self.vendor.ops().load_free)(self.load.as_ptr()) };
+    }
+}
+
+/// One table entry as a method: on [`VendorVcpu`] for `ref`/`mut` entries (the
+/// receiver gives the access the entry declares), on [`VendorLoaded`] for `load`
+/// ones; `exit` (handle_exit) has its own caller, [`kvm_x86_handle_exit`].
+macro_rules! vendor_call {
+    (ref, $($entry:tt)*) => { vendor_call!(@on VendorVcpu, &Self, vcpu, $($entry)*); };
+    (mut, $($entry:tt)*) => { vendor_call!(@on VendorVcpu, &mut Self, vcpu, $($entry)*); };
+    (load, $($entry:tt)*) => { vendor_call!(@on VendorLoaded, &Self, load, $($entry)*); };
+    (exit, $($entry:tt)*) => {};
+    (@on $on:ident, $recv:ty, $field:ident,
+     $(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+        impl $on {
+            $(#[$doc])*
+            pub(crate) fn $name(self: $recv $(, $arg: $ty)*) -> $ret {
+                // SAFETY: `vcpu`/`load` is live state of the pinned vendor, made by its vcpu_create.
+                let raw = unsafe { (self.vendor.ops().$name)(self.$field.as_ptr() $(, $arg)*) };
                 <$ret as FfiRet>::from_raw(raw)
-            })*
+            }
         }
     };
 }
 
-macro_rules! recv_self {
-    (ref) => {
-        &Self
-    };
-    (mut) => {
-        &mut Self
+macro_rules! define_vendor_calls {
+    ($($(#[$doc:meta])* fn $name:ident($recv:ident $(, $arg:ident: $ty:ty)*) -> $ret:ty;)*) => {
+        $(vendor_call!($recv, $(#[$doc])* fn $name($($arg: $ty),*) -> $ret);)*
     };
 }
 
-kvm_x86_ops_list!(define_vendor_vcpu_calls);
+kvm_x86_ops_list!(define_vendor_calls);
+
+/// What kvm.ko's helpers work on while the vendor's handle_exit runs (upstream:
+/// the `struct kvm_vcpu` every helper gets).
+struct ExitCtx<'a> {
+    vcpu: &'a Vcpu,
+    vm: &'a Vm,
+    st: &'a mut VcpuArch,
+}
+
+/// `kvm_x86_call(handle_exit)`: the vendor handles the exit of its last vcpu_run,
+/// calling back into kvm.ko's helpers (the table below) on `st`.
+pub(crate) fn kvm_x86_handle_exit(vcpu: &Vcpu, vm: &Vm, st: &mut VcpuArch) -> Next {
+    // Copied out before `st` is lent to the context: the vendor's `&mut` comes
+    // from this pointer, kvm.ko's calls from inside the helpers from the one it
+    // lends back (VendorVcpu::lend).
+    let handle_exit = st.vendor.vendor.ops().handle_exit;
+    let v = st.vendor.vcpu.as_ptr();
+    let mut ctx = ExitCtx { vcpu, vm, st };
+    let mut core = KvmCoreVcpu {
+        ops: &KVM_CORE_OPS,
+        ctx: core::ptr::from_mut(&mut ctx).cast(),
+    };
+    // SAFETY: `v` is a live vCPU of the pinned vendor, used only through the call; `core` outlives it.
+    let raw = unsafe { handle_exit(v, &mut core) };
+    Next::from_raw(raw)
+}
+
+/// The C-ABI entries of [`KvmCoreOps`]: each finds its [`ExitCtx`] and calls the
+/// helper of the same name on `Vcpu` (arch/x86/kvm/x86.rs and the files beside it).
+macro_rules! define_core_ops {
+    ($($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
+        $(
+            /// # Safety
+            /// Called by the vendor's handle_exit only, through the `KvmCoreVcpu`
+            /// kvm_x86_handle_exit() made: `ctx` its context, `v` the vendor vCPU lent back.
+            unsafe extern "C" fn $name(ctx: *mut c_void, v: *mut c_void $(, $arg: $ty)*)
+                -> <$ret as FfiRet>::Raw {
+                // SAFETY: as the function's contract says; the context outlives the call.
+                let ctx = unsafe { &mut *ctx.cast::<ExitCtx<'_>>() };
+                let (vcpu, vm) = (ctx.vcpu, ctx.vm);
+                let st = &mut *ctx.st;
+                let own = st.vendor.lend(v);
+                let r: $ret = vcpu.$name(vm, st $(, $arg)*);
+                st.vendor.vcpu = own;
+                r.into_raw()
+            }
+        )*
+
+        static KVM_CORE_OPS: KvmCoreOps = KvmCoreOps { $($name,)* };
+    };
+}
+kvm_core_ops_list!(define_core_ops);
 
 /// Called by a vendor module's init. Mirrors kvm_x86_vendor_init() + kvm_init():
 /// -EEXIST when another vendor is loaded, then /dev/kvm appears.

@@ -14,7 +14,7 @@ use crate::arch::emulate::{self, set_in_result, Failure, Pending};
 use crate::arch::lapic::LapicState;
 use crate::arch::msr::MISC_ENABLE_RESET;
 use crate::arch::regs::{get_events, get_regs, reset_regs, set_events, set_regs};
-use crate::arch::vendor::{VendorRef, VendorVcpu};
+use crate::arch::vendor::{kvm_x86_handle_exit, VendorLoaded, VendorRef, VendorVcpu};
 use crate::arch::Vcpu;
 use crate::arch::Vm;
 use crate::glue;
@@ -22,7 +22,7 @@ use crate::hw::cpuid::{self, Entry};
 use crate::hw::lapic;
 use crate::hw::xstate;
 use crate::io_bus::Bus;
-use crate::kvm_x86_ops::{exit, reg, Exit, GuestRegs};
+use crate::kvm_x86_ops::{reg, vcpu_stat, GuestRegs, Next};
 use crate::stats::vcpu as st_;
 use crate::user;
 use crate::vcpu::run;
@@ -146,9 +146,15 @@ pub(crate) fn tsc_khz_arg(arg: usize) -> u32 {
 impl VcpuArch {
     /// kvm_arch_vcpu_create() + kvm_vcpu_reset(): a vendor vCPU in its reset
     /// state and the registers, MSRs and MP state kvm.ko keeps.
-    pub(crate) fn new(vendor: &VendorRef, id: u32, irqchip: bool, tsc_khz: u32) -> Result<Self> {
+    pub(crate) fn new(
+        vendor: &VendorRef,
+        id: u32,
+        irqchip: bool,
+        tsc_khz: u32,
+    ) -> Result<(Self, VendorLoaded)> {
+        let (vendor, loaded) = VendorVcpu::create(vendor)?;
         let mut arch = VcpuArch {
-            vendor: VendorVcpu::create(vendor)?,
+            vendor,
             fpu: Fpu::new()?,
             regs: reset_regs(&[]),
             pending: Pending::None,
@@ -179,25 +185,7 @@ impl VcpuArch {
         };
         // As kvm_arch_vcpu_create(), whose kvm_set_tsc_khz() result is not checked.
         let _ = set_tsc_khz(&mut arch, tsc_khz);
-        Ok(arch)
-    }
-}
-
-/// What an exit handler decided.
-pub(crate) enum Next {
-    /// Re-enter the guest.
-    Guest,
-    /// Return to userspace with this KVM_RUN result (kvm_run filled in).
-    User(Result<isize>),
-}
-
-impl Next {
-    /// As a completion's result: None to go on into the guest.
-    pub(crate) fn into_user(self) -> Option<Result<isize>> {
-        match self {
-            Next::Guest => None,
-            Next::User(r) => Some(r),
-        }
+        Ok((arch, loaded))
     }
 }
 
@@ -457,10 +445,10 @@ impl Vcpu {
         if has_lapic && st.mp_state == uapi::KVM_MP_STATE_UNINITIALIZED {
             // As upstream: an AP waiting for INIT blocks once, then KVM_RUN returns
             // (-EAGAIN, or -EINTR for a signal) so that userspace sees its new state.
-            self.kvm_apic_accept_events(st);
+            self.kvm_apic_accept_events(vm, st);
             if st.mp_state == uapi::KVM_MP_STATE_UNINITIALIZED {
                 self.waiter.block();
-                self.kvm_apic_accept_events(st);
+                self.kvm_apic_accept_events(vm, st);
             }
             if signal_pending() {
                 self.set_exit(uapi::KVM_EXIT_INTR);
@@ -494,7 +482,7 @@ impl Vcpu {
                 self.vcpu_enter_guest(vm, st, has_lapic)
             };
             if let Next::User(r) = next {
-                return r;
+                return r.map(|()| 0);
             }
             // SAFETY: process context, interrupts and preemption on, only our vCPU mutex held; may schedule.
             if unsafe { glue::kvm_glue_xfer_to_guest_mode_handle_work() } != 0 {
@@ -509,7 +497,7 @@ impl Vcpu {
     /// can enter the guest (not halted with nothing to wake it, not waiting for SIPI).
     fn kvm_vcpu_running(&self, vm: &Vm, st: &mut VcpuArch) -> bool {
         self.waiter.take();
-        self.kvm_apic_accept_events(st);
+        self.kvm_apic_accept_events(vm, st);
         if st.mp_state == uapi::KVM_MP_STATE_HALTED && self.kvm_vcpu_has_events(vm, st) {
             st.mp_state = uapi::KVM_MP_STATE_RUNNABLE;
         }
@@ -566,7 +554,7 @@ impl Vcpu {
         }
         // SAFETY: interrupts off; paired with guest_timing_exit_irqoff() in exit_guest_mode().
         unsafe { glue::kvm_glue_guest_timing_enter_irqoff() };
-        let ex = st.vendor.vcpu_run(&mut st.regs, flush);
+        st.vendor.vcpu_run(&mut st.regs, flush);
         if st.db_wont_exit {
             // The guest may have written them (svm_sync_dirty_debug_regs()).
             // SAFETY: reads DR0-3 into our array.
@@ -586,7 +574,7 @@ impl Vcpu {
             l.set_cr8(st.regs.cr8);
         }
         self.stats.inc(st_::EXITS);
-        self.handle_exit(vm, st, &ex)
+        kvm_x86_handle_exit(self, vm, st)
     }
 
     /// Preemption and interrupts off, then "in guest mode on this CPU" published for
@@ -645,95 +633,119 @@ impl Vcpu {
         Ok(())
     }
 
-    pub(crate) fn handle_exit(&self, vm: &Vm, st: &mut VcpuArch, ex: &Exit) -> Next {
-        match ex.kind {
-            exit::NONE | exit::UD => {
-                if ex.kind == exit::NONE && ex.next_rip == 0 {
-                    self.stats.inc(st_::IRQ_EXITS);
-                }
-                if ex.next_rip != 0 {
-                    st.regs.rip = ex.next_rip;
-                }
-                Next::Guest
-            }
-            exit::IO if ex.flags & exit::IO_STRING == 0 => {
-                let input = ex.flags & exit::IO_IN != 0;
-                let size = ex.info2 as u8;
-                if self.kernel_pio(vm, st, input, size, ex.info as u16) {
-                    self.stats.inc(st_::IO_EXITS);
-                    st.regs.rip = ex.next_rip;
-                    return Next::Guest;
-                }
-                if !input {
-                    let bytes = st.regs.gpr[reg::RAX].to_le_bytes();
-                    // SAFETY: the PIO page is ours; size <= 4.
-                    unsafe {
-                        core::ptr::copy_nonoverlapping(
-                            bytes.as_ptr(),
-                            self.pio_data(),
-                            size as usize,
-                        )
-                    };
-                }
-                self.stats.inc(st_::IO_EXITS);
-                st.pending = Pending::Pio {
-                    input,
-                    size,
-                    rip: st.regs.rip,
-                    next_rip: ex.next_rip,
-                };
-                self.io_exit(input, size, ex.info as u16, 1);
-                Next::User(Ok(0))
-            }
-            exit::HLT => self.kvm_emulate_halt(st, ex.next_rip),
-            exit::IRQ_WINDOW => {
-                self.stats.inc(st_::IRQ_WINDOW_EXITS);
-                Next::Guest
-            }
-            exit::SHUTDOWN => {
-                // The vendor put the vCPU in its INIT state; so are the registers.
-                st.regs = reset_regs(&st.cpuid);
-                st.pending = Pending::None;
-                self.set_exit(uapi::KVM_EXIT_SHUTDOWN);
-                Next::User(Ok(0))
-            }
-            exit::NPF => self.kvm_mmu_page_fault(vm, st, ex),
-            exit::CPUID => self.kvm_emulate_cpuid(st, ex.next_rip),
-            exit::RDMSR => self.kvm_emulate_rdmsr(vm, st, ex.next_rip),
-            exit::WRMSR => self.kvm_emulate_wrmsr(vm, st, ex.next_rip),
-            exit::VMMCALL => {
-                self.kvm_emulate_hypercall(st);
-                st.regs.rip = ex.next_rip;
-                Next::Guest
-            }
-            exit::INVALID_OPCODE => self.handle_ud(vm, st),
-            exit::XSETBV => self.kvm_emulate_xsetbv(st, ex.next_rip),
-            exit::DR_ACCESS => {
-                st.db_wont_exit = true;
-                Next::Guest
-            }
-            exit::FAIL_ENTRY => {
-                self.set_exit(uapi::KVM_EXIT_FAIL_ENTRY);
-                self.run_write(run::U, ex.hw_reason);
-                self.run_write(run::U + 8, kernel::cpu::CpuId::current().as_u32());
-                Next::User(Ok(0))
-            }
-            exit::IO => self.emulator_pio_in_out(vm, st, ex),
-            _ => {
-                self.set_exit(uapi::KVM_EXIT_INTERNAL_ERROR);
-                self.run_write(run::U, uapi::KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON);
-                self.run_write(run::U + 4, 2u32);
-                self.run_write(run::U + 8, ex.hw_reason);
-                let cpu = kernel::cpu::CpuId::current().as_u32();
-                self.run_write(run::U + 16, u64::from(cpu));
-                Next::User(Ok(0))
-            }
+    // The helpers below are what the vendors' exit handlers call (the table in
+    // arch/x86/kvm/vendor.rs, `kvm_core_ops_list!`): each takes the VM and the
+    // vCPU state, then the arguments the vendor decoded from its exit.
+
+    /// kvm_emulate_as_nop(): an instruction with nothing to emulate (INVD, WBINVD).
+    pub(crate) fn kvm_emulate_as_nop(&self, _vm: &Vm, st: &mut VcpuArch, next_rip: u64) -> Next {
+        st.regs.rip = next_rip;
+        Next::Guest
+    }
+
+    /// kvm_fast_pio(): IN/OUT of `size` bytes at `port`, to an in-kernel device on
+    /// the PIO bus or, through KVM_EXIT_IO, to userspace (completed by
+    /// complete_userspace_io() on the next KVM_RUN).
+    pub(crate) fn kvm_fast_pio(
+        &self,
+        vm: &Vm,
+        st: &mut VcpuArch,
+        size: u32,
+        port: u16,
+        input: bool,
+        next_rip: u64,
+    ) -> Next {
+        let size = size.min(4) as u8;
+        self.stats.inc(st_::IO_EXITS);
+        if self.kernel_pio(vm, st, input, size, port) {
+            st.regs.rip = next_rip;
+            return Next::Guest;
         }
+        if !input {
+            let bytes = st.regs.gpr[reg::RAX].to_le_bytes();
+            // SAFETY: the PIO page is ours; size <= 4.
+            unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), self.pio_data(), size.into()) };
+        }
+        st.pending = Pending::Pio {
+            input,
+            size,
+            rip: st.regs.rip,
+            next_rip,
+        };
+        self.io_exit(input, size, port, 1);
+        Next::User(Ok(()))
+    }
+
+    /// kvm_emulate_instruction() for an intercepted instruction the vendor does
+    /// not decode itself: INS/OUTS (the only ones that come here today).
+    pub(crate) fn kvm_emulate_instruction(&self, vm: &Vm, st: &mut VcpuArch) -> Next {
+        // INS/OUTS take the port from DX.
+        let port = st.regs.gpr[reg::RDX] as u16;
+        self.emulator_pio_in_out(vm, st, port)
+    }
+
+    /// kvm_vcpu_reset(): back to the INIT state (`init_event`) or power-on state;
+    /// the vendor's part through its vcpu_reset, the registers, pending
+    /// completion and DR0-3 here.
+    pub(crate) fn kvm_vcpu_reset(&self, _vm: &Vm, st: &mut VcpuArch, _init_event: bool) {
+        st.vendor.vcpu_reset();
+        st.regs = reset_regs(&st.cpuid);
+        st.pending = Pending::None;
+        st.db = [0; 4];
+    }
+
+    /// `vcpu->run->exit_reason = reason`.
+    pub(crate) fn set_exit_reason(&self, _vm: &Vm, _st: &mut VcpuArch, reason: u32) {
+        self.set_exit(reason);
+    }
+
+    /// KVM_EXIT_FAIL_ENTRY: the vendor's reason and the CPU the entry failed on.
+    pub(crate) fn kvm_prepare_fail_entry_exit(
+        &self,
+        _vm: &Vm,
+        _st: &mut VcpuArch,
+        reason: u64,
+    ) -> Next {
+        self.set_exit(uapi::KVM_EXIT_FAIL_ENTRY);
+        self.run_write(run::U, reason);
+        self.run_write(run::U + 8, kernel::cpu::CpuId::current().as_u32());
+        Next::User(Ok(()))
+    }
+
+    /// kvm_prepare_unexpected_reason_exit(): an exit the vendor has no handler for.
+    pub(crate) fn kvm_prepare_unexpected_reason_exit(
+        &self,
+        _vm: &Vm,
+        _st: &mut VcpuArch,
+        exit_reason: u64,
+    ) -> Next {
+        self.set_exit(uapi::KVM_EXIT_INTERNAL_ERROR);
+        self.run_write(run::U, uapi::KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON);
+        self.run_write(run::U + 4, 2u32);
+        self.run_write(run::U + 8, exit_reason);
+        let cpu = kernel::cpu::CpuId::current().as_u32();
+        self.run_write(run::U + 16, u64::from(cpu));
+        Next::User(Ok(()))
+    }
+
+    /// `++vcpu->stat.<stat>` for the vendor's handlers.
+    pub(crate) fn kvm_stat_inc(&self, _vm: &Vm, _st: &mut VcpuArch, stat: u32) {
+        match stat {
+            vcpu_stat::IRQ_EXITS => self.stats.inc(st_::IRQ_EXITS),
+            vcpu_stat::IRQ_WINDOW_EXITS => self.stats.inc(st_::IRQ_WINDOW_EXITS),
+            _ => {}
+        }
+    }
+
+    /// `vcpu->arch.switch_db_regs |= KVM_DEBUGREG_WONT_EXIT`: DR0-3 are loaded for
+    /// the entries until the next exit, which saves them back.
+    pub(crate) fn kvm_debugreg_wont_exit(&self, _vm: &Vm, st: &mut VcpuArch) {
+        st.db_wont_exit = true;
     }
 
     /// kvm_emulate_halt(): with the LAPIC in the kernel the vCPU sleeps until an
     /// event wakes it; otherwise userspace gets KVM_EXIT_HLT.
-    fn kvm_emulate_halt(&self, st: &mut VcpuArch, next_rip: u64) -> Next {
+    pub(crate) fn kvm_emulate_halt(&self, _vm: &Vm, st: &mut VcpuArch, next_rip: u64) -> Next {
         self.stats.inc(st_::HALT_EXITS);
         st.regs.rip = next_rip;
         if self.arch.lapic.lock().is_some() {
@@ -741,11 +753,11 @@ impl Vcpu {
             return Next::Guest;
         }
         self.set_exit(uapi::KVM_EXIT_HLT);
-        Next::User(Ok(0))
+        Next::User(Ok(()))
     }
 
     /// kvm_emulate_cpuid(): the vCPU's table, with the runtime bits as they are.
-    fn kvm_emulate_cpuid(&self, st: &mut VcpuArch, next_rip: u64) -> Next {
+    pub(crate) fn kvm_emulate_cpuid(&self, _vm: &Vm, st: &mut VcpuArch, next_rip: u64) -> Next {
         let (f, i) = (st.regs.gpr[reg::RAX] as u32, st.regs.gpr[reg::RCX] as u32);
         let r = self.cpuid_runtime(st);
         cpuid::update_runtime(&mut st.cpuid, &r);
@@ -760,7 +772,7 @@ impl Vcpu {
 
     /// kvm_emulate_rdmsr(): EDX:EAX, or #GP for an MSR kvm-rs does not have
     /// (upstream with ignore_msrs=0).
-    fn kvm_emulate_rdmsr(&self, vm: &Vm, st: &mut VcpuArch, next_rip: u64) -> Next {
+    pub(crate) fn kvm_emulate_rdmsr(&self, vm: &Vm, st: &mut VcpuArch, next_rip: u64) -> Next {
         let index = st.regs.gpr[reg::RCX] as u32;
         match self.get_msr(vm, st, index, false) {
             Some(v) => {
@@ -774,7 +786,7 @@ impl Vcpu {
     }
 
     /// kvm_emulate_wrmsr(): EDX:EAX into the MSR, or #GP.
-    fn kvm_emulate_wrmsr(&self, vm: &Vm, st: &mut VcpuArch, next_rip: u64) -> Next {
+    pub(crate) fn kvm_emulate_wrmsr(&self, vm: &Vm, st: &mut VcpuArch, next_rip: u64) -> Next {
         let index = st.regs.gpr[reg::RCX] as u32;
         let v = (st.regs.gpr[reg::RDX] << 32) | (st.regs.gpr[reg::RAX] & 0xffff_ffff);
         if self.set_msr(vm, st, index, v, false) {
@@ -804,9 +816,16 @@ impl Vcpu {
         }
     }
 
+    /// kvm_emulate_hypercall(): the call, then past the instruction.
+    pub(crate) fn kvm_emulate_hypercall(&self, _vm: &Vm, st: &mut VcpuArch, next_rip: u64) -> Next {
+        self.kvm_hypercall(st);
+        st.regs.rip = next_rip;
+        Next::Guest
+    }
+
     /// A KVM hypercall (upstream ____kvm_emulate_hypercall()): the number in
     /// RAX, the result back in RAX; only from CPL 0.
-    pub(crate) fn kvm_emulate_hypercall(&self, st: &mut VcpuArch) {
+    pub(crate) fn kvm_hypercall(&self, st: &mut VcpuArch) {
         let s = self.get_sregs(st);
         let long = s.efer & EFER_LMA != 0 && s.cs.l != 0;
         let mask = if long { u64::MAX } else { 0xffff_ffff };

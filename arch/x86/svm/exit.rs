@@ -1,30 +1,32 @@
 // SPDX-License-Identifier: GPL-2.0-only
-//! #VMEXIT decoding (upstream svm_handle_exit() and its svm_exit_handlers[]): exit
-//! codes by name (vmcb.rs), decoded into kvm.ko's [`Exit`]; exits that need nothing
-//! from kvm.ko (host interrupts, instructions the guest gets #UD for) end here.
+//! #VMEXIT handling (upstream svm_handle_exit() and its svm_exit_handlers[]): exit
+//! codes by name (vmcb.rs); each handler does the SVM part and calls kvm.ko's
+//! helpers (kvm_emulate_cpuid(), kvm_mmu_page_fault()...) through [`KvmCoreVcpu`].
 
 use core::sync::atomic::Ordering;
 
-use super::kvm_x86_ops::{exit, Exit};
+use super::kvm_x86_ops::{vcpu_stat, KvmCoreVcpu, Next};
 use super::uapi;
-use super::vcpu::{queue_exception_vmcb, reinit_vmcb, EVTINJ_VALID, NRIPS};
-use super::vmcb::{self as vm, Vmcb};
+use super::vcpu::{queue_exception_vmcb, SvmVcpu, EVTINJ_VALID, NRIPS};
+use super::vmcb as vm;
 
-pub(crate) fn exit_of(kind: u32) -> Exit {
-    Exit {
-        kind,
-        ..Default::default()
-    }
-}
+/// Lengths of the prefix-free intercepted instructions, for CPUs without NRIPS
+/// (upstream decodes with the emulator; these are the only encodings).
+const HLT_LEN: u64 = 1;
+const CPUID_LEN: u64 = 2;
+const MSR_LEN: u64 = 2;
+const VMMCALL_LEN: u64 = 3;
+const XSETBV_LEN: u64 = 3;
+const INVD_LEN: u64 = 2;
 
-/// #VMEXIT as kvm.ko sees it. Exits that need nothing from kvm.ko (host
-/// interrupts, instructions the guest gets #UD for) are finished here.
-pub(crate) fn svm_handle_exit(vmcb: &mut Vmcb, rip: u64) -> Exit {
+/// svm_handle_exit(): the exit kvm.ko's vcpu_enter_guest() just took.
+pub(crate) fn svm_handle_exit(v: &mut SvmVcpu, core: &mut KvmCoreVcpu) -> Next {
+    let vmcb = v.vmcb();
     let c = vmcb.control;
-    let nrips = NRIPS.load(Ordering::Relaxed);
+    let rip = vmcb.save.rip;
     // Without NRIPS, the length of the (prefix-free) intercepted instruction.
     let next = |len: u64| {
-        if nrips {
+        if NRIPS.load(Ordering::Relaxed) {
             c.next_rip
         } else {
             rip.wrapping_add(len)
@@ -32,9 +34,9 @@ pub(crate) fn svm_handle_exit(vmcb: &mut Vmcb, rip: u64) -> Exit {
     };
     let (info1, info2) = (c.exit_info_1, c.exit_info_2);
     let code = c.exit_code;
-    // An intercepted instruction that kvm.ko completes is skipped, which ends an
-    // STI/MOV SS shadow (skip_emulated_instruction() clears it): STI; HLT must
-    // be able to wake for an interrupt.
+    // An intercepted instruction that is skipped ends an STI/MOV SS shadow (as
+    // svm_skip_emulated_instruction() clears it): STI; HLT must be able to wake
+    // for an interrupt.
     if matches!(
         code,
         vm::EXIT_HLT
@@ -49,113 +51,75 @@ pub(crate) fn svm_handle_exit(vmcb: &mut Vmcb, rip: u64) -> Exit {
         vmcb.control.int_state &= !vm::INTERRUPT_SHADOW;
     }
     match code {
-        vm::EXIT_INTR | vm::EXIT_NMI | vm::EXIT_SMI => exit_of(exit::NONE),
+        // intr_interception(): the host took its interrupt on the way out.
+        vm::EXIT_INTR => {
+            core.kvm_stat_inc(v, vcpu_stat::IRQ_EXITS);
+            Next::Guest
+        }
+        vm::EXIT_NMI | vm::EXIT_SMI => Next::Guest,
         vm::EXIT_VINTR => {
-            // svm_clear_vintr(): the window is open; kvm.ko injects what is pending.
+            // interrupt_window_interception() + svm_clear_vintr(): the window is
+            // open; kvm.ko injects what is pending on the way back in.
             vmcb.control.int_ctl &= !(vm::V_IRQ | vm::V_IGN_TPR | (0xf << vm::V_INTR_PRIO_SHIFT));
             vmcb.control.intercepts[vm::INTERCEPT_WORD3] &= !vm::VINTR;
-            exit_of(exit::IRQ_WINDOW)
+            core.kvm_stat_inc(v, vcpu_stat::IRQ_WINDOW_EXITS);
+            Next::Guest
         }
-        vm::EXIT_HLT => Exit {
-            next_rip: next(1),
-            ..exit_of(exit::HLT)
-        },
+        vm::EXIT_HLT => core.kvm_emulate_halt(v, next(HLT_LEN)),
+        // io_interception(): IOIO always reports the next RIP in EXITINFO2.
+        vm::EXIT_IOIO if info1 & vm::IOIO_STR != 0 => core.kvm_emulate_instruction(v),
         vm::EXIT_IOIO => {
-            let mut flags = 0;
-            if info1 & vm::IOIO_TYPE_IN != 0 {
-                flags |= exit::IO_IN;
-            }
-            if info1 & vm::IOIO_STR != 0 {
-                flags |= exit::IO_STRING;
-            }
-            if info1 & vm::IOIO_REP != 0 {
-                flags |= exit::IO_REP;
-            }
             let size = match (info1 & vm::IOIO_SIZE_MASK) >> vm::IOIO_SIZE_SHIFT {
                 1 => 1,
                 2 => 2,
                 _ => 4,
             };
-            Exit {
-                kind: exit::IO,
-                flags,
-                info: info1 >> 16,
-                info2: size,
-                // IOIO always reports the next RIP in EXITINFO2.
-                next_rip: info2,
-                hw_reason: c.exit_code,
-            }
+            let input = info1 & vm::IOIO_TYPE_IN != 0;
+            core.kvm_fast_pio(v, size, (info1 >> 16) as u16, input, info2)
         }
-        vm::EXIT_CPUID => Exit {
-            next_rip: next(2),
-            ..exit_of(exit::CPUID)
-        },
-        vm::EXIT_MSR => Exit {
-            kind: if info1 == 0 { exit::RDMSR } else { exit::WRMSR },
-            next_rip: next(2),
-            ..Default::default()
-        },
-        vm::EXIT_VMMCALL => Exit {
-            next_rip: next(3),
-            ..exit_of(exit::VMMCALL)
-        },
+        vm::EXIT_CPUID => core.kvm_emulate_cpuid(v, next(CPUID_LEN)),
+        // msr_interception()
+        vm::EXIT_MSR if info1 == 0 => core.kvm_emulate_rdmsr(v, next(MSR_LEN)),
+        vm::EXIT_MSR => core.kvm_emulate_wrmsr(v, next(MSR_LEN)),
+        vm::EXIT_VMMCALL => core.kvm_emulate_hypercall(v, next(VMMCALL_LEN)),
         vm::EXIT_SHUTDOWN => {
-            // The VMCB is undefined after a shutdown intercept: start over from the
-            // INIT state, as upstream's shutdown_interception() (kvm.ko resets the
-            // registers it owns).
-            reinit_vmcb(vmcb);
-            exit_of(exit::SHUTDOWN)
+            // shutdown_interception(): the VMCB is undefined after a shutdown
+            // intercept; INIT puts it in a known state (kvm_vcpu_reset() calls
+            // svm_vcpu_reset()), and userspace hears of the shutdown.
+            core.kvm_vcpu_reset(v, true);
+            core.set_exit_reason(v, uapi::KVM_EXIT_SHUTDOWN);
+            Next::User(Ok(()))
         }
-        vm::EXIT_NPF => Exit {
-            kind: exit::NPF,
-            flags: (info1 as u32 & !exit::VECTORING)
-                | if c.exit_int_info & EVTINJ_VALID != 0 {
-                    exit::VECTORING
-                } else {
-                    0
-                },
-            info: info2,
-            hw_reason: c.exit_code,
-            ..Default::default()
-        },
-        vm::EXIT_ERR => Exit {
-            kind: exit::FAIL_ENTRY,
-            hw_reason: c.exit_code,
-            ..Default::default()
-        },
-        code if code == vm::EXIT_EXCP_BASE + u64::from(uapi::UD_VECTOR) => {
-            exit_of(exit::INVALID_OPCODE)
+        // npf_interception()
+        vm::EXIT_NPF => {
+            let vectoring = c.exit_int_info & EVTINJ_VALID != 0;
+            core.kvm_mmu_page_fault(v, info2, info1, vectoring, code)
         }
+        vm::EXIT_ERR => core.kvm_prepare_fail_entry_exit(v, code),
+        // ud_interception()
+        code if code == vm::EXIT_EXCP_BASE + u64::from(uapi::UD_VECTOR) => core.handle_ud(v),
+        // ac_interception()
         code if code == vm::EXIT_EXCP_BASE + u64::from(uapi::AC_VECTOR) => {
             queue_exception_vmcb(vmcb, uapi::AC_VECTOR, Some(info1 as u32));
-            exit_of(exit::NONE)
+            Next::Guest
         }
-        // MOV from/to DR0-15 (dr_interception() without guest debugging): let
-        // the guest access them freely until the next exit, and run it again.
+        // dr_interception() without guest debugging: let the guest access them
+        // freely until the next exit, and run the instruction again.
         vm::EXIT_READ_DR0..=vm::EXIT_WRITE_DR15 => {
             vmcb.control.intercepts[vm::INTERCEPT_DR] = 0;
-            exit_of(exit::DR_ACCESS)
+            core.kvm_debugreg_wont_exit(v);
+            Next::Guest
         }
-        vm::EXIT_XSETBV => Exit {
-            next_rip: next(3),
-            ..exit_of(exit::XSETBV)
-        },
+        vm::EXIT_XSETBV => core.kvm_emulate_xsetbv(v, next(XSETBV_LEN)),
         // No nested SVM, no MONITOR/MWAIT: #UD, as the guest's CPUID promises.
         vm::EXIT_VMRUN..=vm::EXIT_SKINIT | vm::EXIT_MONITOR | vm::EXIT_MWAIT | vm::EXIT_RDPRU => {
             queue_exception_vmcb(vmcb, uapi::UD_VECTOR, None);
-            exit_of(exit::NONE)
+            Next::Guest
         }
-        // INVD, WBINVD: nothing to do for a guest without assigned devices.
-        vm::EXIT_INVD | vm::EXIT_WBINVD => Exit {
-            next_rip: next(2),
-            ..exit_of(exit::NONE)
-        },
-        code => Exit {
-            kind: exit::UNHANDLED,
-            hw_reason: code,
-            info: info1,
-            info2,
-            ..Default::default()
-        },
+        // kvm_emulate_invd(), kvm_emulate_wbinvd(): nothing to do for a guest
+        // without assigned devices.
+        vm::EXIT_INVD | vm::EXIT_WBINVD => core.kvm_emulate_as_nop(v, next(INVD_LEN)),
+        // svm_handle_invalid_exit()
+        code => core.kvm_prepare_unexpected_reason_exit(v, code),
     }
 }

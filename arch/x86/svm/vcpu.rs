@@ -11,8 +11,10 @@ use super::processor_flags::X86_EFLAGS_IF;
 use core::sync::atomic::{AtomicBool, Ordering};
 use kernel::prelude::*;
 
+use kernel::sync::Arc;
+
 use super::exit::svm_handle_exit;
-use super::kvm_x86_ops::{exit, reg, Exit, GuestRegs};
+use super::kvm_x86_ops::{reg, GuestRegs, KvmCoreVcpu, Next};
 use super::pages::Pages;
 use super::spte::SpteMasks;
 use super::uapi::{self, kvm_dtable, kvm_segment, kvm_sregs, kvm_vcpu_events};
@@ -60,8 +62,13 @@ pub(crate) struct SvmVcpu {
     cpu: u32,
 }
 
+/// An SVM vCPU's load state: nothing yet. Upstream's svm_vcpu_load()/put() deal
+/// with AVIC, the PLE window and user-return MSRs, none of which kvm-rs has; the
+/// per-CPU ASID is checked at each entry (pre_svm_run()), as upstream.
+pub(crate) struct SvmLoaded;
+
 impl SvmVcpu {
-    fn vmcb(&mut self) -> &mut Vmcb {
+    pub(crate) fn vmcb(&mut self) -> &mut Vmcb {
         // SAFETY: the page is a VMCB owned by this vCPU; `&mut self` is exclusive (the hardware only touches it inside VMRUN, under the same borrow).
         unsafe { &mut *self.vmcb.as_ptr().cast::<Vmcb>() }
     }
@@ -224,8 +231,9 @@ impl KvmX86Vendor for Svm {
     const HAS_VCPUS: bool = true;
     const TDP_MASKS: SpteMasks = SpteMasks::NPT;
     type Vcpu = SvmVcpu;
+    type Loaded = SvmLoaded;
 
-    fn vcpu_create() -> Result<KBox<SvmVcpu>> {
+    fn vcpu_create() -> Result<(KBox<SvmVcpu>, Arc<SvmLoaded>)> {
         let mut v = KBox::new(
             SvmVcpu {
                 vmcb: Pages::new(4096)?,
@@ -236,8 +244,12 @@ impl KvmX86Vendor for Svm {
             GFP_KERNEL,
         )?;
         init_vmcb(v.vmcb());
-        Ok(v)
+        Ok((v, Arc::new(SvmLoaded, GFP_KERNEL)?))
     }
+
+    fn vcpu_load(_: &SvmLoaded, _cpu: u32) {}
+
+    fn vcpu_put(_: &SvmLoaded) {}
 
     fn get_sregs(v: &SvmVcpu, k: &mut kvm_sregs) {
         let s = &v.vmcb_ref().save;
@@ -295,13 +307,11 @@ impl KvmX86Vendor for Svm {
         v.nested_cr3 = root_hpa;
     }
 
-    fn vcpu_run(v: &mut SvmVcpu, regs: &mut GuestRegs, flush: bool) -> Exit {
+    fn vcpu_run(v: &mut SvmVcpu, regs: &mut GuestRegs, flush: bool) {
         let Some((cpu, cd)) = this_cpu() else {
-            return Exit {
-                kind: exit::FAIL_ENTRY,
-                hw_reason: vm::EXIT_ERR,
-                ..Default::default()
-            };
+            // svm_handle_exit() reports it (KVM_EXIT_FAIL_ENTRY).
+            v.vmcb().control.exit_code = vm::EXIT_ERR;
+            return;
         };
         // A fresh ASID on this CPU is a clean TLB (upstream pre_svm_run/new_asid).
         if v.cpu != cpu || flush {
@@ -351,11 +361,8 @@ impl KvmX86Vendor for Svm {
             // Upstream oopses unless rebooting; kvm-rs reports a failed entry. Not
             // guest-triggerable (SVM disabled under us, a bad VMCB address).
             pr_err!("kvm_amd: VMRUN, VMLOAD or VMSAVE faulted on CPU {}\n", cpu);
-            return Exit {
-                kind: exit::FAIL_ENTRY,
-                hw_reason: vm::EXIT_ERR,
-                ..Default::default()
-            };
+            v.vmcb().control.exit_code = vm::EXIT_ERR;
+            return;
         }
 
         let vmcb = v.vmcb();
@@ -371,12 +378,10 @@ impl KvmX86Vendor for Svm {
             vmcb.control.event_inj = int_info;
             vmcb.control.event_inj_err = vmcb.control.exit_int_info_err;
         }
-        let ex = svm_handle_exit(vmcb, regs.rip);
-        if ex.kind == exit::SHUTDOWN {
-            // The reinitialized VMCB has no ASID.
-            v.asid_generation = 0;
-        }
-        ex
+    }
+
+    fn handle_exit(v: &mut SvmVcpu, core: &mut KvmCoreVcpu) -> Next {
+        svm_handle_exit(v, core)
     }
 
     fn queue_exception(v: &mut SvmVcpu, vector: u32, has_error: bool, error_code: u32) {
@@ -547,7 +552,7 @@ impl KvmX86Vendor for Svm {
 }
 
 /// Reads and writes of DR0-3, DR6 and DR7 (upstream set_dr_intercepts()): the
-/// first one makes kvm.ko switch DR0-3 (exit::DR_ACCESS).
+/// first one makes kvm.ko switch DR0-3 (kvm_debugreg_wont_exit).
 const DR_INTERCEPTS: u32 = 0x00cf_00cf;
 
 /// Queues an exception in EVENTINJ (svm_inject_exception()).

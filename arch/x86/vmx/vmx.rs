@@ -31,8 +31,11 @@ mod vendor;
 #[path = "../hw/vmx.rs"]
 mod vmx_hw;
 
-use kvm_x86_ops::{Exit, GuestRegs, KvmX86Ops};
-use spte::SpteMasks;
+mod exit;
+mod vcpu;
+
+use kvm_x86_ops::KvmX86Ops;
+use vcpu::Vmx;
 use vmx_hw as vmx;
 
 module! {
@@ -42,83 +45,6 @@ module! {
     description: "Kernel-based Virtual Machine, in Rust: Intel VMX",
     license: "GPL",
 }
-
-struct Vmx;
-
-impl vendor::KvmX86Vendor for Vmx {
-    const NAME: &'static core::ffi::CStr = c"kvm_intel";
-    /// `KVM_X86_DEFAULT_VM` only; TDX comes with TDX support.
-    const VM_TYPES: u32 = 1 << 0;
-    const HAS_VCPUS: bool = false;
-    /// EPT without accessed/dirty bits: valid on every EPT CPU (upstream with
-    /// enable_ept_ad_bits=0); the A/D variant is an optimization for later.
-    const TDP_MASKS: SpteMasks = SpteMasks::ept(false);
-    type Vcpu = NoVcpu;
-
-    /// VMX vCPUs (VMCS, VM entry) are not written yet: KVM_CREATE_VCPU fails with
-    /// -EOPNOTSUPP on Intel, so no `NoVcpu` ever exists and no entry below can be
-    /// called (each matches on the uninhabited type).
-    fn vcpu_create() -> Result<KBox<NoVcpu>> {
-        Err(cpus::eopnotsupp())
-    }
-    fn get_sregs(v: &NoVcpu, _: &mut uapi::kvm_sregs) {
-        match *v {}
-    }
-    fn set_sregs(v: &mut NoVcpu, _: &uapi::kvm_sregs) -> Result {
-        match *v {}
-    }
-    fn load_mmu_pgd(v: &mut NoVcpu, _: u64) {
-        match *v {}
-    }
-    fn vcpu_run(v: &mut NoVcpu, _: &mut GuestRegs, _: bool) -> Exit {
-        match *v {}
-    }
-    fn queue_exception(v: &mut NoVcpu, _: u32, _: bool, _: u32) {
-        match *v {}
-    }
-    fn get_msr(v: &NoVcpu, _: u32, _: &mut u64) -> bool {
-        match *v {}
-    }
-    fn set_msr(v: &mut NoVcpu, _: u32, _: u64) -> bool {
-        match *v {}
-    }
-    fn interrupt_allowed(v: &NoVcpu, _: u64) -> bool {
-        match *v {}
-    }
-    fn inject_irq(v: &mut NoVcpu, _: u8) {
-        match *v {}
-    }
-    fn enable_irq_window(v: &mut NoVcpu) {
-        match *v {}
-    }
-    fn inject_nmi(v: &mut NoVcpu) -> bool {
-        match *v {}
-    }
-    fn vcpu_reset(v: &mut NoVcpu) {
-        match *v {}
-    }
-    fn get_events(v: &NoVcpu, _: &mut uapi::kvm_vcpu_events) {
-        match *v {}
-    }
-    fn set_events(v: &mut NoVcpu, _: &uapi::kvm_vcpu_events) {
-        match *v {}
-    }
-    fn get_dr(v: &NoVcpu, _: u32) -> u64 {
-        match *v {}
-    }
-    fn set_dr(v: &mut NoVcpu, _: u32, _: u64) {
-        match *v {}
-    }
-    fn get_cr4(v: &NoVcpu) -> u64 {
-        match *v {}
-    }
-    fn sync_dirty_debug_regs(v: &mut NoVcpu) {
-        match *v {}
-    }
-}
-
-/// Stands for the VMCS-backed vCPU to come; uninhabited until then.
-enum NoVcpu {}
 
 static OPS: KvmX86Ops = vendor::ops::<Vmx>();
 

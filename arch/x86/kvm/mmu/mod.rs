@@ -9,28 +9,40 @@ use core::sync::atomic::Ordering;
 use kernel::prelude::*;
 
 use crate::abi::uapi;
-use crate::arch::x86::{Next, VcpuArch};
+use crate::arch::x86::VcpuArch;
 use crate::arch::Vcpu;
 use crate::arch::Vm;
 use crate::glue;
-use crate::kvm_x86_ops::{exit, Exit};
+use crate::kvm_x86_ops::pferr;
+use crate::kvm_x86_ops::Next;
 use crate::stats::{self, vcpu as st_};
 use crate::user;
 use crate::vcpu::PAGE_SIZE;
 
 impl Vcpu {
-    /// NPF: map the page backing the GPA, or report what cannot be mapped.
-    pub(crate) fn kvm_mmu_page_fault(&self, vm: &Vm, st: &mut VcpuArch, ex: &Exit) -> Next {
-        let gfn = ex.info >> 12;
-        let write = ex.flags & exit::PF_WRITE != 0;
+    /// kvm_mmu_page_fault() for a TDP fault at `gpa`: map the page backing it, or
+    /// emulate the access when no slot takes it (MMIO) or it writes a read-only
+    /// one. `vectoring`: the CPU was delivering an event, which cannot be
+    /// emulated; `exit_reason` is reported then.
+    pub(crate) fn kvm_mmu_page_fault(
+        &self,
+        vm: &Vm,
+        st: &mut VcpuArch,
+        gpa: u64,
+        error_code: u64,
+        vectoring: bool,
+        exit_reason: u64,
+    ) -> Next {
+        let gfn = gpa >> 12;
+        let write = error_code & pferr::WRITE != 0;
         let (slot, gen) = vm.find_slot(gfn);
         if slot.is_none() || write && slot.is_some_and(|s| s.readonly()) {
-            if ex.flags & exit::VECTORING != 0 {
+            if vectoring {
                 // MMIO while delivering an event cannot be emulated
                 // (kvm_prepare_event_vectoring_exit()).
-                return self.kvm_prepare_event_vectoring_exit(ex);
+                return self.kvm_prepare_event_vectoring_exit(gpa, error_code, exit_reason);
             }
-            return self.x86_emulate_instruction(vm, st, ex.info);
+            return self.x86_emulate_instruction(vm, st, gpa);
         }
         let Some(slot) = slot else {
             return self.handle_emulation_failure();
