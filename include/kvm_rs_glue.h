@@ -145,6 +145,11 @@ void kvm_glue_xsetbv(unsigned long long xcr0);
 /* With interrupts off, just before entry: reload the FPU if a switch dropped it. */
 void kvm_glue_fpu_prepare_entry(void);
 
+/* eventfd_ctx_fdget(@fd) into *@ctx: 0, -EBADF, or -EINVAL (not an eventfd). */
+int kvm_glue_eventfd_ctx_fdget(int fd, void **ctx);
+void kvm_glue_eventfd_ctx_put(void *ctx);
+void kvm_glue_eventfd_signal(void *ctx);
+
 /*
  * A vCPU's preempt notifier (upstream vcpu->preempt_notifier): while a vCPU ioctl
  * runs, sched_in/sched_out call kvm_rs_sched_in/out(@vcpu). new() enables the

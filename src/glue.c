@@ -4,6 +4,7 @@
  * no policy: decisions are made in Rust.
  */
 #include <linux/anon_inodes.h>
+#include <linux/eventfd.h>
 #include <linux/file.h>
 #include <linux/entry-virt.h>
 #include <linux/hrtimer.h>
@@ -348,6 +349,26 @@ void kvm_glue_preempt_disable(void)
 void kvm_glue_preempt_enable(void)
 {
 	preempt_enable();
+}
+
+int kvm_glue_eventfd_ctx_fdget(int fd, void **ctx)
+{
+	struct eventfd_ctx *e = eventfd_ctx_fdget(fd);
+
+	if (IS_ERR(e))
+		return PTR_ERR(e);
+	*ctx = e;
+	return 0;
+}
+
+void kvm_glue_eventfd_ctx_put(void *ctx)
+{
+	eventfd_ctx_put(ctx);
+}
+
+void kvm_glue_eventfd_signal(void *ctx)
+{
+	eventfd_signal(ctx);
 }
 
 static DEFINE_PER_CPU(const void *, kvm_glue_last_vcpu);

@@ -84,10 +84,11 @@ impl<A: KvmArch> KvmIoBus<A> {
 
 impl<A: KvmArch> KvmIoBuses<A> {
     pub(crate) fn new() -> Result<impl PinInit<Self, Error>> {
-        let (mmio, pio) = (KvmIoBus::new()?, KvmIoBus::new()?);
+        let (mmio, pio, ccw) = (KvmIoBus::new()?, KvmIoBus::new()?, KvmIoBus::new()?);
         Ok(try_pin_init!(KvmIoBuses {
             mmio <- mmio,
             pio <- pio,
+            virtio_ccw_notify <- ccw,
         }))
     }
 
@@ -95,6 +96,7 @@ impl<A: KvmArch> KvmIoBuses<A> {
         match bus {
             Bus::Mmio => &self.mmio,
             Bus::Pio => &self.pio,
+            Bus::VirtioCcwNotify => &self.virtio_ccw_notify,
         }
     }
 }

@@ -14,6 +14,7 @@ use kernel::sync::{Arc, Mutex, SpinLock};
 use crate::abi::caps::Host;
 use crate::glue;
 use crate::io_bus::IoRange;
+use crate::ioeventfd;
 use crate::memslot::Slot;
 use crate::pages::Pages;
 use crate::stats::{self, Counters};
@@ -139,6 +140,10 @@ pub(crate) struct Vm<A: KvmArch> {
     /// The PIO and MMIO buses of in-kernel devices (upstream kvm->buses).
     #[pin]
     pub(crate) buses: KvmIoBuses<A>,
+    /// KVM_IOEVENTFD's registrations (upstream kvm->ioeventfds, under slots_lock
+    /// there); held across a registration's bus change.
+    #[pin]
+    pub(crate) ioeventfds: Mutex<KVec<IoeventfdEntry<A>>>,
     /// `struct kvm_arch`.
     #[pin]
     pub(crate) arch: A::VmArch,
@@ -279,6 +284,15 @@ pub(crate) trait KvmIoDevice<A: KvmArch>: Send + Sync {
     fn write(&self, vm: &Vm<A>, addr: u64, data: &[u8]) -> Result;
 }
 
+/// One KVM_IOEVENTFD registration (upstream struct _ioeventfd's list entry): the
+/// device as the bus holds it, and what a deassign compares.
+pub(crate) struct IoeventfdEntry<A: KvmArch> {
+    pub(crate) spec: ioeventfd::Spec,
+    /// The eventfd context's address (the device holds the reference).
+    pub(crate) eventfd_id: usize,
+    pub(crate) dev: Arc<dyn KvmIoDevice<A>>,
+}
+
 /// One table: the sorted ranges and their devices, index for index.
 pub(crate) struct Table<A: KvmArch> {
     pub(crate) ranges: KVec<IoRange>,
@@ -300,4 +314,7 @@ pub(crate) struct KvmIoBuses<A: KvmArch> {
     pub(crate) mmio: KvmIoBus<A>,
     #[pin]
     pub(crate) pio: KvmIoBus<A>,
+    /// s390's; on x86 only a place KVM_IOEVENTFD can register (as upstream).
+    #[pin]
+    pub(crate) virtio_ccw_notify: KvmIoBus<A>,
 }

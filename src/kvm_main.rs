@@ -14,6 +14,7 @@ use arch::kvm_arch::X86;
 
 // The generic core (upstream virt/kvm), written against `kvm_host::KvmArch`.
 mod dev;
+mod eventfd;
 mod glue;
 mod iodev;
 mod kvm_host;
@@ -34,6 +35,9 @@ mod hw;
 #[allow(unreachable_pub, dead_code)]
 #[path = "virt/io_bus.rs"]
 mod io_bus;
+#[allow(unreachable_pub, dead_code)]
+#[path = "virt/ioeventfd.rs"]
+mod ioeventfd;
 #[allow(unreachable_pub, dead_code)]
 #[path = "virt/memslot.rs"]
 mod memslot;

@@ -48,6 +48,7 @@ pod!(
     kvm_irq_level,
     kvm_irq_routing_entry,
     kvm_msi,
+    kvm_ioeventfd,
 );
 
 /// Reads a `T` at user address `addr` (-EFAULT if unmapped).

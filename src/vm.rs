@@ -40,6 +40,7 @@ pub(crate) fn create<A: KvmArch>(vm_type: usize) -> Result<isize> {
             invalidations: AtomicU64::new(0),
             notifier: AtomicPtr::new(core::ptr::null_mut()),
             buses <- buses,
+            ioeventfds <- new_mutex!(KVec::new(), "kvm->ioeventfds"),
             arch <- arch,
         }),
         GFP_KERNEL,
@@ -117,6 +118,10 @@ impl<A: KvmArch> Vm<A> {
                 stats::stats_fd(id, src, c"kvm-vm-stats")
             }
             ioctl::KVM_GET_DIRTY_LOG => self.kvm_vm_ioctl_get_dirty_log(arg, false),
+            ioctl::KVM_IOEVENTFD => {
+                let args: uapi::kvm_ioeventfd = user::read(arg)?;
+                self.kvm_ioeventfd(&args)
+            }
             _ => A::vm_ioctl(self, cmd, arg),
         }
     }

@@ -82,6 +82,10 @@ pub fn check_extension(host: &Host, cap: u64) -> i32 {
         | uapi::KVM_CAP_IRQCHIP
         | uapi::KVM_CAP_IRQ_INJECT_STATUS
         | uapi::KVM_CAP_SIGNAL_MSI
+        // KVM_IOEVENTFD on the PIO and MMIO buses, any width or none (eventfd.rs).
+        | uapi::KVM_CAP_IOEVENTFD
+        | uapi::KVM_CAP_IOEVENTFD_NO_LENGTH
+        | uapi::KVM_CAP_IOEVENTFD_ANY_LENGTH
             if host.vcpus =>
         {
             1

@@ -8,12 +8,15 @@ use core::cmp::Ordering;
 /// Upstream NR_IOBUS_DEVS: at most this many devices on one bus.
 pub const NR_IOBUS_DEVS: usize = 1000;
 
-/// Which bus (upstream enum kvm_bus; x86 has no virtio-ccw or fast-MMIO bus of
-/// its own: a zero-length MMIO ioeventfd sits on the MMIO bus).
+/// Which bus (upstream enum kvm_bus). Every VM has all of them, as upstream's;
+/// on x86 nothing is dispatched on the virtio-ccw notify bus (s390's hypercall),
+/// but KVM_IOEVENTFD can register there. No fast-MMIO bus: a zero-length MMIO
+/// ioeventfd sits on the MMIO bus, which SVM's MMIO exits reach.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bus {
     Mmio = 0,
     Pio = 1,
+    VirtioCcwNotify = 2,
 }
 
 /// A registered range (struct kvm_io_range, without its device).

@@ -19,6 +19,7 @@ use std::ptr;
 
 use kvm_abi::ioctl::{io, ior, iow, iowr, KVM_CREATE_VM, KVM_GET_VCPU_MMAP_SIZE};
 use kvm_abi::uapi;
+mod ioeventfd;
 mod irq;
 mod report;
 mod xstate;
@@ -1322,7 +1323,7 @@ fn immediate_exit(t: &mut Report, kvm: RawFd) -> Result<(), String> {
 type Case = fn(&mut Report, RawFd) -> Result<(), String>;
 
 fn main() {
-    let cases: [(&str, Case); 17] = [
+    let cases: [(&str, Case); 18] = [
         ("real-io", |t, kvm| real_io(t, kvm, "real-io")),
         ("real-string-io", real_string_io),
         ("pm32", pm32),
@@ -1340,6 +1341,7 @@ fn main() {
         ("pic", irq::pic),
         ("ioapic", irq::ioapic),
         ("irq-routing", irq::routing),
+        ("ioeventfd", ioeventfd::ioeventfd_case),
     ];
     let only = std::env::args().nth(1);
     if let Some(name) = &only {
