@@ -173,14 +173,24 @@ macro_rules! kvm_x86_ops_list {
             /// Makes the guest exit as soon as it can take an interrupt (its handler
             /// counts `vcpu_stat::IRQ_WINDOW_EXITS`; kvm.ko injects on re-entry).
             fn enable_irq_window(mut) -> ();
-            /// Injects an NMI on the next entry if nothing else is being injected
-            /// and the guest is not in an interrupt shadow; false if it cannot now.
+            /// Injects an NMI on the next entry if nothing else is being injected,
+            /// NMIs are not masked and the guest is not in an interrupt shadow;
+            /// false if it cannot now. An injected NMI masks NMIs until its IRET.
             fn inject_nmi(mut) -> bool;
+            /// Whether an NMI could be injected now (upstream nmi_allowed).
+            fn nmi_allowed(ref) -> bool;
+            /// Whether NMIs are masked (an NMI handler runs; upstream get_nmi_mask).
+            fn get_nmi_mask(ref) -> bool;
+            /// Makes the guest exit as soon as an NMI can be injected (upstream
+            /// enable_nmi_window): at the IRET that unmasks, or after one
+            /// single-stepped instruction.
+            fn enable_nmi_window(mut) -> ();
             /// Puts the vendor state in the INIT state (segments, CRs, EFER; kvm.ko
             /// owns the registers), as upstream vcpu_reset(init_event).
             fn vcpu_reset(mut) -> ();
             /// The event being injected and the interrupt shadow, as `struct
-            /// kvm_vcpu_events` has them (exception, interrupt, nmi.injected, shadow).
+            /// kvm_vcpu_events` has them (exception, interrupt, nmi.injected and
+            /// .masked, shadow).
             fn get_events(ref, e: &mut uapi::kvm_vcpu_events) -> ();
             /// Sets them from a validated `struct kvm_vcpu_events`.
             fn set_events(mut, e: &uapi::kvm_vcpu_events) -> ();

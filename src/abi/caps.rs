@@ -82,6 +82,8 @@ pub fn check_extension(host: &Host, cap: u64) -> i32 {
         | uapi::KVM_CAP_IRQCHIP
         | uapi::KVM_CAP_IRQ_INJECT_STATUS
         | uapi::KVM_CAP_SIGNAL_MSI
+        // KVM_NMI, with NMI masking until the handler's IRET (x86.rs, svm/).
+        | uapi::KVM_CAP_USER_NMI
         // KVM_IOEVENTFD on the PIO and MMIO buses, any width or none (eventfd.rs).
         | uapi::KVM_CAP_IOEVENTFD
         | uapi::KVM_CAP_IOEVENTFD_NO_LENGTH

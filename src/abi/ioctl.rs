@@ -84,6 +84,7 @@ pub const KVM_PRE_FAULT_MEMORY: u32 = iowr::<uapi::kvm_pre_fault_memory>(0xd5);
 
 // vCPU ioctls.
 pub const KVM_RUN: u32 = io(0x80);
+pub const KVM_NMI: u32 = io(0x9a);
 pub const KVM_GET_REGS: u32 = ior::<uapi::kvm_regs>(0x81);
 pub const KVM_SET_REGS: u32 = iow::<uapi::kvm_regs>(0x82);
 pub const KVM_GET_SREGS: u32 = ior::<uapi::kvm_sregs>(0x83);

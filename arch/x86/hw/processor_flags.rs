@@ -9,9 +9,11 @@ pub const X86_EFLAGS_PF: u64 = 1 << 2;
 pub const X86_EFLAGS_AF: u64 = 1 << 4;
 pub const X86_EFLAGS_ZF: u64 = 1 << 6;
 pub const X86_EFLAGS_SF: u64 = 1 << 7;
+pub const X86_EFLAGS_TF: u64 = 1 << 8;
 pub const X86_EFLAGS_IF: u64 = 1 << 9;
 pub const X86_EFLAGS_DF: u64 = 1 << 10;
 pub const X86_EFLAGS_OF: u64 = 1 << 11;
+pub const X86_EFLAGS_RF: u64 = 1 << 16;
 pub const X86_EFLAGS_VM: u64 = 1 << 17;
 pub const X86_EFLAGS_AC: u64 = 1 << 18;
 

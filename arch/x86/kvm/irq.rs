@@ -8,6 +8,15 @@ use crate::arch::Vcpu;
 use crate::arch::Vm;
 use crate::stats::vcpu as st_;
 
+/// process_nmi(): the NMIs raised since are counted in. Two may be pending when
+/// NMIs are not masked (one is injected at once, the other waits for the window),
+/// else one, as x86 latches one NMI while another is handled.
+pub(crate) fn process_nmi(st: &mut VcpuArch) {
+    let limit = if st.vendor.get_nmi_mask() { 1 } else { 2 };
+    st.nmi_pending = st.nmi_pending.saturating_add(st.nmi_queued).min(limit);
+    st.nmi_queued = 0;
+}
+
 impl Vcpu {
     /// Whether a halted vCPU has something to run for (kvm_vcpu_has_events()).
     pub(crate) fn kvm_vcpu_has_events(&self, vm: &Vm, st: &VcpuArch) -> bool {
@@ -19,6 +28,8 @@ impl Vcpu {
             .is_some_and(|l| l.pending_interrupt().is_some())
             || self.has_extint(vm);
         pending && st.vendor.interrupt_allowed(st.regs.rflags)
+            || st.nmi_queued != 0
+            || st.nmi_pending != 0 && st.vendor.nmi_allowed()
     }
 
     /// Injects the LAPIC's highest pending interrupt, or asks to exit as soon as

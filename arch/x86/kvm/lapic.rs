@@ -60,7 +60,7 @@ impl Vcpu {
         let expiry = l.next_timer_expiry().unwrap_or(0);
         let cr8 = l.cr8();
         drop(g);
-        st.nmi_pending = st.nmi_pending.saturating_add(nmis);
+        st.nmi_queued = st.nmi_queued.saturating_add(nmis);
         if expiry != st.armed_ns {
             self.waiter.arm(expiry);
             st.armed_ns = expiry;

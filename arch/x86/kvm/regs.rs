@@ -9,6 +9,7 @@ use kernel::prelude::*;
 
 use crate::abi::uapi;
 use crate::arch::emulate;
+use crate::arch::irq::process_nmi;
 use crate::arch::lapic::set_apic_base;
 use crate::arch::x86::{VcpuArch, RESET_RIP};
 use crate::arch::Vcpu;
@@ -356,10 +357,12 @@ impl Vcpu {
 }
 
 /// KVM_GET_VCPU_EVENTS (kvm_vcpu_ioctl_x86_get_vcpu_events()).
-pub(crate) fn get_events(st: &VcpuArch) -> uapi::kvm_vcpu_events {
+pub(crate) fn get_events(st: &mut VcpuArch) -> uapi::kvm_vcpu_events {
+    process_nmi(st);
     let mut e = uapi::kvm_vcpu_events::default();
     st.vendor.get_events(&mut e);
-    e.nmi.pending = u8::from(st.nmi_pending != 0);
+    // kvm_get_nr_pending_nmis(): a count (at most two), not a flag.
+    e.nmi.pending = u8::try_from(st.nmi_pending).unwrap_or(u8::MAX);
     e.flags = uapi::KVM_VCPUEVENT_VALID_NMI_PENDING
         | uapi::KVM_VCPUEVENT_VALID_SHADOW
         | uapi::KVM_VCPUEVENT_VALID_SMM;
@@ -380,9 +383,12 @@ pub(crate) fn set_events(st: &mut VcpuArch, e: &uapi::kvm_vcpu_events) -> Result
     {
         return Err(EINVAL);
     }
+    process_nmi(st);
     st.vendor.set_events(e);
     if e.flags & uapi::KVM_VCPUEVENT_VALID_NMI_PENDING != 0 {
-        st.nmi_pending = e.nmi.pending.into();
+        // Counted in (and limited) at the next process_nmi(), as upstream.
+        st.nmi_pending = 0;
+        st.nmi_queued = e.nmi.pending.into();
     }
     Ok(())
 }

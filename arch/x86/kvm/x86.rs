@@ -11,6 +11,7 @@ use kernel::prelude::*;
 
 use crate::abi::{ioctl, uapi};
 use crate::arch::emulate::{self, set_in_result, Failure, Pending};
+use crate::arch::irq::process_nmi;
 use crate::arch::lapic::LapicState;
 use crate::arch::msr::MISC_ENABLE_RESET;
 use crate::arch::regs::{get_events, get_regs, reset_regs, set_events, set_regs};
@@ -83,8 +84,12 @@ pub(crate) struct VcpuArch {
     /// MSR_PLATFORM_INFO as userspace set it. Upstream starts it with the
     /// CPUID-faulting bit; kvm-rs does not emulate CPUID faulting, so 0.
     pub(crate) platform_info: u64,
-    /// NMIs waiting for the guest to be able to take one.
+    /// NMIs waiting for the guest to be able to take one (at most two, see
+    /// process_nmi()).
     pub(crate) nmi_pending: u32,
+    /// NMIs raised (KVM_NMI, the LAPIC) and not yet counted into `nmi_pending`
+    /// (upstream nmi_queued).
+    pub(crate) nmi_queued: u32,
     /// The guest's DR0-3, loaded into the hardware for entries while the guest
     /// has breakpoints enabled or accesses them without exits (`db_wont_exit`).
     pub(crate) db: [u64; 4],
@@ -175,6 +180,7 @@ impl VcpuArch {
             armed_ns: 0,
             ran: false,
             nmi_pending: 0,
+            nmi_queued: 0,
             misc_enable: MISC_ENABLE_RESET,
             platform_info: 0,
             db: [0; 4],
@@ -303,6 +309,11 @@ impl Vcpu {
                 Ok(0)
             }
             ioctl::KVM_GET_TSC_KHZ => Ok(st.tsc_khz as isize),
+            // kvm_vcpu_ioctl_nmi(): kvm_inject_nmi().
+            ioctl::KVM_NMI => {
+                st.nmi_queued = st.nmi_queued.saturating_add(1);
+                Ok(0)
+            }
             ioctl::KVM_PRE_FAULT_MEMORY => self.kvm_vcpu_pre_fault_memory(vm, arg),
             ioctl::KVM_GET_MSRS | ioctl::KVM_SET_MSRS => {
                 self.msrs(vm, st, arg, cmd == ioctl::KVM_SET_MSRS)
@@ -517,11 +528,18 @@ impl Vcpu {
     /// last-moment exit-request check, the guest's XCR0 and debug registers, the
     /// vendor's vcpu_run, and the exit handled once interrupts are on again.
     fn vcpu_enter_guest(&self, vm: &Vm, st: &mut VcpuArch, has_lapic: bool) -> Next {
+        // NMIs before interrupts, as kvm_check_and_inject_events() orders them.
+        process_nmi(st);
+        if st.nmi_pending != 0 {
+            if st.vendor.inject_nmi() {
+                st.nmi_pending -= 1;
+            }
+            if st.nmi_pending != 0 {
+                st.vendor.enable_nmi_window();
+            }
+        }
         if has_lapic {
             self.kvm_check_and_inject_events(vm, st);
-        }
-        if st.nmi_pending != 0 && st.vendor.inject_nmi() {
-            st.nmi_pending -= 1;
         }
         self.kvm_mmu_reload(vm, st);
         let cpu = self.enter_guest_mode(vm);
@@ -692,6 +710,8 @@ impl Vcpu {
         st.regs = reset_regs(&st.cpuid);
         st.pending = Pending::None;
         st.db = [0; 4];
+        st.nmi_pending = 0;
+        st.nmi_queued = 0;
     }
 
     /// `vcpu->run->exit_reason = reason`.

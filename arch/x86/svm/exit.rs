@@ -7,7 +7,7 @@ use core::sync::atomic::Ordering;
 
 use super::kvm_x86_ops::{vcpu_stat, KvmCoreVcpu, Next};
 use super::uapi;
-use super::vcpu::{queue_exception_vmcb, SvmVcpu, EVTINJ_VALID, NRIPS};
+use super::vcpu::{disable_nmi_singlestep, queue_exception_vmcb, SvmVcpu, EVTINJ_VALID, NRIPS};
 use super::vmcb as vm;
 
 /// Lengths of the prefix-free intercepted instructions, for CPUs without NRIPS
@@ -66,6 +66,14 @@ pub(crate) fn svm_handle_exit(v: &mut SvmVcpu, core: &mut KvmCoreVcpu) -> Next {
             Next::Guest
         }
         vm::EXIT_HLT => core.kvm_emulate_halt(v, next(HLT_LEN)),
+        // iret_interception(): the NMI handler ends; NMIs unmask once the IRET
+        // has run (checked after the next exit), the window opens then.
+        vm::EXIT_IRET => {
+            vmcb.control.intercepts[vm::INTERCEPT_WORD3] &= !vm::IRET;
+            v.nmi.awaiting_iret_completion = true;
+            v.nmi.iret_rip = rip;
+            Next::Guest
+        }
         // io_interception(): IOIO always reports the next RIP in EXITINFO2.
         vm::EXIT_IOIO if info1 & vm::IOIO_STR != 0 => core.kvm_emulate_instruction(v),
         vm::EXIT_IOIO => {
@@ -98,6 +106,15 @@ pub(crate) fn svm_handle_exit(v: &mut SvmVcpu, core: &mut KvmCoreVcpu) -> Next {
         vm::EXIT_ERR => core.kvm_prepare_fail_entry_exit(v, code),
         // ud_interception()
         code if code == vm::EXIT_EXCP_BASE + u64::from(uapi::UD_VECTOR) => core.handle_ud(v),
+        // db_interception(): the single-step KVM set for an NMI window.
+        code if code == vm::EXIT_EXCP_BASE + u64::from(uapi::DB_VECTOR) => {
+            if v.nmi.singlestep {
+                disable_nmi_singlestep(v);
+            } else {
+                queue_exception_vmcb(v.vmcb(), uapi::DB_VECTOR, None);
+            }
+            Next::Guest
+        }
         // ac_interception()
         code if code == vm::EXIT_EXCP_BASE + u64::from(uapi::AC_VECTOR) => {
             queue_exception_vmcb(vmcb, uapi::AC_VECTOR, Some(info1 as u32));

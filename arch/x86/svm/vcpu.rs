@@ -7,7 +7,7 @@ use super::msr_index::{
     MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_EIP, MSR_IA32_SYSENTER_ESP, MSR_IA32_TSC,
     MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_STAR, MSR_SYSCALL_MASK,
 };
-use super::processor_flags::X86_EFLAGS_IF;
+use super::processor_flags::{NMI_VECTOR, X86_EFLAGS_IF, X86_EFLAGS_RF, X86_EFLAGS_TF};
 use core::sync::atomic::{AtomicBool, Ordering};
 use kernel::prelude::*;
 
@@ -60,6 +60,26 @@ pub(crate) struct SvmVcpu {
     /// ASID generation of `cpu` this vCPU's ASID belongs to (0: none).
     asid_generation: u64,
     cpu: u32,
+    /// NMI state without vNMI (upstream vcpu_svm): masked from an NMI's injection
+    /// until the IRET that ends its handler has run.
+    pub(crate) nmi: NmiState,
+}
+
+/// How SVM tracks NMI blocking without vNMI (upstream's nmi_masked,
+/// awaiting_iret_completion, nmi_iret_rip, nmi_singlestep).
+#[derive(Default)]
+pub(crate) struct NmiState {
+    /// An NMI handler runs: no NMI can be injected.
+    pub(crate) masked: bool,
+    /// The handler's IRET was intercepted at `iret_rip`; NMIs unmask once the
+    /// guest is past it.
+    pub(crate) awaiting_iret_completion: bool,
+    pub(crate) iret_rip: u64,
+    /// One instruction is being single-stepped (TF|RF set by KVM, #DB
+    /// intercepted) so that a pending NMI is injected right after it.
+    pub(crate) singlestep: bool,
+    /// TF and RF as the guest had them when the single-step began.
+    pub(crate) singlestep_guest_rflags: u64,
 }
 
 /// An SVM vCPU's load state: nothing yet. Upstream's svm_vcpu_load()/put() deal
@@ -240,6 +260,7 @@ impl KvmX86Vendor for Svm {
                 nested_cr3: 0,
                 asid_generation: 0,
                 cpu: u32::MAX,
+                nmi: NmiState::default(),
             },
             GFP_KERNEL,
         )?;
@@ -334,13 +355,23 @@ impl KvmX86Vendor for Svm {
             v.asid_generation = generation;
         }
         let nested_cr3 = v.nested_cr3;
+        // TF|RF while single-stepping for an NMI window, hidden from the guest's
+        // RFLAGS again on the way out (svm_enable_nmi_window(), svm_get_rflags()).
+        let singlestep = v.nmi.singlestep;
+        let rflags = if singlestep {
+            v.nmi.singlestep_guest_rflags = regs.rflags & (X86_EFLAGS_TF | X86_EFLAGS_RF);
+            regs.rflags | X86_EFLAGS_TF | X86_EFLAGS_RF
+        } else {
+            regs.rflags
+        };
+        let guest_tf_rf = v.nmi.singlestep_guest_rflags;
         let vmcb = v.vmcb();
         vmcb.control.nested_cr3 = nested_cr3;
         vmcb.control.clean = 0;
         vmcb.save.rax = regs.gpr[reg::RAX];
         vmcb.save.rsp = regs.gpr[reg::RSP];
         vmcb.save.rip = regs.rip;
-        vmcb.save.rflags = regs.rflags;
+        vmcb.save.rflags = rflags;
         vmcb.control.int_ctl = (vmcb.control.int_ctl & !vm::V_TPR_MASK) | (regs.cr8 as u32 & 0xf);
 
         // SAFETY: the per-CPU save area is this CPU's page.
@@ -371,12 +402,21 @@ impl KvmX86Vendor for Svm {
         regs.gpr[reg::RSP] = vmcb.save.rsp;
         regs.rip = vmcb.save.rip;
         regs.rflags = vmcb.save.rflags;
+        if singlestep {
+            regs.rflags = (regs.rflags & !(X86_EFLAGS_TF | X86_EFLAGS_RF)) | guest_tf_rf;
+        }
         regs.cr8 = u64::from(vmcb.control.int_ctl & vm::V_TPR_MASK);
         // An event cut short by the exit is delivered again (svm_complete_interrupts).
         let int_info = vmcb.control.exit_int_info;
         if int_info & EVTINJ_VALID != 0 {
             vmcb.control.event_inj = int_info;
             vmcb.control.event_inj_err = vmcb.control.exit_int_info_err;
+        }
+        // svm_complete_interrupts(): past the intercepted IRET, the NMI handler
+        // is over and NMIs unmask.
+        if v.nmi.awaiting_iret_completion && regs.rip != v.nmi.iret_rip {
+            v.nmi.awaiting_iret_completion = false;
+            v.nmi.masked = false;
         }
     }
 
@@ -457,13 +497,33 @@ impl KvmX86Vendor for Svm {
     }
 
     fn inject_nmi(v: &mut SvmVcpu) -> bool {
-        let c = &mut v.vmcb().control;
-        if c.event_inj & EVTINJ_VALID != 0 || c.int_state & vm::INTERRUPT_SHADOW != 0 {
+        if !nmi_allowed(v) {
             return false;
         }
-        // svm_inject_nmi(): type NMI, vector 2.
-        c.event_inj = 2 | EVTINJ_TYPE_NMI | EVTINJ_VALID;
+        // svm_inject_nmi(): type NMI, vector 2; NMIs masked until its IRET.
+        let c = &mut v.vmcb().control;
+        c.event_inj = NMI_VECTOR | EVTINJ_TYPE_NMI | EVTINJ_VALID;
+        set_nmi_mask(v, true);
         true
+    }
+
+    fn nmi_allowed(v: &SvmVcpu) -> bool {
+        nmi_allowed(v)
+    }
+
+    fn get_nmi_mask(v: &SvmVcpu) -> bool {
+        v.nmi.masked
+    }
+
+    fn enable_nmi_window(v: &mut SvmVcpu) {
+        // The handler's IRET exits by itself (the IRET intercept).
+        if v.nmi.masked && !v.nmi.awaiting_iret_completion {
+            return;
+        }
+        // Something else blocks the NMI (the IRET not yet completed, an event
+        // being injected, an interrupt shadow): single-step one instruction.
+        v.nmi.singlestep = true;
+        v.vmcb().control.intercepts[vm::INTERCEPT_EXCEPTION] |= 1 << uapi::DB_VECTOR;
     }
 
     fn get_events(v: &SvmVcpu, e: &mut kvm_vcpu_events) {
@@ -490,6 +550,7 @@ impl KvmX86Vendor for Svm {
             // svm_get_interrupt_shadow() cannot tell STI from MOV SS.
             e.interrupt.shadow = 3;
         }
+        e.nmi.masked = u8::from(v.nmi.masked);
     }
 
     fn set_events(v: &mut SvmVcpu, e: &kvm_vcpu_events) {
@@ -500,7 +561,7 @@ impl KvmX86Vendor for Svm {
             let err = (e.exception.has_error_code != 0).then_some(e.exception.error_code);
             queue_exception_vmcb(v.vmcb(), e.exception.nr.into(), err);
         } else if e.nmi.injected != 0 {
-            c.event_inj = 2 | EVTINJ_TYPE_NMI | EVTINJ_VALID;
+            c.event_inj = NMI_VECTOR | EVTINJ_TYPE_NMI | EVTINJ_VALID;
         } else if e.interrupt.injected != 0 {
             let t = if e.interrupt.soft != 0 {
                 EVTINJ_TYPE_SOFT
@@ -509,6 +570,7 @@ impl KvmX86Vendor for Svm {
             };
             c.event_inj = u32::from(e.interrupt.nr) | t | EVTINJ_VALID;
         }
+        set_nmi_mask(v, e.nmi.masked != 0);
         if e.flags & KVM_VCPUEVENT_VALID_SHADOW != 0 {
             let c = &mut v.vmcb().control;
             if e.interrupt.shadow != 0 {
@@ -548,7 +610,32 @@ impl KvmX86Vendor for Svm {
     fn vcpu_reset(v: &mut SvmVcpu) {
         reinit_vmcb(v.vmcb());
         v.asid_generation = 0;
+        v.nmi = NmiState::default();
     }
+}
+
+/// svm_nmi_blocked() inverted, plus no other event being injected.
+fn nmi_allowed(v: &SvmVcpu) -> bool {
+    let c = &v.vmcb_ref().control;
+    !v.nmi.masked && c.int_state & vm::INTERRUPT_SHADOW == 0 && c.event_inj & EVTINJ_VALID == 0
+}
+
+/// svm_set_nmi_mask(): masked NMIs wait for the handler's IRET, which is intercepted.
+fn set_nmi_mask(v: &mut SvmVcpu, masked: bool) {
+    v.nmi.masked = masked;
+    v.nmi.awaiting_iret_completion = false;
+    let c = &mut v.vmcb().control;
+    if masked {
+        c.intercepts[vm::INTERCEPT_WORD3] |= vm::IRET;
+    } else {
+        c.intercepts[vm::INTERCEPT_WORD3] &= !vm::IRET;
+    }
+}
+
+/// disable_nmi_singlestep(): the stepped instruction ran; the #DB was KVM's.
+pub(crate) fn disable_nmi_singlestep(v: &mut SvmVcpu) {
+    v.nmi.singlestep = false;
+    v.vmcb().control.intercepts[vm::INTERCEPT_EXCEPTION] &= !(1 << uapi::DB_VECTOR);
 }
 
 /// Reads and writes of DR0-3, DR6 and DR7 (upstream set_dr_intercepts()): the

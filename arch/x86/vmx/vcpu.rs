@@ -74,6 +74,15 @@ impl vendor::KvmX86Vendor for Vmx {
     fn inject_nmi(v: &mut NoVcpu) -> bool {
         match *v {}
     }
+    fn nmi_allowed(v: &NoVcpu) -> bool {
+        match *v {}
+    }
+    fn get_nmi_mask(v: &NoVcpu) -> bool {
+        match *v {}
+    }
+    fn enable_nmi_window(v: &mut NoVcpu) {
+        match *v {}
+    }
     fn vcpu_reset(v: &mut NoVcpu) {
         match *v {}
     }

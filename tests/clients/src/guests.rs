@@ -1323,7 +1323,7 @@ fn immediate_exit(t: &mut Report, kvm: RawFd) -> Result<(), String> {
 type Case = fn(&mut Report, RawFd) -> Result<(), String>;
 
 fn main() {
-    let cases: [(&str, Case); 18] = [
+    let cases: [(&str, Case); 19] = [
         ("real-io", |t, kvm| real_io(t, kvm, "real-io")),
         ("real-string-io", real_string_io),
         ("pm32", pm32),
@@ -1342,6 +1342,7 @@ fn main() {
         ("ioapic", irq::ioapic),
         ("irq-routing", irq::routing),
         ("ioeventfd", ioeventfd::ioeventfd_case),
+        ("nmi", irq::nmi),
     ];
     let only = std::env::args().nth(1);
     if let Some(name) = &only {

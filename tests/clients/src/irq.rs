@@ -419,3 +419,86 @@ pub(crate) fn routing(t: &mut Report, kvm: RawFd) -> Result<(), String> {
     );
     Ok(())
 }
+
+const KVM_NMI: u32 = io(0x9a);
+const KVM_GET_VCPU_EVENTS: u32 = ior::<uapi::kvm_vcpu_events>(0x9f);
+
+/// (nmi.pending, nmi.masked) as KVM_GET_VCPU_EVENTS reports them.
+fn nmi_events(g: &Guest) -> Result<(u8, u8), String> {
+    let mut e = uapi::kvm_vcpu_events::default();
+    sys(
+        "KVM_GET_VCPU_EVENTS",
+        ioctl_ref(g.vcpu, KVM_GET_VCPU_EVENTS, &mut e),
+    )?;
+    Ok((e.nmi.pending, e.nmi.masked))
+}
+
+/// KVM_NMI into a real-mode guest whose NMI handler reports itself: two NMIs
+/// raised at once are both delivered, the second only once the first handler's
+/// IRET has run (NMIs are masked in between), and no earlier than that.
+pub(crate) fn nmi(t: &mut Report, kvm: RawFd) -> Result<(), String> {
+    let g = Guest::new(kvm)?;
+    t.expect(
+        "nmi: KVM_CHECK_EXTENSION(KVM_CAP_USER_NMI)",
+        report::ioctl(g.vm, io(0x03), uapi::KVM_CAP_USER_NMI.into()),
+        Ok(1),
+    );
+    // IVT entry 2 -> 0000:2000.
+    g.mem.write(8, &[0x00, 0x20, 0x00, 0x00]);
+    g.mem.write(
+        0x2000,
+        &[
+            0xb0, 0x77, // mov al, 0x77
+            0xe6, 0x30, // out 0x30, al
+            0xcf, // iret
+        ],
+    );
+    g.mem.write(
+        0x1000,
+        &[
+            0xe6, 0x31, // out 0x31, al
+            0x90, // nop
+            0xe6, 0x32, // out 0x32, al
+            0xf4, // hlt
+        ],
+    );
+    g.real_mode_stack(0x1000)?;
+    t.exit("nmi: first exit", &g.step(), &out(0x31, 1, 1, &[0]));
+    for _ in 0..2 {
+        sys("KVM_NMI", ioctl(g.vcpu, KVM_NMI, 0))?;
+    }
+    let handler = out(0x30, 1, 1, &[0x77]);
+    // Each step: the exit it ends with, then (nmi.pending, nmi.masked). Pending is
+    // a count (kvm_get_nr_pending_nmis()), up to two while NMIs are not masked.
+    let steps: [(&str, Option<&Exit>, (u8, u8)); 5] = [
+        ("two pending, not masked", None, (2, 0)),
+        (
+            "the handler runs, masked, one pending",
+            Some(&handler),
+            (1, 1),
+        ),
+        (
+            "the second right after the first IRET",
+            Some(&handler),
+            (0, 1),
+        ),
+        (
+            "back in the main code, unmasked",
+            Some(&out(0x32, 1, 1, &[0x77])),
+            (0, 0),
+        ),
+        ("hlt", Some(&Exit::Hlt), (0, 0)),
+    ];
+    for (what, want, events) in steps {
+        if let Some(want) = want {
+            t.exit(&format!("nmi: {what}"), &g.step(), want);
+        }
+        let e = nmi_events(&g)?;
+        t.check(
+            &format!("nmi: {what}: events"),
+            e == events,
+            format!("{e:?}"),
+        );
+    }
+    Ok(())
+}
