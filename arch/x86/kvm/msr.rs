@@ -3,9 +3,9 @@
 //! KVM_GET_MSR_INDEX_LIST of x86.c): what kvm.ko keeps, the rest the vendor's.
 
 use crate::hw::msr_index::{
-    EFER_LMA, MSR_CSTAR, MSR_EFER, MSR_IA32_APICBASE, MSR_IA32_CR_PAT, MSR_IA32_MISC_ENABLE,
+    hwcr_write, EFER_LMA, MSR_CSTAR, MSR_EFER, MSR_IA32_APICBASE, MSR_IA32_CR_PAT, MSR_IA32_MISC_ENABLE,
     MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_EIP, MSR_IA32_SYSENTER_ESP, MSR_IA32_TSC,
-    MSR_IA32_TSC_DEADLINE, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_PLATFORM_INFO, MSR_STAR,
+    MSR_IA32_TSC_DEADLINE, MSR_K7_HWCR, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_PLATFORM_INFO, MSR_STAR,
     MSR_SYSCALL_MASK,
 };
 use core::sync::atomic::Ordering;
@@ -21,7 +21,7 @@ use crate::user::{Fam, MsrList, Msrs};
 
 /// The MSRs KVM_GET_MSR_INDEX_LIST reports: those KVM_GET/SET_MSRS save and
 /// restore (upstream msrs_to_save + emulated_msrs, as far as kvm-rs has them).
-pub(crate) const MSRS_TO_SAVE: [u32; 14] = [
+pub(crate) const MSRS_TO_SAVE: [u32; 15] = [
     MSR_IA32_SYSENTER_CS,
     MSR_IA32_SYSENTER_ESP,
     MSR_IA32_SYSENTER_EIP,
@@ -36,6 +36,7 @@ pub(crate) const MSRS_TO_SAVE: [u32; 14] = [
     MSR_IA32_TSC_DEADLINE,
     MSR_IA32_MISC_ENABLE,
     MSR_PLATFORM_INFO,
+    MSR_K7_HWCR,
 ];
 
 /// MSR_IA32_MISC_ENABLE's reset value: fast strings, PEBS and BTS unavailable
@@ -102,6 +103,7 @@ impl Vcpu {
                 .then_some(st.platform_info),
             MSR_IA32_APICBASE => Some(self.apic_base(st)),
             MSR_IA32_MISC_ENABLE => Some(st.misc_enable),
+            MSR_K7_HWCR => Some(st.msr_hwcr),
             MSR_IA32_TSC_DEADLINE | lapic::X2APIC_MSR_BASE..=X2APIC_MSR_LAST => {
                 let tsc = self.guest_tsc(st);
                 match (*self.arch.lapic.lock()).as_ref() {
@@ -131,6 +133,13 @@ impl Vcpu {
                 st.misc_enable = v;
                 true
             }
+            MSR_K7_HWCR => match hwcr_write(v) {
+                Some(v) => {
+                    st.msr_hwcr = v;
+                    true
+                }
+                None => false,
+            },
             // Written by userspace only (upstream kvm_set_msr_common()).
             MSR_PLATFORM_INFO => {
                 if host {

@@ -81,6 +81,8 @@ pub(crate) struct VcpuArch {
     pub(crate) ran: bool,
     /// MSR_IA32_MISC_ENABLE.
     pub(crate) misc_enable: u64,
+    /// MSR_K7_HWCR (upstream msr_hwcr).
+    pub(crate) msr_hwcr: u64,
     /// MSR_PLATFORM_INFO as userspace set it. Upstream starts it with the
     /// CPUID-faulting bit; kvm-rs does not emulate CPUID faulting, so 0.
     pub(crate) platform_info: u64,
@@ -182,6 +184,7 @@ impl VcpuArch {
             nmi_pending: 0,
             nmi_queued: 0,
             misc_enable: MISC_ENABLE_RESET,
+            msr_hwcr: 0,
             platform_info: 0,
             db: [0; 4],
             db_wont_exit: false,
