@@ -92,14 +92,9 @@ impl<A: KvmArch> KvmIoDevice<A> for Ioeventfd {
 impl<A: KvmArch> Vm<A> {
     /// kvm_ioeventfd(): KVM_IOEVENTFD, assign or deassign.
     pub(crate) fn kvm_ioeventfd(&self, args: &uapi::kvm_ioeventfd) -> Result<isize> {
-        let spec = ioeventfd::spec(args.addr, args.len, args.flags, args.datamatch).map_err(
-            |e| match e {
-                Invalid::Length
-                | Invalid::Overflow
-                | Invalid::Flags
-                | Invalid::DatamatchWithoutLength => EINVAL,
-            },
-        )?;
+        // Every refusal is -EINVAL upstream.
+        let spec = ioeventfd::spec(args.addr, args.len, args.flags, args.datamatch)
+            .map_err(|_: Invalid| EINVAL)?;
         let eventfd = EventfdCtx::fdget(args.fd)?;
         if args.flags & ioeventfd::FLAG_DEASSIGN != 0 {
             self.kvm_deassign_ioeventfd(&spec, &eventfd)?;

@@ -569,24 +569,32 @@ impl Vcpu {
         error_code: u64,
         exit_reason: u64,
     ) -> Next {
-        self.set_exit(uapi::KVM_EXIT_INTERNAL_ERROR);
-        self.run_write(run::U, uapi::KVM_INTERNAL_ERROR_DELIVERY_EV);
-        self.run_write(run::U + 4, 5u32);
-        self.run_write(run::U + 8, gpa);
-        self.run_write(run::U + 16, exit_reason);
-        self.run_write(run::U + 24, error_code);
-        self.run_write(run::U + 32, gpa);
-        let cpu = kernel::cpu::CpuId::current().as_u32();
-        self.run_write(run::U + 40, u64::from(cpu));
-        Next::User(Ok(()))
+        let cpu = last_vmentry_cpu();
+        let data = [gpa, exit_reason, error_code, gpa, cpu];
+        self.kvm_prepare_internal_error_exit(uapi::KVM_INTERNAL_ERROR_DELIVERY_EV, &data)
     }
 
     /// An instruction the emulator does not handle, reported as upstream reports a
     /// failed emulation (handle_emulation_failure() without the instruction bytes).
     pub(crate) fn handle_emulation_failure(&self) -> Next {
+        self.kvm_prepare_internal_error_exit(uapi::KVM_INTERNAL_ERROR_EMULATION, &[])
+    }
+
+    /// KVM_EXIT_INTERNAL_ERROR with `suberror` and `data` (kvm_run's `internal`:
+    /// suberror, ndata, then the data words); back to userspace.
+    pub(crate) fn kvm_prepare_internal_error_exit(&self, suberror: u32, data: &[u64]) -> Next {
         self.set_exit(uapi::KVM_EXIT_INTERNAL_ERROR);
-        self.run_write(run::U, uapi::KVM_INTERNAL_ERROR_EMULATION);
-        self.run_write(run::U + 4, 0u32);
+        self.run_write(run::U, suberror);
+        self.run_write(run::U + 4, data.len() as u32);
+        for (i, d) in data.iter().enumerate() {
+            self.run_write(run::U + 8 + 8 * i, *d);
+        }
         Next::User(Ok(()))
     }
+}
+
+/// The CPU of the last guest entry (upstream vcpu->arch.last_vmentry_cpu): exits
+/// are handled on it, with the vCPU loaded.
+pub(crate) fn last_vmentry_cpu() -> u64 {
+    kernel::cpu::CpuId::current().as_u32().into()
 }

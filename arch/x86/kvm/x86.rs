@@ -10,7 +10,7 @@ use core::sync::atomic::Ordering;
 use kernel::prelude::*;
 
 use crate::abi::{ioctl, uapi};
-use crate::arch::emulate::{self, set_in_result, Failure, Pending};
+use crate::arch::emulate::{self, last_vmentry_cpu, set_in_result, Failure, Pending};
 use crate::arch::irq::process_nmi;
 use crate::arch::lapic::LapicState;
 use crate::arch::msr::MISC_ENABLE_RESET;
@@ -731,7 +731,7 @@ impl Vcpu {
     ) -> Next {
         self.set_exit(uapi::KVM_EXIT_FAIL_ENTRY);
         self.run_write(run::U, reason);
-        self.run_write(run::U + 8, kernel::cpu::CpuId::current().as_u32());
+        self.run_write(run::U + 8, last_vmentry_cpu() as u32);
         Next::User(Ok(()))
     }
 
@@ -742,13 +742,8 @@ impl Vcpu {
         _st: &mut VcpuArch,
         exit_reason: u64,
     ) -> Next {
-        self.set_exit(uapi::KVM_EXIT_INTERNAL_ERROR);
-        self.run_write(run::U, uapi::KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON);
-        self.run_write(run::U + 4, 2u32);
-        self.run_write(run::U + 8, exit_reason);
-        let cpu = kernel::cpu::CpuId::current().as_u32();
-        self.run_write(run::U + 16, u64::from(cpu));
-        Next::User(Ok(()))
+        let data = [exit_reason, last_vmentry_cpu()];
+        self.kvm_prepare_internal_error_exit(uapi::KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON, &data)
     }
 
     /// `++vcpu->stat.<stat>` for the vendor's handlers.
