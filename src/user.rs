@@ -49,6 +49,7 @@ pod!(
     kvm_irq_routing_entry,
     kvm_msi,
     kvm_ioeventfd,
+    kvm_guest_debug,
 );
 
 /// Reads a `T` at user address `addr` (-EFAULT if unmapped).

@@ -161,6 +161,10 @@ macro_rules! kvm_x86_ops_list {
             /// Queues exception `vector` (with `error_code` if `has_error`) for the
             /// next entry (upstream inject_exception).
             fn queue_exception(mut, vector: u32, has_error: bool, error_code: u32) -> ();
+            /// Queues the #BP or #OF an `insn_len`-byte INT3, INT n or INTO at RIP
+            /// raised: the guest's handler returns past it (upstream
+            /// svm_update_soft_interrupt_rip()).
+            fn queue_soft_exception(mut, vector: u32, insn_len: u32) -> ();
             /// Reads an MSR the vendor keeps into `data`; false when it is not one.
             fn get_msr(ref, index: u32, data: &mut u64) -> bool;
             /// Writes an MSR the vendor keeps; false when it is not one.
@@ -202,6 +206,11 @@ macro_rules! kvm_x86_ops_list {
             /// After `kvm_debugreg_wont_exit`, once kvm.ko saved DR0-3: intercept
             /// debug-register accesses again (upstream sync_dirty_debug_regs).
             fn sync_dirty_debug_regs(mut) -> ();
+            /// KVM_SET_GUEST_DEBUG changed `guest_debug` (`KVM_GUESTDBG_*`, 0 when
+            /// off): #BP exits to userspace with USE_SW_BP, #DB with SINGLESTEP or
+            /// USE_HW_BP, guest debug-register accesses are emulated while any is
+            /// on (upstream update_exception_bitmap and vcpu->guest_debug).
+            fn update_exception_bitmap(mut, guest_debug: u32) -> ();
         }
     };
 }
@@ -308,6 +317,12 @@ macro_rules! kvm_core_ops_list {
             /// The guest accesses DR0-3 without exits until the next exit
             /// (upstream KVM_DEBUGREG_WONT_EXIT): kvm.ko loads them for the entries.
             fn kvm_debugreg_wont_exit() -> ();
+            /// Exception `vector` for the guest with its payload (for #DB: the
+            /// cause, active-high DR6 bits, which go into the guest's DR6).
+            fn kvm_queue_exception_p(vector: u32, payload: u64) -> ();
+            /// KVM_EXIT_DEBUG with `kvm_run->debug.arch` as given (the handler then
+            /// returns to userspace).
+            fn set_debug_exit(exception: u32, pc: u64, dr6: u64, dr7: u64) -> ();
         }
     };
 }

@@ -29,6 +29,15 @@ pub const MAX_VCPU_IDS: u32 = MAX_VCPUS * 4;
 /// The quirks KVM_CAP_DISABLE_QUIRKS2 can turn off: those kvm-rs implements
 /// both ways.
 pub const SUPPORTED_QUIRKS: u32 = uapi::KVM_X86_QUIRK_FIX_HYPERCALL_INSN;
+/// The `struct kvm_guest_debug` controls x86 supports (upstream
+/// KVM_GUESTDBG_VALID_MASK), the answer to KVM_CAP_SET_GUEST_DEBUG2.
+pub const GUESTDBG_VALID_MASK: u32 = uapi::KVM_GUESTDBG_ENABLE
+    | uapi::KVM_GUESTDBG_SINGLESTEP
+    | uapi::KVM_GUESTDBG_USE_HW_BP
+    | uapi::KVM_GUESTDBG_USE_SW_BP
+    | uapi::KVM_GUESTDBG_INJECT_BP
+    | uapi::KVM_GUESTDBG_INJECT_DB
+    | uapi::KVM_GUESTDBG_BLOCKIRQ;
 /// `KVM_USER_MEM_SLOTS` on x86.
 pub const USER_MEM_SLOTS: u32 = 32764;
 
@@ -88,10 +97,16 @@ pub fn check_extension(host: &Host, cap: u64) -> i32 {
         | uapi::KVM_CAP_IOEVENTFD
         | uapi::KVM_CAP_IOEVENTFD_NO_LENGTH
         | uapi::KVM_CAP_IOEVENTFD_ANY_LENGTH
+        // KVM_SET_GUEST_DEBUG: single-step (also over instructions KVM emulates
+        // or skips, which makes it robust), software and hardware breakpoints
+        // (x86.rs, svm/exit.rs).
+        | uapi::KVM_CAP_SET_GUEST_DEBUG
+        | uapi::KVM_CAP_X86_ROBUST_SINGLESTEP
             if host.vcpus =>
         {
             1
         }
+        uapi::KVM_CAP_SET_GUEST_DEBUG2 if host.vcpus => GUESTDBG_VALID_MASK as i32,
         // KVM_SET_GSI_ROUTING: the number of routes (KVM_MAX_IRQ_ROUTES).
         uapi::KVM_CAP_IRQ_ROUTING if host.vcpus => 4096,
         // kvm_run's sync_regs exchange (vcpu.rs).
@@ -192,6 +207,14 @@ mod tests {
         };
         assert_eq!(check_extension(&noxsave, uapi::KVM_CAP_XCRS as u64), 0);
         assert_eq!(check_extension(&novcpu, uapi::KVM_CAP_XSAVE2 as u64), 0);
+        assert_eq!(
+            check_extension(&HOST, uapi::KVM_CAP_SET_GUEST_DEBUG2 as u64),
+            0x001f_0003
+        );
+        assert_eq!(
+            check_extension(&novcpu, uapi::KVM_CAP_X86_ROBUST_SINGLESTEP as u64),
+            0
+        );
     }
 
     #[test]

@@ -85,6 +85,7 @@ pub const KVM_PRE_FAULT_MEMORY: u32 = iowr::<uapi::kvm_pre_fault_memory>(0xd5);
 // vCPU ioctls.
 pub const KVM_RUN: u32 = io(0x80);
 pub const KVM_NMI: u32 = io(0x9a);
+pub const KVM_SET_GUEST_DEBUG: u32 = iow::<uapi::kvm_guest_debug>(0x9b);
 pub const KVM_GET_REGS: u32 = ior::<uapi::kvm_regs>(0x81);
 pub const KVM_SET_REGS: u32 = iow::<uapi::kvm_regs>(0x82);
 pub const KVM_GET_SREGS: u32 = ior::<uapi::kvm_sregs>(0x83);
@@ -127,6 +128,8 @@ mod tests {
         // Struct-sized ones: the layout comes from bindgen, the encoding from here.
         assert_eq!(iowr::<super::super::uapi::kvm_cpuid2>(0x05), 0xc008_ae05);
         assert_eq!(ior::<super::super::uapi::kvm_regs>(0x81), 0x8090_ae81);
+        // struct kvm_guest_debug: control, pad, debugreg[8] (72 bytes).
+        assert_eq!(KVM_SET_GUEST_DEBUG, 0x4048_ae9b);
         assert_eq!(
             iow::<super::super::uapi::kvm_userspace_memory_region>(0x46),
             0x4020_ae46

@@ -150,6 +150,11 @@ pub enum Op {
     Cmps,
     /// SCAS: compare rAX with ES:rDI.
     Scas,
+    /// MOV to (`to_dr`) or from debug register `dr` (0-15, REX.R included) from or
+    /// to general register `gpr`; `Insn::op_size` is 8 in 64-bit mode, else 4. No
+    /// memory operand: the CPU takes the ModRM form as a register one whatever
+    /// its mod bits.
+    MovDr { dr: u8, gpr: u8, to_dr: bool },
 }
 
 /// REP prefixes; F3 is plain REP for the non-comparing string instructions.
@@ -209,7 +214,10 @@ impl Insn {
 
     /// The instruction reads the memory operand (for MOVS and CMPS, the source).
     pub fn reads_memory(&self) -> bool {
-        !matches!(self.op, Op::Store { .. } | Op::Stos | Op::Ins)
+        !matches!(
+            self.op,
+            Op::Store { .. } | Op::Stos | Op::Ins | Op::MovDr { .. }
+        )
     }
 
     /// The instruction writes the memory operand (for MOVS, the destination).
@@ -307,6 +315,8 @@ enum MemKind {
     Operand(MemOperand, u8),
     StringSrc,
     StringDst,
+    /// Registers only (MOV DR).
+    None,
 }
 
 struct Body {
@@ -720,6 +730,24 @@ fn decode_0f(cur: &mut Cursor<'_>, c: &Ctx) -> Result<Body, DecodeError> {
             let imm = cur.le(1)?;
             Ok(alu_body(opcode, kind, Operand::Imm(imm), c.op_size, mem))
         }
+        // MOV r, DRn (0F 21) and MOV DRn, r (0F 23): ModRM's reg is the debug
+        // register, r/m the general one, whatever mod says; 64-bit operands in
+        // 64-bit mode, else 32-bit (prefixes do not change it).
+        0x21 | 0x23 => {
+            let m = cur.byte()?;
+            let dr = ((m >> 3) & 7) | if c.rex & REX_R != 0 { 8 } else { 0 };
+            let gpr = (m & 7) | if c.rex & REX_B != 0 { 8 } else { 0 };
+            Ok(Body {
+                opcode,
+                op: Op::MovDr {
+                    dr,
+                    gpr,
+                    to_dr: b == 0x23,
+                },
+                size: if c.mode == Mode::Prot64 { 8 } else { 4 },
+                mem: MemKind::None,
+            })
+        }
         // MOVNTI m32/m64, r (instr_dual_0f_c3): memory only, no 16-bit form.
         0xc3 => {
             let m = modrm(cur, c)?;
@@ -739,6 +767,31 @@ fn decode_0f(cur: &mut Cursor<'_>, c: &Ctx) -> Result<Body, DecodeError> {
             })
         }
         _ => Err(DecodeError::Unsupported),
+    }
+}
+
+/// The length of the INT3 (CC), INT n (CD ib) or INTO (CE; not in 64-bit mode) at
+/// the start of `bytes`, prefixes included: the instruction a #BP or #OF that is
+/// injected again must return past (upstream decodes it with EMULTYPE_SKIP).
+/// None for anything else.
+pub fn soft_exception_len(bytes: &[u8], mode: Mode) -> Option<u8> {
+    let mut pos = 0usize;
+    loop {
+        let b = *bytes.get(pos)?;
+        let prefix = matches!(
+            b,
+            0x66 | 0x67 | 0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 | 0xf0 | 0xf2 | 0xf3
+        ) || mode == Mode::Prot64 && (0x40..=0x4f).contains(&b);
+        if !prefix {
+            let len = match b {
+                0xcc => pos + 1,
+                0xce if mode != Mode::Prot64 => pos + 1,
+                0xcd if bytes.len() > pos + 1 => pos + 2,
+                _ => return None,
+            };
+            return u8::try_from(len).ok().filter(|&l| l <= 15);
+        }
+        pos += 1;
     }
 }
 
@@ -805,6 +858,7 @@ pub fn decode_with_cs_d(bytes: &[u8], mode: Mode, cs_d: bool) -> Result<Insn, De
         MemKind::Operand(m, def) => (p.seg.unwrap_or(def), Some(m), false),
         MemKind::StringSrc => (p.seg.unwrap_or(DS), None, true),
         MemKind::StringDst => (ES, None, true),
+        MemKind::None => (DS, None, false),
     };
     // LOCK is #UD unless the instruction is a lockable read-modify-write of memory
     // (x86_decode_insn: Lock flag and dst.type == OP_MEM).
@@ -1658,6 +1712,64 @@ mod tests {
 
     fn d64_err(bytes: &[u8]) -> DecodeError {
         decode(bytes, Mode::Prot64).unwrap_err()
+    }
+
+    #[test]
+    fn soft_exception_lengths() {
+        assert_eq!(soft_exception_len(&[0xcc, 0x90], Mode::Prot64), Some(1));
+        assert_eq!(soft_exception_len(&[0xcd, 0x03], Mode::Prot64), Some(2));
+        assert_eq!(soft_exception_len(&[0xce], Mode::Prot32), Some(1));
+        // INTO is #UD in 64-bit mode, where 0x40-0x4f are REX prefixes.
+        assert_eq!(soft_exception_len(&[0xce], Mode::Prot64), None);
+        assert_eq!(soft_exception_len(&[0x48, 0xcc], Mode::Prot64), Some(2));
+        assert_eq!(soft_exception_len(&[0x48, 0xcc], Mode::Prot32), None);
+        assert_eq!(soft_exception_len(&[0x66, 0x2e, 0xcc], Mode::Real), Some(3));
+        // Not a soft exception, truncated, or over 15 bytes.
+        assert_eq!(soft_exception_len(&[0x90], Mode::Prot64), None);
+        assert_eq!(soft_exception_len(&[0xcd], Mode::Prot64), None);
+        assert_eq!(soft_exception_len(&[0x66; 15], Mode::Prot64), None);
+        let mut long = [0x66u8; 16];
+        long[15] = 0xcc;
+        assert_eq!(soft_exception_len(&long, Mode::Prot64), None);
+    }
+
+    #[test]
+    fn mov_dr_decoding() {
+        // mov %dr0,%rax: 0f 21 c0, 64-bit operand, no memory.
+        let i = d64(&[0x0f, 0x21, 0xc0]);
+        let op = Op::MovDr {
+            dr: 0,
+            gpr: 0,
+            to_dr: false,
+        };
+        assert_eq!((i.op, i.op_size, i.len, i.modrm_mem), (op, 8, 3, None));
+        assert!(!i.reads_memory() && !i.writes_memory() && !i.is_string());
+        // mov %rbx,%dr7: 0f 23 fb.
+        let i = d64(&[0x0f, 0x23, 0xfb]);
+        let op = Op::MovDr {
+            dr: 7,
+            gpr: RBX,
+            to_dr: true,
+        };
+        assert_eq!(i.op, op);
+        // The mod bits do not make it a memory form: no displacement is read.
+        let i = d64(&[0x0f, 0x21, 0x05]);
+        assert_eq!((i.len, i.modrm_mem), (3, None));
+        // REX.R names DR8-15 (for #UD), REX.B R8-15.
+        let i = d64(&[0x45, 0x0f, 0x23, 0xc1]);
+        let op = Op::MovDr {
+            dr: 8,
+            gpr: 9,
+            to_dr: true,
+        };
+        assert_eq!(i.op, op);
+        // 32-bit operands outside 64-bit mode, operand-size prefix or not.
+        let i = decode(&[0x66, 0x0f, 0x21, 0xf8], Mode::Prot32).unwrap();
+        assert_eq!((i.op_size, i.len), (4, 4));
+        assert_eq!(
+            decode(&[0x0f, 0x21], Mode::Prot32),
+            Err(DecodeError::Truncated)
+        );
     }
 
     #[test]

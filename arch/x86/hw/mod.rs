@@ -1,6 +1,7 @@
 // Shared by the host crate (lib.rs) and the vendor module builds, which include only
 // the file they need.
 pub mod cpuid;
+pub mod debugreg;
 pub mod emulate;
 pub mod ioapic;
 pub mod irq_routing;

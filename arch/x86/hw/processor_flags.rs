@@ -23,6 +23,7 @@ pub const X86_CR0_NW: u64 = 1 << 29;
 pub const X86_CR0_CD: u64 = 1 << 30;
 pub const X86_CR0_PG: u64 = 1 << 31;
 
+pub const X86_CR4_DE: u64 = 1 << 3;
 pub const X86_CR4_PSE: u64 = 1 << 4;
 pub const X86_CR4_PAE: u64 = 1 << 5;
 pub const X86_CR4_UMIP: u64 = 1 << 11;

@@ -5,11 +5,13 @@
 //! exits, and the completions userspace's data finishes (complete_userspace_io).
 
 use crate::abi::uapi;
+use crate::arch::regs::{kvm_get_dr, kvm_get_effective_dr7, kvm_set_dr};
 use crate::arch::x86::VcpuArch;
 use crate::arch::Vcpu;
 use crate::hw::cpuid;
+use crate::hw::debugreg::{DR6_BD, DR7_GD};
 use crate::hw::paging::{Access, GuestMem, Paging, WalkError, WalkOptions};
-use crate::hw::processor_flags::X86_EFLAGS_FIXED;
+use crate::hw::processor_flags::{X86_CR4_DE, X86_EFLAGS_FIXED};
 use crate::io_bus::Bus;
 use crate::kvm_x86_ops::reg;
 use crate::kvm_x86_ops::Next;
@@ -184,6 +186,15 @@ impl Cpu {
     /// Decodes the instruction at `rip` (upstream x86_decode_insn() after fetching
     /// up to 15 bytes, each page translated on its own).
     pub(crate) fn fetch_decode(&self, vm: &Vm, rip: u64) -> Result<Insn, Failure> {
+        let (bytes, got) = self.fetch(vm, rip)?;
+        let bytes = bytes.get(..got).ok_or(Failure::Emulation)?;
+        emulate::decode_with_cs_d(bytes, self.mode, self.sregs.cs.db != 0)
+            .map_err(|_| Failure::Emulation)
+    }
+
+    /// Up to 15 instruction bytes at `rip` (fewer where guest RAM ends), each
+    /// page translated on its own; and how many were read.
+    pub(crate) fn fetch(&self, vm: &Vm, rip: u64) -> Result<([u8; 15], usize), Failure> {
         let la = self.linear(1, rip);
         let mut bytes = [0u8; 15];
         let mut got = 0usize;
@@ -197,9 +208,7 @@ impl Cpu {
             }
             got += n;
         }
-        let bytes = bytes.get(..got).ok_or(Failure::Emulation)?;
-        emulate::decode_with_cs_d(bytes, self.mode, self.sregs.cs.db != 0)
-            .map_err(|_| Failure::Emulation)
+        Ok((bytes, got))
     }
 }
 
@@ -287,7 +296,7 @@ impl Vcpu {
                     let val = u64::from_le_bytes(self.pio_bytes());
                     set_in_result(&mut st.regs.gpr[reg::RAX], size, val);
                 }
-                st.regs.rip = next_rip;
+                return to_user(self.kvm_skip_emulated_instruction(st, next_rip));
             }
             Pending::MmioRead {
                 insn,
@@ -304,11 +313,11 @@ impl Vcpu {
                     self.mmio_exit(gpa, insn.op_size, Some(w));
                     return Some(Ok(0));
                 }
-                st.regs.rip = next_rip;
+                return to_user(self.kvm_skip_emulated_instruction(st, next_rip));
             }
             Pending::StringOut { insn, rip } if at(rip) => {
                 emulate::string_advance(&insn, &mut st.regs.gpr, st.regs.rflags, 1);
-                self.string_next(st, &insn, rip);
+                return to_user(self.string_next(st, &insn, rip));
             }
             Pending::StringIn { insn, rip, count } if at(rip) => {
                 let cpu = self.cpu(st);
@@ -339,14 +348,11 @@ impl Vcpu {
                                 .ok_or(Failure::Emulation)
                         });
                     if let Err(f) = stored {
-                        return match self.failure(st, f, la) {
-                            Next::Guest => None,
-                            Next::User(r) => Some(r.map(|()| 0)),
-                        };
+                        return to_user(self.failure(st, f, la));
                     }
                     emulate::string_advance(&insn, &mut st.regs.gpr, st.regs.rflags, 1);
                 }
-                self.string_next(st, &insn, rip);
+                return to_user(self.string_next(st, &insn, rip));
             }
             _ => {}
         }
@@ -354,11 +360,15 @@ impl Vcpu {
     }
 
     /// After string I/O elements: the next instruction, or the same one again
-    /// while REP has elements left (it exits again).
-    pub(crate) fn string_next(&self, st: &mut VcpuArch, insn: &Insn, rip: u64) {
-        if emulate::string_done(insn, &st.regs.gpr, st.regs.rflags) {
-            st.regs.rip = next_ip(st, insn, rip);
-        }
+    /// while REP has elements left (it exits again); a single-step trap after
+    /// either, as after each iteration on the CPU.
+    pub(crate) fn string_next(&self, st: &mut VcpuArch, insn: &Insn, rip: u64) -> Next {
+        let next = if emulate::string_done(insn, &st.regs.gpr, st.regs.rflags) {
+            next_ip(st, insn, rip)
+        } else {
+            rip
+        };
+        self.kvm_skip_emulated_instruction(st, next)
     }
 
     /// The first 8 bytes of the PIO page.
@@ -450,15 +460,15 @@ impl Vcpu {
         match insn.op {
             Op::Store { .. } => {
                 let v = emulate::store_value(&insn, &st.regs.gpr).unwrap_or(0);
-                // Upstream advances RIP before the write exit (writeback).
-                st.regs.rip = next_rip;
                 let bytes = v.to_le_bytes();
                 if vm
                     .kvm_io_bus_write(Bus::Mmio, gpa, bytes.get(..len).unwrap_or(&[]))
                     .is_ok()
                 {
-                    return Next::Guest;
+                    return self.kvm_skip_emulated_instruction(st, next_rip);
                 }
+                // Upstream advances RIP before the write exit (writeback).
+                st.regs.rip = next_rip;
                 self.mmio_exit(gpa, insn.op_size, Some(v));
                 Next::User(Ok(()))
             }
@@ -470,18 +480,18 @@ impl Vcpu {
                     .kvm_io_bus_read(Bus::Mmio, gpa, d.get_mut(..len).unwrap_or(&mut []))
                     .is_ok()
                 {
-                    st.regs.rip = next_rip;
                     if let Some(w) = self.finish_read(st, &insn, u64::from_le_bytes(d)) {
                         let wb = w.to_le_bytes();
                         if vm
                             .kvm_io_bus_write(Bus::Mmio, gpa, wb.get(..len).unwrap_or(&[]))
                             .is_err()
                         {
+                            st.regs.rip = next_rip;
                             self.mmio_exit(gpa, insn.op_size, Some(w));
                             return Next::User(Ok(()));
                         }
                     }
-                    return Next::Guest;
+                    return self.kvm_skip_emulated_instruction(st, next_rip);
                 }
                 st.pending = Pending::MmioRead {
                     insn,
@@ -496,19 +506,89 @@ impl Vcpu {
         }
     }
 
-    /// INS/OUTS (IOIO exit with the string bit): OUTS exits once per element, INS
-    /// once per read-ahead batch, as upstream's emulator does.
-    pub(crate) fn emulator_pio_in_out(&self, vm: &Vm, st: &mut VcpuArch, port: u16) -> Next {
+    /// An instruction the vendor intercepted and does not decode itself
+    /// (upstream kvm_emulate_instruction(vcpu, 0)): INS/OUTS, and MOV DR while
+    /// userspace debugs the guest.
+    pub(crate) fn kvm_emulate_instruction(&self, vm: &Vm, st: &mut VcpuArch) -> Next {
         let cpu = self.cpu(st);
         let rip = st.regs.rip;
         let insn = match cpu.fetch_decode(vm, rip) {
             Ok(i) => i,
             Err(f) => return self.failure(st, f, cpu.linear(1, rip)),
         };
+        match insn.op {
+            Op::Ins | Op::Outs => self.emulator_pio_in_out(vm, st, &cpu, insn),
+            Op::MovDr { dr, gpr, to_dr } => self.em_mov_dr(st, &cpu, &insn, dr, gpr, to_dr),
+            _ => self.handle_emulation_failure(),
+        }
+    }
+
+    /// kvm_queue_exception() of #BP or #OF, the soft exceptions: when the INT3, INT
+    /// n or INTO that raises it is at RIP, the guest's handler returns past it
+    /// (the vendor's inject_exception skips it; upstream decodes it with
+    /// EMULTYPE_SKIP_SOFT_INT). Anything else at RIP returns to RIP (upstream drops
+    /// the exception then, or skips by a stale NextRIP).
+    pub(crate) fn kvm_queue_soft_exception(&self, vm: &Vm, st: &mut VcpuArch, vector: u32) {
+        let cpu = self.cpu(st);
+        let len = cpu.fetch(vm, st.regs.rip).ok().and_then(|(b, got)| {
+            emulate::soft_exception_len(b.get(..got).unwrap_or(&[]), cpu.mode)
+        });
+        st.vendor
+            .queue_soft_exception(vector, len.unwrap_or(0).into());
+    }
+
+    /// MOV to or from a debug register (em_dr_write(), the 0F 21 case, with the
+    /// checks of check_dr_read()/check_dr_write()): #GP outside CPL 0, #UD for
+    /// DR8-15 and for DR4/DR5 with CR4.DE, the general-detect #DB with DR7.GD,
+    /// #GP for a DR6/DR7 value with bits 63:32 set.
+    fn em_mov_dr(
+        &self,
+        st: &mut VcpuArch,
+        cpu: &Cpu,
+        insn: &Insn,
+        dr: u8,
+        gpr: u8,
+        to_dr: bool,
+    ) -> Next {
+        if cpu.sregs.ss.dpl != 0 {
+            st.vendor.queue_exception(uapi::GP_VECTOR, true, 0);
+            return Next::Guest;
+        }
+        if dr > 7 || cpu.sregs.cr4 & X86_CR4_DE != 0 && (dr == 4 || dr == 5) {
+            st.vendor.queue_exception(uapi::UD_VECTOR, false, 0);
+            return Next::Guest;
+        }
+        let val = emulate::read_gpr(&st.regs.gpr, gpr, false, insn.op_size);
+        if to_dr && (dr == 6 || dr == 7) && val >> 32 != 0 {
+            st.vendor.queue_exception(uapi::GP_VECTOR, true, 0);
+            return Next::Guest;
+        }
+        if kvm_get_effective_dr7(st) & DR7_GD != 0 {
+            // A fault: RIP stays at the instruction.
+            return self.kvm_inject_emulated_db(st, DR6_BD);
+        }
+        if to_dr {
+            if !kvm_set_dr(st, dr, val) {
+                st.vendor.queue_exception(uapi::GP_VECTOR, true, 0);
+                return Next::Guest;
+            }
+        } else {
+            let v = kvm_get_dr(st, dr);
+            emulate::write_gpr(&mut st.regs.gpr, gpr, false, insn.op_size, v);
+        }
+        let next = next_ip(st, insn, st.regs.rip);
+        self.kvm_skip_emulated_instruction(st, next)
+    }
+
+    /// INS/OUTS (IOIO exit with the string bit): OUTS exits once per element, INS
+    /// once per read-ahead batch, as upstream's emulator does. The port is DX.
+    fn emulator_pio_in_out(&self, vm: &Vm, st: &mut VcpuArch, cpu: &Cpu, insn: Insn) -> Next {
+        let port = emulate::io_port(&st.regs.gpr);
+        let rip = st.regs.rip;
         let size = insn.op_size;
         if emulate::string_count(&insn, &st.regs.gpr) == 0 {
-            st.regs.rip = next_ip(st, &insn, rip);
-            return Next::Guest;
+            let next = next_ip(st, &insn, rip);
+            return self.kvm_skip_emulated_instruction(st, next);
         }
         let (input, count) = match insn.op {
             Op::Outs => {
@@ -590,6 +670,15 @@ impl Vcpu {
             self.run_write(run::U + 8 + 8 * i, *d);
         }
         Next::User(Ok(()))
+    }
+}
+
+/// A completion's outcome as complete_userspace_io() returns it: None to enter the
+/// guest, else KVM_RUN's result.
+fn to_user(n: Next) -> Option<Result<isize>> {
+    match n {
+        Next::Guest => None,
+        Next::User(r) => Some(r.map(|()| 0)),
     }
 }
 

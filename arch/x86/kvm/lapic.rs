@@ -194,17 +194,15 @@ impl Vcpu {
                     drop(g);
                     self.lapic_action(vm, a);
                 }
-                st.regs.rip = next_rip;
                 if let Some(l) = (*self.arch.lapic.lock()).as_ref() {
                     st.regs.cr8 = l.cr8();
                 }
-                return Some(Next::Guest);
+                return Some(self.kvm_skip_emulated_instruction(st, next_rip));
             }
         };
         st.regs.cr8 = l.cr8();
         drop(g);
         self.lapic_action(vm, action);
-        st.regs.rip = next_rip;
-        Some(Next::Guest)
+        Some(self.kvm_skip_emulated_instruction(st, next_rip))
     }
 }

@@ -1,10 +1,15 @@
 // SPDX-License-Identifier: GPL-2.0-only
-//! vCPU register state beyond KVM_GET/SET_REGS and SREGS (upstream regs.c and the
-//! XSAVE parts of x86.c): SREGS2 with the PAE PDPTRs, FPU, XSAVE/XSAVE2, XCRS,
-//! TRANSLATE, and the guest's XCR0 (XSETBV, switched around every entry).
+//! vCPU register state (upstream regs.c and the XSAVE parts of x86.c): REGS with
+//! the RFLAGS.TF of single-stepping, SREGS2 with the PAE PDPTRs, debug registers
+//! (DR0-3, DR6, DR7 and the effective ones of guest debugging), FPU,
+//! XSAVE/XSAVE2, XCRS, TRANSLATE, and the guest's XCR0 (XSETBV, switched around
+//! every entry).
 
+use crate::hw::debugreg::{self, DR7_BP_EN_MASK};
 use crate::hw::msr_index::EFER_LMA;
-use crate::hw::processor_flags::{X86_CR0_PG, X86_CR4_OSXSAVE, X86_CR4_PAE, X86_EFLAGS_FIXED};
+use crate::hw::processor_flags::{
+    X86_CR0_PG, X86_CR4_OSXSAVE, X86_CR4_PAE, X86_EFLAGS_FIXED, X86_EFLAGS_TF,
+};
 use kernel::prelude::*;
 
 use crate::abi::uapi;
@@ -216,10 +221,9 @@ impl Vcpu {
         let value = (st.regs.gpr[reg::RDX] << 32) | (st.regs.gpr[reg::RAX] & 0xffff_ffff);
         if cpl == 0 && index == 0 && xstate::xcr0_valid(value, st.guest_supported_xcr0()) {
             st.xcr0 = value;
-            st.regs.rip = next_rip;
-        } else {
-            st.vendor.queue_exception(uapi::GP_VECTOR, true, 0);
+            return self.kvm_skip_emulated_instruction(st, next_rip);
         }
+        st.vendor.queue_exception(uapi::GP_VECTOR, true, 0);
         Next::Guest
     }
 
@@ -372,7 +376,12 @@ pub(crate) fn get_events(st: &mut VcpuArch) -> uapi::kvm_vcpu_events {
 /// KVM_SET_VCPU_EVENTS (kvm_vcpu_ioctl_x86_set_vcpu_events()): no exception
 /// payloads and no SMM (neither is enabled or supported), exceptions below 32
 /// but NMI.
-pub(crate) fn set_events(st: &mut VcpuArch, e: &uapi::kvm_vcpu_events) -> Result {
+pub(crate) fn set_events(
+    vcpu: &Vcpu,
+    vm: &Vm,
+    st: &mut VcpuArch,
+    e: &uapi::kvm_vcpu_events,
+) -> Result {
     let valid = uapi::KVM_VCPUEVENT_VALID_NMI_PENDING
         | uapi::KVM_VCPUEVENT_VALID_SIPI_VECTOR
         | uapi::KVM_VCPUEVENT_VALID_SHADOW
@@ -385,6 +394,11 @@ pub(crate) fn set_events(st: &mut VcpuArch, e: &uapi::kvm_vcpu_events) -> Result
     }
     process_nmi(st);
     st.vendor.set_events(e);
+    let nr = u32::from(e.exception.nr);
+    if e.exception.injected != 0 && matches!(nr, uapi::BP_VECTOR | uapi::OF_VECTOR) {
+        // A soft exception returns past its INT3/INTO.
+        vcpu.kvm_queue_soft_exception(vm, st, nr);
+    }
     if e.flags & uapi::KVM_VCPUEVENT_VALID_NMI_PENDING != 0 {
         // Counted in (and limited) at the next process_nmi(), as upstream.
         st.nmi_pending = 0;
@@ -408,7 +422,9 @@ pub(crate) fn reset_regs(cpuid: &[Entry]) -> GuestRegs {
     regs
 }
 
-pub(crate) fn get_regs(g: &GuestRegs) -> uapi::kvm_regs {
+/// KVM_GET_REGS (__get_regs()): RFLAGS as kvm_get_rflags() reports it.
+pub(crate) fn get_regs(st: &VcpuArch) -> uapi::kvm_regs {
+    let g = &st.regs;
     let r = &g.gpr;
     uapi::kvm_regs {
         rax: r[0],
@@ -428,18 +444,139 @@ pub(crate) fn get_regs(g: &GuestRegs) -> uapi::kvm_regs {
         r14: r[14],
         r15: r[15],
         rip: g.rip,
-        rflags: g.rflags,
+        rflags: kvm_get_rflags(st),
     }
 }
 
-pub(crate) fn set_regs(g: &mut GuestRegs, r: &uapi::kvm_regs) {
-    g.gpr = [
+/// KVM_SET_REGS (__set_regs()): RFLAGS through __kvm_set_rflags().
+pub(crate) fn set_regs(st: &mut VcpuArch, r: &uapi::kvm_regs) {
+    st.regs.gpr = [
         r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11, r.r12,
         r.r13, r.r14, r.r15,
     ];
-    g.rip = r.rip;
-    // As kvm_set_rflags(): bit 1 always reads as 1.
-    g.rflags = r.rflags | X86_EFLAGS_FIXED;
+    st.regs.rip = r.rip;
+    kvm_set_rflags(st, r.rflags);
+}
+
+/// kvm_get_linear_rip(): CS.base + RIP, in 32 bits outside 64-bit mode.
+pub(crate) fn kvm_get_linear_rip(st: &VcpuArch) -> u64 {
+    let mut s = uapi::kvm_sregs::default();
+    st.vendor.get_sregs(&mut s);
+    if s.efer & EFER_LMA != 0 && s.cs.l != 0 {
+        st.regs.rip
+    } else {
+        u64::from(s.cs.base.wrapping_add(st.regs.rip) as u32)
+    }
+}
+
+/// kvm_get_rflags(): the guest's RFLAGS without the TF KVM sets to single-step it.
+pub(crate) fn kvm_get_rflags(st: &VcpuArch) -> u64 {
+    let mut rflags = st.regs.rflags;
+    if st.guest_debug & uapi::KVM_GUESTDBG_SINGLESTEP != 0 {
+        rflags &= !X86_EFLAGS_TF;
+    }
+    rflags
+}
+
+/// kvm_set_rflags(): with single-stepping on, TF is set again while the guest is
+/// still at the instruction it was turned on at (bit 1 always reads as 1).
+pub(crate) fn kvm_set_rflags(st: &mut VcpuArch, rflags: u64) {
+    let mut rflags = rflags | X86_EFLAGS_FIXED;
+    if st.guest_debug & uapi::KVM_GUESTDBG_SINGLESTEP != 0
+        && kvm_get_linear_rip(st) == st.singlestep_rip
+    {
+        rflags |= X86_EFLAGS_TF;
+    }
+    st.regs.rflags = rflags;
+}
+
+/// kvm_update_dr0123(): the breakpoint addresses the guest runs with are its own
+/// unless userspace's hardware breakpoints are in use.
+pub(crate) fn kvm_update_dr0123(st: &mut VcpuArch) {
+    if st.guest_debug & uapi::KVM_GUESTDBG_USE_HW_BP == 0 {
+        st.eff_db = st.db;
+    }
+}
+
+/// kvm_update_dr7(): DR7 as the guest runs with it (userspace's with its hardware
+/// breakpoints), and whether DR0-3 must be loaded for the entries.
+pub(crate) fn kvm_update_dr7(st: &mut VcpuArch) {
+    let dr7 = if st.guest_debug & uapi::KVM_GUESTDBG_USE_HW_BP != 0 {
+        st.guest_debug_dr7
+    } else {
+        st.dr7
+    };
+    st.vendor.set_dr(7, dr7);
+    st.bp_enabled = dr7 & DR7_BP_EN_MASK != 0;
+}
+
+/// kvm_get_effective_dr7(): the DR7 of kvm_update_dr7().
+pub(crate) fn kvm_get_effective_dr7(st: &VcpuArch) -> u64 {
+    if st.guest_debug & uapi::KVM_GUESTDBG_USE_HW_BP != 0 {
+        st.guest_debug_dr7
+    } else {
+        st.dr7
+    }
+}
+
+/// kvm_set_dr(): a guest write of DR`dr` (4 and 5 are the aliases of 6 and 7 the
+/// caller allowed); false for #GP.
+pub(crate) fn kvm_set_dr(st: &mut VcpuArch, dr: u8, val: u64) -> bool {
+    match dr {
+        0..=3 => {
+            let i = usize::from(dr);
+            if let Some(d) = st.db.get_mut(i) {
+                *d = val;
+            }
+            kvm_update_dr0123(st);
+        }
+        4 | 6 => {
+            if !debugreg::dr6_valid(val) {
+                return false;
+            }
+            st.dr6 = debugreg::dr6_write_value(val);
+        }
+        _ => {
+            if !debugreg::dr7_valid(val) {
+                return false;
+            }
+            st.dr7 = debugreg::dr7_write_value(val);
+            kvm_update_dr7(st);
+        }
+    }
+    true
+}
+
+/// kvm_get_dr(): a guest read of DR`dr`.
+pub(crate) fn kvm_get_dr(st: &VcpuArch, dr: u8) -> u64 {
+    match dr {
+        0..=3 => st.db.get(usize::from(dr)).copied().unwrap_or(0),
+        4 | 6 => st.dr6,
+        _ => st.dr7,
+    }
+}
+
+/// KVM_GET_DEBUGREGS (kvm_vcpu_ioctl_x86_get_debugregs()).
+pub(crate) fn get_debugregs(st: &VcpuArch) -> uapi::kvm_debugregs {
+    uapi::kvm_debugregs {
+        db: st.db,
+        dr6: st.dr6,
+        dr7: st.dr7,
+        ..Default::default()
+    }
+}
+
+/// KVM_SET_DEBUGREGS (kvm_vcpu_ioctl_x86_set_debugregs()).
+pub(crate) fn set_debugregs(st: &mut VcpuArch, d: &uapi::kvm_debugregs) -> Result {
+    if d.flags != 0 || !debugreg::dr6_valid(d.dr6) || !debugreg::dr7_valid(d.dr7) {
+        return Err(EINVAL);
+    }
+    st.db = d.db;
+    kvm_update_dr0123(st);
+    st.dr6 = d.dr6;
+    st.dr7 = d.dr7;
+    kvm_update_dr7(st);
+    Ok(())
 }
 
 impl Vcpu {

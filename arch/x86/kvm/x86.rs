@@ -5,7 +5,7 @@
 //! dispatch with the core's kvm_emulate_*() helpers.
 
 use crate::hw::msr_index::EFER_LMA;
-use crate::hw::processor_flags::X86_EFLAGS_IF;
+use crate::hw::processor_flags::{X86_EFLAGS_IF, X86_EFLAGS_TF};
 use core::sync::atomic::Ordering;
 use kernel::prelude::*;
 
@@ -14,12 +14,16 @@ use crate::arch::emulate::{self, last_vmentry_cpu, set_in_result, Failure, Pendi
 use crate::arch::irq::process_nmi;
 use crate::arch::lapic::LapicState;
 use crate::arch::msr::MISC_ENABLE_RESET;
-use crate::arch::regs::{get_events, get_regs, reset_regs, set_events, set_regs};
+use crate::arch::regs::{
+    get_debugregs, get_events, get_regs, kvm_get_linear_rip, kvm_get_rflags, kvm_set_rflags,
+    kvm_update_dr0123, kvm_update_dr7, reset_regs, set_debugregs, set_events, set_regs,
+};
 use crate::arch::vendor::{kvm_x86_handle_exit, VendorLoaded, VendorRef, VendorVcpu};
 use crate::arch::Vcpu;
 use crate::arch::Vm;
 use crate::glue;
 use crate::hw::cpuid::{self, Entry};
+use crate::hw::debugreg::{deliver_db_payload, DR6_ACTIVE_LOW, DR6_BS, DR7_FIXED_1, DR7_GD};
 use crate::hw::lapic;
 use crate::hw::xstate;
 use crate::io_bus::Bus;
@@ -92,10 +96,23 @@ pub(crate) struct VcpuArch {
     /// NMIs raised (KVM_NMI, the LAPIC) and not yet counted into `nmi_pending`
     /// (upstream nmi_queued).
     pub(crate) nmi_queued: u32,
-    /// The guest's DR0-3, loaded into the hardware for entries while the guest
-    /// has breakpoints enabled or accesses them without exits (`db_wont_exit`).
+    /// The guest's DR0-3, DR6 and DR7 (upstream arch.db, dr6, dr7).
     pub(crate) db: [u64; 4],
+    pub(crate) dr6: u64,
+    pub(crate) dr7: u64,
+    /// DR0-3 as the guest runs with them: its own, or userspace's hardware
+    /// breakpoints (upstream eff_db). Loaded for the entries while the effective
+    /// DR7 enables a breakpoint (`bp_enabled`, upstream KVM_DEBUGREG_BP_ENABLED)
+    /// or the guest accesses them without exits (`db_wont_exit`,
+    /// KVM_DEBUGREG_WONT_EXIT).
+    pub(crate) eff_db: [u64; 4],
+    pub(crate) bp_enabled: bool,
     pub(crate) db_wont_exit: bool,
+    /// KVM_SET_GUEST_DEBUG's controls, 0 when off (upstream vcpu->guest_debug),
+    /// its DR7, and the linear RIP single-stepping was turned on at.
+    pub(crate) guest_debug: u32,
+    pub(crate) guest_debug_dr7: u64,
+    pub(crate) singlestep_rip: u64,
     /// The guest's XCR0 (loaded while it runs with CR4.OSXSAVE).
     pub(crate) xcr0: u64,
     /// The PAE PDPTRs as last loaded from guest memory or set by KVM_SET_SREGS2
@@ -187,7 +204,14 @@ impl VcpuArch {
             msr_hwcr: 0,
             platform_info: 0,
             db: [0; 4],
+            dr6: DR6_ACTIVE_LOW,
+            dr7: DR7_FIXED_1,
+            eff_db: [0; 4],
+            bp_enabled: false,
             db_wont_exit: false,
+            guest_debug: 0,
+            guest_debug_dr7: 0,
+            singlestep_rip: 0,
             xcr0: xstate::FP,
             pdptrs: [0; 4],
             pdptrs_avail: false,
@@ -197,9 +221,6 @@ impl VcpuArch {
         Ok((arch, loaded))
     }
 }
-
-/// DR7's L0-3/G0-3 enables (upstream DR7_BP_EN_MASK).
-pub(crate) const DR7_BP_EN_MASK: u64 = 0xff;
 
 pub(crate) const SYNC_REGS_REGS: u64 = uapi::KVM_SYNC_X86_REGS as u64;
 
@@ -220,6 +241,61 @@ pub(crate) const KVM_HC_SCHED_YIELD: u64 = 11;
 
 pub(crate) const QUIRK_FIX_HYPERCALL_INSN: u64 = uapi::KVM_X86_QUIRK_FIX_HYPERCALL_INSN as u64;
 
+/// KVM_SET_GUEST_DEBUG (kvm_arch_vcpu_ioctl_set_guest_debug()): the controls,
+/// userspace's hardware breakpoints, the single-step TF, and an injected #DB or
+/// #BP (-EBUSY while another exception is being injected).
+fn kvm_arch_vcpu_ioctl_set_guest_debug(
+    vcpu: &Vcpu,
+    vm: &Vm,
+    st: &mut VcpuArch,
+    dbg: &uapi::kvm_guest_debug,
+) -> Result {
+    if dbg.control & (uapi::KVM_GUESTDBG_INJECT_DB | uapi::KVM_GUESTDBG_INJECT_BP) != 0 {
+        let mut e = uapi::kvm_vcpu_events::default();
+        st.vendor.get_events(&mut e);
+        if e.exception.injected != 0 {
+            return Err(EBUSY);
+        }
+        if dbg.control & uapi::KVM_GUESTDBG_INJECT_DB != 0 {
+            kvm_queue_db(st);
+        } else {
+            vcpu.kvm_queue_soft_exception(vm, st, uapi::BP_VECTOR);
+        }
+    }
+    // Read while the TF KVM may have injected is still filtered out.
+    let rflags = kvm_get_rflags(st);
+    st.guest_debug = if dbg.control & uapi::KVM_GUESTDBG_ENABLE != 0 {
+        dbg.control
+    } else {
+        0
+    };
+    let d = &dbg.arch.debugreg;
+    if st.guest_debug & uapi::KVM_GUESTDBG_USE_HW_BP != 0 {
+        st.eff_db = [d[0], d[1], d[2], d[3]];
+        st.guest_debug_dr7 = d[7];
+    } else {
+        st.eff_db = st.db;
+    }
+    kvm_update_dr7(st);
+    if st.guest_debug & uapi::KVM_GUESTDBG_SINGLESTEP != 0 {
+        st.singlestep_rip = kvm_get_linear_rip(st);
+    }
+    // Injects or removes the single-step TF.
+    kvm_set_rflags(st, rflags);
+    st.vendor.update_exception_bitmap(st.guest_debug);
+    Ok(())
+}
+
+/// kvm_queue_exception(DB_VECTOR): delivering a #DB clears DR7.GD, so that the
+/// handler can use the debug registers (kvm_check_and_inject_events()).
+fn kvm_queue_db(st: &mut VcpuArch) {
+    if st.dr7 & DR7_GD != 0 {
+        st.dr7 &= !DR7_GD;
+        kvm_update_dr7(st);
+    }
+    st.vendor.queue_exception(uapi::DB_VECTOR, false, 0);
+}
+
 impl Vcpu {
     /// The arch vCPU ioctls (upstream kvm_arch_vcpu_ioctl()), under the vCPU mutex.
     pub(crate) fn kvm_arch_vcpu_ioctl(
@@ -231,12 +307,12 @@ impl Vcpu {
     ) -> Result<isize> {
         match cmd {
             ioctl::KVM_GET_REGS => {
-                user::write(arg, &get_regs(&st.regs))?;
+                user::write(arg, &get_regs(st))?;
                 Ok(0)
             }
             ioctl::KVM_SET_REGS => {
                 let r: uapi::kvm_regs = user::read(arg)?;
-                set_regs(&mut st.regs, &r);
+                set_regs(st, &r);
                 Ok(0)
             }
             ioctl::KVM_GET_SREGS => {
@@ -327,28 +403,21 @@ impl Vcpu {
             }
             ioctl::KVM_SET_VCPU_EVENTS => {
                 let e: uapi::kvm_vcpu_events = user::read(arg)?;
-                set_events(st, &e)?;
+                set_events(self, vm, st, &e)?;
                 Ok(0)
             }
             ioctl::KVM_GET_DEBUGREGS => {
-                let mut d = uapi::kvm_debugregs {
-                    db: st.db,
-                    ..Default::default()
-                };
-                d.dr6 = st.vendor.get_dr(6);
-                d.dr7 = st.vendor.get_dr(7);
-                user::write(arg, &d)?;
+                user::write(arg, &get_debugregs(st))?;
                 Ok(0)
             }
             ioctl::KVM_SET_DEBUGREGS => {
                 let d: uapi::kvm_debugregs = user::read(arg)?;
-                // kvm_dr6_valid()/kvm_dr7_valid(): the upper halves are reserved.
-                if d.flags != 0 || d.dr6 >> 32 != 0 || d.dr7 >> 32 != 0 {
-                    return Err(EINVAL);
-                }
-                st.db = d.db;
-                st.vendor.set_dr(6, d.dr6);
-                st.vendor.set_dr(7, d.dr7);
+                set_debugregs(st, &d)?;
+                Ok(0)
+            }
+            ioctl::KVM_SET_GUEST_DEBUG => {
+                let dbg: uapi::kvm_guest_debug = user::read(arg)?;
+                kvm_arch_vcpu_ioctl_set_guest_debug(self, vm, st, &dbg)?;
                 Ok(0)
             }
             ioctl::KVM_GET_XSAVE | ioctl::KVM_GET_XSAVE2 => {
@@ -410,7 +479,7 @@ impl Vcpu {
         let r = self.vcpu_run_prepare(vm, st);
         let valid: u64 = self.run_read(run::VALID_REGS);
         if valid & SYNC_REGS_REGS != 0 {
-            self.run_write(run::SYNC_REGS, get_regs(&st.regs));
+            self.run_write(run::SYNC_REGS, get_regs(st));
         }
         if valid & SYNC_REGS_SREGS != 0 {
             self.run_write(run::SYNC_SREGS, self.get_sregs(st));
@@ -531,20 +600,31 @@ impl Vcpu {
     /// last-moment exit-request check, the guest's XCR0 and debug registers, the
     /// vendor's vcpu_run, and the exit handled once interrupts are on again.
     fn vcpu_enter_guest(&self, vm: &Vm, st: &mut VcpuArch, has_lapic: bool) -> Next {
-        // NMIs before interrupts, as kvm_check_and_inject_events() orders them.
+        // NMIs before interrupts, as kvm_check_and_inject_events() orders them;
+        // neither while userspace asks for none (KVM_GUESTDBG_BLOCKIRQ).
         process_nmi(st);
-        if st.nmi_pending != 0 {
-            if st.vendor.inject_nmi() {
-                st.nmi_pending -= 1;
-            }
+        if st.guest_debug & uapi::KVM_GUESTDBG_BLOCKIRQ == 0 {
             if st.nmi_pending != 0 {
-                st.vendor.enable_nmi_window();
+                if st.vendor.inject_nmi() {
+                    st.nmi_pending -= 1;
+                }
+                if st.nmi_pending != 0 {
+                    st.vendor.enable_nmi_window();
+                }
             }
-        }
-        if has_lapic {
-            self.kvm_check_and_inject_events(vm, st);
+            if has_lapic {
+                self.kvm_check_and_inject_events(vm, st);
+            }
         }
         self.kvm_mmu_reload(vm, st);
+        // Run with all-zero DR6 causes unless the guest can write DR6 freely, so
+        // that a #DB's cause is exact (svm_vcpu_run()'s KVM_RUN_LOAD_GUEST_DR6).
+        let dr6 = if st.db_wont_exit {
+            st.dr6
+        } else {
+            DR6_ACTIVE_LOW
+        };
+        st.vendor.set_dr(6, dr6);
         let cpu = self.enter_guest_mode(vm);
         // kvm_vcpu_exit_request(): read after publishing guest mode, so a poke
         // either sees the vCPU in the guest and sends an IPI (taken as an exit), or
@@ -568,10 +648,9 @@ impl Vcpu {
         // SAFETY: interrupts off, this task's FPU is the guest's.
         unsafe { glue::kvm_glue_fpu_prepare_entry() };
         let host_xcr0 = self.load_guest_xcr0(st);
-        let dr7 = st.vendor.get_dr(7);
-        if st.db_wont_exit || dr7 & DR7_BP_EN_MASK != 0 {
+        if st.db_wont_exit || st.bp_enabled {
             // SAFETY: interrupts are off until after the exit, which restores the host's.
-            unsafe { glue::kvm_glue_load_guest_db(st.db.as_ptr()) };
+            unsafe { glue::kvm_glue_load_guest_db(st.eff_db.as_ptr()) };
         }
         // SAFETY: interrupts off; paired with guest_timing_exit_irqoff() in exit_guest_mode().
         unsafe { glue::kvm_glue_guest_timing_enter_irqoff() };
@@ -580,8 +659,12 @@ impl Vcpu {
             // The guest may have written them (svm_sync_dirty_debug_regs()).
             // SAFETY: reads DR0-3 into our array.
             unsafe { glue::kvm_glue_save_guest_db(st.db.as_mut_ptr()) };
+            st.dr6 = st.vendor.get_dr(6);
+            st.dr7 = st.vendor.get_dr(7);
             st.db_wont_exit = false;
             st.vendor.sync_dirty_debug_regs();
+            kvm_update_dr0123(st);
+            kvm_update_dr7(st);
         }
         // SAFETY: interrupts still off; puts back host breakpoints, if any.
         unsafe { glue::kvm_glue_restore_host_db() };
@@ -639,7 +722,7 @@ impl Vcpu {
     pub(crate) fn sync_regs(&self, vm: &Vm, st: &mut VcpuArch, dirty: u64) -> Result {
         if dirty & SYNC_REGS_REGS != 0 {
             let r: uapi::kvm_regs = self.run_read(run::SYNC_REGS);
-            set_regs(&mut st.regs, &r);
+            set_regs(st, &r);
         }
         if dirty & SYNC_REGS_SREGS != 0 {
             let s: uapi::kvm_sregs = self.run_read(run::SYNC_SREGS);
@@ -648,10 +731,77 @@ impl Vcpu {
         }
         if dirty & SYNC_REGS_EVENTS != 0 {
             let e: uapi::kvm_vcpu_events = self.run_read(run::SYNC_EVENTS);
-            set_events(st, &e).map_err(|_| EINVAL)?;
+            set_events(self, vm, st, &e).map_err(|_| EINVAL)?;
         }
         self.run_write(run::DIRTY_REGS, 0u64);
         Ok(())
+    }
+
+    /// kvm_skip_emulated_instruction(): RIP past an instruction KVM intercepted or
+    /// emulated; with TF set (the guest's, or KVM's for single-stepping) the
+    /// single-step trap the CPU would have raised after it.
+    pub(crate) fn kvm_skip_emulated_instruction(&self, st: &mut VcpuArch, next_rip: u64) -> Next {
+        let rflags = st.regs.rflags;
+        st.regs.rip = next_rip;
+        if rflags & X86_EFLAGS_TF != 0 {
+            return self.kvm_inject_emulated_db(st, DR6_BS);
+        }
+        Next::Guest
+    }
+
+    /// kvm_inject_emulated_db(): a #DB KVM found (`dr6`: its cause) goes to
+    /// userspace while it single-steps or uses hardware breakpoints, else to the
+    /// guest.
+    pub(crate) fn kvm_inject_emulated_db(&self, st: &mut VcpuArch, dr6: u64) -> Next {
+        let userspace = uapi::KVM_GUESTDBG_USE_HW_BP | uapi::KVM_GUESTDBG_SINGLESTEP;
+        if st.guest_debug & userspace != 0 {
+            let pc = kvm_get_linear_rip(st);
+            self.debug_exit(uapi::DB_VECTOR, pc, dr6 | DR6_ACTIVE_LOW, 0);
+            return Next::User(Ok(()));
+        }
+        st.dr6 = deliver_db_payload(st.dr6, dr6);
+        kvm_queue_db(st);
+        Next::Guest
+    }
+
+    /// kvm_queue_exception_p(): for #DB, the payload (its cause) is delivered to
+    /// the guest's DR6 right away (kvm-rs has no exception-payload ABI, so no one
+    /// sees the exception before it is delivered).
+    pub(crate) fn kvm_queue_exception_p(
+        &self,
+        _vm: &Vm,
+        st: &mut VcpuArch,
+        vector: u32,
+        payload: u64,
+    ) {
+        if vector == uapi::DB_VECTOR {
+            st.dr6 = deliver_db_payload(st.dr6, payload);
+            kvm_queue_db(st);
+        } else {
+            st.vendor.queue_exception(vector, false, 0);
+        }
+    }
+
+    /// KVM_EXIT_DEBUG for the vendor's #DB and #BP intercepts.
+    pub(crate) fn set_debug_exit(
+        &self,
+        _vm: &Vm,
+        _st: &mut VcpuArch,
+        exception: u32,
+        pc: u64,
+        dr6: u64,
+        dr7: u64,
+    ) {
+        self.debug_exit(exception, pc, dr6, dr7);
+    }
+
+    /// KVM_EXIT_DEBUG: `kvm_run->debug.arch` is exception, pad, pc, dr6, dr7.
+    fn debug_exit(&self, exception: u32, pc: u64, dr6: u64, dr7: u64) {
+        self.set_exit(uapi::KVM_EXIT_DEBUG);
+        self.run_write(run::U, exception);
+        self.run_write(run::U + 8, pc);
+        self.run_write(run::U + 16, dr6);
+        self.run_write(run::U + 24, dr7);
     }
 
     // The helpers below are what the vendors' exit handlers call (the table in
@@ -660,8 +810,7 @@ impl Vcpu {
 
     /// kvm_emulate_as_nop(): an instruction with nothing to emulate (INVD, WBINVD).
     pub(crate) fn kvm_emulate_as_nop(&self, _vm: &Vm, st: &mut VcpuArch, next_rip: u64) -> Next {
-        st.regs.rip = next_rip;
-        Next::Guest
+        self.kvm_skip_emulated_instruction(st, next_rip)
     }
 
     /// kvm_fast_pio(): IN/OUT of `size` bytes at `port`, to an in-kernel device on
@@ -679,8 +828,7 @@ impl Vcpu {
         let size = size.min(4) as u8;
         self.stats.inc(st_::IO_EXITS);
         if self.kernel_pio(vm, st, input, size, port) {
-            st.regs.rip = next_rip;
-            return Next::Guest;
+            return self.kvm_skip_emulated_instruction(st, next_rip);
         }
         if !input {
             let bytes = st.regs.gpr[reg::RAX].to_le_bytes();
@@ -697,14 +845,6 @@ impl Vcpu {
         Next::User(Ok(()))
     }
 
-    /// kvm_emulate_instruction() for an intercepted instruction the vendor does
-    /// not decode itself: INS/OUTS (the only ones that come here today).
-    pub(crate) fn kvm_emulate_instruction(&self, vm: &Vm, st: &mut VcpuArch) -> Next {
-        // INS/OUTS take the port from DX.
-        let port = st.regs.gpr[reg::RDX] as u16;
-        self.emulator_pio_in_out(vm, st, port)
-    }
-
     /// kvm_vcpu_reset(): back to the INIT state (`init_event`) or power-on state;
     /// the vendor's part through its vcpu_reset, the registers, pending
     /// completion and DR0-3 here.
@@ -713,6 +853,10 @@ impl Vcpu {
         st.regs = reset_regs(&st.cpuid);
         st.pending = Pending::None;
         st.db = [0; 4];
+        kvm_update_dr0123(st);
+        st.dr6 = DR6_ACTIVE_LOW;
+        st.dr7 = DR7_FIXED_1;
+        kvm_update_dr7(st);
         st.nmi_pending = 0;
         st.nmi_queued = 0;
     }
@@ -765,10 +909,11 @@ impl Vcpu {
     /// event wakes it; otherwise userspace gets KVM_EXIT_HLT.
     pub(crate) fn kvm_emulate_halt(&self, _vm: &Vm, st: &mut VcpuArch, next_rip: u64) -> Next {
         self.stats.inc(st_::HALT_EXITS);
-        st.regs.rip = next_rip;
+        // Halted even if single-stepping exits first (upstream's "&& ret").
+        let ret = self.kvm_skip_emulated_instruction(st, next_rip);
         if self.arch.lapic.lock().is_some() {
             st.mp_state = uapi::KVM_MP_STATE_HALTED;
-            return Next::Guest;
+            return ret;
         }
         self.set_exit(uapi::KVM_EXIT_HLT);
         Next::User(Ok(()))
@@ -784,8 +929,7 @@ impl Vcpu {
         st.regs.gpr[reg::RBX] = e.ebx.into();
         st.regs.gpr[reg::RCX] = e.ecx.into();
         st.regs.gpr[reg::RDX] = e.edx.into();
-        st.regs.rip = next_rip;
-        Next::Guest
+        self.kvm_skip_emulated_instruction(st, next_rip)
     }
 
     /// kvm_emulate_rdmsr(): EDX:EAX, or #GP for an MSR kvm-rs does not have
@@ -796,11 +940,13 @@ impl Vcpu {
             Some(v) => {
                 st.regs.gpr[reg::RAX] = v & 0xffff_ffff;
                 st.regs.gpr[reg::RDX] = v >> 32;
-                st.regs.rip = next_rip;
+                self.kvm_skip_emulated_instruction(st, next_rip)
             }
-            None => st.vendor.queue_exception(uapi::GP_VECTOR, true, 0),
+            None => {
+                st.vendor.queue_exception(uapi::GP_VECTOR, true, 0);
+                Next::Guest
+            }
         }
-        Next::Guest
     }
 
     /// kvm_emulate_wrmsr(): EDX:EAX into the MSR, or #GP.
@@ -808,10 +954,9 @@ impl Vcpu {
         let index = st.regs.gpr[reg::RCX] as u32;
         let v = (st.regs.gpr[reg::RDX] << 32) | (st.regs.gpr[reg::RAX] & 0xffff_ffff);
         if self.set_msr(vm, st, index, v, false) {
-            st.regs.rip = next_rip;
-        } else {
-            st.vendor.queue_exception(uapi::GP_VECTOR, true, 0);
+            return self.kvm_skip_emulated_instruction(st, next_rip);
         }
+        st.vendor.queue_exception(uapi::GP_VECTOR, true, 0);
         Next::Guest
     }
 
@@ -837,8 +982,7 @@ impl Vcpu {
     /// kvm_emulate_hypercall(): the call, then past the instruction.
     pub(crate) fn kvm_emulate_hypercall(&self, _vm: &Vm, st: &mut VcpuArch, next_rip: u64) -> Next {
         self.kvm_hypercall(st);
-        st.regs.rip = next_rip;
-        Next::Guest
+        self.kvm_skip_emulated_instruction(st, next_rip)
     }
 
     /// A KVM hypercall (upstream ____kvm_emulate_hypercall()): the number in

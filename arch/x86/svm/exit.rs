@@ -5,6 +5,7 @@
 
 use core::sync::atomic::Ordering;
 
+use super::debugreg::DR6_ACTIVE_LOW;
 use super::kvm_x86_ops::{vcpu_stat, KvmCoreVcpu, Next};
 use super::uapi;
 use super::vcpu::{disable_nmi_singlestep, queue_exception_vmcb, SvmVcpu, EVTINJ_VALID, NRIPS};
@@ -21,6 +22,7 @@ const INVD_LEN: u64 = 2;
 
 /// svm_handle_exit(): the exit kvm.ko's vcpu_enter_guest() just took.
 pub(crate) fn svm_handle_exit(v: &mut SvmVcpu, core: &mut KvmCoreVcpu) -> Next {
+    let guest_debug = v.guest_debug;
     let vmcb = v.vmcb();
     let c = vmcb.control;
     let rip = vmcb.save.rip;
@@ -106,27 +108,29 @@ pub(crate) fn svm_handle_exit(v: &mut SvmVcpu, core: &mut KvmCoreVcpu) -> Next {
         vm::EXIT_ERR => core.kvm_prepare_fail_entry_exit(v, code),
         // ud_interception()
         code if code == vm::EXIT_EXCP_BASE + u64::from(uapi::UD_VECTOR) => core.handle_ud(v),
-        // db_interception(): the single-step KVM set for an NMI window.
-        code if code == vm::EXIT_EXCP_BASE + u64::from(uapi::DB_VECTOR) => {
-            if v.nmi.singlestep {
-                disable_nmi_singlestep(v);
-            } else {
-                queue_exception_vmcb(v.vmcb(), uapi::DB_VECTOR, None);
-            }
-            Next::Guest
+        code if code == vm::EXIT_EXCP_BASE + u64::from(uapi::DB_VECTOR) => db_interception(v, core),
+        code if code == vm::EXIT_EXCP_BASE + u64::from(uapi::BP_VECTOR) => {
+            // bp_interception(): a software breakpoint for userspace (only
+            // intercepted with KVM_GUESTDBG_USE_SW_BP).
+            let pc = vmcb.save.cs.base.wrapping_add(rip);
+            core.set_debug_exit(v, uapi::BP_VECTOR, pc, 0, 0);
+            Next::User(Ok(()))
         }
         // ac_interception()
         code if code == vm::EXIT_EXCP_BASE + u64::from(uapi::AC_VECTOR) => {
             queue_exception_vmcb(vmcb, uapi::AC_VECTOR, Some(info1 as u32));
             Next::Guest
         }
-        // dr_interception() without guest debugging: let the guest access them
-        // freely until the next exit, and run the instruction again.
-        vm::EXIT_READ_DR0..=vm::EXIT_WRITE_DR15 => {
+        // dr_interception(): without guest debugging, let the guest access them
+        // freely until the next exit and run the instruction again; with it,
+        // emulate the access (no decode assists), as userspace's breakpoints are
+        // in the hardware registers.
+        vm::EXIT_READ_DR0..=vm::EXIT_WRITE_DR15 if guest_debug == 0 => {
             vmcb.control.intercepts[vm::INTERCEPT_DR] = 0;
             core.kvm_debugreg_wont_exit(v);
             Next::Guest
         }
+        vm::EXIT_READ_DR0..=vm::EXIT_WRITE_DR15 => core.kvm_emulate_instruction(v),
         vm::EXIT_XSETBV => core.kvm_emulate_xsetbv(v, next(XSETBV_LEN)),
         // No nested SVM, no MONITOR/MWAIT: #UD, as the guest's CPUID promises.
         vm::EXIT_VMRUN..=vm::EXIT_SKINIT | vm::EXIT_MONITOR | vm::EXIT_MWAIT | vm::EXIT_RDPRU => {
@@ -139,4 +143,28 @@ pub(crate) fn svm_handle_exit(v: &mut SvmVcpu, core: &mut KvmCoreVcpu) -> Next {
         // svm_handle_invalid_exit()
         code => core.kvm_prepare_unexpected_reason_exit(v, code),
     }
+}
+
+/// db_interception(): a #DB in the guest. It is the guest's own unless KVM
+/// single-steps for an NMI window or userspace debugs the guest (single-step or
+/// hardware breakpoints), in which case it exits with the cause from DR6, which
+/// the guest runs with at DR6_ACTIVE_LOW so that it holds only this #DB's bits.
+fn db_interception(v: &mut SvmVcpu, core: &mut KvmCoreVcpu) -> Next {
+    let userspace = v.guest_debug & (uapi::KVM_GUESTDBG_SINGLESTEP | uapi::KVM_GUESTDBG_USE_HW_BP);
+    if userspace == 0 && !v.nmi.singlestep {
+        let payload = v.vmcb().save.dr6 ^ DR6_ACTIVE_LOW;
+        core.kvm_queue_exception_p(v, uapi::DB_VECTOR, payload);
+        return Next::Guest;
+    }
+    if v.nmi.singlestep {
+        // kvm.ko looks for pending NMIs on every entry.
+        disable_nmi_singlestep(v);
+    }
+    if userspace == 0 {
+        return Next::Guest;
+    }
+    let s = &v.vmcb().save;
+    let (pc, dr6, dr7) = (s.cs.base.wrapping_add(s.rip), s.dr6, s.dr7);
+    core.set_debug_exit(v, uapi::DB_VECTOR, pc, dr6, dr7);
+    Next::User(Ok(()))
 }

@@ -12,6 +12,9 @@ use kernel::prelude::*;
 
 #[path = "../cpus.rs"]
 mod cpus;
+#[allow(unreachable_pub, dead_code)]
+#[path = "../hw/debugreg.rs"]
+mod debugreg;
 mod exit;
 #[path = "../../../src/glue.rs"]
 mod glue;

@@ -63,6 +63,20 @@ pub(crate) struct SvmVcpu {
     /// NMI state without vNMI (upstream vcpu_svm): masked from an NMI's injection
     /// until the IRET that ends its handler has run.
     pub(crate) nmi: NmiState,
+    /// KVM_SET_GUEST_DEBUG's controls (upstream vcpu->guest_debug), as kvm.ko
+    /// last passed them to update_exception_bitmap.
+    pub(crate) guest_debug: u32,
+    /// A #BP/#OF being injected for the INT3/INTO at RIP: its length until the
+    /// entry that delivers it, then the RIPs around it (upstream soft_int_*).
+    soft_int_len: Option<u32>,
+    soft_int: Option<SoftInt>,
+}
+
+/// A soft exception handed to the CPU: RIP before and after its instruction.
+#[derive(Clone, Copy)]
+struct SoftInt {
+    old_rip: u64,
+    next_rip: u64,
 }
 
 /// How SVM tracks NMI blocking without vNMI (upstream's nmi_masked,
@@ -111,9 +125,12 @@ fn seg(selector: u16, base: u64, limit: u32, attrib: u16) -> Seg {
 /// The architectural reset state (upstream init_vmcb() + kvm_vcpu_reset()).
 fn init_vmcb(v: &mut Vmcb) {
     let c = &mut v.control;
-    // #UD for the hypercall fix-up (upstream always intercepts it), #AC so that
-    // a guest cannot hang the host with an alignment-check storm.
-    c.intercepts[vm::INTERCEPT_EXCEPTION] = 1 << uapi::UD_VECTOR | 1 << uapi::AC_VECTOR;
+    // #UD for the hypercall fix-up (upstream always intercepts it); #AC and #DB
+    // so that a guest cannot hang the host with an alignment-check or
+    // debug-exception storm (CVE-2015-5307, CVE-2015-8104), and #DB also for the
+    // NMI window and guest debugging.
+    c.intercepts[vm::INTERCEPT_EXCEPTION] =
+        1 << uapi::UD_VECTOR | 1 << uapi::AC_VECTOR | 1 << uapi::DB_VECTOR;
     c.intercepts[vm::INTERCEPT_DR] = DR_INTERCEPTS;
     c.intercepts[vm::INTERCEPT_WORD3] = vm::INTR
         | vm::NMI
@@ -261,6 +278,9 @@ impl KvmX86Vendor for Svm {
                 asid_generation: 0,
                 cpu: u32::MAX,
                 nmi: NmiState::default(),
+                guest_debug: 0,
+                soft_int_len: None,
+                soft_int: None,
             },
             GFP_KERNEL,
         )?;
@@ -355,6 +375,21 @@ impl KvmX86Vendor for Svm {
             v.asid_generation = generation;
         }
         let nested_cr3 = v.nested_cr3;
+        // svm_update_soft_interrupt_rip(): for a soft exception the CPU pushes
+        // NextRIP (with NRIPS), else the RIP it enters with; either way the
+        // handler returns past the INT3/INTO.
+        let nrips = NRIPS.load(Ordering::Relaxed);
+        if let Some(len) = v.soft_int_len.take() {
+            v.soft_int = Some(SoftInt {
+                old_rip: regs.rip,
+                next_rip: regs.rip.wrapping_add(len.into()),
+            });
+        }
+        let (entry_rip, next_rip) = match v.soft_int {
+            Some(si) if nrips => (regs.rip, si.next_rip),
+            Some(si) => (si.next_rip, 0),
+            None => (regs.rip, 0),
+        };
         // TF|RF while single-stepping for an NMI window, hidden from the guest's
         // RFLAGS again on the way out (svm_enable_nmi_window(), svm_get_rflags()).
         let singlestep = v.nmi.singlestep;
@@ -370,7 +405,8 @@ impl KvmX86Vendor for Svm {
         vmcb.control.clean = 0;
         vmcb.save.rax = regs.gpr[reg::RAX];
         vmcb.save.rsp = regs.gpr[reg::RSP];
-        vmcb.save.rip = regs.rip;
+        vmcb.save.rip = entry_rip;
+        vmcb.control.next_rip = next_rip;
         vmcb.save.rflags = rflags;
         vmcb.control.int_ctl = (vmcb.control.int_ctl & !vm::V_TPR_MASK) | (regs.cr8 as u32 & 0xf);
 
@@ -408,9 +444,23 @@ impl KvmX86Vendor for Svm {
         regs.cr8 = u64::from(vmcb.control.int_ctl & vm::V_TPR_MASK);
         // An event cut short by the exit is delivered again (svm_complete_interrupts).
         let int_info = vmcb.control.exit_int_info;
-        if int_info & EVTINJ_VALID != 0 {
+        let reinject = int_info & EVTINJ_VALID != 0;
+        if reinject {
             vmcb.control.event_inj = int_info;
             vmcb.control.event_inj_err = vmcb.control.exit_int_info_err;
+        }
+        // svm_complete_soft_interrupt(): a soft exception that did not get
+        // delivered is injected again from its instruction; without NRIPS the
+        // RIP advanced for it is wound back whatever event was cut short.
+        if let Some(si) = v.soft_int.take() {
+            let soft = int_info & EVTINJ_TYPE_MASK == EVTINJ_TYPE_EXEPT
+                && matches!(int_info & 0xff, uapi::BP_VECTOR | uapi::OF_VECTOR);
+            if reinject && !nrips && regs.rip == si.next_rip {
+                regs.rip = si.old_rip;
+            }
+            if reinject && soft && regs.rip == si.old_rip {
+                v.soft_int = Some(si);
+            }
         }
         // svm_complete_interrupts(): past the intercepted IRET, the NMI handler
         // is over and NMIs unmask.
@@ -427,6 +477,12 @@ impl KvmX86Vendor for Svm {
     fn queue_exception(v: &mut SvmVcpu, vector: u32, has_error: bool, error_code: u32) {
         let err = has_error.then_some(error_code);
         queue_exception_vmcb(v.vmcb(), vector & 0xff, err);
+        v.soft_int_len = None;
+    }
+
+    fn queue_soft_exception(v: &mut SvmVcpu, vector: u32, insn_len: u32) {
+        queue_exception_vmcb(v.vmcb(), vector & 0xff, None);
+        v.soft_int_len = Some(insn_len);
     }
 
     fn get_msr(v: &SvmVcpu, index: u32, data: &mut u64) -> bool {
@@ -521,9 +577,9 @@ impl KvmX86Vendor for Svm {
             return;
         }
         // Something else blocks the NMI (the IRET not yet completed, an event
-        // being injected, an interrupt shadow): single-step one instruction.
+        // being injected, an interrupt shadow): single-step one instruction (#DB
+        // is always intercepted).
         v.nmi.singlestep = true;
-        v.vmcb().control.intercepts[vm::INTERCEPT_EXCEPTION] |= 1 << uapi::DB_VECTOR;
     }
 
     fn get_events(v: &SvmVcpu, e: &mut kvm_vcpu_events) {
@@ -554,6 +610,9 @@ impl KvmX86Vendor for Svm {
     }
 
     fn set_events(v: &mut SvmVcpu, e: &kvm_vcpu_events) {
+        // kvm.ko queues a soft exception again itself (queue_soft_exception).
+        v.soft_int_len = None;
+        v.soft_int = None;
         let c = &mut v.vmcb().control;
         c.event_inj = 0;
         c.event_inj_err = 0;
@@ -611,6 +670,14 @@ impl KvmX86Vendor for Svm {
         reinit_vmcb(v.vmcb());
         v.asid_generation = 0;
         v.nmi = NmiState::default();
+        v.soft_int_len = None;
+        v.soft_int = None;
+        // Guest debugging outlives a reset (kvm_vcpu_reset() updates the bitmap).
+        update_exception_bitmap(v, v.guest_debug);
+    }
+
+    fn update_exception_bitmap(v: &mut SvmVcpu, guest_debug: u32) {
+        update_exception_bitmap(v, guest_debug);
     }
 }
 
@@ -635,7 +702,19 @@ fn set_nmi_mask(v: &mut SvmVcpu, masked: bool) {
 /// disable_nmi_singlestep(): the stepped instruction ran; the #DB was KVM's.
 pub(crate) fn disable_nmi_singlestep(v: &mut SvmVcpu) {
     v.nmi.singlestep = false;
-    v.vmcb().control.intercepts[vm::INTERCEPT_EXCEPTION] &= !(1 << uapi::DB_VECTOR);
+}
+
+/// svm_update_exception_bitmap(): #BP exits while userspace has software
+/// breakpoints in the guest.
+fn update_exception_bitmap(v: &mut SvmVcpu, guest_debug: u32) {
+    v.guest_debug = guest_debug;
+    let sw_bp = uapi::KVM_GUESTDBG_ENABLE | uapi::KVM_GUESTDBG_USE_SW_BP;
+    let c = &mut v.vmcb().control;
+    if guest_debug & sw_bp == sw_bp {
+        c.intercepts[vm::INTERCEPT_EXCEPTION] |= 1 << uapi::BP_VECTOR;
+    } else {
+        c.intercepts[vm::INTERCEPT_EXCEPTION] &= !(1 << uapi::BP_VECTOR);
+    }
 }
 
 /// Reads and writes of DR0-3, DR6 and DR7 (upstream set_dr_intercepts()): the

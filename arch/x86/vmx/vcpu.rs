@@ -56,6 +56,9 @@ impl vendor::KvmX86Vendor for Vmx {
     fn queue_exception(v: &mut NoVcpu, _: u32, _: bool, _: u32) {
         match *v {}
     }
+    fn queue_soft_exception(v: &mut NoVcpu, _: u32, _: u32) {
+        match *v {}
+    }
     fn get_msr(v: &NoVcpu, _: u32, _: &mut u64) -> bool {
         match *v {}
     }
@@ -102,6 +105,9 @@ impl vendor::KvmX86Vendor for Vmx {
         match *v {}
     }
     fn sync_dirty_debug_regs(v: &mut NoVcpu) {
+        match *v {}
+    }
+    fn update_exception_bitmap(v: &mut NoVcpu, _: u32) {
         match *v {}
     }
 }

@@ -19,6 +19,7 @@ use std::ptr;
 
 use kvm_abi::ioctl::{io, ior, iow, iowr, KVM_CREATE_VM, KVM_GET_VCPU_MMAP_SIZE};
 use kvm_abi::uapi;
+mod debug;
 mod ioeventfd;
 mod irq;
 mod report;
@@ -221,6 +222,13 @@ enum Exit {
     },
     Hlt,
     Shutdown,
+    /// KVM_EXIT_DEBUG: `kvm_run->debug.arch` (dr6 only for #DB; upstream leaves
+    /// it as it was for #BP).
+    Debug {
+        exception: u32,
+        pc: u64,
+        dr6: u64,
+    },
     Other(u32),
     Failed(i32),
 }
@@ -291,6 +299,9 @@ impl fmt::Display for Exit {
             ),
             Exit::Hlt => write!(f, "HLT"),
             Exit::Shutdown => write!(f, "SHUTDOWN"),
+            Exit::Debug { exception, pc, dr6 } => {
+                write!(f, "DEBUG exception {exception} pc {pc:#x} dr6 {dr6:#x}")
+            }
             Exit::Other(r) => write!(f, "exit_reason {r}"),
             Exit::Failed(e) => write!(f, "KVM_RUN {}", show(Err(*e))),
         }
@@ -387,6 +398,14 @@ impl Guest {
 
     fn set_sregs(&self, mut s: kvm_sregs) -> Result<(), String> {
         sys("KVM_SET_SREGS", ioctl_ref(self.vcpu, KVM_SET_SREGS, &mut s)).map(drop)
+    }
+
+    /// A real-mode handler for IVT entry `vector` at 0000:`at` that reports
+    /// itself (`mov al, value; out port, al`) and returns (IRET).
+    fn reporting_handler(&self, vector: u8, at: u16, port: u8, value: u8) {
+        let [lo, hi] = at.to_le_bytes();
+        self.mem.write(u64::from(vector) * 4, &[lo, hi, 0x00, 0x00]);
+        self.mem.write(at.into(), &[0xb0, value, 0xe6, port, 0xcf]);
     }
 
     /// Real mode from the reset state, but with CS at 0 so that RIP is a GPA.
@@ -537,6 +556,19 @@ impl Guest {
             }
             uapi::KVM_EXIT_HLT => Exit::Hlt,
             uapi::KVM_EXIT_SHUTDOWN => Exit::Shutdown,
+            uapi::KVM_EXIT_DEBUG => {
+                // SAFETY: the debug member of the exit union is valid for KVM_EXIT_DEBUG.
+                let d = unsafe { r.__bindgen_anon_1.debug.arch };
+                Exit::Debug {
+                    exception: d.exception,
+                    pc: d.pc,
+                    dr6: if d.exception == uapi::DB_VECTOR {
+                        d.dr6
+                    } else {
+                        0
+                    },
+                }
+            }
             other => Exit::Other(other),
         }
     }
@@ -1323,7 +1355,7 @@ fn immediate_exit(t: &mut Report, kvm: RawFd) -> Result<(), String> {
 type Case = fn(&mut Report, RawFd) -> Result<(), String>;
 
 fn main() {
-    let cases: [(&str, Case); 19] = [
+    let cases: [(&str, Case); 20] = [
         ("real-io", |t, kvm| real_io(t, kvm, "real-io")),
         ("real-string-io", real_string_io),
         ("pm32", pm32),
@@ -1343,6 +1375,7 @@ fn main() {
         ("irq-routing", irq::routing),
         ("ioeventfd", ioeventfd::ioeventfd_case),
         ("nmi", irq::nmi),
+        ("guest-debug", debug::guest_debug),
     ];
     let only = std::env::args().nth(1);
     if let Some(name) = &only {

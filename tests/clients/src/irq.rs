@@ -443,16 +443,7 @@ pub(crate) fn nmi(t: &mut Report, kvm: RawFd) -> Result<(), String> {
         report::ioctl(g.vm, io(0x03), uapi::KVM_CAP_USER_NMI.into()),
         Ok(1),
     );
-    // IVT entry 2 -> 0000:2000.
-    g.mem.write(8, &[0x00, 0x20, 0x00, 0x00]);
-    g.mem.write(
-        0x2000,
-        &[
-            0xb0, 0x77, // mov al, 0x77
-            0xe6, 0x30, // out 0x30, al
-            0xcf, // iret
-        ],
-    );
+    g.reporting_handler(2, 0x2000, 0x30, 0x77);
     g.mem.write(
         0x1000,
         &[
