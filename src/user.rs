@@ -50,6 +50,7 @@ pod!(
     kvm_msi,
     kvm_ioeventfd,
     kvm_guest_debug,
+    kvm_x86_mce,
 );
 
 /// Reads a `T` at user address `addr` (-EFAULT if unmapped).

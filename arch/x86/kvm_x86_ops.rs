@@ -211,6 +211,9 @@ macro_rules! kvm_x86_ops_list {
             /// USE_HW_BP, guest debug-register accesses are emulated while any is
             /// on (upstream update_exception_bitmap and vcpu->guest_debug).
             fn update_exception_bitmap(mut, guest_debug: u32) -> ();
+            /// KVM_X86_SETUP_MCE accepted `mcg_cap`: what of it the vendor's vCPUs
+            /// keep (upstream setup_mce; SVM's MCG_CAP has bits 8:0 only).
+            fn setup_mce(ref, mcg_cap: u64) -> u64;
         }
     };
 }

@@ -38,6 +38,8 @@ pub const GUESTDBG_VALID_MASK: u32 = uapi::KVM_GUESTDBG_ENABLE
     | uapi::KVM_GUESTDBG_INJECT_BP
     | uapi::KVM_GUESTDBG_INJECT_DB
     | uapi::KVM_GUESTDBG_BLOCKIRQ;
+/// `KVM_MAX_MCE_BANKS` (also arch/x86/hw/mce.rs, which sizes the banks by it).
+pub const MAX_MCE_BANKS: u32 = 32;
 /// `KVM_USER_MEM_SLOTS` on x86.
 pub const USER_MEM_SLOTS: u32 = 32764;
 
@@ -107,6 +109,9 @@ pub fn check_extension(host: &Host, cap: u64) -> i32 {
             1
         }
         uapi::KVM_CAP_SET_GUEST_DEBUG2 if host.vcpus => GUESTDBG_VALID_MASK as i32,
+        // KVM_X86_SETUP_MCE / KVM_X86_SET_MCE and the bank MSRs: the most banks a
+        // vCPU can have (KVM_MAX_MCE_BANKS).
+        uapi::KVM_CAP_MCE if host.vcpus => MAX_MCE_BANKS as i32,
         // KVM_SET_GSI_ROUTING: the number of routes (KVM_MAX_IRQ_ROUTES).
         uapi::KVM_CAP_IRQ_ROUTING if host.vcpus => 4096,
         // kvm_run's sync_regs exchange (vcpu.rs).
@@ -215,6 +220,7 @@ mod tests {
             check_extension(&novcpu, uapi::KVM_CAP_X86_ROBUST_SINGLESTEP as u64),
             0
         );
+        assert_eq!(check_extension(&HOST, uapi::KVM_CAP_MCE as u64), 32);
     }
 
     #[test]

@@ -58,6 +58,7 @@ pub const KVM_CHECK_EXTENSION: u32 = io(0x03);
 pub const KVM_GET_VCPU_MMAP_SIZE: u32 = io(0x04);
 pub const KVM_GET_SUPPORTED_CPUID: u32 = iowr::<uapi::kvm_cpuid2>(0x05);
 pub const KVM_GET_MSR_INDEX_LIST: u32 = iowr::<uapi::kvm_msr_list>(0x02);
+pub const KVM_X86_GET_MCE_CAP_SUPPORTED: u32 = ior::<u64>(0x9d);
 pub const KVM_GET_MSR_FEATURE_INDEX_LIST: u32 = iowr::<uapi::kvm_msr_list>(0x0a);
 
 // VM ioctls.
@@ -86,6 +87,8 @@ pub const KVM_PRE_FAULT_MEMORY: u32 = iowr::<uapi::kvm_pre_fault_memory>(0xd5);
 pub const KVM_RUN: u32 = io(0x80);
 pub const KVM_NMI: u32 = io(0x9a);
 pub const KVM_SET_GUEST_DEBUG: u32 = iow::<uapi::kvm_guest_debug>(0x9b);
+pub const KVM_X86_SETUP_MCE: u32 = iow::<u64>(0x9c);
+pub const KVM_X86_SET_MCE: u32 = iow::<uapi::kvm_x86_mce>(0x9e);
 pub const KVM_GET_REGS: u32 = ior::<uapi::kvm_regs>(0x81);
 pub const KVM_SET_REGS: u32 = iow::<uapi::kvm_regs>(0x82);
 pub const KVM_GET_SREGS: u32 = ior::<uapi::kvm_sregs>(0x83);
@@ -130,6 +133,9 @@ mod tests {
         assert_eq!(ior::<super::super::uapi::kvm_regs>(0x81), 0x8090_ae81);
         // struct kvm_guest_debug: control, pad, debugreg[8] (72 bytes).
         assert_eq!(KVM_SET_GUEST_DEBUG, 0x4048_ae9b);
+        assert_eq!(KVM_X86_GET_MCE_CAP_SUPPORTED, 0x8008_ae9d);
+        // struct kvm_x86_mce: status, addr, misc, mcg_status, bank, pad (64 bytes).
+        assert_eq!(KVM_X86_SET_MCE, 0x4040_ae9e);
         assert_eq!(
             iow::<super::super::uapi::kvm_userspace_memory_region>(0x46),
             0x4020_ae46

@@ -39,17 +39,23 @@ const L1_ECX: u32 = 1
     | 1 << 25
     | 1 << 30;
 pub const L1_ECX_HYPERVISOR: u32 = 1 << 31;
+/// Machine-check exception and architecture (the banks of hw/mce.rs).
+pub const L1_EDX_MCE: u32 = 1 << 7;
+pub const L1_EDX_MCA: u32 = 1 << 14;
 pub const L1_ECX_XSAVE: u32 = 1 << 26;
 /// Reflects the guest's CR4.OSXSAVE (filled in when the guest runs CPUID).
 pub const L1_ECX_OSXSAVE: u32 = 1 << 27;
 // FMA AVX F16C: usable with YMM state in XCR0.
 const L1_ECX_AVX: u32 = 1 << 12 | 1 << 28 | 1 << 29;
-// FPU VME DE PSE TSC MSR PAE CX8 APIC SEP PGE CMOV PAT PSE36 CLFLUSH MMX FXSR SSE SSE2.
+// FPU VME DE PSE TSC MSR PAE MCE CX8 APIC SEP PGE MCA CMOV PAT PSE36 CLFLUSH MMX FXSR
+// SSE SSE2.
 const L1_EDX: u32 = 0x7f
+    | L1_EDX_MCE
     | 1 << 8
     | 1 << 9
     | 1 << 11
     | 1 << 13
+    | L1_EDX_MCA
     | 1 << 15
     | 1 << 16
     | 1 << 17
@@ -236,6 +242,19 @@ pub fn find(entries: &[Entry], function: u32, index: u32) -> Option<&Entry> {
         .find(|e| e.function == function && (e.flags & SIGNIFICANT_INDEX == 0 || e.index == index))
 }
 
+/// "AuthenticAMD" and "HygonGenuine" as leaf 0 spells them in EBX, EDX, ECX.
+const VENDOR_AMD: [u32; 3] = [0x6874_7541, 0x6974_6e65, 0x444d_4163];
+const VENDOR_HYGON: [u32; 3] = [0x6f67_7948, 0x6e65_476e, 0x656e_6975];
+
+/// guest_cpuid_is_amd_compatible(): the vendor userspace gave the guest is AMD
+/// or Hygon (false before KVM_SET_CPUID2).
+pub fn is_amd_compatible(entries: &[Entry]) -> bool {
+    find(entries, 0, 0).is_some_and(|e| {
+        let v = [e.ebx, e.edx, e.ecx];
+        v == VENDOR_AMD || v == VENDOR_HYGON
+    })
+}
+
 /// Guest physical address width from its CPUID (36 without leaf 8000_0008).
 pub fn maxphyaddr(entries: &[Entry]) -> u32 {
     find(entries, 0x8000_0008, 0).map_or(36, |e| e.eax & 0xff)
@@ -259,6 +278,21 @@ pub fn efer_allowed(entries: &[Entry]) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn amd_compatible_vendor() {
+        let leaf0 = |b: &[u8; 12]| Entry {
+            function: 0,
+            ebx: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            edx: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+            ecx: u32::from_le_bytes([b[8], b[9], b[10], b[11]]),
+            ..Default::default()
+        };
+        assert!(is_amd_compatible(&[leaf0(b"AuthenticAMD")]));
+        assert!(is_amd_compatible(&[leaf0(b"HygonGenuine")]));
+        assert!(!is_amd_compatible(&[leaf0(b"GenuineIntel")]));
+        assert!(!is_amd_compatible(&[]));
+    }
+
     use super::*;
 
     /// A host that reports every feature bit and max leaves beyond ours.

@@ -6,6 +6,7 @@ pub mod emulate;
 pub mod ioapic;
 pub mod irq_routing;
 pub mod lapic;
+pub mod mce;
 pub mod msr_index;
 pub mod pic;
 pub mod processor_flags;

@@ -26,6 +26,7 @@ pub const X86_CR0_PG: u64 = 1 << 31;
 pub const X86_CR4_DE: u64 = 1 << 3;
 pub const X86_CR4_PSE: u64 = 1 << 4;
 pub const X86_CR4_PAE: u64 = 1 << 5;
+pub const X86_CR4_MCE: u64 = 1 << 6;
 pub const X86_CR4_UMIP: u64 = 1 << 11;
 pub const X86_CR4_LA57: u64 = 1 << 12;
 pub const X86_CR4_FSGSBASE: u64 = 1 << 16;

@@ -18,6 +18,7 @@ use crate::arch::x86::{tsc_khz_arg, VcpuArch};
 use crate::arch::{cpuid, msr, regs, Vcpu, Vm};
 use crate::hw::ioapic;
 use crate::hw::lapic::{self, Irq, Lapic};
+use crate::hw::mce::{KVM_MAX_MCE_BANKS, SUPPORTED_MCE_CAP_SVM};
 use crate::io_bus::Bus;
 use crate::kvm_host::VmLocked;
 use crate::kvm_host::{GfnRanges, Gfns, KvmArch, KvmIoDevice};
@@ -119,9 +120,15 @@ impl KvmArch for X86 {
 
     /// kvm_arch_dev_ioctl().
     fn dev_ioctl(cmd: u32, arg: usize) -> Result<isize> {
+        // KVM_CAP_MCE reports the banks the vCPUs have.
+        const _: () = assert!(caps::MAX_MCE_BANKS as usize == KVM_MAX_MCE_BANKS);
         match cmd {
             ioctl::KVM_GET_SUPPORTED_CPUID => cpuid::kvm_dev_ioctl_get_cpuid(arg),
             ioctl::KVM_GET_MSR_INDEX_LIST => msr::kvm_get_msr_index_list(arg),
+            ioctl::KVM_X86_GET_MCE_CAP_SUPPORTED => {
+                user::write(arg, &SUPPORTED_MCE_CAP_SVM)?;
+                Ok(0)
+            }
             // x86's kvm_arch_dev_ioctl() answers unknown commands with -EINVAL.
             _ => Err(EINVAL),
         }

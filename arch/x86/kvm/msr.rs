@@ -2,11 +2,12 @@
 //! MSRs (upstream kvm_get_msr_common()/kvm_set_msr_common(), msr_io() and
 //! KVM_GET_MSR_INDEX_LIST of x86.c): what kvm.ko keeps, the rest the vendor's.
 
+use crate::hw::mce::{Mce, MSR_IA32_MCG_CTL, MSR_IA32_MCG_STATUS};
 use crate::hw::msr_index::{
-    hwcr_write, EFER_LMA, MSR_CSTAR, MSR_EFER, MSR_IA32_APICBASE, MSR_IA32_CR_PAT,
-    MSR_IA32_MISC_ENABLE, MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_EIP, MSR_IA32_SYSENTER_ESP,
-    MSR_IA32_TSC, MSR_IA32_TSC_DEADLINE, MSR_K7_HWCR, MSR_KERNEL_GS_BASE, MSR_LSTAR,
-    MSR_PLATFORM_INFO, MSR_STAR, MSR_SYSCALL_MASK,
+    hwcr_write, EFER_LMA, HWCR_MCSTATUSWREN, MSR_CSTAR, MSR_EFER, MSR_IA32_APICBASE,
+    MSR_IA32_CR_PAT, MSR_IA32_MISC_ENABLE, MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_EIP,
+    MSR_IA32_SYSENTER_ESP, MSR_IA32_TSC, MSR_IA32_TSC_DEADLINE, MSR_K7_HWCR, MSR_KERNEL_GS_BASE,
+    MSR_LSTAR, MSR_PLATFORM_INFO, MSR_STAR, MSR_SYSCALL_MASK,
 };
 use core::sync::atomic::Ordering;
 use kernel::prelude::*;
@@ -21,7 +22,7 @@ use crate::user::{Fam, MsrList, Msrs};
 
 /// The MSRs KVM_GET_MSR_INDEX_LIST reports: those KVM_GET/SET_MSRS save and
 /// restore (upstream msrs_to_save + emulated_msrs, as far as kvm-rs has them).
-pub(crate) const MSRS_TO_SAVE: [u32; 15] = [
+pub(crate) const MSRS_TO_SAVE: [u32; 17] = [
     MSR_IA32_SYSENTER_CS,
     MSR_IA32_SYSENTER_ESP,
     MSR_IA32_SYSENTER_EIP,
@@ -37,6 +38,9 @@ pub(crate) const MSRS_TO_SAVE: [u32; 15] = [
     MSR_IA32_MISC_ENABLE,
     MSR_PLATFORM_INFO,
     MSR_K7_HWCR,
+    // emulated_msrs: MCG_EXT_CTL is VMX's (svm_has_emulated_msr()).
+    MSR_IA32_MCG_STATUS,
+    MSR_IA32_MCG_CTL,
 ];
 
 /// MSR_IA32_MISC_ENABLE's reset value: fast strings, PEBS and BTS unavailable
@@ -104,6 +108,7 @@ impl Vcpu {
             MSR_IA32_APICBASE => Some(self.apic_base(st)),
             MSR_IA32_MISC_ENABLE => Some(st.misc_enable),
             MSR_K7_HWCR => Some(st.msr_hwcr),
+            i if Mce::is_mce_msr(i) => st.mce.get_msr(i, host),
             MSR_IA32_TSC_DEADLINE | lapic::X2APIC_MSR_BASE..=X2APIC_MSR_LAST => {
                 let tsc = self.guest_tsc(st);
                 match (*self.arch.lapic.lock()).as_ref() {
@@ -132,6 +137,12 @@ impl Vcpu {
             MSR_IA32_MISC_ENABLE => {
                 st.misc_enable = v;
                 true
+            }
+            i if Mce::is_mce_msr(i) => {
+                // can_set_mci_status(): AMD's HWCR.McStatusWrEn.
+                let wr_en =
+                    cpuid::is_amd_compatible(&st.cpuid) && st.msr_hwcr & HWCR_MCSTATUSWREN != 0;
+                st.mce.set_msr(i, v, host, wr_en)
             }
             MSR_K7_HWCR => match hwcr_write(v) {
                 Some(v) => {

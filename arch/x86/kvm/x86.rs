@@ -4,8 +4,9 @@
 //! (kvm_arch_vcpu_ioctl_run() → vcpu_run() → vcpu_enter_guest()) and the exit
 //! dispatch with the core's kvm_emulate_*() helpers.
 
+use crate::hw::mce::{Injection, McEffect, Mce, SUPPORTED_MCE_CAP_SVM};
 use crate::hw::msr_index::EFER_LMA;
-use crate::hw::processor_flags::{X86_EFLAGS_IF, X86_EFLAGS_TF};
+use crate::hw::processor_flags::{X86_CR4_MCE, X86_EFLAGS_IF, X86_EFLAGS_TF};
 use core::sync::atomic::Ordering;
 use kernel::prelude::*;
 
@@ -113,6 +114,10 @@ pub(crate) struct VcpuArch {
     pub(crate) guest_debug: u32,
     pub(crate) guest_debug_dr7: u64,
     pub(crate) singlestep_rip: u64,
+    /// The machine-check banks and MCG registers (upstream mcg_*, mce_banks).
+    pub(crate) mce: Mce,
+    /// KVM_REQ_TRIPLE_FAULT: the next KVM_RUN ends in KVM_EXIT_SHUTDOWN.
+    pub(crate) triple_fault: bool,
     /// The guest's XCR0 (loaded while it runs with CR4.OSXSAVE).
     pub(crate) xcr0: u64,
     /// The PAE PDPTRs as last loaded from guest memory or set by KVM_SET_SREGS2
@@ -212,6 +217,8 @@ impl VcpuArch {
             guest_debug: 0,
             guest_debug_dr7: 0,
             singlestep_rip: 0,
+            mce: Mce::default(),
+            triple_fault: false,
             xcr0: xstate::FP,
             pdptrs: [0; 4],
             pdptrs_avail: false,
@@ -415,6 +422,19 @@ impl Vcpu {
                 set_debugregs(st, &d)?;
                 Ok(0)
             }
+            ioctl::KVM_X86_SETUP_MCE => {
+                let mcg_cap: u64 = user::read(arg)?;
+                if !st.mce.setup(mcg_cap, SUPPORTED_MCE_CAP_SVM) {
+                    return Err(EINVAL);
+                }
+                st.mce.mcg_cap = st.vendor.setup_mce(st.mce.mcg_cap);
+                Ok(0)
+            }
+            ioctl::KVM_X86_SET_MCE => {
+                let m: uapi::kvm_x86_mce = user::read(arg)?;
+                self.kvm_vcpu_ioctl_x86_set_mce(st, &m)?;
+                Ok(0)
+            }
             ioctl::KVM_SET_GUEST_DEBUG => {
                 let dbg: uapi::kvm_guest_debug = user::read(arg)?;
                 kvm_arch_vcpu_ioctl_set_guest_debug(self, vm, st, &dbg)?;
@@ -470,6 +490,27 @@ impl Vcpu {
             // kvm_arch_vcpu_ioctl() answers unknown commands with -EINVAL.
             _ => Err(EINVAL),
         }
+    }
+
+    /// KVM_X86_SET_MCE (kvm_vcpu_ioctl_x86_set_mce()): the error into its bank,
+    /// and the #MC, or the shutdown of a guest that cannot take one.
+    fn kvm_vcpu_ioctl_x86_set_mce(&self, st: &mut VcpuArch, m: &uapi::kvm_x86_mce) -> Result {
+        let inj = Injection {
+            status: m.status,
+            addr: m.addr,
+            misc: m.misc,
+            mcg_status: m.mcg_status,
+            bank: m.bank,
+        };
+        let cr4_mce = st.vendor.get_cr4() & X86_CR4_MCE != 0;
+        match st.mce.set_mce(&inj, cr4_mce).ok_or(EINVAL)? {
+            McEffect::MachineCheck => st.vendor.queue_exception(uapi::MC_VECTOR, false, 0),
+            McEffect::TripleFault => st.triple_fault = true,
+            // CMCI needs MCG_CMCI_P, which KVM_X86_SETUP_MCE refuses on SVM
+            // (and the LAPIC has no LVTCMCI yet).
+            McEffect::Cmci | McEffect::None => {}
+        }
+        Ok(())
     }
 
     /// KVM_RUN (kvm_arch_vcpu_ioctl_run()): the run itself, framed by the
@@ -600,6 +641,11 @@ impl Vcpu {
     /// last-moment exit-request check, the guest's XCR0 and debug registers, the
     /// vendor's vcpu_run, and the exit handled once interrupts are on again.
     fn vcpu_enter_guest(&self, vm: &Vm, st: &mut VcpuArch, has_lapic: bool) -> Next {
+        // KVM_REQ_TRIPLE_FAULT (a #MC the guest could not take).
+        if core::mem::take(&mut st.triple_fault) {
+            self.set_exit(uapi::KVM_EXIT_SHUTDOWN);
+            return Next::User(Ok(()));
+        }
         // NMIs before interrupts, as kvm_check_and_inject_events() orders them;
         // neither while userspace asks for none (KVM_GUESTDBG_BLOCKIRQ).
         process_nmi(st);

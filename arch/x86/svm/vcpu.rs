@@ -49,6 +49,8 @@ const EVTINJ_TYPE_SOFT: u32 = 4 << 8;
 const EVTINJ_TYPE_MASK: u32 = 7 << 8;
 /// include/uapi/asm/kvm.h
 const KVM_VCPUEVENT_VALID_SHADOW: u32 = 4;
+/// The MCG_CAP bits an SVM vCPU has: the bank count and MCG_CTL_P.
+const MCG_CAP_SVM_MASK: u64 = 0x1ff;
 
 pub(crate) struct Svm;
 
@@ -678,6 +680,11 @@ impl KvmX86Vendor for Svm {
 
     fn update_exception_bitmap(v: &mut SvmVcpu, guest_debug: u32) {
         update_exception_bitmap(v, guest_debug);
+    }
+
+    fn setup_mce(_v: &SvmVcpu, mcg_cap: u64) -> u64 {
+        // svm_setup_mce(): bits 63:9 are reserved.
+        mcg_cap & MCG_CAP_SVM_MASK
     }
 }
 

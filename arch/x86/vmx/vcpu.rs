@@ -110,6 +110,9 @@ impl vendor::KvmX86Vendor for Vmx {
     fn update_exception_bitmap(v: &mut NoVcpu, _: u32) {
         match *v {}
     }
+    fn setup_mce(v: &NoVcpu, _: u64) -> u64 {
+        match *v {}
+    }
 }
 
 /// Stands for the VMCS-backed vCPU to come; uninhabited until then.

@@ -22,6 +22,7 @@ use kvm_abi::uapi;
 mod debug;
 mod ioeventfd;
 mod irq;
+mod mce;
 mod report;
 mod xstate;
 use report::{errno, ioctl, show, Report};
@@ -1355,7 +1356,7 @@ fn immediate_exit(t: &mut Report, kvm: RawFd) -> Result<(), String> {
 type Case = fn(&mut Report, RawFd) -> Result<(), String>;
 
 fn main() {
-    let cases: [(&str, Case); 20] = [
+    let cases: [(&str, Case); 21] = [
         ("real-io", |t, kvm| real_io(t, kvm, "real-io")),
         ("real-string-io", real_string_io),
         ("pm32", pm32),
@@ -1376,6 +1377,7 @@ fn main() {
         ("ioeventfd", ioeventfd::ioeventfd_case),
         ("nmi", irq::nmi),
         ("guest-debug", debug::guest_debug),
+        ("mce", mce::mce),
     ];
     let only = std::env::args().nth(1);
     if let Some(name) = &only {
