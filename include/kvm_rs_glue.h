@@ -127,6 +127,15 @@ int kvm_glue_waiter_pending(void *w);
 void kvm_glue_waiter_block(void *w);
 unsigned long long kvm_glue_ktime_ns(void);
 unsigned long long kvm_glue_rdtsc(void);
+/* The kvmclock base: CLOCK_MONOTONIC_RAW plus the boot offset (upstream
+ * get_kvmclock_base_ns()). */
+unsigned long long kvm_glue_kvmclock_base_ns(void);
+unsigned long long kvm_glue_ktime_real_ns(void);
+/* One snapshot of CLOCK_REALTIME, the kvmclock base and the clocksource counter;
+ * 1 when that counter is a stable TSC (upstream's master clock). */
+int kvm_glue_clock_snapshot(unsigned long long *realtime_ns, unsigned long long *base_ns,
+			    unsigned long long *tsc);
+int kvm_glue_check_tsc_unstable(void);
 
 /* The guest FPU (struct fpu_guest): allocated, swapped in/out around KVM_RUN. */
 void *kvm_glue_fpu_alloc(void);

@@ -8,6 +8,8 @@
 #include <linux/file.h>
 #include <linux/entry-virt.h>
 #include <linux/hrtimer.h>
+#include <linux/clocksource_ids.h>
+#include <linux/timekeeping.h>
 #include <linux/kvm_host.h>
 #include <linux/fs.h>
 #include <linux/miscdevice.h>
@@ -558,6 +560,33 @@ unsigned long long kvm_glue_rdtsc(void)
 	return rdtsc();
 }
 EXPORT_SYMBOL_GPL(kvm_glue_rdtsc);
+
+unsigned long long kvm_glue_kvmclock_base_ns(void)
+{
+	return ktime_to_ns(ktime_add(ktime_get_raw(), ktime_mono_to_any(0, TK_OFFS_BOOT)));
+}
+
+unsigned long long kvm_glue_ktime_real_ns(void)
+{
+	return ktime_get_real_ns();
+}
+
+int kvm_glue_clock_snapshot(unsigned long long *realtime_ns, unsigned long long *base_ns,
+			    unsigned long long *tsc)
+{
+	struct system_time_snapshot snap;
+
+	ktime_get_snapshot_id(CLOCK_REALTIME, &snap);
+	*realtime_ns = ktime_to_ns(snap.systime);
+	*base_ns = ktime_to_ns(ktime_add(snap.monoraw, ktime_mono_to_any(0, TK_OFFS_BOOT)));
+	*tsc = snap.cycles;
+	return snap.valid && snap.cs_id == CSID_X86_TSC && !check_tsc_unstable();
+}
+
+int kvm_glue_check_tsc_unstable(void)
+{
+	return check_tsc_unstable();
+}
 
 static void kvm_glue_kick_nop(void *unused)
 {

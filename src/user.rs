@@ -51,6 +51,7 @@ pod!(
     kvm_ioeventfd,
     kvm_guest_debug,
     kvm_x86_mce,
+    kvm_clock_data,
 );
 
 /// Reads a `T` at user address `addr` (-EFAULT if unmapped).

@@ -214,6 +214,9 @@ macro_rules! kvm_x86_ops_list {
             /// KVM_X86_SETUP_MCE accepted `mcg_cap`: what of it the vendor's vCPUs
             /// keep (upstream setup_mce; SVM's MCG_CAP has bits 8:0 only).
             fn setup_mce(ref, mcg_cap: u64) -> u64;
+            /// The guest's TSC is the host's plus `offset` (upstream
+            /// write_tsc_offset; kvm.ko keeps the offset).
+            fn write_tsc_offset(mut, offset: u64) -> ();
         }
     };
 }

@@ -38,6 +38,10 @@ pub const GUESTDBG_VALID_MASK: u32 = uapi::KVM_GUESTDBG_ENABLE
     | uapi::KVM_GUESTDBG_INJECT_BP
     | uapi::KVM_GUESTDBG_INJECT_DB
     | uapi::KVM_GUESTDBG_BLOCKIRQ;
+/// KVM_CLOCK_VALID_FLAGS: the KVM_GET_CLOCK flags there are, what
+/// KVM_CAP_ADJUST_CLOCK reports and KVM_SET_CLOCK accepts back.
+pub const KVM_CLOCK_VALID_FLAGS: u32 =
+    uapi::KVM_CLOCK_TSC_STABLE | uapi::KVM_CLOCK_REALTIME | uapi::KVM_CLOCK_HOST_TSC;
 /// `KVM_MAX_MCE_BANKS` (also arch/x86/hw/mce.rs, which sizes the banks by it).
 pub const MAX_MCE_BANKS: u32 = 32;
 /// `KVM_USER_MEM_SLOTS` on x86.
@@ -112,6 +116,8 @@ pub fn check_extension(host: &Host, cap: u64) -> i32 {
         // KVM_X86_SETUP_MCE / KVM_X86_SET_MCE and the bank MSRs: the most banks a
         // vCPU can have (KVM_MAX_MCE_BANKS).
         uapi::KVM_CAP_MCE if host.vcpus => MAX_MCE_BANKS as i32,
+        // KVM_GET_CLOCK / KVM_SET_CLOCK (arch/x86/kvm/clock.rs).
+        uapi::KVM_CAP_ADJUST_CLOCK if host.vcpus => KVM_CLOCK_VALID_FLAGS as i32,
         // KVM_SET_GSI_ROUTING: the number of routes (KVM_MAX_IRQ_ROUTES).
         uapi::KVM_CAP_IRQ_ROUTING if host.vcpus => 4096,
         // kvm_run's sync_regs exchange (vcpu.rs).
@@ -221,6 +227,10 @@ mod tests {
             0
         );
         assert_eq!(check_extension(&HOST, uapi::KVM_CAP_MCE as u64), 32);
+        assert_eq!(
+            check_extension(&HOST, uapi::KVM_CAP_ADJUST_CLOCK as u64),
+            0xe
+        );
     }
 
     #[test]

@@ -87,6 +87,8 @@ pub const KVM_PRE_FAULT_MEMORY: u32 = iowr::<uapi::kvm_pre_fault_memory>(0xd5);
 pub const KVM_RUN: u32 = io(0x80);
 pub const KVM_NMI: u32 = io(0x9a);
 pub const KVM_SET_GUEST_DEBUG: u32 = iow::<uapi::kvm_guest_debug>(0x9b);
+pub const KVM_SET_CLOCK: u32 = iow::<uapi::kvm_clock_data>(0x7b);
+pub const KVM_GET_CLOCK: u32 = ior::<uapi::kvm_clock_data>(0x7c);
 pub const KVM_X86_SETUP_MCE: u32 = iow::<u64>(0x9c);
 pub const KVM_X86_SET_MCE: u32 = iow::<uapi::kvm_x86_mce>(0x9e);
 pub const KVM_GET_REGS: u32 = ior::<uapi::kvm_regs>(0x81);
@@ -136,6 +138,8 @@ mod tests {
         assert_eq!(KVM_X86_GET_MCE_CAP_SUPPORTED, 0x8008_ae9d);
         // struct kvm_x86_mce: status, addr, misc, mcg_status, bank, pad (64 bytes).
         assert_eq!(KVM_X86_SET_MCE, 0x4040_ae9e);
+        // struct kvm_clock_data: clock, flags, pad0, realtime, host_tsc, pad[4].
+        assert_eq!(KVM_GET_CLOCK, 0x8030_ae7c);
         assert_eq!(
             iow::<super::super::uapi::kvm_userspace_memory_region>(0x46),
             0x4020_ae46

@@ -64,8 +64,19 @@ const L1_EDX: u32 = 0x7f
     | 1 << 24
     | 1 << 25
     | 1 << 26;
-// Leaf 7.0 EBX: FSGSBASE BMI1 SMEP BMI2 ERMS ADX SMAP CLFLUSHOPT SHA.
-const L7_EBX: u32 = 1 | 1 << 3 | 1 << 7 | 1 << 8 | 1 << 9 | 1 << 19 | 1 << 20 | 1 << 23 | 1 << 29;
+/// Leaf 7.0 EBX TSC_ADJUST: IA32_TSC_ADJUST, which KVM emulates.
+pub const L7_EBX_TSC_ADJUST: u32 = 1 << 1;
+// Leaf 7.0 EBX: FSGSBASE TSC_ADJUST BMI1 SMEP BMI2 ERMS ADX SMAP CLFLUSHOPT SHA.
+const L7_EBX: u32 = 1
+    | L7_EBX_TSC_ADJUST
+    | 1 << 3
+    | 1 << 7
+    | 1 << 8
+    | 1 << 9
+    | 1 << 19
+    | 1 << 20
+    | 1 << 23
+    | 1 << 29;
 // AVX2 with YMM state; AVX512 F DQ IFMA CD BW VL with the AVX-512 state.
 const L7_EBX_AVX2: u32 = 1 << 5;
 const L7_EBX_AVX512: u32 = 1 << 16 | 1 << 17 | 1 << 21 | 1 << 28 | 1 << 30 | 1 << 31;
@@ -133,7 +144,9 @@ pub fn supported(
             SIGNIFICANT_INDEX,
             [
                 0,
-                h[1] & (L7_EBX | bits(ymm, L7_EBX_AVX2) | bits(avx512, L7_EBX_AVX512)),
+                // TSC_ADJUST is emulated: offered whatever the host has.
+                h[1] & (L7_EBX | bits(ymm, L7_EBX_AVX2) | bits(avx512, L7_EBX_AVX512))
+                    | L7_EBX_TSC_ADJUST,
                 h[2] & L7_ECX,
                 0,
             ],
@@ -322,7 +335,8 @@ mod tests {
         assert_eq!(maxphyaddr(e), 0x30);
         assert_eq!(efer_allowed(e), 1 | 1 << 8 | 1 << 10 | 1 << 11);
         assert_eq!(find(e, 7, 1), None, "leaf 7 is indexed");
-        assert!(find(e, 7, 0).is_some());
+        let l7 = find(e, 7, 0).unwrap();
+        assert_ne!(l7.ebx & L7_EBX_TSC_ADJUST, 0, "TSC_ADJUST is emulated");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod pic;
 pub mod processor_flags;
 pub mod sregs;
 pub mod svm;
+pub mod tsc;
 pub mod vmx;
 pub mod xstate;
 // Files that live beside their kernel-facing users, for upstream's layout.

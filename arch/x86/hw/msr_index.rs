@@ -1,6 +1,7 @@
 //! MSR numbers and EFER bits, once (upstream arch/x86/include/asm/msr-index.h).
 
 pub const MSR_IA32_TSC: u32 = 0x0000_0010;
+pub const MSR_IA32_TSC_ADJUST: u32 = 0x0000_003b;
 pub const MSR_IA32_APICBASE: u32 = 0x0000_001b;
 pub const MSR_IA32_FEAT_CTL: u32 = 0x0000_003a;
 pub const MSR_PLATFORM_INFO: u32 = 0x0000_00ce;

@@ -11,6 +11,7 @@ use kernel::{new_mutex, new_spinlock};
 
 use crate::abi::caps::{self, Host, MAX_VCPU_IDS};
 use crate::abi::{ioctl, uapi};
+use crate::arch::clock::KvmClock;
 use crate::arch::irqchip::{self, IoapicDev, Irqchip, PicDev};
 use crate::arch::mmu::tdp::Mmu;
 use crate::arch::vendor::{self, VendorLoaded, VendorRef};
@@ -19,6 +20,7 @@ use crate::arch::{cpuid, msr, regs, Vcpu, Vm};
 use crate::hw::ioapic;
 use crate::hw::lapic::{self, Irq, Lapic};
 use crate::hw::mce::{KVM_MAX_MCE_BANKS, SUPPORTED_MCE_CAP_SVM};
+use crate::hw::tsc::TscSync;
 use crate::io_bus::Bus;
 use crate::kvm_host::VmLocked;
 use crate::kvm_host::{GfnRanges, Gfns, KvmArch, KvmIoDevice};
@@ -63,6 +65,15 @@ pub(crate) struct VmArch {
     /// KVM_SET_TSC_KHZ on the VM: what new vCPUs start with. Changed only under
     /// kvm->lock, while there is no vCPU.
     pub(crate) default_tsc_khz: AtomicU32,
+    /// The kvmclock: its offset and the master clock (clock.rs).
+    #[pin]
+    pub(crate) clock: Mutex<KvmClock>,
+    /// The record of the vCPUs' TSC writes (upstream tsc_write_lock and the
+    /// last_tsc_*/cur_tsc_* it guards), taken under a vCPU mutex.
+    #[pin]
+    pub(crate) tsc: SpinLock<TscSync>,
+    /// KVM_REQ_MASTERCLOCK_UPDATE, for whichever vCPU enters next.
+    pub(crate) masterclock_update: AtomicBool,
 }
 
 /// What other threads reach of an x86 vCPU without its mutex.
@@ -154,6 +165,9 @@ impl KvmArch for X86 {
             max_vcpu_ids: AtomicU32::new(0),
             // SAFETY: reads a kernel variable.
             default_tsc_khz: AtomicU32::new(unsafe { glue::kvm_glue_tsc_khz() }),
+            clock <- new_mutex!(KvmClock::new(), "kvm->arch.kvmclock"),
+            tsc <- new_spinlock!(TscSync::default(), "kvm->arch.tsc_write_lock"),
+            masterclock_update: AtomicBool::new(false),
         }))
     }
 
@@ -204,7 +218,9 @@ impl KvmArch for X86 {
     fn vcpu_create(vm: &Vm, id: u32) -> Result<(VcpuArch, impl PinInit<VcpuShared, Error>)> {
         let irqchip = vm.arch.has_irqchip.load(Ordering::SeqCst);
         let tsc_khz = vm.arch.default_tsc_khz.load(Ordering::Relaxed);
-        let (arch, loaded) = VcpuArch::new(&vm.arch.vendor, id, irqchip, tsc_khz)?;
+        let (mut arch, loaded) = VcpuArch::new(&vm.arch.vendor, id, irqchip, tsc_khz)?;
+        // kvm_arch_vcpu_postcreate(): TSC 0, or the other vCPUs' TSC.
+        vm.kvm_synchronize_tsc(&mut arch, None);
         let lapic = irqchip.then(|| Lapic::new(id, tsc_khz));
         Ok((
             arch,
@@ -260,6 +276,8 @@ fn kvm_arch_vm_ioctl(vm: &Arc<Vm>, cmd: u32, arg: usize) -> Result<isize> {
             kvm_vm_ioctl_enable_cap(vm, &c)
         }
         ioctl::KVM_GET_TSC_KHZ => Ok(vm.arch.default_tsc_khz.load(Ordering::Relaxed) as isize),
+        ioctl::KVM_GET_CLOCK => vm.kvm_vm_ioctl_get_clock(arg),
+        ioctl::KVM_SET_CLOCK => vm.kvm_vm_ioctl_set_clock(arg),
         ioctl::KVM_SET_TSC_KHZ => {
             // Without TSC scaling any rate is accepted here, as upstream; whether
             // a vCPU can run at it is KVM_SET_TSC_KHZ on the vCPU's business.

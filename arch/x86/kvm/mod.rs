@@ -3,6 +3,7 @@
 //! One concept a file, named as upstream; the pure logic under it is the no_std
 //! crate in arch/x86/hw (mounted as `crate::hw`).
 
+pub(crate) mod clock;
 pub(crate) mod cpuid;
 pub(crate) mod emulate;
 pub(crate) mod irq;

@@ -6,12 +6,13 @@ use crate::hw::mce::{Mce, MSR_IA32_MCG_CTL, MSR_IA32_MCG_STATUS};
 use crate::hw::msr_index::{
     hwcr_write, EFER_LMA, HWCR_MCSTATUSWREN, MSR_CSTAR, MSR_EFER, MSR_IA32_APICBASE,
     MSR_IA32_CR_PAT, MSR_IA32_MISC_ENABLE, MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_EIP,
-    MSR_IA32_SYSENTER_ESP, MSR_IA32_TSC, MSR_IA32_TSC_DEADLINE, MSR_K7_HWCR, MSR_KERNEL_GS_BASE,
-    MSR_LSTAR, MSR_PLATFORM_INFO, MSR_STAR, MSR_SYSCALL_MASK,
+    MSR_IA32_SYSENTER_ESP, MSR_IA32_TSC, MSR_IA32_TSC_ADJUST, MSR_IA32_TSC_DEADLINE, MSR_K7_HWCR,
+    MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_PLATFORM_INFO, MSR_STAR, MSR_SYSCALL_MASK,
 };
 use core::sync::atomic::Ordering;
 use kernel::prelude::*;
 
+use crate::arch::clock::{adjust_tsc_offset_guest, kvm_read_l1_tsc};
 use crate::arch::lapic::set_apic_base;
 use crate::arch::x86::{now_ns, now_tsc, VcpuArch};
 use crate::arch::Vcpu;
@@ -22,7 +23,7 @@ use crate::user::{Fam, MsrList, Msrs};
 
 /// The MSRs KVM_GET_MSR_INDEX_LIST reports: those KVM_GET/SET_MSRS save and
 /// restore (upstream msrs_to_save + emulated_msrs, as far as kvm-rs has them).
-pub(crate) const MSRS_TO_SAVE: [u32; 17] = [
+pub(crate) const MSRS_TO_SAVE: [u32; 18] = [
     MSR_IA32_SYSENTER_CS,
     MSR_IA32_SYSENTER_ESP,
     MSR_IA32_SYSENTER_EIP,
@@ -41,6 +42,7 @@ pub(crate) const MSRS_TO_SAVE: [u32; 17] = [
     // emulated_msrs: MCG_EXT_CTL is VMX's (svm_has_emulated_msr()).
     MSR_IA32_MCG_STATUS,
     MSR_IA32_MCG_CTL,
+    MSR_IA32_TSC_ADJUST,
 ];
 
 /// MSR_IA32_MISC_ENABLE's reset value: fast strings, PEBS and BTS unavailable
@@ -90,13 +92,9 @@ impl Vcpu {
         Ok(done)
     }
 
-    /// The guest's TSC now (the host's plus the vendor's offset).
+    /// The guest's TSC now.
     pub(crate) fn guest_tsc(&self, st: &VcpuArch) -> u64 {
-        let mut v = 0;
-        if !st.vendor.get_msr(MSR_IA32_TSC, &mut v) {
-            return now_tsc();
-        }
-        v
+        kvm_read_l1_tsc(st, now_tsc())
     }
 
     /// Reads an MSR for the guest (RDMSR) or for userspace (`host`, KVM_GET_MSRS).
@@ -108,6 +106,8 @@ impl Vcpu {
             MSR_IA32_APICBASE => Some(self.apic_base(st)),
             MSR_IA32_MISC_ENABLE => Some(st.misc_enable),
             MSR_K7_HWCR => Some(st.msr_hwcr),
+            MSR_IA32_TSC => Some(self.guest_tsc(st)),
+            MSR_IA32_TSC_ADJUST => Some(st.ia32_tsc_adjust_msr),
             i if Mce::is_mce_msr(i) => st.mce.get_msr(i, host),
             MSR_IA32_TSC_DEADLINE | lapic::X2APIC_MSR_BASE..=X2APIC_MSR_LAST => {
                 let tsc = self.guest_tsc(st);
@@ -136,6 +136,30 @@ impl Vcpu {
         match index {
             MSR_IA32_MISC_ENABLE => {
                 st.misc_enable = v;
+                true
+            }
+            // A write by userspace sets the TSC (matched to the other vCPUs' if
+            // close); one by the guest moves it, and IA32_TSC_ADJUST with it.
+            MSR_IA32_TSC if host => {
+                vm.kvm_synchronize_tsc(st, Some(v));
+                true
+            }
+            MSR_IA32_TSC => {
+                let adj = v.wrapping_sub(now_tsc()).wrapping_sub(st.l1_tsc_offset);
+                adjust_tsc_offset_guest(st, adj);
+                st.ia32_tsc_adjust_msr = st.ia32_tsc_adjust_msr.wrapping_add(adj);
+                true
+            }
+            // Userspace sets IA32_TSC_ADJUST alone; the guest moves its TSC with it.
+            MSR_IA32_TSC_ADJUST => {
+                if cpuid::find(&st.cpuid, 7, 0)
+                    .is_some_and(|e| e.ebx & cpuid::L7_EBX_TSC_ADJUST != 0)
+                {
+                    if !host {
+                        adjust_tsc_offset_guest(st, v.wrapping_sub(st.ia32_tsc_adjust_msr));
+                    }
+                    st.ia32_tsc_adjust_msr = v;
+                }
                 true
             }
             i if Mce::is_mce_msr(i) => {

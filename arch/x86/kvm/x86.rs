@@ -118,6 +118,11 @@ pub(crate) struct VcpuArch {
     pub(crate) mce: Mce,
     /// KVM_REQ_TRIPLE_FAULT: the next KVM_RUN ends in KVM_EXIT_SHUTDOWN.
     pub(crate) triple_fault: bool,
+    /// The guest's TSC is the host's plus this (upstream l1_tsc_offset; no TSC
+    /// scaling), IA32_TSC_ADJUST, and the TSC-write generation it matched.
+    pub(crate) l1_tsc_offset: u64,
+    pub(crate) ia32_tsc_adjust_msr: u64,
+    pub(crate) this_tsc_generation: u64,
     /// The guest's XCR0 (loaded while it runs with CR4.OSXSAVE).
     pub(crate) xcr0: u64,
     /// The PAE PDPTRs as last loaded from guest memory or set by KVM_SET_SREGS2
@@ -140,7 +145,7 @@ pub(crate) fn now_ns() -> u64 {
     unsafe { glue::kvm_glue_ktime_ns() }
 }
 
-/// The guest's TSC now (no TSC offset yet: the host's).
+/// The host's TSC now (rdtsc()).
 pub(crate) fn now_tsc() -> u64 {
     // SAFETY: reads the TSC.
     unsafe { glue::kvm_glue_rdtsc() }
@@ -219,6 +224,9 @@ impl VcpuArch {
             singlestep_rip: 0,
             mce: Mce::default(),
             triple_fault: false,
+            l1_tsc_offset: 0,
+            ia32_tsc_adjust_msr: 0,
+            this_tsc_generation: 0,
             xcr0: xstate::FP,
             pdptrs: [0; 4],
             pdptrs_avail: false,
@@ -641,6 +649,7 @@ impl Vcpu {
     /// last-moment exit-request check, the guest's XCR0 and debug registers, the
     /// vendor's vcpu_run, and the exit handled once interrupts are on again.
     fn vcpu_enter_guest(&self, vm: &Vm, st: &mut VcpuArch, has_lapic: bool) -> Next {
+        vm.kvm_update_masterclock();
         // KVM_REQ_TRIPLE_FAULT (a #MC the guest could not take).
         if core::mem::take(&mut st.triple_fault) {
             self.set_exit(uapi::KVM_EXIT_SHUTDOWN);

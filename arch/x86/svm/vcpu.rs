@@ -4,8 +4,8 @@
 
 use super::msr_index::{
     EFER_SVME, MSR_CSTAR, MSR_EFER, MSR_FS_BASE, MSR_GS_BASE, MSR_IA32_CR_PAT,
-    MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_EIP, MSR_IA32_SYSENTER_ESP, MSR_IA32_TSC,
-    MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_STAR, MSR_SYSCALL_MASK,
+    MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_EIP, MSR_IA32_SYSENTER_ESP, MSR_KERNEL_GS_BASE,
+    MSR_LSTAR, MSR_STAR, MSR_SYSCALL_MASK,
 };
 use super::processor_flags::{NMI_VECTOR, X86_EFLAGS_IF, X86_EFLAGS_RF, X86_EFLAGS_TF};
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -34,11 +34,6 @@ pub(crate) static NRIPS: AtomicBool = AtomicBool::new(false);
 /// by the known length of the intercepted instruction).
 pub(crate) fn set_nrips(on: bool) {
     NRIPS.store(on, Ordering::Relaxed);
-}
-
-fn rdtsc() -> u64 {
-    // SAFETY: reads the TSC.
-    unsafe { super::glue::kvm_glue_rdtsc() }
 }
 
 pub(crate) const EVTINJ_VALID: u32 = 1 << 31;
@@ -72,6 +67,8 @@ pub(crate) struct SvmVcpu {
     /// entry that delivers it, then the RIPs around it (upstream soft_int_*).
     soft_int_len: Option<u32>,
     soft_int: Option<SoftInt>,
+    /// kvm.ko's TSC offset (write_tsc_offset), kept across VMCB reinits.
+    tsc_offset: u64,
 }
 
 /// A soft exception handed to the CPU: RIP before and after its instruction.
@@ -283,6 +280,7 @@ impl KvmX86Vendor for Svm {
                 guest_debug: 0,
                 soft_int_len: None,
                 soft_int: None,
+                tsc_offset: 0,
             },
             GFP_KERNEL,
         )?;
@@ -502,18 +500,12 @@ impl KvmX86Vendor for Svm {
             MSR_IA32_SYSENTER_ESP => s.sysenter_esp,
             MSR_IA32_SYSENTER_EIP => s.sysenter_eip,
             MSR_IA32_CR_PAT => s.g_pat,
-            MSR_IA32_TSC => rdtsc().wrapping_add(v.vmcb_ref().control.tsc_offset),
             _ => return false,
         };
         true
     }
 
     fn set_msr(v: &mut SvmVcpu, index: u32, data: u64) -> bool {
-        if index == MSR_IA32_TSC {
-            // The guest reads host TSC + offset, also through unintercepted RDTSC.
-            v.vmcb().control.tsc_offset = data.wrapping_sub(rdtsc());
-            return true;
-        }
         let s = &mut v.vmcb().save;
         match index {
             MSR_EFER => s.efer = data | EFER_SVME,
@@ -670,6 +662,8 @@ impl KvmX86Vendor for Svm {
 
     fn vcpu_reset(v: &mut SvmVcpu) {
         reinit_vmcb(v.vmcb());
+        // INIT and RESET leave the TSC running.
+        v.vmcb().control.tsc_offset = v.tsc_offset;
         v.asid_generation = 0;
         v.nmi = NmiState::default();
         v.soft_int_len = None;
@@ -680,6 +674,12 @@ impl KvmX86Vendor for Svm {
 
     fn update_exception_bitmap(v: &mut SvmVcpu, guest_debug: u32) {
         update_exception_bitmap(v, guest_debug);
+    }
+
+    fn write_tsc_offset(v: &mut SvmVcpu, offset: u64) {
+        // svm_write_tsc_offset(): RDTSC in the guest reads host TSC + offset.
+        v.tsc_offset = offset;
+        v.vmcb().control.tsc_offset = offset;
     }
 
     fn setup_mce(_v: &SvmVcpu, mcg_cap: u64) -> u64 {

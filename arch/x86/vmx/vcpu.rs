@@ -113,6 +113,9 @@ impl vendor::KvmX86Vendor for Vmx {
     fn setup_mce(v: &NoVcpu, _: u64) -> u64 {
         match *v {}
     }
+    fn write_tsc_offset(v: &mut NoVcpu, _: u64) {
+        match *v {}
+    }
 }
 
 /// Stands for the VMCS-backed vCPU to come; uninhabited until then.

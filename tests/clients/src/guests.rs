@@ -19,6 +19,7 @@ use std::ptr;
 
 use kvm_abi::ioctl::{io, ior, iow, iowr, KVM_CREATE_VM, KVM_GET_VCPU_MMAP_SIZE};
 use kvm_abi::uapi;
+mod clock;
 mod debug;
 mod ioeventfd;
 mod irq;
@@ -44,6 +45,8 @@ const KVM_GET_LAPIC: u32 = ior::<uapi::kvm_lapic_state>(0x8e);
 const KVM_GET_MP_STATE: u32 = ior::<uapi::kvm_mp_state>(0x98);
 const KVM_GET_TSC_KHZ: u32 = io(0xa3);
 const KVM_GET_STATS_FD: u32 = io(0xce);
+const KVM_GET_MSRS: u32 = iowr::<uapi::kvm_msrs>(0x88);
+const KVM_SET_MSRS: u32 = iow::<uapi::kvm_msrs>(0x89);
 const KVM_GET_DIRTY_LOG: u32 = iow::<uapi::kvm_dirty_log>(0x42);
 const KVM_MEM_LOG_DIRTY_PAGES: u32 = 1;
 
@@ -309,6 +312,15 @@ impl fmt::Display for Exit {
     }
 }
 
+/// `struct kvm_msrs` with one entry.
+#[repr(C)]
+#[derive(Default)]
+struct Msrs1 {
+    nmsrs: u32,
+    pad: u32,
+    entry: uapi::kvm_msr_entry,
+}
+
 /// A VM with one memslot and vCPU 0, its `kvm_run` mapped.
 struct Guest {
     kvm: RawFd,
@@ -469,6 +481,28 @@ impl Guest {
             ioctl_ref(self.vcpu, KVM_SET_CPUID2, &mut c),
         )
         .map(drop)
+    }
+
+    /// KVM_GET_MSRS of one MSR: its value, or None when KVM refuses it (count 0).
+    fn get_msr(&self, index: u32) -> Result<Option<u64>, String> {
+        let mut m = Msrs1 {
+            nmsrs: 1,
+            ..Default::default()
+        };
+        m.entry.index = index;
+        let n = sys("KVM_GET_MSRS", ioctl_ref(self.vcpu, KVM_GET_MSRS, &mut m))?;
+        Ok((n == 1).then_some(m.entry.data))
+    }
+
+    /// KVM_SET_MSRS of one MSR: whether KVM took it.
+    fn set_msr(&self, index: u32, data: u64) -> Result<bool, String> {
+        let mut m = Msrs1 {
+            nmsrs: 1,
+            ..Default::default()
+        };
+        m.entry.index = index;
+        m.entry.data = data;
+        Ok(sys("KVM_SET_MSRS", ioctl_ref(self.vcpu, KVM_SET_MSRS, &mut m))? == 1)
     }
 
     fn state(&self) -> kvm_run {
@@ -1356,7 +1390,7 @@ fn immediate_exit(t: &mut Report, kvm: RawFd) -> Result<(), String> {
 type Case = fn(&mut Report, RawFd) -> Result<(), String>;
 
 fn main() {
-    let cases: [(&str, Case); 21] = [
+    let cases: [(&str, Case); 22] = [
         ("real-io", |t, kvm| real_io(t, kvm, "real-io")),
         ("real-string-io", real_string_io),
         ("pm32", pm32),
@@ -1378,6 +1412,7 @@ fn main() {
         ("nmi", irq::nmi),
         ("guest-debug", debug::guest_debug),
         ("mce", mce::mce),
+        ("clock", clock::clock),
     ];
     let only = std::env::args().nth(1);
     if let Some(name) = &only {

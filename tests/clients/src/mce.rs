@@ -8,8 +8,6 @@ use super::*;
 const KVM_X86_GET_MCE_CAP_SUPPORTED: u32 = ior::<u64>(0x9d);
 const KVM_X86_SETUP_MCE: u32 = iow::<u64>(0x9c);
 const KVM_X86_SET_MCE: u32 = iow::<uapi::kvm_x86_mce>(0x9e);
-const KVM_GET_MSRS: u32 = iowr::<uapi::kvm_msrs>(0x88);
-const KVM_SET_MSRS: u32 = iow::<uapi::kvm_msrs>(0x89);
 const KVM_CHECK_EXTENSION: u32 = io(0x03);
 
 const MCG_CTL_P: u64 = 1 << 8;
@@ -24,37 +22,6 @@ const MCI_STATUS_EN: u64 = 1 << 60;
 const MCI_STATUS_S: u64 = 1 << 56;
 const MCG_STATUS_MCIP: u64 = 1 << 2;
 const CR4_MCE: u64 = 1 << 6;
-
-/// `struct kvm_msrs` with one entry.
-#[repr(C)]
-#[derive(Default)]
-struct Msrs1 {
-    nmsrs: u32,
-    pad: u32,
-    entry: uapi::kvm_msr_entry,
-}
-
-/// KVM_GET_MSRS of one MSR: its value, or None when KVM refuses it (count 0).
-fn get_msr(g: &Guest, index: u32) -> Result<Option<u64>, String> {
-    let mut m = Msrs1 {
-        nmsrs: 1,
-        ..Default::default()
-    };
-    m.entry.index = index;
-    let n = sys("KVM_GET_MSRS", ioctl_ref(g.vcpu, KVM_GET_MSRS, &mut m))?;
-    Ok((n == 1).then_some(m.entry.data))
-}
-
-/// KVM_SET_MSRS of one MSR: whether KVM took it.
-fn set_msr(g: &Guest, index: u32, data: u64) -> Result<bool, String> {
-    let mut m = Msrs1 {
-        nmsrs: 1,
-        ..Default::default()
-    };
-    m.entry.index = index;
-    m.entry.data = data;
-    Ok(sys("KVM_SET_MSRS", ioctl_ref(g.vcpu, KVM_SET_MSRS, &mut m))? == 1)
-}
 
 fn setup_mce(g: &Guest, mut cap: u64) -> Result<i32, i32> {
     ioctl_ref(g.vcpu, KVM_X86_SETUP_MCE, &mut cap)
@@ -118,8 +85,8 @@ pub(crate) fn mce(t: &mut Report, kvm: RawFd) -> Result<(), String> {
     let g = mce_guest(kvm, true)?;
     t.check(
         "mce: a new vCPU has all 32 banks in MCG_CAP",
-        get_msr(&g, MSR_MCG_CAP)? == Some(32),
-        format!("{:?}", get_msr(&g, MSR_MCG_CAP)),
+        g.get_msr(MSR_MCG_CAP)? == Some(32),
+        format!("{:?}", g.get_msr(MSR_MCG_CAP)),
     );
     for (what, cap) in [
         ("no banks", MCG_CTL_P),
@@ -135,10 +102,10 @@ pub(crate) fn mce(t: &mut Report, kvm: RawFd) -> Result<(), String> {
     let cap = 10 | MCG_CTL_P | MCG_SER_P;
     sys("KVM_X86_SETUP_MCE", setup_mce(&g, cap))?;
     let got = (
-        get_msr(&g, MSR_MCG_CAP)?,
-        get_msr(&g, MSR_MCG_CTL)?,
-        get_msr(&g, MSR_MC0_CTL + 4 * 9)?,
-        get_msr(&g, MSR_MC0_CTL + 4 * 10)?,
+        g.get_msr(MSR_MCG_CAP)?,
+        g.get_msr(MSR_MCG_CTL)?,
+        g.get_msr(MSR_MC0_CTL + 4 * 9)?,
+        g.get_msr(MSR_MC0_CTL + 4 * 10)?,
     );
     // svm_setup_mce() keeps MCG_CAP's bits 8:0 (MCG_SER_P goes).
     t.check(
@@ -148,7 +115,7 @@ pub(crate) fn mce(t: &mut Report, kvm: RawFd) -> Result<(), String> {
     );
     t.check(
         "mce: MCi_CTL takes 0 or all 1s only",
-        !set_msr(&g, MSR_MC0_CTL + 4, 0xff)? && set_msr(&g, MSR_MC0_CTL + 4, 0)?,
+        !g.set_msr(MSR_MC0_CTL + 4, 0xff)? && g.set_msr(MSR_MC0_CTL + 4, 0)?,
         String::new(),
     );
     let uc = MCI_STATUS_VAL | MCI_STATUS_UC | MCI_STATUS_EN | MCI_STATUS_S | 0x17;
@@ -170,9 +137,9 @@ pub(crate) fn mce(t: &mut Report, kvm: RawFd) -> Result<(), String> {
         &out(0x18, 1, 1, &[0x18]),
     );
     let got = (
-        get_msr(&g, MSR_MC0_CTL + 9)?,
-        get_msr(&g, MSR_MC0_CTL + 10)?,
-        get_msr(&g, MSR_MCG_STATUS)?,
+        g.get_msr(MSR_MC0_CTL + 9)?,
+        g.get_msr(MSR_MC0_CTL + 10)?,
+        g.get_msr(MSR_MCG_STATUS)?,
     );
     t.check(
         "mce: the bank and MCG_STATUS hold the error",

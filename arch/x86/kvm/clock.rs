@@ -1,0 +1,219 @@
+// SPDX-License-Identifier: GPL-2.0-only
+//! The guest TSC and the kvmclock (upstream x86.c's TSC offsetting, TSC
+//! synchronization and pvclock parts): the offset kvm.ko keeps and the vendor
+//! applies, IA32_TSC and IA32_TSC_ADJUST, and KVM_GET_CLOCK / KVM_SET_CLOCK on the
+//! VM's clock. The arithmetic is arch/x86/hw/tsc.rs.
+
+use core::sync::atomic::Ordering;
+use kernel::prelude::*;
+
+use crate::abi::caps::KVM_CLOCK_VALID_FLAGS;
+use crate::abi::uapi;
+use crate::arch::x86::{now_tsc as rdtsc, VcpuArch};
+use crate::arch::Vm;
+use crate::glue;
+use crate::hw::tsc::{kvm_get_time_scale, PvclockVcpuTimeInfo, NSEC_PER_SEC};
+use crate::user;
+
+/// get_kvmclock_base_ns(): boot time at the raw clock's rate.
+pub(crate) fn get_kvmclock_base_ns() -> u64 {
+    // SAFETY: reads the clock.
+    unsafe { glue::kvm_glue_kvmclock_base_ns() }
+}
+
+/// The host's TSC rate (tsc_khz), what vCPUs run at without TSC scaling.
+fn host_tsc_khz() -> u32 {
+    // SAFETY: reads a kernel variable.
+    unsafe { glue::kvm_glue_tsc_khz() }
+}
+
+/// One reading of the host clocks (kvm_get_walltime_and_clockread()).
+struct Snapshot {
+    realtime_ns: u64,
+    base_ns: u64,
+    tsc: u64,
+    /// The host clocksource is a stable TSC: the kvmclock can be a linear
+    /// function of it (upstream's master clock).
+    tsc_based: bool,
+}
+
+fn snapshot() -> Snapshot {
+    let (mut realtime_ns, mut base_ns, mut tsc) = (0, 0, 0);
+    // SAFETY: three valid out-pointers.
+    let tsc_based =
+        unsafe { glue::kvm_glue_clock_snapshot(&mut realtime_ns, &mut base_ns, &mut tsc) } != 0;
+    Snapshot {
+        realtime_ns,
+        base_ns,
+        tsc,
+        tsc_based,
+    }
+}
+
+/// The VM's clock (upstream kvm->arch.kvmclock_offset and the master clock):
+/// kvmclock = base ns + offset; with the master clock, base ns is extrapolated
+/// from one (base ns, host TSC) pair at the host's TSC rate, so every vCPU
+/// reads the same linear function of the TSC.
+pub(crate) struct KvmClock {
+    pub(crate) kvmclock_offset: u64,
+    pub(crate) use_master_clock: bool,
+    pub(crate) master_kernel_ns: u64,
+    pub(crate) master_cycle_now: u64,
+}
+
+impl KvmClock {
+    /// kvm_arch_init_vm(): the clock starts at 0; no master clock before the
+    /// first vCPU (no vCPU's TSC to match).
+    pub(crate) fn new() -> Self {
+        let mut c = KvmClock {
+            kvmclock_offset: 0u64.wrapping_sub(get_kvmclock_base_ns()),
+            use_master_clock: false,
+            master_kernel_ns: 0,
+            master_cycle_now: 0,
+        };
+        c.pvclock_update_vm_gtod_copy(false);
+        c
+    }
+
+    /// pvclock_update_vm_gtod_copy(): a new master (base ns, TSC) pair, used if
+    /// the host clocksource is the TSC and all vCPUs' TSCs are matched.
+    pub(crate) fn pvclock_update_vm_gtod_copy(&mut self, vcpus_matched: bool) {
+        let s = snapshot();
+        self.use_master_clock = s.tsc_based && vcpus_matched;
+        self.master_kernel_ns = s.base_ns;
+        self.master_cycle_now = s.tsc;
+    }
+
+    /// The master clock as a pvclock structure on the host's TSC.
+    fn master_hv_clock(&self) -> PvclockVcpuTimeInfo {
+        PvclockVcpuTimeInfo {
+            tsc_timestamp: self.master_cycle_now,
+            system_time: self.master_kernel_ns.wrapping_add(self.kvmclock_offset),
+            scale: kvm_get_time_scale(NSEC_PER_SEC, u64::from(host_tsc_khz()) * 1000),
+            ..Default::default()
+        }
+    }
+
+    /// __get_kvmclock(): the clock now, with the host's realtime and TSC at the
+    /// same instant when the host clocksource is the TSC.
+    pub(crate) fn get_kvmclock(&self) -> uapi::kvm_clock_data {
+        let mut d = uapi::kvm_clock_data::default();
+        if self.use_master_clock {
+            let s = snapshot();
+            if s.tsc_based {
+                d.realtime = s.realtime_ns;
+                d.host_tsc = s.tsc;
+                d.flags |= uapi::KVM_CLOCK_REALTIME | uapi::KVM_CLOCK_HOST_TSC;
+            } else {
+                d.host_tsc = rdtsc();
+            }
+            d.flags |= uapi::KVM_CLOCK_TSC_STABLE;
+            d.clock = self.master_hv_clock().read_cycles(d.host_tsc);
+        } else {
+            d.clock = get_kvmclock_base_ns().wrapping_add(self.kvmclock_offset);
+        }
+        d
+    }
+
+    /// kvm_vm_ioctl_set_clock(): the clock reads `data.clock` now (plus the
+    /// realtime elapsed since `data.realtime` with KVM_CLOCK_REALTIME, never
+    /// backwards).
+    pub(crate) fn set_kvmclock(
+        &mut self,
+        data: &uapi::kvm_clock_data,
+        vcpus_matched: bool,
+    ) -> Result {
+        if data.flags & !KVM_CLOCK_VALID_FLAGS != 0 {
+            return Err(EINVAL);
+        }
+        self.pvclock_update_vm_gtod_copy(vcpus_matched);
+        let mut clock = data.clock;
+        if data.flags & uapi::KVM_CLOCK_REALTIME != 0 {
+            // SAFETY: reads the clock.
+            let now_real_ns = unsafe { glue::kvm_glue_ktime_real_ns() };
+            if now_real_ns > data.realtime {
+                clock = clock.wrapping_add(now_real_ns - data.realtime);
+            }
+        }
+        let now_raw_ns = if self.use_master_clock {
+            self.master_kernel_ns
+        } else {
+            get_kvmclock_base_ns()
+        };
+        self.kvmclock_offset = clock.wrapping_sub(now_raw_ns);
+        Ok(())
+    }
+}
+
+impl Vm {
+    /// KVM_GET_CLOCK (kvm_vm_ioctl_get_clock()).
+    pub(crate) fn kvm_vm_ioctl_get_clock(&self, arg: usize) -> Result<isize> {
+        let d = self.arch.clock.lock().get_kvmclock();
+        user::write(arg, &d)?;
+        Ok(0)
+    }
+
+    /// KVM_SET_CLOCK (kvm_vm_ioctl_set_clock()).
+    pub(crate) fn kvm_vm_ioctl_set_clock(&self, arg: usize) -> Result<isize> {
+        let d: uapi::kvm_clock_data = user::read(arg)?;
+        let matched = self.vcpus_matched_tsc();
+        self.arch.clock.lock().set_kvmclock(&d, matched)?;
+        Ok(0)
+    }
+
+    /// Whether every vCPU runs with the TSC of the current generation of TSC
+    /// writes (upstream nr_vcpus_matched_tsc + 1 == online_vcpus), a condition
+    /// of the master clock.
+    fn vcpus_matched_tsc(&self) -> bool {
+        let online = self.locked.lock().vcpus.len();
+        let matched = self.arch.tsc.lock().nr_vcpus_matched_tsc as usize;
+        matched + 1 == online
+    }
+
+    /// KVM_REQ_MASTERCLOCK_UPDATE (kvm_update_masterclock()): after a TSC write,
+    /// at the next entry of any vCPU, whether the master clock can be used.
+    pub(crate) fn kvm_update_masterclock(&self) {
+        if self.arch.masterclock_update.swap(false, Ordering::AcqRel) {
+            let matched = self.vcpus_matched_tsc();
+            self.arch.clock.lock().pvclock_update_vm_gtod_copy(matched);
+        }
+    }
+
+    /// kvm_synchronize_tsc(): a vCPU's TSC is set to `data` (None: the vCPU is
+    /// being created), matched to the other vCPUs' when the write is close to
+    /// theirs.
+    pub(crate) fn kvm_synchronize_tsc(&self, st: &mut VcpuArch, data: Option<u64>) {
+        let ns = get_kvmclock_base_ns();
+        // SAFETY: reads a kernel variable.
+        let unstable = unsafe { glue::kvm_glue_check_tsc_unstable() } != 0;
+        let w = self.arch.tsc.lock().synchronize(
+            data,
+            rdtsc(),
+            ns,
+            st.tsc_khz,
+            unstable,
+            st.this_tsc_generation,
+        );
+        st.this_tsc_generation = w.generation;
+        kvm_vcpu_write_tsc_offset(st, w.offset);
+        // kvm_track_tsc_matching(): the master clock may come or go.
+        self.arch.masterclock_update.store(true, Ordering::Release);
+    }
+}
+
+/// kvm_vcpu_write_tsc_offset(): the offset the guest's TSC runs at.
+pub(crate) fn kvm_vcpu_write_tsc_offset(st: &mut VcpuArch, offset: u64) {
+    st.l1_tsc_offset = offset;
+    st.vendor.write_tsc_offset(offset);
+}
+
+/// adjust_tsc_offset_guest(): the guest moved its own TSC by `adj`.
+pub(crate) fn adjust_tsc_offset_guest(st: &mut VcpuArch, adj: u64) {
+    let offset = st.l1_tsc_offset.wrapping_add(adj);
+    kvm_vcpu_write_tsc_offset(st, offset);
+}
+
+/// kvm_read_l1_tsc(): the guest's TSC at host TSC `host_tsc`.
+pub(crate) fn kvm_read_l1_tsc(st: &VcpuArch, host_tsc: u64) -> u64 {
+    host_tsc.wrapping_add(st.l1_tsc_offset)
+}
