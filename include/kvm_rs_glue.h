@@ -158,6 +158,14 @@ void kvm_glue_fpu_prepare_entry(void);
 int kvm_glue_eventfd_ctx_fdget(int fd, void **ctx);
 void kvm_glue_eventfd_ctx_put(void *ctx);
 void kvm_glue_eventfd_signal(void *ctx);
+/* An irqfd on eventfd @fd: each signal calls @inject_fn(@owner) from a work item
+ * (process context), a pending one right away. 0 with the handle in *out and the
+ * eventfd context in *ctx (held by the handle); -EBADF, -EINVAL (not an eventfd),
+ * -EBUSY (already an irqfd's), -ENOMEM. */
+int kvm_glue_irqfd_new(int fd, void (*inject_fn)(void *owner), void *owner, void **out,
+		       void **ctx);
+/* Unhooks it; returns once no injection runs, then frees it. */
+void kvm_glue_irqfd_free(void *irqfd);
 
 /*
  * A vCPU's preempt notifier (upstream vcpu->preempt_notifier): while a vCPU ioctl

@@ -141,3 +141,143 @@ impl<A: KvmArch> Vm<A> {
         Ok(())
     }
 }
+
+/// What an irqfd's injection needs (upstream irqfd->kvm and ->gsi), at a stable
+/// address the glue calls back with.
+struct IrqfdTarget<A: KvmArch> {
+    /// The VM: it outlives its irqfds, which its fd's release frees
+    /// (kvm_irqfd_release()) before it drops its reference.
+    vm: *const Vm<A>,
+    gsi: u32,
+}
+
+/// An irqfd (upstream struct kvm_kernel_irqfd): a signal on the eventfd is an edge
+/// on the GSI. The glue hooks the eventfd's wait queue and injects from a work
+/// item; a hang-up of the eventfd leaves the irqfd in place until KVM_IRQFD's
+/// deassign or the VM fd's release (the glue holds the eventfd).
+pub(crate) struct Irqfd<A: KvmArch> {
+    glue: NonNull<c_void>,
+    /// The eventfd context's address (the hook holds the reference).
+    eventfd_id: usize,
+    gsi: u32,
+    _target: KBox<IrqfdTarget<A>>,
+}
+
+// SAFETY: the glue handle is only freed, which any thread may do; the target's VM
+// pointer is only dereferenced by the injection, which the VM outlives.
+unsafe impl<A: KvmArch> Send for Irqfd<A> {}
+
+impl<A: KvmArch> Drop for Irqfd<A> {
+    fn drop(&mut self) {
+        // SAFETY: made by kvm_glue_irqfd_new(), freed once; it waits for a running
+        // injection, so the target is not used after this.
+        unsafe { glue::kvm_glue_irqfd_free(self.glue.as_ptr()) }
+    }
+}
+
+/// irqfd_inject(): the work item's call, in process context.
+///
+/// # Safety
+/// Called by the glue only, with the `owner` kvm_irqfd_assign() registered.
+unsafe extern "C" fn irqfd_inject<A: KvmArch>(owner: *mut c_void) {
+    // SAFETY: `owner` is the irqfd's target, which lives until kvm_glue_irqfd_free()
+    // has waited for this call; its VM outlives the irqfd (see IrqfdTarget).
+    let t = unsafe { &*owner.cast_const().cast::<IrqfdTarget<A>>() };
+    // SAFETY: as above.
+    let vm = unsafe { &*t.vm };
+    A::kvm_set_irq(vm, t.gsi, true);
+    A::kvm_set_irq(vm, t.gsi, false);
+}
+
+const IRQFD_DEASSIGN: u32 = uapi::KVM_IRQFD_FLAG_DEASSIGN;
+const IRQFD_RESAMPLE: u32 = uapi::KVM_IRQFD_FLAG_RESAMPLE;
+
+impl<A: KvmArch> Vm<A> {
+    /// KVM_IRQFD (kvm_irqfd()).
+    pub(crate) fn kvm_irqfd(&self, args: &uapi::kvm_irqfd) -> Result<isize> {
+        if args.flags & !(IRQFD_DEASSIGN | IRQFD_RESAMPLE) != 0 {
+            return Err(EINVAL);
+        }
+        if args.flags & IRQFD_DEASSIGN != 0 {
+            return self.kvm_irqfd_deassign(args);
+        }
+        self.kvm_irqfd_assign(args)
+    }
+
+    /// kvm_irqfd_assign(): -EINVAL without the in-kernel irqchip (and, until
+    /// resamplers exist, for KVM_IRQFD_FLAG_RESAMPLE, whose capability is not
+    /// reported), -EBADF/-EINVAL for a bad eventfd, -EBUSY for one that already
+    /// is an irqfd.
+    fn kvm_irqfd_assign(&self, args: &uapi::kvm_irqfd) -> Result<isize> {
+        let resample = args.flags & IRQFD_RESAMPLE != 0;
+        if !A::kvm_arch_irqfd_allowed(self, resample) || resample {
+            return Err(EINVAL);
+        }
+        let target = KBox::new(
+            IrqfdTarget {
+                vm: core::ptr::from_ref(self),
+                gsi: args.gsi,
+            },
+            GFP_KERNEL,
+        )?;
+        let mut list = self.irqfds.lock();
+        list.reserve(1, GFP_KERNEL)?;
+        let (mut handle, mut ctx) = (core::ptr::null_mut(), core::ptr::null_mut());
+        let owner = core::ptr::from_ref(&*target).cast_mut().cast::<c_void>();
+        // SAFETY: `owner` stays valid while the handle lives (the irqfd owns both,
+        // and frees the handle first); the out-pointers are valid.
+        let r = unsafe {
+            glue::kvm_glue_irqfd_new(
+                args.fd as i32,
+                Some(irqfd_inject::<A>),
+                owner,
+                &mut handle,
+                &mut ctx,
+            )
+        };
+        if r != 0 {
+            return Err(Error::from_errno(r));
+        }
+        let glue = NonNull::new(handle).ok_or(ENOMEM)?;
+        list.push_within_capacity(Irqfd {
+            glue,
+            eventfd_id: ctx as usize,
+            gsi: args.gsi,
+            _target: target,
+        })
+        .map_err(|_| ENOMEM)?;
+        Ok(0)
+    }
+
+    /// kvm_irqfd_deassign(): every irqfd of this eventfd and GSI goes; none
+    /// injects once this returns.
+    fn kvm_irqfd_deassign(&self, args: &uapi::kvm_irqfd) -> Result<isize> {
+        let e = EventfdCtx::fdget(args.fd as i32)?;
+        let mut gone = KVec::new();
+        {
+            let mut list = self.irqfds.lock();
+            let mut i = 0;
+            while i < list.len() {
+                let hit = list
+                    .get(i)
+                    .is_some_and(|f| f.eventfd_id == e.id() && f.gsi == args.gsi);
+                if hit {
+                    // Room for it was reserved; a failed push only frees it here.
+                    let f = list.remove(i)?;
+                    let _ = gone.push(f, GFP_KERNEL);
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        // Freed outside the lock: freeing waits for a running injection.
+        drop(gone);
+        Ok(0)
+    }
+
+    /// kvm_irqfd_release(): the VM fd is closing; every irqfd goes.
+    pub(crate) fn kvm_irqfd_release(&self) {
+        let all = core::mem::replace(&mut *self.irqfds.lock(), KVec::new());
+        drop(all);
+    }
+}

@@ -6,6 +6,8 @@
 #include <linux/anon_inodes.h>
 #include <linux/eventfd.h>
 #include <linux/file.h>
+#include <linux/poll.h>
+#include <linux/workqueue.h>
 #include <linux/entry-virt.h>
 #include <linux/hrtimer.h>
 #include <linux/clocksource_ids.h>
@@ -371,6 +373,102 @@ void kvm_glue_eventfd_ctx_put(void *ctx)
 void kvm_glue_eventfd_signal(void *ctx)
 {
 	eventfd_signal(ctx);
+}
+
+/* An irqfd's hook on its eventfd (upstream struct kvm_kernel_irqfd's wait, pt and
+ * inject): a priority waiter that consumes the count and injects from a work item,
+ * in process context, through @inject_fn. */
+struct kvm_glue_irqfd {
+	wait_queue_entry_t wait;
+	poll_table pt;
+	struct eventfd_ctx *eventfd;
+	struct work_struct inject;
+	void (*inject_fn)(void *owner);
+	void *owner;
+	int ret;
+};
+
+static void kvm_glue_irqfd_inject(struct work_struct *work)
+{
+	struct kvm_glue_irqfd *p = container_of(work, struct kvm_glue_irqfd, inject);
+
+	p->inject_fn(p->owner);
+}
+
+/* irqfd_wakeup(), with the wait-queue lock held and interrupts off. A hang-up is
+ * left for the owner's deassign or the VM's release, which hold the eventfd. */
+static int kvm_glue_irqfd_wakeup(wait_queue_entry_t *wait, unsigned int mode, int sync,
+				 void *key)
+{
+	struct kvm_glue_irqfd *p = container_of(wait, struct kvm_glue_irqfd, wait);
+	u64 cnt;
+
+	if (!(key_to_poll(key) & EPOLLIN))
+		return 0;
+	eventfd_ctx_do_read(p->eventfd, &cnt);
+	schedule_work(&p->inject);
+	return 1;
+}
+
+/* kvm_irqfd_register(): only one irqfd, in any VM, per eventfd. */
+static void kvm_glue_irqfd_register(struct file *file, wait_queue_head_t *wqh,
+				    poll_table *pt)
+{
+	struct kvm_glue_irqfd *p = container_of(pt, struct kvm_glue_irqfd, pt);
+
+	init_waitqueue_func_entry(&p->wait, kvm_glue_irqfd_wakeup);
+	p->ret = add_wait_queue_priority_exclusive(wqh, &p->wait);
+}
+
+int kvm_glue_irqfd_new(int fd, void (*inject_fn)(void *owner), void *owner, void **out,
+		       void **ctx)
+{
+	struct kvm_glue_irqfd *p;
+	struct eventfd_ctx *e;
+	__poll_t events;
+	CLASS(fd, f)(fd);
+
+	if (fd_empty(f))
+		return -EBADF;
+	e = eventfd_ctx_fileget(fd_file(f));
+	if (IS_ERR(e))
+		return PTR_ERR(e);
+	p = kzalloc(sizeof(*p), GFP_KERNEL_ACCOUNT);
+	if (!p) {
+		eventfd_ctx_put(e);
+		return -ENOMEM;
+	}
+	p->eventfd = e;
+	p->inject_fn = inject_fn;
+	p->owner = owner;
+	INIT_WORK(&p->inject, kvm_glue_irqfd_inject);
+	init_poll_funcptr(&p->pt, kvm_glue_irqfd_register);
+	events = vfs_poll(fd_file(f), &p->pt);
+	if (p->ret) {
+		int ret = p->ret;
+
+		eventfd_ctx_put(e);
+		kfree(p);
+		return ret;
+	}
+	/* An event signalled before the irqfd existed is injected now. */
+	if (events & EPOLLIN)
+		schedule_work(&p->inject);
+	*out = p;
+	*ctx = e;
+	return 0;
+}
+
+/* irqfd_shutdown(): off the wait queue, no injection running or to come. */
+void kvm_glue_irqfd_free(void *irqfd)
+{
+	struct kvm_glue_irqfd *p = irqfd;
+	u64 cnt;
+
+	eventfd_ctx_remove_wait_queue(p->eventfd, &p->wait, &cnt);
+	flush_work(&p->inject);
+	eventfd_ctx_put(p->eventfd);
+	kfree(p);
 }
 
 static DEFINE_PER_CPU(const void *, kvm_glue_last_vcpu);

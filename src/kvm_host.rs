@@ -12,6 +12,7 @@ use kernel::prelude::*;
 use kernel::sync::{Arc, Mutex, SpinLock};
 
 use crate::abi::caps::Host;
+use crate::eventfd::Irqfd;
 use crate::glue;
 use crate::io_bus::IoRange;
 use crate::ioeventfd;
@@ -75,6 +76,13 @@ pub(crate) trait KvmArch: Sized + Send + Sync + 'static {
     fn vcpu_load(vcpu: &Vcpu<Self>, cpu: u32);
     /// kvm_arch_vcpu_put(): the vCPU's task leaves the CPU, preemption off.
     fn vcpu_put(vcpu: &Vcpu<Self>);
+
+    /// kvm_arch_irqfd_allowed(): whether an irqfd (a resampling one if
+    /// `resample`) can be assigned: the interrupt controller is in the kernel.
+    fn kvm_arch_irqfd_allowed(vm: &Vm<Self>, resample: bool) -> bool;
+    /// kvm_set_irq() for an irqfd: drives `gsi` through the routing table, in
+    /// process context with no lock held.
+    fn kvm_set_irq(vm: &Vm<Self>, gsi: u32, level: bool);
 }
 
 /// The creating process's mm, pinned so that the identity check below cannot be
@@ -144,6 +152,9 @@ pub(crate) struct Vm<A: KvmArch> {
     /// there); held across a registration's bus change.
     #[pin]
     pub(crate) ioeventfds: Mutex<KVec<IoeventfdEntry<A>>>,
+    /// KVM_IRQFD's irqfds (upstream kvm->irqfds.items): released with the VM fd.
+    #[pin]
+    pub(crate) irqfds: Mutex<KVec<Irqfd<A>>>,
     /// `struct kvm_arch`.
     #[pin]
     pub(crate) arch: A::VmArch,

@@ -52,6 +52,7 @@ pod!(
     kvm_guest_debug,
     kvm_x86_mce,
     kvm_clock_data,
+    kvm_irqfd,
 );
 
 /// Reads a `T` at user address `addr` (-EFAULT if unmapped).

@@ -41,6 +41,7 @@ pub(crate) fn create<A: KvmArch>(vm_type: usize) -> Result<isize> {
             notifier: AtomicPtr::new(core::ptr::null_mut()),
             buses <- buses,
             ioeventfds <- new_mutex!(KVec::new(), "kvm->ioeventfds"),
+            irqfds <- new_mutex!(KVec::new(), "kvm->irqfds.lock"),
             arch <- arch,
         }),
         GFP_KERNEL,
@@ -121,6 +122,10 @@ impl<A: KvmArch> Vm<A> {
             ioctl::KVM_IOEVENTFD => {
                 let args: uapi::kvm_ioeventfd = user::read(arg)?;
                 self.kvm_ioeventfd(&args)
+            }
+            ioctl::KVM_IRQFD => {
+                let args: uapi::kvm_irqfd = user::read(arg)?;
+                self.kvm_irqfd(&args)
             }
             _ => A::vm_ioctl(self, cmd, arg),
         }
@@ -401,8 +406,11 @@ pub(crate) fn kvm_vm_compat_ioctl<A: KvmArch>(vm: *mut c_void, cmd: u32, arg: us
     )
 }
 
-/// `release` of a VM fd: drops the file's reference.
+/// `release` of a VM fd (kvm_vm_release()): the irqfds go (kvm_irqfd_release()),
+/// then the file's reference.
 pub(crate) fn kvm_vm_release<A: KvmArch>(vm: *mut c_void) {
     // SAFETY: the reference handed to the file in create(); release runs once.
-    drop(unsafe { Arc::from_raw(vm.cast_const().cast::<Vm<A>>()) });
+    let vm = unsafe { Arc::from_raw(vm.cast_const().cast::<Vm<A>>()) };
+    vm.kvm_irqfd_release();
+    drop(vm);
 }

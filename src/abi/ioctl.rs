@@ -77,6 +77,7 @@ pub const KVM_IRQ_LINE_STATUS: u32 = iowr::<uapi::kvm_irq_level>(0x67);
 pub const KVM_SET_GSI_ROUTING: u32 = iow::<uapi::kvm_irq_routing>(0x6a);
 pub const KVM_SIGNAL_MSI: u32 = iow::<uapi::kvm_msi>(0xa5);
 pub const KVM_IOEVENTFD: u32 = iow::<uapi::kvm_ioeventfd>(0x79);
+pub const KVM_IRQFD: u32 = iow::<uapi::kvm_irqfd>(0x76);
 pub const KVM_SET_TSC_KHZ: u32 = io(0xa2);
 pub const KVM_GET_TSC_KHZ: u32 = io(0xa3);
 pub const KVM_ENABLE_CAP: u32 = iow::<uapi::kvm_enable_cap>(0xa3);

@@ -239,6 +239,18 @@ impl KvmArch for X86 {
         kvm_arch_vcpu_put(vcpu);
     }
 
+    fn kvm_arch_irqfd_allowed(vm: &Vm, _resample: bool) -> bool {
+        // irqchip_in_kernel(), which is irqchip_full() until the split irqchip.
+        vm.arch.has_irqchip.load(Ordering::Acquire)
+    }
+
+    fn kvm_set_irq(vm: &Vm, gsi: u32, level: bool) {
+        let mut chip = vm.arch.irqchip.lock();
+        if let Some(c) = (*chip).as_mut() {
+            c.set_irq(gsi, level, &vm.locked.lock().vcpus);
+        }
+    }
+
     fn vcpu_ioctl(vcpu: &Vcpu, vm: &Vm, st: &mut VcpuArch, cmd: u32, arg: usize) -> Result<isize> {
         vcpu.kvm_arch_vcpu_ioctl(vm, st, cmd, arg)
     }

@@ -1390,7 +1390,7 @@ fn immediate_exit(t: &mut Report, kvm: RawFd) -> Result<(), String> {
 type Case = fn(&mut Report, RawFd) -> Result<(), String>;
 
 fn main() {
-    let cases: [(&str, Case); 22] = [
+    let cases: [(&str, Case); 23] = [
         ("real-io", |t, kvm| real_io(t, kvm, "real-io")),
         ("real-string-io", real_string_io),
         ("pm32", pm32),
@@ -1413,6 +1413,7 @@ fn main() {
         ("guest-debug", debug::guest_debug),
         ("mce", mce::mce),
         ("clock", clock::clock),
+        ("irqfd", irq::irqfd_case),
     ];
     let only = std::env::args().nth(1);
     if let Some(name) = &only {

@@ -493,3 +493,164 @@ pub(crate) fn nmi(t: &mut Report, kvm: RawFd) -> Result<(), String> {
     }
     Ok(())
 }
+
+const KVM_IRQFD: u32 = iow::<uapi::kvm_irqfd>(0x76);
+const KVM_GET_LAPIC_STATE: u32 = ior::<uapi::kvm_lapic_state>(0x8e);
+
+fn irqfd(vm: RawFd, fd: i32, gsi: u32, flags: u32) -> Result<i32, i32> {
+    let mut a = uapi::kvm_irqfd {
+        fd: fd as u32,
+        gsi,
+        flags,
+        ..Default::default()
+    };
+    ioctl_ref(vm, KVM_IRQFD, &mut a)
+}
+
+fn signal(fd: i32) -> Result<(), String> {
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: writes 8 bytes from a live buffer to an eventfd.
+    let n = unsafe { libc::write(fd, one.as_ptr().cast(), 8) };
+    if n == 8 {
+        Ok(())
+    } else {
+        Err(format!("eventfd write: {}", Error::last_os_error()))
+    }
+}
+
+/// Whether the LAPIC's IRR has `vector` (KVM_GET_LAPIC), after giving the
+/// irqfd's injection (a work item) time to run.
+fn irr_has(g: &Guest, vector: u8) -> Result<bool, String> {
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let mut s = uapi::kvm_lapic_state::default();
+    sys(
+        "KVM_GET_LAPIC",
+        ioctl_ref(g.vcpu, KVM_GET_LAPIC_STATE, &mut s),
+    )?;
+    let reg = 0x200 + usize::from(vector / 32) * 0x10;
+    let b = s.regs[reg + usize::from(vector % 32 / 8)] as u8;
+    Ok(b & (1 << (vector % 8)) != 0)
+}
+
+/// KVM_IRQFD: an eventfd routed by GSI to an MSI interrupts the guest without an
+/// ioctl (also one signalled before the irqfd existed), stops once deassigned,
+/// and the errnos of bad flags, fds and an eventfd that already is an irqfd.
+pub(crate) fn irqfd_case(t: &mut Report, kvm: RawFd) -> Result<(), String> {
+    t.expect(
+        "irqfd: KVM_CHECK_EXTENSION(KVM_CAP_IRQFD)",
+        report::ioctl(kvm, io(0x03), uapi::KVM_CAP_IRQFD.into()),
+        Ok(1),
+    );
+    // SAFETY: plain syscalls; the fds are closed below.
+    let (e1, e2) = unsafe {
+        (
+            libc::eventfd(0, libc::EFD_CLOEXEC),
+            libc::eventfd(0, libc::EFD_CLOEXEC),
+        )
+    };
+    if e1 < 0 || e2 < 0 {
+        return Err(format!("eventfd: {}", Error::last_os_error()));
+    }
+    let plain = Guest::new(kvm)?;
+    t.expect(
+        "irqfd: without an in-kernel irqchip",
+        irqfd(plain.vm, e1, 40, 0),
+        Err(libc::EINVAL),
+    );
+    drop(plain);
+
+    let g = Guest::with_irqchip(kvm)?;
+    g.set_supported_cpuid()?;
+    let vector = 0x50u8;
+    let mut r = Routing::<1> {
+        nr: 1,
+        flags: 0,
+        entries: [uapi::kvm_irq_routing_entry::default(); 1],
+    };
+    r.entries[0].gsi = 40;
+    r.entries[0].type_ = uapi::KVM_IRQ_ROUTING_MSI;
+    r.entries[0].u.msi = uapi::kvm_irq_routing_msi {
+        address_lo: 0xfee0_0000,
+        data: vector.into(),
+        ..Default::default()
+    };
+    sys("KVM_SET_GSI_ROUTING", set_routing(g.vm, &mut r))?;
+    let mut code = x2apic_on();
+    code.extend(out_al(0x34, 0x34));
+    code.extend(IDLE);
+    let mut handler = out_al(0x35, 0x35).to_vec();
+    handler.extend(wrmsr(0x80b, 0)); // EOI
+    handler.push(0xcf); // iret
+    setup(&g, &code, &[(vector, 0x2000, handler)])?;
+    t.exit(
+        "irqfd: the guest is up",
+        &g.step(),
+        &out(0x34, 1, 1, &[0x34]),
+    );
+
+    for (what, fd, flags, want) in [
+        ("an unknown flag", e1, 4, libc::EINVAL),
+        ("a bad fd", -1, 0, libc::EBADF),
+        ("a VM fd, not an eventfd", g.vm, 0, libc::EINVAL),
+        (
+            "a deassign of a bad fd",
+            -1,
+            uapi::KVM_IRQFD_FLAG_DEASSIGN,
+            libc::EBADF,
+        ),
+    ] {
+        t.expect(
+            &format!("irqfd: {what}"),
+            irqfd(g.vm, fd, 40, flags),
+            Err(want),
+        );
+    }
+    // Signalled before it is an irqfd: injected when it becomes one.
+    signal(e1)?;
+    sys("KVM_IRQFD", irqfd(g.vm, e1, 40, 0))?;
+    t.check(
+        "irqfd: a signal from before the assign is injected",
+        irr_has(&g, vector)?,
+        String::new(),
+    );
+    t.exit(
+        "irqfd: the guest takes it",
+        &g.step(),
+        &out(0x35, 1, 1, &[0x35]),
+    );
+    t.expect(
+        "irqfd: the same eventfd again, on another GSI",
+        irqfd(g.vm, e1, 41, 0),
+        Err(libc::EBUSY),
+    );
+    signal(e1)?;
+    t.exit(
+        "irqfd: a signal interrupts the halted guest",
+        &g.step(),
+        &out(0x35, 1, 1, &[0x35]),
+    );
+    t.expect(
+        "irqfd: deassign of an eventfd that is not an irqfd",
+        irqfd(g.vm, e2, 40, uapi::KVM_IRQFD_FLAG_DEASSIGN),
+        Ok(0),
+    );
+    sys(
+        "KVM_IRQFD(DEASSIGN)",
+        irqfd(g.vm, e1, 40, uapi::KVM_IRQFD_FLAG_DEASSIGN),
+    )?;
+    signal(e1)?;
+    t.check(
+        "irqfd: deassigned, a signal injects nothing",
+        !irr_has(&g, vector)?,
+        String::new(),
+    );
+    // Another irqfd stays live until the VM goes (kvm_irqfd_release()).
+    sys("KVM_IRQFD", irqfd(g.vm, e2, 40, 0))?;
+    drop(g);
+    // SAFETY: closes the eventfds made above.
+    unsafe {
+        libc::close(e1);
+        libc::close(e2);
+    }
+    Ok(())
+}
