@@ -42,18 +42,21 @@ pub const L1_ECX_HYPERVISOR: u32 = 1 << 31;
 /// Machine-check exception and architecture (the banks of hw/mce.rs).
 pub const L1_EDX_MCE: u32 = 1 << 7;
 pub const L1_EDX_MCA: u32 = 1 << 14;
+/// Memory type range registers (stored, hw/mtrr.rs).
+pub const L1_EDX_MTRR: u32 = 1 << 12;
 pub const L1_ECX_XSAVE: u32 = 1 << 26;
 /// Reflects the guest's CR4.OSXSAVE (filled in when the guest runs CPUID).
 pub const L1_ECX_OSXSAVE: u32 = 1 << 27;
 // FMA AVX F16C: usable with YMM state in XCR0.
 const L1_ECX_AVX: u32 = 1 << 12 | 1 << 28 | 1 << 29;
-// FPU VME DE PSE TSC MSR PAE MCE CX8 APIC SEP PGE MCA CMOV PAT PSE36 CLFLUSH MMX FXSR
-// SSE SSE2.
+// FPU VME DE PSE TSC MSR PAE MCE CX8 APIC SEP MTRR PGE MCA CMOV PAT PSE36 CLFLUSH MMX
+// FXSR SSE SSE2.
 const L1_EDX: u32 = 0x7f
     | L1_EDX_MCE
     | 1 << 8
     | 1 << 9
     | 1 << 11
+    | L1_EDX_MTRR
     | 1 << 13
     | L1_EDX_MCA
     | 1 << 15

@@ -8,6 +8,7 @@ pub mod irq_routing;
 pub mod lapic;
 pub mod mce;
 pub mod msr_index;
+pub mod mtrr;
 pub mod pic;
 pub mod processor_flags;
 pub mod sregs;

@@ -3,6 +3,7 @@
 //! KVM_GET_MSR_INDEX_LIST of x86.c): what kvm.ko keeps, the rest the vendor's.
 
 use crate::hw::mce::{Mce, MSR_IA32_MCG_CTL, MSR_IA32_MCG_STATUS};
+use crate::hw::mtrr::{kvm_pat_valid, Mtrr};
 use crate::hw::msr_index::{
     hwcr_write, EFER_LMA, HWCR_MCSTATUSWREN, MSR_CSTAR, MSR_EFER, MSR_IA32_APICBASE,
     MSR_IA32_CR_PAT, MSR_IA32_MISC_ENABLE, MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_EIP,
@@ -107,6 +108,7 @@ impl Vcpu {
             MSR_IA32_MISC_ENABLE => Some(st.misc_enable),
             MSR_K7_HWCR => Some(st.msr_hwcr),
             MSR_IA32_TSC => Some(self.guest_tsc(st)),
+            i if Mtrr::is_mtrr_msr(i) => st.mtrr.get_msr(i),
             MSR_IA32_TSC_ADJUST => Some(st.ia32_tsc_adjust_msr),
             i if Mce::is_mce_msr(i) => st.mce.get_msr(i, host),
             MSR_IA32_TSC_DEADLINE | lapic::X2APIC_MSR_BASE..=X2APIC_MSR_LAST => {
@@ -162,6 +164,11 @@ impl Vcpu {
                 }
                 true
             }
+            i if Mtrr::is_mtrr_msr(i) => {
+                let maxphyaddr = cpuid::maxphyaddr(&st.cpuid).min(63);
+                st.mtrr.set_msr(i, v, !((1u64 << maxphyaddr) - 1))
+            }
+            MSR_IA32_CR_PAT if !kvm_pat_valid(v) => false,
             i if Mce::is_mce_msr(i) => {
                 // can_set_mci_status(): AMD's HWCR.McStatusWrEn.
                 let wr_en =

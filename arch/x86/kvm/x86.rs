@@ -5,6 +5,7 @@
 //! dispatch with the core's kvm_emulate_*() helpers.
 
 use crate::hw::mce::{Injection, McEffect, Mce, SUPPORTED_MCE_CAP_SVM};
+use crate::hw::mtrr::Mtrr;
 use crate::hw::msr_index::EFER_LMA;
 use crate::hw::processor_flags::{X86_CR4_MCE, X86_EFLAGS_IF, X86_EFLAGS_TF};
 use core::sync::atomic::Ordering;
@@ -121,6 +122,8 @@ pub(crate) struct VcpuArch {
     /// The guest's TSC is the host's plus this (upstream l1_tsc_offset; no TSC
     /// scaling), IA32_TSC_ADJUST, and the TSC-write generation it matched.
     pub(crate) l1_tsc_offset: u64,
+    /// The MTRRs (upstream arch.mtrr_state), stored for the guest.
+    pub(crate) mtrr: Mtrr,
     pub(crate) ia32_tsc_adjust_msr: u64,
     pub(crate) this_tsc_generation: u64,
     /// The guest's XCR0 (loaded while it runs with CR4.OSXSAVE).
@@ -225,6 +228,7 @@ impl VcpuArch {
             mce: Mce::default(),
             triple_fault: false,
             l1_tsc_offset: 0,
+            mtrr: Mtrr::default(),
             ia32_tsc_adjust_msr: 0,
             this_tsc_generation: 0,
             xcr0: xstate::FP,

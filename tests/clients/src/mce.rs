@@ -179,3 +179,66 @@ pub(crate) fn mce(t: &mut Report, kvm: RawFd) -> Result<(), String> {
     );
     Ok(())
 }
+
+/// MTRRs and PAT through KVM_GET/SET_MSRS (upstream kvm_mtrr_get/set_msr(),
+/// kvm_pat_valid()): what QEMU writes at every reset is taken and read back, bad
+/// types and the gaps between the MTRR ranges are refused.
+pub(crate) fn mtrr(t: &mut Report, kvm: RawFd) -> Result<(), String> {
+    const MTRRCAP: u32 = 0xfe;
+    const DEF_TYPE: u32 = 0x2ff;
+    const FIX64K: u32 = 0x250;
+    const PHYS_BASE0: u32 = 0x200;
+    const PAT: u32 = 0x277;
+    let g = Guest::new(kvm)?;
+    g.set_supported_cpuid()?;
+    t.check(
+        "mtrr: MTRRcap: WC, fixed ranges, 8 variable",
+        g.get_msr(MTRRCAP)? == Some(0x508),
+        format!("{:x?}", g.get_msr(MTRRCAP)?),
+    );
+    for (what, msr, v, ok) in [
+        ("MTRRdefType WB, enabled", DEF_TYPE, 0xc06, true),
+        ("MTRRdefType with a reserved bit", DEF_TYPE, 0x1006, false),
+        ("MTRRdefType of type 2", DEF_TYPE, 0xc02, false),
+        (
+            "MTRRfix64K_00000 all WB",
+            FIX64K,
+            0x0606_0606_0606_0606,
+            true,
+        ),
+        ("MTRRfix64K_00000 with a type 7", FIX64K, 0x0700, false),
+        (
+            "MTRRphysBase1 WB at 2 GiB",
+            PHYS_BASE0 + 2,
+            0x8000_0006,
+            true,
+        ),
+        (
+            "MTRRphysMask1 with reserved low bits",
+            PHYS_BASE0 + 3,
+            0x7ff,
+            false,
+        ),
+        ("a gap between the ranges", 0x210, 0, false),
+        ("MTRRcap", MTRRCAP, 0x508, false),
+        ("PAT at its reset value", PAT, 0x0007_0406_0007_0406, true),
+        ("PAT with reserved type 2", PAT, 0x02, false),
+    ] {
+        t.check(
+            &format!("mtrr: KVM_SET_MSRS of {what}"),
+            g.set_msr(msr, v)? == ok,
+            String::new(),
+        );
+    }
+    let got = (
+        g.get_msr(DEF_TYPE)?,
+        g.get_msr(PHYS_BASE0 + 2)?,
+        g.get_msr(0x210)?,
+    );
+    t.check(
+        "mtrr: read back, and no MSR in the gap",
+        got == (Some(0xc06), Some(0x8000_0006), None),
+        format!("{got:x?}"),
+    );
+    Ok(())
+}
