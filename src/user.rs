@@ -53,6 +53,7 @@ pod!(
     kvm_x86_mce,
     kvm_clock_data,
     kvm_irqfd,
+    kvm_vapic_addr,
 );
 
 /// Reads a `T` at user address `addr` (-EFAULT if unmapped).

@@ -105,6 +105,8 @@ pub fn check_extension(host: &Host, cap: u64) -> i32 {
         | uapi::KVM_CAP_IOEVENTFD_ANY_LENGTH
         // KVM_IRQFD without resampling (eventfd.rs).
         | uapi::KVM_CAP_IRQFD
+        // KVM_SET_VAPIC_ADDR's TPR page (x86.rs).
+        | uapi::KVM_CAP_VAPIC
         // KVM_SET_GUEST_DEBUG: single-step (also over instructions KVM emulates
         // or skips, which makes it robust), software and hardware breakpoints
         // (x86.rs, svm/exit.rs).

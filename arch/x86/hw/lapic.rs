@@ -562,6 +562,21 @@ impl Lapic {
         u64::from(self.reg(TASKPRI) & 0xf0) >> 4
     }
 
+    /// kvm_lapic_sync_to_vapic()'s word for the VAPIC page: TPR, the highest
+    /// in-service vector's priority class (bits 15:12), the highest requested
+    /// vector (bits 31:24).
+    pub fn vapic_word(&self) -> u32 {
+        let tpr = self.reg(TASKPRI) & 0xff;
+        let isr = self.highest_vec(ISR).map_or(0, u32::from);
+        let irr = self.highest_vec(IRR).map_or(0, u32::from);
+        tpr | (isr & 0xf0) << 8 | irr << 24
+    }
+
+    /// kvm_lapic_sync_from_vapic(): the TPR the guest wrote in the VAPIC page.
+    pub fn set_vapic_tpr(&mut self, tpr: u8) {
+        self.set_tpr(tpr.into());
+    }
+
     /// MOV to CR8 (upstream kvm_lapic_set_tpr).
     pub fn set_cr8(&mut self, cr8: u64) {
         self.set_tpr(((cr8 & 0xf) as u32) << 4);
@@ -1407,6 +1422,18 @@ mod tests {
 
         // The xAPIC ID is the low 8 bits of the vCPU id.
         assert_eq!(Lapic::new(0x123, KHZ).reg(ID), 0x23 << 24);
+    }
+
+    #[test]
+    fn vapic_word_and_tpr() {
+        let mut a = enabled(1);
+        a.accept(&fixed(0x51));
+        assert_eq!(a.ack_interrupt(), Some(0x51));
+        a.accept(&fixed(0x62));
+        a.set_cr8(2);
+        assert_eq!(a.vapic_word(), 0x20 | 0x50 << 8 | 0x62 << 24);
+        a.set_vapic_tpr(0x37);
+        assert_eq!((a.reg(TASKPRI), a.cr8()), (0x37, 3));
     }
 
     #[test]

@@ -60,9 +60,9 @@ impl Mtrr {
                 self.var.get_mut((msr - MSR_MTRR_PHYS_BASE0) as usize)
             }
             MSR_MTRR_FIX64K_00000 => Some(&mut self.fixed_64k),
-            MSR_MTRR_FIX16K_80000 | MSR_MTRR_FIX16K_A0000 => {
-                self.fixed_16k.get_mut((msr - MSR_MTRR_FIX16K_80000) as usize)
-            }
+            MSR_MTRR_FIX16K_80000 | MSR_MTRR_FIX16K_A0000 => self
+                .fixed_16k
+                .get_mut((msr - MSR_MTRR_FIX16K_80000) as usize),
             MSR_MTRR_FIX4K_C0000..=MSR_MTRR_FIX4K_F8000 => {
                 self.fixed_4k.get_mut((msr - MSR_MTRR_FIX4K_C0000) as usize)
             }

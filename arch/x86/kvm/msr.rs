@@ -3,13 +3,13 @@
 //! KVM_GET_MSR_INDEX_LIST of x86.c): what kvm.ko keeps, the rest the vendor's.
 
 use crate::hw::mce::{Mce, MSR_IA32_MCG_CTL, MSR_IA32_MCG_STATUS};
-use crate::hw::mtrr::{kvm_pat_valid, Mtrr};
 use crate::hw::msr_index::{
     hwcr_write, EFER_LMA, HWCR_MCSTATUSWREN, MSR_CSTAR, MSR_EFER, MSR_IA32_APICBASE,
     MSR_IA32_CR_PAT, MSR_IA32_MISC_ENABLE, MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_EIP,
     MSR_IA32_SYSENTER_ESP, MSR_IA32_TSC, MSR_IA32_TSC_ADJUST, MSR_IA32_TSC_DEADLINE, MSR_K7_HWCR,
     MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_PLATFORM_INFO, MSR_STAR, MSR_SYSCALL_MASK,
 };
+use crate::hw::mtrr::{kvm_pat_valid, Mtrr};
 use core::sync::atomic::Ordering;
 use kernel::prelude::*;
 

@@ -5,8 +5,8 @@
 //! dispatch with the core's kvm_emulate_*() helpers.
 
 use crate::hw::mce::{Injection, McEffect, Mce, SUPPORTED_MCE_CAP_SVM};
-use crate::hw::mtrr::Mtrr;
 use crate::hw::msr_index::EFER_LMA;
+use crate::hw::mtrr::Mtrr;
 use crate::hw::processor_flags::{X86_CR4_MCE, X86_EFLAGS_IF, X86_EFLAGS_TF};
 use core::sync::atomic::Ordering;
 use kernel::prelude::*;
@@ -124,6 +124,9 @@ pub(crate) struct VcpuArch {
     pub(crate) l1_tsc_offset: u64,
     /// The MTRRs (upstream arch.mtrr_state), stored for the guest.
     pub(crate) mtrr: Mtrr,
+    /// KVM_SET_VAPIC_ADDR's guest-physical address (0: none): the TPR is
+    /// exchanged through it around every entry (upstream apic->vapic_addr).
+    pub(crate) vapic_addr: u64,
     pub(crate) ia32_tsc_adjust_msr: u64,
     pub(crate) this_tsc_generation: u64,
     /// The guest's XCR0 (loaded while it runs with CR4.OSXSAVE).
@@ -229,6 +232,7 @@ impl VcpuArch {
             triple_fault: false,
             l1_tsc_offset: 0,
             mtrr: Mtrr::default(),
+            vapic_addr: 0,
             ia32_tsc_adjust_msr: 0,
             this_tsc_generation: 0,
             xcr0: xstate::FP,
@@ -434,6 +438,21 @@ impl Vcpu {
                 set_debugregs(st, &d)?;
                 Ok(0)
             }
+            // kvm_lapic_set_vapic_addr(): -EINVAL without the in-kernel LAPIC or
+            // for an address outside guest memory.
+            ioctl::KVM_SET_VAPIC_ADDR => {
+                if self.arch.lapic.lock().is_none() {
+                    return Err(EINVAL);
+                }
+                let va: uapi::kvm_vapic_addr = user::read(arg)?;
+                let mut word = [0u8; 4];
+                if va.vapic_addr != 0 && emulate::read_phys(vm, va.vapic_addr, &mut word).is_none()
+                {
+                    return Err(EINVAL);
+                }
+                st.vapic_addr = va.vapic_addr;
+                Ok(0)
+            }
             ioctl::KVM_X86_SETUP_MCE => {
                 let mcg_cap: u64 = user::read(arg)?;
                 if !st.mce.setup(mcg_cap, SUPPORTED_MCE_CAP_SVM) {
@@ -501,6 +520,34 @@ impl Vcpu {
             }
             // kvm_arch_vcpu_ioctl() answers unknown commands with -EINVAL.
             _ => Err(EINVAL),
+        }
+    }
+
+    /// kvm_lapic_sync_to_vapic(): the TPR, highest in-service class and highest
+    /// requested vector into the VAPIC page (for QEMU's kvmvapic option ROM).
+    fn kvm_lapic_sync_to_vapic(&self, vm: &Vm, st: &VcpuArch) {
+        if st.vapic_addr == 0 {
+            return;
+        }
+        let word = (*self.arch.lapic.lock()).as_ref().map(|l| l.vapic_word());
+        if let Some(w) = word {
+            // A page that stopped being RAM is skipped, as a failed cache write.
+            let _ = emulate::write_phys(vm, st.vapic_addr, &w.to_le_bytes());
+        }
+    }
+
+    /// kvm_lapic_sync_from_vapic(): the TPR the guest wrote in the VAPIC page.
+    fn kvm_lapic_sync_from_vapic(&self, vm: &Vm, st: &mut VcpuArch) {
+        if st.vapic_addr == 0 {
+            return;
+        }
+        let mut tpr = [0u8; 1];
+        if emulate::read_phys(vm, st.vapic_addr, &mut tpr).is_none() {
+            return;
+        }
+        if let Some(l) = (*self.arch.lapic.lock()).as_mut() {
+            l.set_vapic_tpr(tpr[0]);
+            st.regs.cr8 = l.cr8();
         }
     }
 
@@ -684,6 +731,7 @@ impl Vcpu {
             DR6_ACTIVE_LOW
         };
         st.vendor.set_dr(6, dr6);
+        self.kvm_lapic_sync_to_vapic(vm, st);
         let cpu = self.enter_guest_mode(vm);
         // kvm_vcpu_exit_request(): read after publishing guest mode, so a poke
         // either sees the vCPU in the guest and sends an IPI (taken as an exit), or
@@ -736,6 +784,7 @@ impl Vcpu {
             // The guest may have written CR8 without an exit (V_TPR).
             l.set_cr8(st.regs.cr8);
         }
+        self.kvm_lapic_sync_from_vapic(vm, st);
         self.stats.inc(st_::EXITS);
         kvm_x86_handle_exit(self, vm, st)
     }

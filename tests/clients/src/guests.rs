@@ -1390,7 +1390,7 @@ fn immediate_exit(t: &mut Report, kvm: RawFd) -> Result<(), String> {
 type Case = fn(&mut Report, RawFd) -> Result<(), String>;
 
 fn main() {
-    let cases: [(&str, Case); 24] = [
+    let cases: [(&str, Case); 25] = [
         ("real-io", |t, kvm| real_io(t, kvm, "real-io")),
         ("real-string-io", real_string_io),
         ("pm32", pm32),
@@ -1415,6 +1415,7 @@ fn main() {
         ("clock", clock::clock),
         ("irqfd", irq::irqfd_case),
         ("mtrr", mce::mtrr),
+        ("vapic", irq::vapic),
     ];
     let only = std::env::args().nth(1);
     if let Some(name) = &only {
