@@ -42,6 +42,9 @@ runner-selftest)
     [ $bad = 0 ] && echo "ok - runner reports PASS, FAIL, SKIP and TIMEOUT as it should"
     exit $bad ;;
 run)
+    adds+=(--add "$kdir/virt/lib/irqbypass.ko=/kvm-rs/intree/irqbypass.ko"
+           --add "$kdir/arch/x86/kvm/kvm.ko=/kvm-rs/intree/kvm.ko"
+           --add "$kdir/arch/x86/kvm/kvm-amd.ko=/kvm-rs/intree/kvm-amd.ko")
     export KVMRS_BZIMAGE="$kdir/arch/x86/boot/bzImage"
     sed "s|\$KVMRS_BZIMAGE|$KVMRS_BZIMAGE|" "$root/tests/vm/plan-run" > "$out/run.plan"
     exec python3 "$root/tests/vm.py" --emulator qemu --kernel "$kdir/arch/x86/boot/bzImage" \
