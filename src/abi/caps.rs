@@ -107,6 +107,8 @@ pub fn check_extension(host: &Host, cap: u64) -> i32 {
         | uapi::KVM_CAP_IRQFD
         // KVM_SET_VAPIC_ADDR's TPR page (x86.rs).
         | uapi::KVM_CAP_VAPIC
+        // The kvmclock pvclock pages and KVM_KVMCLOCK_CTRL (clock.rs).
+        | uapi::KVM_CAP_KVMCLOCK_CTRL
         // KVM_SET_GUEST_DEBUG: single-step (also over instructions KVM emulates
         // or skips, which makes it robust), software and hardware breakpoints
         // (x86.rs, svm/exit.rs).

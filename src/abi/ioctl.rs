@@ -87,6 +87,7 @@ pub const KVM_PRE_FAULT_MEMORY: u32 = iowr::<uapi::kvm_pre_fault_memory>(0xd5);
 // vCPU ioctls.
 pub const KVM_RUN: u32 = io(0x80);
 pub const KVM_NMI: u32 = io(0x9a);
+pub const KVM_KVMCLOCK_CTRL: u32 = io(0xad);
 pub const KVM_SET_VAPIC_ADDR: u32 = iow::<uapi::kvm_vapic_addr>(0x93);
 pub const KVM_SET_GUEST_DEBUG: u32 = iow::<uapi::kvm_guest_debug>(0x9b);
 pub const KVM_SET_CLOCK: u32 = iow::<uapi::kvm_clock_data>(0x7b);

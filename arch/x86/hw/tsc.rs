@@ -6,6 +6,15 @@
 
 pub const NSEC_PER_SEC: u64 = 1_000_000_000;
 
+/// The kvmclock MSRs (uapi/asm/kvm_para.h): the wall clock's and a vCPU's pvclock
+/// structure's guest-physical addresses, the old numbers and the new.
+pub const MSR_KVM_WALL_CLOCK: u32 = 0x11;
+pub const MSR_KVM_SYSTEM_TIME: u32 = 0x12;
+pub const MSR_KVM_WALL_CLOCK_NEW: u32 = 0x4b56_4d00;
+pub const MSR_KVM_SYSTEM_TIME_NEW: u32 = 0x4b56_4d01;
+/// Bit 0 of MSR_KVM_SYSTEM_TIME(_NEW): the pvclock structure is in use.
+pub const KVM_MSR_ENABLED: u64 = 1;
+
 /// A TSC-to-nanoseconds (or back) scale: `(delta << shift or >> -shift) * mul >> 32`
 /// (pvclock's tsc_to_system_mul and tsc_shift).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

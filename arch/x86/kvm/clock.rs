@@ -9,10 +9,14 @@ use kernel::prelude::*;
 
 use crate::abi::caps::KVM_CLOCK_VALID_FLAGS;
 use crate::abi::uapi;
+use crate::arch::emulate::{read_phys, write_phys};
 use crate::arch::x86::{now_tsc as rdtsc, VcpuArch};
 use crate::arch::Vm;
 use crate::glue;
-use crate::hw::tsc::{kvm_get_time_scale, PvclockVcpuTimeInfo, NSEC_PER_SEC};
+use crate::hw::tsc::{
+    kvm_get_time_scale, pvclock_wall_clock, PvclockVcpuTimeInfo, KVM_MSR_ENABLED, NSEC_PER_SEC,
+    PVCLOCK_GUEST_STOPPED, PVCLOCK_TSC_STABLE_BIT,
+};
 use crate::user;
 
 /// get_kvmclock_base_ns(): boot time at the raw clock's rate.
@@ -158,6 +162,8 @@ impl Vm {
         let d: uapi::kvm_clock_data = user::read(arg)?;
         let matched = self.vcpus_matched_tsc();
         self.arch.clock.lock().set_kvmclock(&d, matched)?;
+        // kvm_end_pvclock_update(): every vCPU's pvclock follows.
+        self.kvm_gen_kvmclock_update();
         Ok(0)
     }
 
@@ -171,11 +177,119 @@ impl Vm {
     }
 
     /// KVM_REQ_MASTERCLOCK_UPDATE (kvm_update_masterclock()): after a TSC write,
-    /// at the next entry of any vCPU, whether the master clock can be used.
+    /// at the next entry of any vCPU, whether the master clock can be used; every
+    /// vCPU's pvclock then follows.
     pub(crate) fn kvm_update_masterclock(&self) {
         if self.arch.masterclock_update.swap(false, Ordering::AcqRel) {
             let matched = self.vcpus_matched_tsc();
             self.arch.clock.lock().pvclock_update_vm_gtod_copy(matched);
+            self.kvm_gen_kvmclock_update();
+        }
+    }
+
+    /// KVM_REQ_GLOBAL_CLOCK_UPDATE: every vCPU writes its pvclock again before its
+    /// next entry.
+    pub(crate) fn kvm_gen_kvmclock_update(&self) {
+        self.arch.clock_gen.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// kvm_get_wall_clock_epoch(): the wall-clock time at kvmclock 0.
+    fn kvm_get_wall_clock_epoch(&self) -> u64 {
+        let d = self.arch.clock.lock().get_kvmclock();
+        let real = if d.flags & uapi::KVM_CLOCK_REALTIME != 0 {
+            d.realtime
+        } else {
+            // SAFETY: reads the clock.
+            unsafe { glue::kvm_glue_ktime_real_ns() }
+        };
+        real.wrapping_sub(d.clock)
+    }
+
+    /// kvm_write_wall_clock(): `struct pvclock_wall_clock` at `gpa` (0: none),
+    /// under its version protocol (odd while being written).
+    pub(crate) fn kvm_write_wall_clock(&self, gpa: u64) {
+        if gpa == 0 {
+            return;
+        }
+        let mut v = [0u8; 4];
+        if read_phys(self, gpa, &mut v).is_none() {
+            return;
+        }
+        let mut version = u32::from_le_bytes(v);
+        // An odd version is junk from before the first write.
+        if version & 1 != 0 {
+            version = version.wrapping_add(1);
+        }
+        version = version.wrapping_add(1);
+        if write_phys(self, gpa, &version.to_le_bytes()).is_none() {
+            return;
+        }
+        let wall = self.kvm_get_wall_clock_epoch();
+        let wc = pvclock_wall_clock(
+            version,
+            (wall / NSEC_PER_SEC) as u32,
+            (wall % NSEC_PER_SEC) as u32,
+        );
+        let _ = write_phys(self, gpa, &wc);
+        let _ = write_phys(self, gpa, &version.wrapping_add(1).to_le_bytes());
+    }
+
+    /// kvm_guest_time_update(): the vCPU's pvclock structure (MSR_KVM_SYSTEM_TIME)
+    /// from the VM clock: with the master clock, one (kvmclock, TSC) pair for all
+    /// vCPUs and the stable bit; otherwise the current time and TSC.
+    pub(crate) fn kvm_guest_time_update(&self, st: &mut VcpuArch) {
+        st.clock_update = false;
+        st.clock_gen = self.arch.clock_gen.load(Ordering::Acquire);
+        if st.pv_time & KVM_MSR_ENABLED == 0 {
+            return;
+        }
+        let (host_tsc, kernel_ns, offset, master) = {
+            let c = self.arch.clock.lock();
+            if c.use_master_clock {
+                (
+                    c.master_cycle_now,
+                    c.master_kernel_ns,
+                    c.kvmclock_offset,
+                    true,
+                )
+            } else {
+                (rdtsc(), get_kvmclock_base_ns(), c.kvmclock_offset, false)
+            }
+        };
+        let mut flags = if master { PVCLOCK_TSC_STABLE_BIT } else { 0 };
+        if core::mem::take(&mut st.pvclock_set_guest_stopped_request) {
+            flags |= PVCLOCK_GUEST_STOPPED;
+        }
+        let gpa = st.pv_time & !KVM_MSR_ENABLED;
+        let mut v = [0u8; 4];
+        if read_phys(self, gpa, &mut v).is_none() {
+            return;
+        }
+        // kvm_setup_guest_pvclock(): odd while being written, even after.
+        let version = u32::from_le_bytes(v).wrapping_add(1) | 1;
+        let hv = PvclockVcpuTimeInfo {
+            version,
+            tsc_timestamp: kvm_read_l1_tsc(st, host_tsc),
+            system_time: kernel_ns.wrapping_add(offset),
+            scale: kvm_get_time_scale(NSEC_PER_SEC, u64::from(host_tsc_khz()) * 1000),
+            flags,
+        };
+        let b = hv.to_bytes();
+        if write_phys(self, gpa, &version.to_le_bytes()).is_none() {
+            return;
+        }
+        let _ = write_phys(self, gpa.wrapping_add(4), b.get(4..).unwrap_or(&[]));
+        let _ = write_phys(self, gpa, &version.wrapping_add(1).to_le_bytes());
+        st.pv_time_cpu = current_cpu();
+    }
+
+    /// Before an entry: the pvclock structure again if the VM clock changed, the
+    /// vCPU asked (a TSC or MSR write), or, without the master clock, the vCPU
+    /// moved to another CPU (kvm_arch_vcpu_load()'s request).
+    pub(crate) fn kvm_check_clock_update(&self, st: &mut VcpuArch) {
+        let moved = st.pv_time_cpu != current_cpu() && !self.arch.clock.lock().use_master_clock;
+        if st.clock_update || moved || st.clock_gen != self.arch.clock_gen.load(Ordering::Acquire) {
+            self.kvm_guest_time_update(st);
         }
     }
 
@@ -201,10 +315,17 @@ impl Vm {
     }
 }
 
-/// kvm_vcpu_write_tsc_offset(): the offset the guest's TSC runs at.
+/// The CPU this runs on, as a hint (the task may move right after).
+fn current_cpu() -> u32 {
+    kernel::cpu::CpuId::current().as_u32()
+}
+
+/// kvm_vcpu_write_tsc_offset(): the offset the guest's TSC runs at; the pvclock
+/// structure's TSC stamp follows.
 pub(crate) fn kvm_vcpu_write_tsc_offset(st: &mut VcpuArch, offset: u64) {
     st.l1_tsc_offset = offset;
     st.vendor.write_tsc_offset(offset);
+    st.clock_update = true;
 }
 
 /// adjust_tsc_offset_guest(): the guest moved its own TSC by `adj`.

@@ -74,6 +74,10 @@ pub(crate) struct VmArch {
     pub(crate) tsc: SpinLock<TscSync>,
     /// KVM_REQ_MASTERCLOCK_UPDATE, for whichever vCPU enters next.
     pub(crate) masterclock_update: AtomicBool,
+    /// Bumped for KVM_REQ_GLOBAL_CLOCK_UPDATE: each vCPU writes its pvclock again.
+    pub(crate) clock_gen: AtomicU64,
+    /// MSR_KVM_WALL_CLOCK(_NEW) (upstream kvm->arch.wall_clock).
+    pub(crate) wall_clock: AtomicU64,
 }
 
 /// What other threads reach of an x86 vCPU without its mutex.
@@ -168,6 +172,8 @@ impl KvmArch for X86 {
             clock <- new_mutex!(KvmClock::new(), "kvm->arch.kvmclock"),
             tsc <- new_spinlock!(TscSync::default(), "kvm->arch.tsc_write_lock"),
             masterclock_update: AtomicBool::new(false),
+            clock_gen: AtomicU64::new(0),
+            wall_clock: AtomicU64::new(0),
         }))
     }
 

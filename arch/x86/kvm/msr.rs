@@ -10,6 +10,9 @@ use crate::hw::msr_index::{
     MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_PLATFORM_INFO, MSR_STAR, MSR_SYSCALL_MASK,
 };
 use crate::hw::mtrr::{kvm_pat_valid, Mtrr};
+use crate::hw::tsc::{
+    MSR_KVM_SYSTEM_TIME, MSR_KVM_SYSTEM_TIME_NEW, MSR_KVM_WALL_CLOCK, MSR_KVM_WALL_CLOCK_NEW,
+};
 use core::sync::atomic::Ordering;
 use kernel::prelude::*;
 
@@ -24,7 +27,7 @@ use crate::user::{Fam, MsrList, Msrs};
 
 /// The MSRs KVM_GET_MSR_INDEX_LIST reports: those KVM_GET/SET_MSRS save and
 /// restore (upstream msrs_to_save + emulated_msrs, as far as kvm-rs has them).
-pub(crate) const MSRS_TO_SAVE: [u32; 18] = [
+pub(crate) const MSRS_TO_SAVE: [u32; 22] = [
     MSR_IA32_SYSENTER_CS,
     MSR_IA32_SYSENTER_ESP,
     MSR_IA32_SYSENTER_EIP,
@@ -44,6 +47,10 @@ pub(crate) const MSRS_TO_SAVE: [u32; 18] = [
     MSR_IA32_MCG_STATUS,
     MSR_IA32_MCG_CTL,
     MSR_IA32_TSC_ADJUST,
+    MSR_KVM_SYSTEM_TIME,
+    MSR_KVM_WALL_CLOCK,
+    MSR_KVM_SYSTEM_TIME_NEW,
+    MSR_KVM_WALL_CLOCK_NEW,
 ];
 
 /// MSR_IA32_MISC_ENABLE's reset value: fast strings, PEBS and BTS unavailable
@@ -108,6 +115,10 @@ impl Vcpu {
             MSR_IA32_MISC_ENABLE => Some(st.misc_enable),
             MSR_K7_HWCR => Some(st.msr_hwcr),
             MSR_IA32_TSC => Some(self.guest_tsc(st)),
+            MSR_KVM_SYSTEM_TIME | MSR_KVM_SYSTEM_TIME_NEW => Some(st.pv_time),
+            MSR_KVM_WALL_CLOCK | MSR_KVM_WALL_CLOCK_NEW => {
+                Some(vm.arch.wall_clock.load(Ordering::Relaxed))
+            }
             i if Mtrr::is_mtrr_msr(i) => st.mtrr.get_msr(i),
             MSR_IA32_TSC_ADJUST => Some(st.ia32_tsc_adjust_msr),
             i if Mce::is_mce_msr(i) => st.mce.get_msr(i, host),
@@ -162,6 +173,19 @@ impl Vcpu {
                     }
                     st.ia32_tsc_adjust_msr = v;
                 }
+                true
+            }
+            // kvm_write_system_time(): every vCPU updates its pvclock
+            // (KVM_REQ_GLOBAL_CLOCK_UPDATE), this one's now in use or not.
+            MSR_KVM_SYSTEM_TIME | MSR_KVM_SYSTEM_TIME_NEW => {
+                st.pv_time = v;
+                st.clock_update = true;
+                vm.kvm_gen_kvmclock_update();
+                true
+            }
+            MSR_KVM_WALL_CLOCK | MSR_KVM_WALL_CLOCK_NEW => {
+                vm.arch.wall_clock.store(v, Ordering::Relaxed);
+                vm.kvm_write_wall_clock(v);
                 true
             }
             i if Mtrr::is_mtrr_msr(i) => {

@@ -8,6 +8,7 @@ use crate::hw::mce::{Injection, McEffect, Mce, SUPPORTED_MCE_CAP_SVM};
 use crate::hw::msr_index::EFER_LMA;
 use crate::hw::mtrr::Mtrr;
 use crate::hw::processor_flags::{X86_CR4_MCE, X86_EFLAGS_IF, X86_EFLAGS_TF};
+use crate::hw::tsc::KVM_MSR_ENABLED;
 use core::sync::atomic::Ordering;
 use kernel::prelude::*;
 
@@ -127,6 +128,14 @@ pub(crate) struct VcpuArch {
     /// KVM_SET_VAPIC_ADDR's guest-physical address (0: none): the TPR is
     /// exchanged through it around every entry (upstream apic->vapic_addr).
     pub(crate) vapic_addr: u64,
+    /// MSR_KVM_SYSTEM_TIME(_NEW) (upstream arch.time), the pvclock update
+    /// requests (KVM_REQ_CLOCK_UPDATE, the VM's generation last followed,
+    /// KVM_KVMCLOCK_CTRL's stopped flag) and the CPU of the last update.
+    pub(crate) pv_time: u64,
+    pub(crate) clock_update: bool,
+    pub(crate) clock_gen: u64,
+    pub(crate) pvclock_set_guest_stopped_request: bool,
+    pub(crate) pv_time_cpu: u32,
     pub(crate) ia32_tsc_adjust_msr: u64,
     pub(crate) this_tsc_generation: u64,
     /// The guest's XCR0 (loaded while it runs with CR4.OSXSAVE).
@@ -233,6 +242,11 @@ impl VcpuArch {
             l1_tsc_offset: 0,
             mtrr: Mtrr::default(),
             vapic_addr: 0,
+            pv_time: 0,
+            clock_update: false,
+            clock_gen: 0,
+            pvclock_set_guest_stopped_request: false,
+            pv_time_cpu: u32::MAX,
             ia32_tsc_adjust_msr: 0,
             this_tsc_generation: 0,
             xcr0: xstate::FP,
@@ -451,6 +465,15 @@ impl Vcpu {
                     return Err(EINVAL);
                 }
                 st.vapic_addr = va.vapic_addr;
+                Ok(0)
+            }
+            // kvm_set_guest_paused(): the guest's watchdogs are told it was stopped.
+            ioctl::KVM_KVMCLOCK_CTRL => {
+                if st.pv_time & KVM_MSR_ENABLED == 0 {
+                    return Err(EINVAL);
+                }
+                st.pvclock_set_guest_stopped_request = true;
+                st.clock_update = true;
                 Ok(0)
             }
             ioctl::KVM_X86_SETUP_MCE => {
@@ -701,6 +724,7 @@ impl Vcpu {
     /// vendor's vcpu_run, and the exit handled once interrupts are on again.
     fn vcpu_enter_guest(&self, vm: &Vm, st: &mut VcpuArch, has_lapic: bool) -> Next {
         vm.kvm_update_masterclock();
+        vm.kvm_check_clock_update(st);
         // KVM_REQ_TRIPLE_FAULT (a #MC the guest could not take).
         if core::mem::take(&mut st.triple_fault) {
             self.set_exit(uapi::KVM_EXIT_SHUTDOWN);
