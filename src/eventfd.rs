@@ -169,8 +169,8 @@ unsafe impl<A: KvmArch> Send for Irqfd<A> {}
 
 impl<A: KvmArch> Drop for Irqfd<A> {
     fn drop(&mut self) {
-        // SAFETY: made by kvm_glue_irqfd_new(), freed once; it waits for a running
-        // injection, so the target is not used after this.
+        // Freeing waits for a running injection: the target is unused after this.
+        // SAFETY: made by kvm_glue_irqfd_new(), freed once.
         unsafe { glue::kvm_glue_irqfd_free(self.glue.as_ptr()) }
     }
 }
@@ -180,8 +180,9 @@ impl<A: KvmArch> Drop for Irqfd<A> {
 /// # Safety
 /// Called by the glue only, with the `owner` kvm_irqfd_assign() registered.
 unsafe extern "C" fn irqfd_inject<A: KvmArch>(owner: *mut c_void) {
-    // SAFETY: `owner` is the irqfd's target, which lives until kvm_glue_irqfd_free()
-    // has waited for this call; its VM outlives the irqfd (see IrqfdTarget).
+    // The target lives until kvm_glue_irqfd_free() has waited for this call, and
+    // its VM outlives the irqfd (see IrqfdTarget).
+    // SAFETY: `owner` is the irqfd's target.
     let t = unsafe { &*owner.cast_const().cast::<IrqfdTarget<A>>() };
     // SAFETY: as above.
     let vm = unsafe { &*t.vm };
@@ -224,8 +225,8 @@ impl<A: KvmArch> Vm<A> {
         list.reserve(1, GFP_KERNEL)?;
         let (mut handle, mut ctx) = (core::ptr::null_mut(), core::ptr::null_mut());
         let owner = core::ptr::from_ref(&*target).cast_mut().cast::<c_void>();
-        // SAFETY: `owner` stays valid while the handle lives (the irqfd owns both,
-        // and frees the handle first); the out-pointers are valid.
+        // The irqfd owns `owner` and the handle, and frees the handle first.
+        // SAFETY: `owner` stays valid while the handle lives; valid out-pointers.
         let r = unsafe {
             glue::kvm_glue_irqfd_new(
                 args.fd as i32,

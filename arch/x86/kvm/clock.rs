@@ -14,8 +14,8 @@ use crate::arch::x86::{now_tsc as rdtsc, VcpuArch};
 use crate::arch::Vm;
 use crate::glue;
 use crate::hw::tsc::{
-    kvm_get_time_scale, pvclock_wall_clock, PvclockVcpuTimeInfo, KVM_MSR_ENABLED, NSEC_PER_SEC,
-    PVCLOCK_GUEST_STOPPED, PVCLOCK_TSC_STABLE_BIT,
+    kvm_get_time_scale, pvclock_wall_clock, PvclockVcpuTimeInfo, TimeScale, KVM_MSR_ENABLED,
+    NSEC_PER_SEC, PVCLOCK_GUEST_STOPPED, PVCLOCK_TSC_STABLE_BIT,
 };
 use crate::user;
 
@@ -25,10 +25,12 @@ pub(crate) fn get_kvmclock_base_ns() -> u64 {
     unsafe { glue::kvm_glue_kvmclock_base_ns() }
 }
 
-/// The host's TSC rate (tsc_khz), what vCPUs run at without TSC scaling.
-fn host_tsc_khz() -> u32 {
+/// The scale from the host's TSC (tsc_khz, what vCPUs run at without TSC
+/// scaling) to nanoseconds.
+fn host_tsc_scale() -> TimeScale {
     // SAFETY: reads a kernel variable.
-    unsafe { glue::kvm_glue_tsc_khz() }
+    let khz = unsafe { glue::kvm_glue_tsc_khz() };
+    kvm_get_time_scale(NSEC_PER_SEC, u64::from(khz) * 1000)
 }
 
 /// One reading of the host clocks (kvm_get_walltime_and_clockread()).
@@ -44,8 +46,8 @@ struct Snapshot {
 fn snapshot() -> Snapshot {
     let (mut realtime_ns, mut base_ns, mut tsc) = (0, 0, 0);
     // SAFETY: three valid out-pointers.
-    let tsc_based =
-        unsafe { glue::kvm_glue_clock_snapshot(&mut realtime_ns, &mut base_ns, &mut tsc) } != 0;
+    let r = unsafe { glue::kvm_glue_clock_snapshot(&mut realtime_ns, &mut base_ns, &mut tsc) };
+    let tsc_based = r != 0;
     Snapshot {
         realtime_ns,
         base_ns,
@@ -93,7 +95,7 @@ impl KvmClock {
         PvclockVcpuTimeInfo {
             tsc_timestamp: self.master_cycle_now,
             system_time: self.master_kernel_ns.wrapping_add(self.kvmclock_offset),
-            scale: kvm_get_time_scale(NSEC_PER_SEC, u64::from(host_tsc_khz()) * 1000),
+            scale: host_tsc_scale(),
             ..Default::default()
         }
     }
@@ -211,26 +213,35 @@ impl Vm {
         if gpa == 0 {
             return;
         }
-        let mut v = [0u8; 4];
-        if read_phys(self, gpa, &mut v).is_none() {
+        let Some(old) = self.guest_version(gpa) else {
             return;
-        }
-        let mut version = u32::from_le_bytes(v);
-        // An odd version is junk from before the first write.
-        if version & 1 != 0 {
-            version = version.wrapping_add(1);
-        }
-        version = version.wrapping_add(1);
-        if write_phys(self, gpa, &version.to_le_bytes()).is_none() {
-            return;
-        }
+        };
+        // The next odd version (an odd one found is junk from before the first
+        // write, as kvm_write_wall_clock() takes it).
+        let version = old.wrapping_add(1) | 1;
         let wall = self.kvm_get_wall_clock_epoch();
         let wc = pvclock_wall_clock(
             version,
             (wall / NSEC_PER_SEC) as u32,
             (wall % NSEC_PER_SEC) as u32,
         );
-        let _ = write_phys(self, gpa, &wc);
+        self.write_versioned(gpa, version, &wc);
+    }
+
+    /// The version word of a pvclock structure in guest memory.
+    fn guest_version(&self, gpa: u64) -> Option<u32> {
+        let mut v = [0u8; 4];
+        read_phys(self, gpa, &mut v)?;
+        Some(u32::from_le_bytes(v))
+    }
+
+    /// A pvclock structure `bytes` (version first) at `gpa` under the version
+    /// protocol: the odd `version` while the rest is written, then the next one.
+    fn write_versioned(&self, gpa: u64, version: u32, bytes: &[u8]) {
+        if write_phys(self, gpa, &version.to_le_bytes()).is_none() {
+            return;
+        }
+        let _ = write_phys(self, gpa.wrapping_add(4), bytes.get(4..).unwrap_or(&[]));
         let _ = write_phys(self, gpa, &version.wrapping_add(1).to_le_bytes());
     }
 
@@ -261,25 +272,19 @@ impl Vm {
             flags |= PVCLOCK_GUEST_STOPPED;
         }
         let gpa = st.pv_time & !KVM_MSR_ENABLED;
-        let mut v = [0u8; 4];
-        if read_phys(self, gpa, &mut v).is_none() {
+        let Some(old) = self.guest_version(gpa) else {
             return;
-        }
+        };
         // kvm_setup_guest_pvclock(): odd while being written, even after.
-        let version = u32::from_le_bytes(v).wrapping_add(1) | 1;
+        let version = old.wrapping_add(1) | 1;
         let hv = PvclockVcpuTimeInfo {
             version,
             tsc_timestamp: kvm_read_l1_tsc(st, host_tsc),
             system_time: kernel_ns.wrapping_add(offset),
-            scale: kvm_get_time_scale(NSEC_PER_SEC, u64::from(host_tsc_khz()) * 1000),
+            scale: host_tsc_scale(),
             flags,
         };
-        let b = hv.to_bytes();
-        if write_phys(self, gpa, &version.to_le_bytes()).is_none() {
-            return;
-        }
-        let _ = write_phys(self, gpa.wrapping_add(4), b.get(4..).unwrap_or(&[]));
-        let _ = write_phys(self, gpa, &version.wrapping_add(1).to_le_bytes());
+        self.write_versioned(gpa, version, &hv.to_bytes());
         st.pv_time_cpu = current_cpu();
     }
 
@@ -312,6 +317,32 @@ impl Vm {
         kvm_vcpu_write_tsc_offset(st, w.offset);
         // kvm_track_tsc_matching(): the master clock may come or go.
         self.arch.masterclock_update.store(true, Ordering::Release);
+    }
+}
+
+/// kvm_set_tsc_khz() without TSC scaling: the rate is recorded either way (as
+/// upstream's virtual_tsc_khz), but only one within upstream's 250 ppm tolerance
+/// of the host's succeeds. Upstream "catches up" a faster guest TSC instead of
+/// failing; kvm-rs does not emulate that.
+pub(crate) fn set_tsc_khz(st: &mut VcpuArch, khz: u32) -> Result {
+    st.tsc_khz = khz;
+    // SAFETY: reads a kernel variable.
+    let host = u64::from(unsafe { glue::kvm_glue_tsc_khz() });
+    let lo = host * (1_000_000 - 250) / 1_000_000;
+    let hi = host * (1_000_000 + 250) / 1_000_000;
+    if (lo..=hi).contains(&u64::from(khz)) {
+        Ok(())
+    } else {
+        Err(EINVAL)
+    }
+}
+
+/// KVM_SET_TSC_KHZ's argument (VM and vCPU): the low 32 bits, 0 for the host's rate.
+pub(crate) fn tsc_khz_arg(arg: usize) -> u32 {
+    match arg as u32 {
+        // SAFETY: reads a kernel variable.
+        0 => unsafe { glue::kvm_glue_tsc_khz() },
+        khz => khz,
     }
 }
 

@@ -11,11 +11,12 @@ use kernel::{new_mutex, new_spinlock};
 
 use crate::abi::caps::{self, Host, MAX_VCPU_IDS};
 use crate::abi::{ioctl, uapi};
+use crate::arch::clock::tsc_khz_arg;
 use crate::arch::clock::KvmClock;
 use crate::arch::irqchip::{self, IoapicDev, Irqchip, PicDev};
 use crate::arch::mmu::tdp::Mmu;
 use crate::arch::vendor::{self, VendorLoaded, VendorRef};
-use crate::arch::x86::{tsc_khz_arg, VcpuArch};
+use crate::arch::x86::VcpuArch;
 use crate::arch::{cpuid, msr, regs, Vcpu, Vm};
 use crate::hw::ioapic;
 use crate::hw::lapic::{self, Irq, Lapic};

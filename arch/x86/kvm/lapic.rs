@@ -7,6 +7,7 @@ use kernel::prelude::*;
 use kernel::transmute::{AsBytes, FromBytes};
 
 use crate::abi::uapi;
+use crate::arch::emulate::{read_phys, write_phys};
 use crate::arch::x86::{now_ns, VcpuArch};
 use crate::arch::Vcpu;
 use crate::arch::Vm;
@@ -204,5 +205,33 @@ impl Vcpu {
         drop(g);
         self.lapic_action(vm, action);
         Some(self.kvm_skip_emulated_instruction(st, next_rip))
+    }
+
+    /// kvm_lapic_sync_to_vapic(): the TPR, highest in-service class and highest
+    /// requested vector into the VAPIC page (for QEMU's kvmvapic option ROM).
+    pub(crate) fn kvm_lapic_sync_to_vapic(&self, vm: &Vm, st: &VcpuArch) {
+        if st.vapic_addr == 0 {
+            return;
+        }
+        let word = (*self.arch.lapic.lock()).as_ref().map(|l| l.vapic_word());
+        if let Some(w) = word {
+            // A page that stopped being RAM is skipped, as a failed cache write.
+            let _ = write_phys(vm, st.vapic_addr, &w.to_le_bytes());
+        }
+    }
+
+    /// kvm_lapic_sync_from_vapic(): the TPR the guest wrote in the VAPIC page.
+    pub(crate) fn kvm_lapic_sync_from_vapic(&self, vm: &Vm, st: &mut VcpuArch) {
+        if st.vapic_addr == 0 {
+            return;
+        }
+        let mut tpr = [0u8; 1];
+        if read_phys(vm, st.vapic_addr, &mut tpr).is_none() {
+            return;
+        }
+        if let Some(l) = (*self.arch.lapic.lock()).as_mut() {
+            l.set_vapic_tpr(tpr[0]);
+            st.regs.cr8 = l.cr8();
+        }
     }
 }

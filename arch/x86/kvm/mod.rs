@@ -5,6 +5,7 @@
 
 pub(crate) mod clock;
 pub(crate) mod cpuid;
+pub(crate) mod debug;
 pub(crate) mod emulate;
 pub(crate) mod irq;
 pub(crate) mod irqchip;

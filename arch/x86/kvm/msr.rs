@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0-only
 //! MSRs (upstream kvm_get_msr_common()/kvm_set_msr_common(), msr_io() and
-//! KVM_GET_MSR_INDEX_LIST of x86.c): what kvm.ko keeps, the rest the vendor's.
+//! KVM_GET_MSR_INDEX_LIST of x86.c): what kvm.ko keeps, the rest the vendor's;
+//! and KVM_X86_SET_MCE, which fills the machine-check banks behind them.
 
-use crate::hw::mce::{Mce, MSR_IA32_MCG_CTL, MSR_IA32_MCG_STATUS};
+use crate::abi::uapi;
+use crate::hw::mce::{Injection, McEffect, Mce, MSR_IA32_MCG_CTL, MSR_IA32_MCG_STATUS};
 use crate::hw::msr_index::{
     hwcr_write, EFER_LMA, HWCR_MCSTATUSWREN, MSR_CSTAR, MSR_EFER, MSR_IA32_APICBASE,
     MSR_IA32_CR_PAT, MSR_IA32_MISC_ENABLE, MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_EIP,
@@ -10,6 +12,7 @@ use crate::hw::msr_index::{
     MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_PLATFORM_INFO, MSR_STAR, MSR_SYSCALL_MASK,
 };
 use crate::hw::mtrr::{kvm_pat_valid, Mtrr};
+use crate::hw::processor_flags::X86_CR4_MCE;
 use crate::hw::tsc::{
     MSR_KVM_SYSTEM_TIME, MSR_KVM_SYSTEM_TIME_NEW, MSR_KVM_WALL_CLOCK, MSR_KVM_WALL_CLOCK_NEW,
 };
@@ -98,6 +101,31 @@ impl Vcpu {
             fam.write_entries(&e)?;
         }
         Ok(done)
+    }
+
+    /// KVM_X86_SET_MCE (kvm_vcpu_ioctl_x86_set_mce()): the error into its bank,
+    /// and the #MC, or the shutdown of a guest that cannot take one.
+    pub(crate) fn kvm_vcpu_ioctl_x86_set_mce(
+        &self,
+        st: &mut VcpuArch,
+        m: &uapi::kvm_x86_mce,
+    ) -> Result {
+        let inj = Injection {
+            status: m.status,
+            addr: m.addr,
+            misc: m.misc,
+            mcg_status: m.mcg_status,
+            bank: m.bank,
+        };
+        let cr4_mce = st.vendor.get_cr4() & X86_CR4_MCE != 0;
+        match st.mce.set_mce(&inj, cr4_mce).ok_or(EINVAL)? {
+            McEffect::MachineCheck => st.vendor.queue_exception(uapi::MC_VECTOR, false, 0),
+            McEffect::TripleFault => st.triple_fault = true,
+            // CMCI needs MCG_CMCI_P, which KVM_X86_SETUP_MCE refuses on SVM
+            // (and the LAPIC has no LVTCMCI yet).
+            McEffect::Cmci | McEffect::None => {}
+        }
+        Ok(())
     }
 
     /// The guest's TSC now.

@@ -501,11 +501,7 @@ pub(crate) fn kvm_update_dr0123(st: &mut VcpuArch) {
 /// kvm_update_dr7(): DR7 as the guest runs with it (userspace's with its hardware
 /// breakpoints), and whether DR0-3 must be loaded for the entries.
 pub(crate) fn kvm_update_dr7(st: &mut VcpuArch) {
-    let dr7 = if st.guest_debug & uapi::KVM_GUESTDBG_USE_HW_BP != 0 {
-        st.guest_debug_dr7
-    } else {
-        st.dr7
-    };
+    let dr7 = kvm_get_effective_dr7(st);
     st.vendor.set_dr(7, dr7);
     st.bp_enabled = dr7 & DR7_BP_EN_MASK != 0;
 }

@@ -4,29 +4,31 @@
 //! (kvm_arch_vcpu_ioctl_run() → vcpu_run() → vcpu_enter_guest()) and the exit
 //! dispatch with the core's kvm_emulate_*() helpers.
 
-use crate::hw::mce::{Injection, McEffect, Mce, SUPPORTED_MCE_CAP_SVM};
+use crate::hw::mce::{Mce, SUPPORTED_MCE_CAP_SVM};
 use crate::hw::msr_index::EFER_LMA;
 use crate::hw::mtrr::Mtrr;
-use crate::hw::processor_flags::{X86_CR4_MCE, X86_EFLAGS_IF, X86_EFLAGS_TF};
+use crate::hw::processor_flags::X86_EFLAGS_IF;
 use crate::hw::tsc::KVM_MSR_ENABLED;
 use core::sync::atomic::Ordering;
 use kernel::prelude::*;
 
 use crate::abi::{ioctl, uapi};
+use crate::arch::clock::{set_tsc_khz, tsc_khz_arg};
+use crate::arch::debug::kvm_arch_vcpu_ioctl_set_guest_debug;
 use crate::arch::emulate::{self, last_vmentry_cpu, set_in_result, Failure, Pending};
 use crate::arch::irq::process_nmi;
 use crate::arch::lapic::LapicState;
 use crate::arch::msr::MISC_ENABLE_RESET;
 use crate::arch::regs::{
-    get_debugregs, get_events, get_regs, kvm_get_linear_rip, kvm_get_rflags, kvm_set_rflags,
-    kvm_update_dr0123, kvm_update_dr7, reset_regs, set_debugregs, set_events, set_regs,
+    get_debugregs, get_events, get_regs, kvm_update_dr0123, kvm_update_dr7, reset_regs,
+    set_debugregs, set_events, set_regs,
 };
 use crate::arch::vendor::{kvm_x86_handle_exit, VendorLoaded, VendorRef, VendorVcpu};
 use crate::arch::Vcpu;
 use crate::arch::Vm;
 use crate::glue;
 use crate::hw::cpuid::{self, Entry};
-use crate::hw::debugreg::{deliver_db_payload, DR6_ACTIVE_LOW, DR6_BS, DR7_FIXED_1, DR7_GD};
+use crate::hw::debugreg::{DR6_ACTIVE_LOW, DR7_FIXED_1};
 use crate::hw::lapic;
 use crate::hw::xstate;
 use crate::io_bus::Bus;
@@ -166,32 +168,6 @@ pub(crate) fn now_tsc() -> u64 {
     unsafe { glue::kvm_glue_rdtsc() }
 }
 
-/// kvm_set_tsc_khz() without TSC scaling: the rate is recorded either way (as
-/// upstream's virtual_tsc_khz), but only one within upstream's 250 ppm tolerance
-/// of the host's succeeds. Upstream "catches up" a faster guest TSC instead of
-/// failing; kvm-rs does not emulate that.
-pub(crate) fn set_tsc_khz(st: &mut VcpuArch, khz: u32) -> Result {
-    st.tsc_khz = khz;
-    // SAFETY: reads a kernel variable.
-    let host = u64::from(unsafe { glue::kvm_glue_tsc_khz() });
-    let lo = host * (1_000_000 - 250) / 1_000_000;
-    let hi = host * (1_000_000 + 250) / 1_000_000;
-    if (lo..=hi).contains(&u64::from(khz)) {
-        Ok(())
-    } else {
-        Err(EINVAL)
-    }
-}
-
-/// KVM_SET_TSC_KHZ's argument (VM and vCPU): the low 32 bits, 0 for the host's rate.
-pub(crate) fn tsc_khz_arg(arg: usize) -> u32 {
-    match arg as u32 {
-        // SAFETY: reads a kernel variable.
-        0 => unsafe { glue::kvm_glue_tsc_khz() },
-        khz => khz,
-    }
-}
-
 impl VcpuArch {
     /// kvm_arch_vcpu_create() + kvm_vcpu_reset(): a vendor vCPU in its reset
     /// state and the registers, MSRs and MP state kvm.ko keeps.
@@ -277,61 +253,6 @@ pub(crate) const KVM_HC_VAPIC_POLL_IRQ: u64 = 1;
 pub(crate) const KVM_HC_SCHED_YIELD: u64 = 11;
 
 pub(crate) const QUIRK_FIX_HYPERCALL_INSN: u64 = uapi::KVM_X86_QUIRK_FIX_HYPERCALL_INSN as u64;
-
-/// KVM_SET_GUEST_DEBUG (kvm_arch_vcpu_ioctl_set_guest_debug()): the controls,
-/// userspace's hardware breakpoints, the single-step TF, and an injected #DB or
-/// #BP (-EBUSY while another exception is being injected).
-fn kvm_arch_vcpu_ioctl_set_guest_debug(
-    vcpu: &Vcpu,
-    vm: &Vm,
-    st: &mut VcpuArch,
-    dbg: &uapi::kvm_guest_debug,
-) -> Result {
-    if dbg.control & (uapi::KVM_GUESTDBG_INJECT_DB | uapi::KVM_GUESTDBG_INJECT_BP) != 0 {
-        let mut e = uapi::kvm_vcpu_events::default();
-        st.vendor.get_events(&mut e);
-        if e.exception.injected != 0 {
-            return Err(EBUSY);
-        }
-        if dbg.control & uapi::KVM_GUESTDBG_INJECT_DB != 0 {
-            kvm_queue_db(st);
-        } else {
-            vcpu.kvm_queue_soft_exception(vm, st, uapi::BP_VECTOR);
-        }
-    }
-    // Read while the TF KVM may have injected is still filtered out.
-    let rflags = kvm_get_rflags(st);
-    st.guest_debug = if dbg.control & uapi::KVM_GUESTDBG_ENABLE != 0 {
-        dbg.control
-    } else {
-        0
-    };
-    let d = &dbg.arch.debugreg;
-    if st.guest_debug & uapi::KVM_GUESTDBG_USE_HW_BP != 0 {
-        st.eff_db = [d[0], d[1], d[2], d[3]];
-        st.guest_debug_dr7 = d[7];
-    } else {
-        st.eff_db = st.db;
-    }
-    kvm_update_dr7(st);
-    if st.guest_debug & uapi::KVM_GUESTDBG_SINGLESTEP != 0 {
-        st.singlestep_rip = kvm_get_linear_rip(st);
-    }
-    // Injects or removes the single-step TF.
-    kvm_set_rflags(st, rflags);
-    st.vendor.update_exception_bitmap(st.guest_debug);
-    Ok(())
-}
-
-/// kvm_queue_exception(DB_VECTOR): delivering a #DB clears DR7.GD, so that the
-/// handler can use the debug registers (kvm_check_and_inject_events()).
-fn kvm_queue_db(st: &mut VcpuArch) {
-    if st.dr7 & DR7_GD != 0 {
-        st.dr7 &= !DR7_GD;
-        kvm_update_dr7(st);
-    }
-    st.vendor.queue_exception(uapi::DB_VECTOR, false, 0);
-}
 
 impl Vcpu {
     /// The arch vCPU ioctls (upstream kvm_arch_vcpu_ioctl()), under the vCPU mutex.
@@ -544,55 +465,6 @@ impl Vcpu {
             // kvm_arch_vcpu_ioctl() answers unknown commands with -EINVAL.
             _ => Err(EINVAL),
         }
-    }
-
-    /// kvm_lapic_sync_to_vapic(): the TPR, highest in-service class and highest
-    /// requested vector into the VAPIC page (for QEMU's kvmvapic option ROM).
-    fn kvm_lapic_sync_to_vapic(&self, vm: &Vm, st: &VcpuArch) {
-        if st.vapic_addr == 0 {
-            return;
-        }
-        let word = (*self.arch.lapic.lock()).as_ref().map(|l| l.vapic_word());
-        if let Some(w) = word {
-            // A page that stopped being RAM is skipped, as a failed cache write.
-            let _ = emulate::write_phys(vm, st.vapic_addr, &w.to_le_bytes());
-        }
-    }
-
-    /// kvm_lapic_sync_from_vapic(): the TPR the guest wrote in the VAPIC page.
-    fn kvm_lapic_sync_from_vapic(&self, vm: &Vm, st: &mut VcpuArch) {
-        if st.vapic_addr == 0 {
-            return;
-        }
-        let mut tpr = [0u8; 1];
-        if emulate::read_phys(vm, st.vapic_addr, &mut tpr).is_none() {
-            return;
-        }
-        if let Some(l) = (*self.arch.lapic.lock()).as_mut() {
-            l.set_vapic_tpr(tpr[0]);
-            st.regs.cr8 = l.cr8();
-        }
-    }
-
-    /// KVM_X86_SET_MCE (kvm_vcpu_ioctl_x86_set_mce()): the error into its bank,
-    /// and the #MC, or the shutdown of a guest that cannot take one.
-    fn kvm_vcpu_ioctl_x86_set_mce(&self, st: &mut VcpuArch, m: &uapi::kvm_x86_mce) -> Result {
-        let inj = Injection {
-            status: m.status,
-            addr: m.addr,
-            misc: m.misc,
-            mcg_status: m.mcg_status,
-            bank: m.bank,
-        };
-        let cr4_mce = st.vendor.get_cr4() & X86_CR4_MCE != 0;
-        match st.mce.set_mce(&inj, cr4_mce).ok_or(EINVAL)? {
-            McEffect::MachineCheck => st.vendor.queue_exception(uapi::MC_VECTOR, false, 0),
-            McEffect::TripleFault => st.triple_fault = true,
-            // CMCI needs MCG_CMCI_P, which KVM_X86_SETUP_MCE refuses on SVM
-            // (and the LAPIC has no LVTCMCI yet).
-            McEffect::Cmci | McEffect::None => {}
-        }
-        Ok(())
     }
 
     /// KVM_RUN (kvm_arch_vcpu_ioctl_run()): the run itself, framed by the
@@ -867,73 +739,6 @@ impl Vcpu {
         }
         self.run_write(run::DIRTY_REGS, 0u64);
         Ok(())
-    }
-
-    /// kvm_skip_emulated_instruction(): RIP past an instruction KVM intercepted or
-    /// emulated; with TF set (the guest's, or KVM's for single-stepping) the
-    /// single-step trap the CPU would have raised after it.
-    pub(crate) fn kvm_skip_emulated_instruction(&self, st: &mut VcpuArch, next_rip: u64) -> Next {
-        let rflags = st.regs.rflags;
-        st.regs.rip = next_rip;
-        if rflags & X86_EFLAGS_TF != 0 {
-            return self.kvm_inject_emulated_db(st, DR6_BS);
-        }
-        Next::Guest
-    }
-
-    /// kvm_inject_emulated_db(): a #DB KVM found (`dr6`: its cause) goes to
-    /// userspace while it single-steps or uses hardware breakpoints, else to the
-    /// guest.
-    pub(crate) fn kvm_inject_emulated_db(&self, st: &mut VcpuArch, dr6: u64) -> Next {
-        let userspace = uapi::KVM_GUESTDBG_USE_HW_BP | uapi::KVM_GUESTDBG_SINGLESTEP;
-        if st.guest_debug & userspace != 0 {
-            let pc = kvm_get_linear_rip(st);
-            self.debug_exit(uapi::DB_VECTOR, pc, dr6 | DR6_ACTIVE_LOW, 0);
-            return Next::User(Ok(()));
-        }
-        st.dr6 = deliver_db_payload(st.dr6, dr6);
-        kvm_queue_db(st);
-        Next::Guest
-    }
-
-    /// kvm_queue_exception_p(): for #DB, the payload (its cause) is delivered to
-    /// the guest's DR6 right away (kvm-rs has no exception-payload ABI, so no one
-    /// sees the exception before it is delivered).
-    pub(crate) fn kvm_queue_exception_p(
-        &self,
-        _vm: &Vm,
-        st: &mut VcpuArch,
-        vector: u32,
-        payload: u64,
-    ) {
-        if vector == uapi::DB_VECTOR {
-            st.dr6 = deliver_db_payload(st.dr6, payload);
-            kvm_queue_db(st);
-        } else {
-            st.vendor.queue_exception(vector, false, 0);
-        }
-    }
-
-    /// KVM_EXIT_DEBUG for the vendor's #DB and #BP intercepts.
-    pub(crate) fn set_debug_exit(
-        &self,
-        _vm: &Vm,
-        _st: &mut VcpuArch,
-        exception: u32,
-        pc: u64,
-        dr6: u64,
-        dr7: u64,
-    ) {
-        self.debug_exit(exception, pc, dr6, dr7);
-    }
-
-    /// KVM_EXIT_DEBUG: `kvm_run->debug.arch` is exception, pad, pc, dr6, dr7.
-    fn debug_exit(&self, exception: u32, pc: u64, dr6: u64, dr7: u64) {
-        self.set_exit(uapi::KVM_EXIT_DEBUG);
-        self.run_write(run::U, exception);
-        self.run_write(run::U + 8, pc);
-        self.run_write(run::U + 16, dr6);
-        self.run_write(run::U + 24, dr7);
     }
 
     // The helpers below are what the vendors' exit handlers call (the table in
