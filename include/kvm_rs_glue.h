@@ -167,6 +167,22 @@ int kvm_glue_irqfd_new(int fd, void (*inject_fn)(void *owner), void *owner, void
 /* Unhooks it; returns once no injection runs, then frees it. */
 void kvm_glue_irqfd_free(void *irqfd);
 
+/* The PIT's channel-0 timer (upstream kvm_kpit_state's hrtimer and the kvm_pit
+ * worker): @fired(@owner) runs in the timer interrupt at each expiry, then
+ * @expired(@owner) from a work item (process context). NULL on -ENOMEM. */
+void *kvm_glue_pit_timer_new(void (*fired)(void *owner), void (*expired)(void *owner),
+			     void *owner);
+/* create_pit_timer(): cancels the timer and waits out @expired, then fires first
+ * @first_ns from now and, if @periodic, every @period_ns after that. */
+void kvm_glue_pit_timer_start(void *t, unsigned long long first_ns,
+			      unsigned long long period_ns, int periodic);
+/* destroy_pit_timer(): cancels the timer and waits out @expired. */
+void kvm_glue_pit_timer_stop(void *t);
+/* Queues @expired again (an acked tick with more pending). */
+void kvm_glue_pit_timer_queue(void *t);
+/* Stops it for good and frees it. */
+void kvm_glue_pit_timer_free(void *t);
+
 /*
  * A vCPU's preempt notifier (upstream vcpu->preempt_notifier): while a vCPU ioctl
  * runs, sched_in/sched_out call kvm_rs_sched_in/out(@vcpu). new() enables the

@@ -1,19 +1,22 @@
 // SPDX-License-Identifier: GPL-2.0-only
 //! eventfd-backed devices (upstream virt/kvm/eventfd.c): ioeventfd, a guest write
 //! to a PIO port or MMIO address that signals an eventfd instead of exiting to
-//! userspace (KVM_IOEVENTFD). The rules (validation, matching, collisions) are
-//! no_std (virt/ioeventfd.rs); this is the eventfd and the bus device.
+//! userspace (KVM_IOEVENTFD), and irqfd, an eventfd whose signal is an interrupt
+//! (KVM_IRQFD), with resampling for level-triggered lines. The ioeventfd rules
+//! (validation, matching, collisions) are no_std (virt/ioeventfd.rs); this is the
+//! eventfd, the bus device and the irqfds.
 
 use core::ptr::NonNull;
 use kernel::ffi::c_void;
+use kernel::new_mutex;
 use kernel::prelude::*;
-use kernel::sync::Arc;
+use kernel::sync::{Arc, Mutex};
 
 use crate::abi::uapi;
 use crate::glue;
 use crate::iodev::eopnotsupp;
 use crate::ioeventfd::{self, Invalid, Spec};
-use crate::kvm_host::{IoeventfdEntry, KvmArch, KvmIoDevice, Vm};
+use crate::kvm_host::{IoeventfdEntry, IrqSource, KvmArch, KvmIoDevice, Vm};
 
 // The no_std names are the uapi's bits (bindgen sees only the enum behind them).
 const _: () = {
@@ -142,36 +145,74 @@ impl<A: KvmArch> Vm<A> {
     }
 }
 
-/// What an irqfd's injection needs (upstream irqfd->kvm and ->gsi), at a stable
-/// address the glue calls back with.
+/// What an irqfd's injection needs (upstream irqfd->kvm, ->gsi and whether it has a
+/// resampler), at a stable address the glue calls back with.
 struct IrqfdTarget<A: KvmArch> {
     /// The VM: it outlives its irqfds, which its fd's release frees
     /// (kvm_irqfd_release()) before it drops its reference.
     vm: *const Vm<A>,
     gsi: u32,
+    resample: bool,
+}
+
+/// struct kvm_kernel_irqfd_resampler: the resampling irqfds of one GSI share one
+/// ack notifier and one level (KVM_IRQFD_RESAMPLE_IRQ_SOURCE_ID) on that GSI. An
+/// irqfd asserts it; the guest's EOI (or PIC ack) of the GSI deasserts it and
+/// signals every resamplefd, so userspace re-triggers the irqfd if its device
+/// still wants the line.
+#[pin_data]
+pub(crate) struct IrqfdResampler {
+    pub(crate) gsi: u32,
+    /// The irqfds' resamplefds, keyed by their irqfd (upstream resampler->list).
+    #[pin]
+    fds: Mutex<KVec<(usize, EventfdCtx)>>,
+}
+
+impl IrqfdResampler {
+    /// irqfd_resampler_notify(): every resamplefd of the GSI is signalled. The
+    /// arch's ack notifier calls this after deasserting the resampler's level.
+    pub(crate) fn notify(&self) {
+        for (_, fd) in self.fds.lock().iter() {
+            fd.signal();
+        }
+    }
 }
 
 /// An irqfd (upstream struct kvm_kernel_irqfd): a signal on the eventfd is an edge
-/// on the GSI. The glue hooks the eventfd's wait queue and injects from a work
-/// item; a hang-up of the eventfd leaves the irqfd in place until KVM_IRQFD's
-/// deassign or the VM fd's release (the glue holds the eventfd).
+/// on the GSI, or, with a resampler, asserts the GSI until the guest acks it. The
+/// glue hooks the eventfd's wait queue and injects from a work item; a hang-up of
+/// the eventfd leaves the irqfd in place until KVM_IRQFD's deassign or the VM fd's
+/// release (the glue holds the eventfd).
 pub(crate) struct Irqfd<A: KvmArch> {
     glue: NonNull<c_void>,
     /// The eventfd context's address (the hook holds the reference).
     eventfd_id: usize,
     gsi: u32,
-    _target: KBox<IrqfdTarget<A>>,
+    resampler: Option<Arc<IrqfdResampler>>,
+    target: KBox<IrqfdTarget<A>>,
 }
 
 // SAFETY: the glue handle is only freed, which any thread may do; the target's VM
-// pointer is only dereferenced by the injection, which the VM outlives.
+// pointer is only dereferenced by the injection and the drop, which the VM outlives.
 unsafe impl<A: KvmArch> Send for Irqfd<A> {}
+
+impl<A: KvmArch> Irqfd<A> {
+    /// This irqfd's key in its resampler's list: its target's address.
+    fn key(&self) -> usize {
+        core::ptr::from_ref(&*self.target) as usize
+    }
+}
 
 impl<A: KvmArch> Drop for Irqfd<A> {
     fn drop(&mut self) {
         // Freeing waits for a running injection: the target is unused after this.
         // SAFETY: made by kvm_glue_irqfd_new(), freed once.
         unsafe { glue::kvm_glue_irqfd_free(self.glue.as_ptr()) }
+        if let Some(r) = self.resampler.take() {
+            // SAFETY: the VM outlives its irqfds (see IrqfdTarget).
+            let vm = unsafe { &*self.target.vm };
+            vm.irqfd_resampler_shutdown(&r, self.key());
+        }
     }
 }
 
@@ -186,8 +227,12 @@ unsafe extern "C" fn irqfd_inject<A: KvmArch>(owner: *mut c_void) {
     let t = unsafe { &*owner.cast_const().cast::<IrqfdTarget<A>>() };
     // SAFETY: as above.
     let vm = unsafe { &*t.vm };
-    A::kvm_set_irq(vm, t.gsi, true);
-    A::kvm_set_irq(vm, t.gsi, false);
+    if t.resample {
+        A::kvm_set_irq(vm, IrqSource::IrqfdResample, t.gsi, true);
+    } else {
+        A::kvm_set_irq(vm, IrqSource::Userspace, t.gsi, true);
+        A::kvm_set_irq(vm, IrqSource::Userspace, t.gsi, false);
+    }
 }
 
 const IRQFD_DEASSIGN: u32 = uapi::KVM_IRQFD_FLAG_DEASSIGN;
@@ -205,22 +250,48 @@ impl<A: KvmArch> Vm<A> {
         self.kvm_irqfd_assign(args)
     }
 
-    /// kvm_irqfd_assign(): -EINVAL without the in-kernel irqchip (and, until
-    /// resamplers exist, for KVM_IRQFD_FLAG_RESAMPLE, whose capability is not
-    /// reported), -EBADF/-EINVAL for a bad eventfd, -EBUSY for one that already
-    /// is an irqfd.
+    /// kvm_irqfd_assign(): -EINVAL without the in-kernel irqchip (the full one for
+    /// a resampling irqfd), -EBADF/-EINVAL for a bad eventfd or resamplefd, -EBUSY
+    /// for an eventfd that already is an irqfd.
     fn kvm_irqfd_assign(&self, args: &uapi::kvm_irqfd) -> Result<isize> {
         let resample = args.flags & IRQFD_RESAMPLE != 0;
-        if !A::kvm_arch_irqfd_allowed(self, resample) || resample {
+        if !A::kvm_arch_irqfd_allowed(self, resample) {
             return Err(EINVAL);
         }
         let target = KBox::new(
             IrqfdTarget {
                 vm: core::ptr::from_ref(self),
                 gsi: args.gsi,
+                resample,
             },
             GFP_KERNEL,
         )?;
+        let key = core::ptr::from_ref(&*target) as usize;
+        // The resampler is in place before the hook can inject (an eventfd
+        // signalled before the assign injects at once).
+        let resampler = if resample {
+            let fd = EventfdCtx::fdget(args.resamplefd as i32)?;
+            Some(self.irqfd_resampler_add(args.gsi, key, fd)?)
+        } else {
+            None
+        };
+        let r = self.irqfd_hook(args, target, resampler.clone());
+        if r.is_err() {
+            if let Some(res) = &resampler {
+                self.irqfd_resampler_shutdown(res, key);
+            }
+        }
+        r
+    }
+
+    /// The eventfd's hook and the irqfd in the list; on failure nothing of it
+    /// remains but the resampler entry, which the caller removes.
+    fn irqfd_hook(
+        &self,
+        args: &uapi::kvm_irqfd,
+        target: KBox<IrqfdTarget<A>>,
+        resampler: Option<Arc<IrqfdResampler>>,
+    ) -> Result<isize> {
         let mut list = self.irqfds.lock();
         list.reserve(1, GFP_KERNEL)?;
         let (mut handle, mut ctx) = (core::ptr::null_mut(), core::ptr::null_mut());
@@ -244,10 +315,65 @@ impl<A: KvmArch> Vm<A> {
             glue,
             eventfd_id: ctx as usize,
             gsi: args.gsi,
-            _target: target,
+            resampler,
+            target,
         })
         .map_err(|_| ENOMEM)?;
         Ok(0)
+    }
+
+    /// The resampler of `gsi` (made, with its ack notifier, if it is the GSI's
+    /// first resampling irqfd) with `fd` added as irqfd `key`'s resamplefd.
+    fn irqfd_resampler_add(
+        &self,
+        gsi: u32,
+        key: usize,
+        fd: EventfdCtx,
+    ) -> Result<Arc<IrqfdResampler>> {
+        let mut all = self.resamplers.lock();
+        let r = match all.iter().find(|r| r.gsi == gsi) {
+            Some(r) => r.clone(),
+            None => {
+                all.reserve(1, GFP_KERNEL)?;
+                let r = Arc::pin_init(
+                    pin_init!(IrqfdResampler {
+                        gsi,
+                        fds <- new_mutex!(KVec::new(), "resampler->list"),
+                    }),
+                    GFP_KERNEL,
+                )?;
+                A::kvm_register_irq_ack_notifier(self, r.clone())?;
+                all.push_within_capacity(r.clone()).map_err(|_| ENOMEM)?;
+                r
+            }
+        };
+        let pushed = r.fds.lock().push((key, fd), GFP_KERNEL);
+        if let Err(e) = pushed {
+            drop(all);
+            self.irqfd_resampler_shutdown(&r, key);
+            return Err(e.into());
+        }
+        Ok(r)
+    }
+
+    /// irqfd_resampler_shutdown(): irqfd `key` leaves its resampler; the last one
+    /// out unregisters the ack notifier and deasserts the resampler's level.
+    fn irqfd_resampler_shutdown(&self, r: &Arc<IrqfdResampler>, key: usize) {
+        let mut all = self.resamplers.lock();
+        let empty = {
+            let mut fds = r.fds.lock();
+            if let Some(i) = fds.iter().position(|(k, _)| *k == key) {
+                let _ = fds.remove(i);
+            }
+            fds.is_empty()
+        };
+        if !empty {
+            return;
+        }
+        if let Some(i) = all.iter().position(|x| Arc::ptr_eq(x, r)) {
+            let _ = all.remove(i);
+        }
+        A::kvm_unregister_irq_ack_notifier(self, r);
     }
 
     /// kvm_irqfd_deassign(): every irqfd of this eventfd and GSI goes; none

@@ -471,6 +471,89 @@ void kvm_glue_irqfd_free(void *irqfd)
 	kfree(p);
 }
 
+struct kvm_glue_pit_timer {
+	struct hrtimer timer;
+	struct work_struct expired;
+	u64 period;
+	bool periodic;
+	void (*fired)(void *owner);
+	void (*expired_fn)(void *owner);
+	void *owner;
+};
+
+static void kvm_glue_pit_expired(struct work_struct *work)
+{
+	struct kvm_glue_pit_timer *t = container_of(work, struct kvm_glue_pit_timer, expired);
+
+	t->expired_fn(t->owner);
+}
+
+/* pit_timer_fn(). */
+static enum hrtimer_restart kvm_glue_pit_timer_fn(struct hrtimer *h)
+{
+	struct kvm_glue_pit_timer *t = container_of(h, struct kvm_glue_pit_timer, timer);
+
+	t->fired(t->owner);
+	schedule_work(&t->expired);
+	if (!READ_ONCE(t->periodic))
+		return HRTIMER_NORESTART;
+	hrtimer_add_expires_ns(h, READ_ONCE(t->period));
+	return HRTIMER_RESTART;
+}
+
+void *kvm_glue_pit_timer_new(void (*fired)(void *owner), void (*expired)(void *owner),
+			     void *owner)
+{
+	struct kvm_glue_pit_timer *t = kzalloc(sizeof(*t), GFP_KERNEL_ACCOUNT);
+
+	if (!t)
+		return NULL;
+	hrtimer_setup(&t->timer, kvm_glue_pit_timer_fn, CLOCK_MONOTONIC, HRTIMER_MODE_ABS);
+	INIT_WORK(&t->expired, kvm_glue_pit_expired);
+	t->fired = fired;
+	t->expired_fn = expired;
+	t->owner = owner;
+	return t;
+}
+
+void kvm_glue_pit_timer_stop(void *p)
+{
+	struct kvm_glue_pit_timer *t = p;
+
+	hrtimer_cancel(&t->timer);
+	flush_work(&t->expired);
+}
+
+void kvm_glue_pit_timer_start(void *p, unsigned long long first_ns,
+			      unsigned long long period_ns, int periodic)
+{
+	struct kvm_glue_pit_timer *t = p;
+
+	kvm_glue_pit_timer_stop(t);
+	WRITE_ONCE(t->period, period_ns);
+	WRITE_ONCE(t->periodic, periodic);
+	hrtimer_start(&t->timer, ktime_add_ns(ktime_get(), first_ns), HRTIMER_MODE_ABS);
+}
+
+void kvm_glue_pit_timer_queue(void *p)
+{
+	struct kvm_glue_pit_timer *t = p;
+
+	schedule_work(&t->expired);
+}
+
+void kvm_glue_pit_timer_free(void *p)
+{
+	struct kvm_glue_pit_timer *t = p;
+
+	if (!t)
+		return;
+	/* The work may re-arm nothing, but the timer may queue the work: timer first. */
+	hrtimer_cancel(&t->timer);
+	cancel_work_sync(&t->expired);
+	kfree(t);
+}
+
 static DEFINE_PER_CPU(const void *, kvm_glue_last_vcpu);
 
 struct kvm_glue_preempt {

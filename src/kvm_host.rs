@@ -12,7 +12,8 @@ use kernel::prelude::*;
 use kernel::sync::{Arc, Mutex, SpinLock};
 
 use crate::abi::caps::Host;
-use crate::eventfd::Irqfd;
+use crate::coalesced_mmio::{CoalescedEntry, CoalescedRing};
+use crate::eventfd::{Irqfd, IrqfdResampler};
 use crate::glue;
 use crate::io_bus::IoRange;
 use crate::ioeventfd;
@@ -24,6 +25,17 @@ use crate::stats::{self, Counters};
 pub(crate) type GfnRanges<'a> = &'a dyn Fn(&mut dyn FnMut(u64, u64));
 /// Hands each gfn of a write-protect to its argument.
 pub(crate) type Gfns<'a> = &'a dyn Fn(&mut dyn FnMut(u64));
+
+/// The generic irq source ids a line is driven from (upstream
+/// KVM_USERSPACE_IRQ_SOURCE_ID, KVM_IRQFD_RESAMPLE_IRQ_SOURCE_ID): a line's level
+/// is the OR over its sources.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum IrqSource {
+    /// KVM_IRQ_LINE and plain irqfds.
+    Userspace,
+    /// Resampling irqfds: asserted until the guest acks the GSI.
+    IrqfdResample,
+}
 
 pub(crate) trait KvmArch: Sized + Send + Sync + 'static {
     /// `struct kvm_arch`: the VM's arch state.
@@ -80,9 +92,19 @@ pub(crate) trait KvmArch: Sized + Send + Sync + 'static {
     /// kvm_arch_irqfd_allowed(): whether an irqfd (a resampling one if
     /// `resample`) can be assigned: the interrupt controller is in the kernel.
     fn kvm_arch_irqfd_allowed(vm: &Vm<Self>, resample: bool) -> bool;
-    /// kvm_set_irq() for an irqfd: drives `gsi` through the routing table, in
-    /// process context with no lock held.
-    fn kvm_set_irq(vm: &Vm<Self>, gsi: u32, level: bool);
+    /// kvm_set_irq() for an irqfd: drives `gsi` through the routing table as seen
+    /// from `source`, in process context with no lock held.
+    fn kvm_set_irq(vm: &Vm<Self>, source: IrqSource, gsi: u32, level: bool);
+    /// kvm_register_irq_ack_notifier() for a resampler: when the guest acks its
+    /// GSI, the arch deasserts the resampler's level
+    /// (KVM_IRQFD_RESAMPLE_IRQ_SOURCE_ID) and calls [`IrqfdResampler::notify`].
+    fn kvm_register_irq_ack_notifier(vm: &Vm<Self>, r: Arc<IrqfdResampler>) -> Result;
+    /// kvm_unregister_irq_ack_notifier(), then the resampler's level deasserted
+    /// (irqfd_resampler_shutdown()).
+    fn kvm_unregister_irq_ack_notifier(vm: &Vm<Self>, r: &Arc<IrqfdResampler>);
+    /// kvm_arch_destroy_vm(): the last reference to the VM is going, before any
+    /// of its parts; in-kernel devices with timers or work stop here.
+    fn kvm_arch_destroy_vm(vm: &Vm<Self>);
 }
 
 /// The creating process's mm, pinned so that the identity check below cannot be
@@ -155,6 +177,19 @@ pub(crate) struct Vm<A: KvmArch> {
     /// KVM_IRQFD's irqfds (upstream kvm->irqfds.items): released with the VM fd.
     #[pin]
     pub(crate) irqfds: Mutex<KVec<Irqfd<A>>>,
+    /// The resamplers of resampling irqfds, one per GSI (upstream
+    /// kvm->irqfds.resampler_list under resampler_lock). Taken before the
+    /// arch's irqchip lock.
+    #[pin]
+    pub(crate) resamplers: Mutex<KVec<Arc<IrqfdResampler>>>,
+    /// kvm->coalesced_mmio_ring and kvm->ring_lock (coalesced_mmio.rs).
+    pub(crate) coalesced_ring: CoalescedRing,
+    #[pin]
+    pub(crate) ring_lock: SpinLock<()>,
+    /// kvm->coalesced_zones (under slots_lock upstream); held across a zone's
+    /// bus change.
+    #[pin]
+    pub(crate) coalesced_zones: Mutex<KVec<CoalescedEntry<A>>>,
     /// `struct kvm_arch`.
     #[pin]
     pub(crate) arch: A::VmArch,

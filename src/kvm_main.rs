@@ -13,6 +13,7 @@ use kernel::prelude::*;
 use arch::kvm_arch::X86;
 
 // The generic core (upstream virt/kvm), written against `kvm_host::KvmArch`.
+mod coalesced_mmio;
 mod dev;
 mod eventfd;
 mod glue;
@@ -29,6 +30,9 @@ mod vm;
 #[allow(unreachable_pub, dead_code)]
 #[path = "abi/mod.rs"]
 mod abi;
+#[allow(unreachable_pub, dead_code)]
+#[path = "virt/coalesced_mmio.rs"]
+mod coalesced;
 #[allow(unreachable_pub, dead_code)]
 #[path = "../arch/x86/hw/mod.rs"]
 mod hw;

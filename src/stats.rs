@@ -39,7 +39,8 @@ pub(crate) mod vcpu {
     pub(crate) const HALT_WAKEUP: usize = 8;
     pub(crate) const PF_FIXED: usize = 9;
     pub(crate) const BLOCKING: usize = 10;
-    pub(crate) const DESCS: [Desc; 11] = [
+    pub(crate) const REQUEST_IRQ_EXITS: usize = 11;
+    pub(crate) const DESCS: [Desc; 12] = [
         Desc::cumulative("exits"),
         Desc::cumulative("io_exits"),
         Desc::cumulative("mmio_exits"),
@@ -51,6 +52,7 @@ pub(crate) mod vcpu {
         Desc::cumulative("halt_wakeup"),
         Desc::cumulative("pf_fixed"),
         Desc::boolean("blocking"),
+        Desc::cumulative("request_irq_exits"),
     ];
 }
 

@@ -54,6 +54,12 @@ pod!(
     kvm_clock_data,
     kvm_irqfd,
     kvm_vapic_addr,
+    kvm_pit_config,
+    kvm_interrupt,
+    kvm_pit_state,
+    kvm_pit_state2,
+    kvm_reinject_control,
+    kvm_coalesced_mmio_zone,
 );
 
 /// Reads a `T` at user address `addr` (-EFAULT if unmapped).

@@ -24,6 +24,7 @@ pub(crate) const PAGE_SIZE: usize = 4096;
 
 /// kvm_run field offsets (the union starts at 32 on every ABI).
 pub(crate) mod run {
+    pub(crate) const REQUEST_INTERRUPT_WINDOW: usize = 0;
     pub(crate) const IMMEDIATE_EXIT: usize = 1;
     pub(crate) const EXIT_REASON: usize = 8;
     pub(crate) const U: usize = 32;
@@ -40,6 +41,8 @@ pub(crate) mod run {
     use core::mem::offset_of;
     const _: () = assert!(offset_of!(kvm_run, ready_for_interrupt_injection) == 12);
     const _: () = assert!(offset_of!(kvm_run, if_flag) == IF_FLAG);
+    const _: () =
+        assert!(offset_of!(kvm_run, request_interrupt_window) == REQUEST_INTERRUPT_WINDOW);
     const _: () = assert!(offset_of!(kvm_run, cr8) == CR8);
     const _: () = assert!(offset_of!(kvm_run, apic_base) == APIC_BASE);
     const _: () = assert!(offset_of!(kvm_run, kvm_valid_regs) == VALID_REGS);
@@ -261,10 +264,13 @@ pub(crate) fn kvm_vcpu_release<A: KvmArch>(p: *mut c_void) {
 
 /// The page at `pgoff` of the vCPU mapping (struct page *), or null (SIGBUS).
 pub(crate) fn kvm_vcpu_page<A: KvmArch>(p: *mut c_void, pgoff: usize) -> *mut c_void {
-    let v = &file::<A>(p).vcpu;
+    let f = file::<A>(p);
+    let v = &f.vcpu;
     let page = match pgoff as u32 {
         0 => v.run.as_ptr(),
         uapi::KVM_PIO_PAGE_OFFSET => v.pio.as_ptr(),
+        // The VM's coalesced-MMIO ring, the same page through every vCPU.
+        uapi::KVM_COALESCED_MMIO_PAGE_OFFSET => f.vm.coalesced_ring.as_ptr(),
         _ => return core::ptr::null_mut(),
     };
     // SAFETY: a page of this vCPU, in the direct map.

@@ -13,6 +13,7 @@ use kernel::sync::{Arc, ArcBorrow};
 use kernel::{new_mutex, new_spinlock};
 
 use crate::abi::{caps, ioctl, uapi};
+use crate::coalesced_mmio::CoalescedRing;
 use crate::kvm_host::{DirtyLog, KvmArch, KvmIoBuses, OwnerMm, Vcpu, Vm, VmLocked};
 use crate::memslot::{self, Slot};
 use crate::stats::{self, Counters, StatsSource};
@@ -26,6 +27,7 @@ pub(crate) fn create<A: KvmArch>(vm_type: usize) -> Result<isize> {
     let vm_type = u32::try_from(vm_type).map_err(|_| EINVAL)?;
     let arch = A::vm_init(vm_type)?;
     let buses = KvmIoBuses::new()?;
+    let coalesced_ring = CoalescedRing::new()?;
     let vm = Arc::pin_init(
         try_pin_init!(Vm::<A> {
             mm: OwnerMm::current(),
@@ -42,6 +44,10 @@ pub(crate) fn create<A: KvmArch>(vm_type: usize) -> Result<isize> {
             buses <- buses,
             ioeventfds <- new_mutex!(KVec::new(), "kvm->ioeventfds"),
             irqfds <- new_mutex!(KVec::new(), "kvm->irqfds.lock"),
+            resamplers <- new_mutex!(KVec::new(), "kvm->irqfds.resampler_lock"),
+            coalesced_ring,
+            ring_lock <- new_spinlock!((), "kvm->ring_lock"),
+            coalesced_zones <- new_mutex!(KVec::new(), "kvm->coalesced_zones"),
             arch <- arch,
         }),
         GFP_KERNEL,
@@ -119,6 +125,14 @@ impl<A: KvmArch> Vm<A> {
                 stats::stats_fd(id, src, c"kvm-vm-stats")
             }
             ioctl::KVM_GET_DIRTY_LOG => self.kvm_vm_ioctl_get_dirty_log(arg, false),
+            ioctl::KVM_REGISTER_COALESCED_MMIO => {
+                let z: uapi::kvm_coalesced_mmio_zone = user::read(arg)?;
+                self.kvm_vm_ioctl_register_coalesced_mmio(&z)
+            }
+            ioctl::KVM_UNREGISTER_COALESCED_MMIO => {
+                let z: uapi::kvm_coalesced_mmio_zone = user::read(arg)?;
+                self.kvm_vm_ioctl_unregister_coalesced_mmio(&z)
+            }
             ioctl::KVM_IOEVENTFD => {
                 let args: uapi::kvm_ioeventfd = user::read(arg)?;
                 self.kvm_ioeventfd(&args)
@@ -348,6 +362,7 @@ impl<A: KvmArch> PinnedDrop for Vm<A> {
             // SAFETY: registered in create(); waits for callbacks in flight, none start after.
             unsafe { glue::kvm_glue_mn_unregister(mn) };
         }
+        A::kvm_arch_destroy_vm(&self);
     }
 }
 

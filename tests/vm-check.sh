@@ -46,6 +46,9 @@ run)
            --add "$kdir/arch/x86/kvm/kvm.ko=/kvm-rs/intree/kvm.ko"
            --add "$kdir/arch/x86/kvm/kvm-amd.ko=/kvm-rs/intree/kvm-amd.ko")
     export KVMRS_BZIMAGE="$kdir/arch/x86/boot/bzImage"
+    # The nested guest's root file system, on virtio-blk.
+    sh "$root/tests/vm/guest-rootfs.sh" "$out/guest-rootfs.img"
+    adds+=(--add "$out/guest-rootfs.img=/kvm-rs/guest-rootfs.img")
     sed "s|\$KVMRS_BZIMAGE|$KVMRS_BZIMAGE|" "$root/tests/vm/plan-run" > "$out/run.plan"
     exec python3 "$root/tests/vm.py" --emulator qemu --kernel "$kdir/arch/x86/boot/bzImage" \
         --plan "$out/run.plan" "${adds[@]}" --host-root --mem 1G --log "$out/vm-run.log" -v "$@" ;;

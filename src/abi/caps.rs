@@ -93,8 +93,18 @@ pub fn check_extension(host: &Host, cap: u64) -> i32 {
         // KVM_GET/SET_SREGS2 with the PAE PDPTRs (vcpu/regs.rs).
         | uapi::KVM_CAP_SREGS2
         // The in-kernel PIC/IOAPIC behind KVM_IRQ_LINE(_STATUS), and MSIs
-        // (irqchip.rs). The PIT is a capability of its own.
+        // (irqchip.rs).
         | uapi::KVM_CAP_IRQCHIP
+        // The in-kernel PIT with its reinjection control (i8254.rs).
+        | uapi::KVM_CAP_PIT
+        | uapi::KVM_CAP_PIT2
+        | uapi::KVM_CAP_PIT_STATE2
+        | uapi::KVM_CAP_REINJECT_CONTROL
+        // The LAPICs in the kernel, the PIC and IOAPIC in userspace: KVM_INTERRUPT's
+        // ExtINT, interrupt-window and IOAPIC-EOI exits (kvm_arch.rs, irq.rs).
+        | uapi::KVM_CAP_SPLIT_IRQCHIP
+        // Coalesced PIO zones, beside the MMIO ones below (coalesced_mmio.rs).
+        | uapi::KVM_CAP_COALESCED_PIO
         | uapi::KVM_CAP_IRQ_INJECT_STATUS
         | uapi::KVM_CAP_SIGNAL_MSI
         // KVM_NMI, with NMI masking until the handler's IRET (x86.rs, svm/).
@@ -103,8 +113,9 @@ pub fn check_extension(host: &Host, cap: u64) -> i32 {
         | uapi::KVM_CAP_IOEVENTFD
         | uapi::KVM_CAP_IOEVENTFD_NO_LENGTH
         | uapi::KVM_CAP_IOEVENTFD_ANY_LENGTH
-        // KVM_IRQFD without resampling (eventfd.rs).
+        // KVM_IRQFD, with resampling for level-triggered GSIs (eventfd.rs).
         | uapi::KVM_CAP_IRQFD
+        | uapi::KVM_CAP_IRQFD_RESAMPLE
         // KVM_SET_VAPIC_ADDR's TPR page (x86.rs).
         | uapi::KVM_CAP_VAPIC
         // The kvmclock pvclock pages and KVM_KVMCLOCK_CTRL (clock.rs).
@@ -122,6 +133,8 @@ pub fn check_extension(host: &Host, cap: u64) -> i32 {
         // KVM_X86_SETUP_MCE / KVM_X86_SET_MCE and the bank MSRs: the most banks a
         // vCPU can have (KVM_MAX_MCE_BANKS).
         uapi::KVM_CAP_MCE if host.vcpus => MAX_MCE_BANKS as i32,
+        // The coalesced-MMIO ring's page offset in the vCPU mapping.
+        uapi::KVM_CAP_COALESCED_MMIO => uapi::KVM_COALESCED_MMIO_PAGE_OFFSET as i32,
         // KVM_GET_CLOCK / KVM_SET_CLOCK (arch/x86/kvm/clock.rs).
         uapi::KVM_CAP_ADJUST_CLOCK if host.vcpus => KVM_CLOCK_VALID_FLAGS as i32,
         // KVM_SET_GSI_ROUTING: the number of routes (KVM_MAX_IRQ_ROUTES).
@@ -159,11 +172,7 @@ mod tests {
 
     #[test]
     fn unknown_and_out_of_range_caps_are_absent() {
-        assert_eq!(check_extension(&HOST, uapi::KVM_CAP_PIT2 as u64), 0);
-        assert_eq!(
-            check_extension(&HOST, uapi::KVM_CAP_SPLIT_IRQCHIP as u64),
-            0
-        );
+        assert_eq!(check_extension(&HOST, uapi::KVM_CAP_X2APIC_API as u64), 0);
         assert_eq!(check_extension(&HOST, 100_000), 0);
         assert_eq!(check_extension(&HOST, u64::MAX), 0);
         assert_eq!(
@@ -212,6 +221,15 @@ mod tests {
         );
         assert_eq!(check_extension(&HOST, uapi::KVM_CAP_XSAVE2 as u64), 4096);
         assert_eq!(check_extension(&HOST, uapi::KVM_CAP_IRQCHIP as u64), 1);
+        assert_eq!(check_extension(&HOST, uapi::KVM_CAP_PIT2 as u64), 1);
+        assert_eq!(
+            check_extension(&HOST, uapi::KVM_CAP_SPLIT_IRQCHIP as u64),
+            1
+        );
+        assert_eq!(
+            check_extension(&HOST, uapi::KVM_CAP_IRQFD_RESAMPLE as u64),
+            1
+        );
         assert_eq!(
             check_extension(&HOST, uapi::KVM_CAP_IRQ_ROUTING as u64),
             4096

@@ -74,6 +74,15 @@ pub const KVM_IRQ_LINE: u32 = iow::<uapi::kvm_irq_level>(0x61);
 pub const KVM_GET_IRQCHIP: u32 = iowr::<uapi::kvm_irqchip>(0x62);
 pub const KVM_SET_IRQCHIP: u32 = ior::<uapi::kvm_irqchip>(0x63);
 pub const KVM_IRQ_LINE_STATUS: u32 = iowr::<uapi::kvm_irq_level>(0x67);
+pub const KVM_CREATE_PIT: u32 = io(0x64);
+pub const KVM_REGISTER_COALESCED_MMIO: u32 = iow::<uapi::kvm_coalesced_mmio_zone>(0x67);
+pub const KVM_UNREGISTER_COALESCED_MMIO: u32 = iow::<uapi::kvm_coalesced_mmio_zone>(0x68);
+pub const KVM_GET_PIT: u32 = iowr::<uapi::kvm_pit_state>(0x65);
+pub const KVM_SET_PIT: u32 = ior::<uapi::kvm_pit_state>(0x66);
+pub const KVM_REINJECT_CONTROL: u32 = io(0x71);
+pub const KVM_CREATE_PIT2: u32 = iow::<uapi::kvm_pit_config>(0x77);
+pub const KVM_GET_PIT2: u32 = ior::<uapi::kvm_pit_state2>(0x9f);
+pub const KVM_SET_PIT2: u32 = iow::<uapi::kvm_pit_state2>(0xa0);
 pub const KVM_SET_GSI_ROUTING: u32 = iow::<uapi::kvm_irq_routing>(0x6a);
 pub const KVM_SIGNAL_MSI: u32 = iow::<uapi::kvm_msi>(0xa5);
 pub const KVM_IOEVENTFD: u32 = iow::<uapi::kvm_ioeventfd>(0x79);
@@ -87,6 +96,7 @@ pub const KVM_PRE_FAULT_MEMORY: u32 = iowr::<uapi::kvm_pre_fault_memory>(0xd5);
 // vCPU ioctls.
 pub const KVM_RUN: u32 = io(0x80);
 pub const KVM_NMI: u32 = io(0x9a);
+pub const KVM_INTERRUPT: u32 = iow::<uapi::kvm_interrupt>(0x86);
 pub const KVM_KVMCLOCK_CTRL: u32 = io(0xad);
 pub const KVM_SET_VAPIC_ADDR: u32 = iow::<uapi::kvm_vapic_addr>(0x93);
 pub const KVM_SET_GUEST_DEBUG: u32 = iow::<uapi::kvm_guest_debug>(0x9b);
@@ -166,6 +176,16 @@ mod tests {
         assert_eq!(KVM_TRANSLATE, 0xc018_ae85);
         assert_eq!(KVM_GET_SREGS2, 0x8140_aecc);
         assert_eq!(KVM_SET_SIGNAL_MASK, 0x4004_ae8b);
+        // struct kvm_pit_state: 3 channels of 24 bytes; _state2 adds flags and
+        // 9 reserved words; kvm_pit_config is 16 words.
+        assert_eq!(KVM_GET_PIT, 0xc048_ae65);
+        assert_eq!(KVM_SET_PIT, 0x8048_ae66);
+        assert_eq!(KVM_CREATE_PIT2, 0x4040_ae77);
+        assert_eq!(KVM_GET_PIT2, 0x8070_ae9f);
+        assert_eq!(KVM_SET_PIT2, 0x4070_aea0);
+        assert_eq!(KVM_REINJECT_CONTROL, 0xae71);
+        assert_eq!(KVM_REGISTER_COALESCED_MMIO, 0x4010_ae67);
+        assert_eq!(KVM_UNREGISTER_COALESCED_MMIO, 0x4010_ae68);
     }
 
     #[test]

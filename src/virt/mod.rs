@@ -1,4 +1,5 @@
 // Shared by the host crate (lib.rs) and the kvm.ko build.
+pub mod coalesced_mmio;
 pub mod io_bus;
 pub mod ioeventfd;
 pub mod memslot;

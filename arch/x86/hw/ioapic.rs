@@ -277,6 +277,19 @@ impl Ioapic {
         }
     }
 
+    /// The pins routed to `vector` (bit n = pin n): an EOI of it runs their ack
+    /// notifiers before [`Ioapic::update_eoi`] looks at their lines, as upstream's
+    /// kvm_ioapic_update_eoi_one() (a notifier may lower the line).
+    pub fn pins_of_vector(&self, vector: u8) -> u32 {
+        let mut pins = 0;
+        for (pin, e) in self.s.redirtbl.iter().enumerate().take(NUM_PINS) {
+            if (*e & VECTOR) as u8 == vector {
+                pins |= 1 << pin;
+            }
+        }
+        pins
+    }
+
     /// A LAPIC EOI of `vector` (kvm_ioapic_update_eoi()). `level`: the vector was
     /// level-triggered in the LAPIC's TMR; `suppress_broadcast`: the LAPIC has
     /// directed EOI on and the guest EOIs the IOAPIC itself. Returns the pins routed

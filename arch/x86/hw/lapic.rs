@@ -1327,7 +1327,7 @@ impl Lapic {
 
 /// `a * b / d`, saturating, without 128-bit division (which the kernel does not
 /// link): exact while `(d - 1) * b` fits in 64 bits (here b <= 10^6, d < 2^32).
-fn mul_div(a: u64, b: u64, d: u64) -> u64 {
+pub(crate) fn mul_div(a: u64, b: u64, d: u64) -> u64 {
     let d = d.max(1);
     (a / d)
         .saturating_mul(b)

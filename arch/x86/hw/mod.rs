@@ -10,6 +10,7 @@ pub mod mce;
 pub mod msr_index;
 pub mod mtrr;
 pub mod pic;
+pub mod pit;
 pub mod processor_flags;
 pub mod sregs;
 pub mod svm;

@@ -11,6 +11,8 @@
 pub const NUM_PINS: u32 = 16;
 /// Upstream's KVM_USERSPACE_IRQ_SOURCE_ID: KVM_IRQ_LINE's source.
 pub const SOURCE_USERSPACE: u32 = 0;
+/// Upstream's KVM_IRQFD_RESAMPLE_IRQ_SOURCE_ID: resampling irqfds' source.
+pub const SOURCE_IRQFD_RESAMPLE: u32 = 1;
 
 /// One chip, field for field `struct kvm_pic_state` (and upstream's kvm_kpic_state).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -4,26 +4,38 @@
 //! (upstream arch/x86/kvm/{i8259,ioapic,irq}.c, virt/kvm/irqchip.c). The models are
 //! the no_std ones in arch/x86/hw; this file connects them to the vCPUs.
 //!
-//! Lock order: the VM's irqchip mutex, then its vCPU list (`locked`), then a vCPU's
-//! LAPIC. A vCPU never holds its LAPIC lock while taking the irqchip.
+//! Lock order: the VM's resampler list, the VM's irqchip mutex, then its vCPU list
+//! (`locked`), then a vCPU's LAPIC, then a resampler's resamplefd list. A vCPU
+//! never holds its LAPIC lock while taking the irqchip.
 
 use kernel::prelude::*;
 use kernel::sync::Arc;
 
 use crate::abi::uapi;
+use crate::arch::i8254::PitShared;
 use crate::arch::kvm_arch::X86;
 use crate::arch::Vcpu;
 use crate::arch::Vm;
+use crate::eventfd::IrqfdResampler;
 use crate::hw::ioapic::{self, Apics, Ioapic};
 use crate::hw::irq_routing::{self, Route, Target, UserEntry};
 use crate::hw::lapic::Irq;
 use crate::hw::pic::{self, Pic};
+use crate::hw::pit;
 use crate::iodev::eopnotsupp;
-use crate::kvm_host::KvmIoDevice;
+use crate::kvm_host::{IrqSource, KvmIoDevice};
 use crate::user::{Fam, IrqRouting};
 
 /// KVM_USERSPACE_IRQ_SOURCE_ID.
-const SOURCE_USERSPACE: u32 = pic::SOURCE_USERSPACE;
+pub(crate) const SOURCE_USERSPACE: u32 = pic::SOURCE_USERSPACE;
+
+/// The number of a generic irq source.
+pub(crate) fn source_id(s: IrqSource) -> u32 {
+    match s {
+        IrqSource::Userspace => pic::SOURCE_USERSPACE,
+        IrqSource::IrqfdResample => pic::SOURCE_IRQFD_RESAMPLE,
+    }
+}
 
 /// The vCPUs' LAPICs as a destination for IOAPIC and MSI messages.
 pub(crate) struct VcpuApics<'a>(pub(crate) &'a [Arc<Vcpu>]);
@@ -57,6 +69,11 @@ pub(crate) struct Irqchip {
     pic: Pic,
     ioapic: Ioapic,
     routes: KVec<Route>,
+    /// The PIT's irq ack and mask notifiers on GSI 0, while it reinjects ticks
+    /// (kvm_register_irq_ack_notifier(), kvm_register_irq_mask_notifier()).
+    pit_notifier: Option<Arc<PitShared>>,
+    /// The resampling irqfds' ack notifiers, one per GSI.
+    resamplers: KVec<Arc<IrqfdResampler>>,
 }
 
 /// Copies a PIC chip between the model and `struct kvm_pic_state`, whose fields
@@ -85,6 +102,15 @@ macro_rules! pic_copy {
     }};
 }
 
+/// SELECT_PIC(): the chip of a PIC pin (0-15).
+fn pic_chip(pin: u32) -> u32 {
+    if pin < 8 {
+        irq_routing::CHIP_PIC_MASTER
+    } else {
+        irq_routing::CHIP_PIC_SLAVE
+    }
+}
+
 /// Whether some vCPU takes the PIC's output (kvm_apic_accept_pic_intr()).
 fn pic_accepted(vcpus: &[Arc<Vcpu>]) -> bool {
     vcpus.iter().any(|v| v.accepts_pic_interrupts())
@@ -105,7 +131,127 @@ impl Irqchip {
             pic: Pic::new(),
             ioapic: Ioapic::new(),
             routes,
+            pit_notifier: None,
+            resamplers: KVec::new(),
         })
+    }
+
+    /// KVM_CAP_SPLIT_IRQCHIP: the routing table alone (empty), for userspace's
+    /// IOAPIC's MSI routes; the PIC and IOAPIC models stay unused, off the buses.
+    pub(crate) fn new_split() -> Self {
+        Irqchip {
+            pic: Pic::new(),
+            ioapic: Ioapic::new(),
+            routes: KVec::new(),
+            pit_notifier: None,
+            resamplers: KVec::new(),
+        }
+    }
+
+    /// kvm_scan_ioapic_routes() for one vector: whether an EOI of `vector` by the
+    /// vCPU `matches` describes is the userspace IOAPIC's (a level-triggered MSI
+    /// route of one of its `nr_pins` reserved GSIs), and so exits to userspace.
+    pub(crate) fn split_ioapic_handles_vector(
+        &self,
+        nr_pins: u32,
+        vector: u8,
+        matches: impl Fn(&Irq) -> bool,
+    ) -> bool {
+        self.routes.iter().any(|r| match r.target {
+            Target::Msi {
+                address_lo,
+                address_hi,
+                data,
+            } if r.gsi < nr_pins => {
+                let irq = irq_routing::msi_irq(address_lo, address_hi, data);
+                irq.trig_level && irq.vector == vector && matches(&irq)
+            }
+            _ => false,
+        })
+    }
+
+    /// Registers (Some) or unregisters (None) the PIT's notifiers.
+    pub(crate) fn set_pit_notifier(&mut self, n: Option<Arc<PitShared>>) {
+        self.pit_notifier = n;
+    }
+
+    /// kvm_register_irq_ack_notifier() for a resampler.
+    pub(crate) fn register_resampler(&mut self, r: Arc<IrqfdResampler>) -> Result {
+        self.resamplers.push(r, GFP_KERNEL)?;
+        Ok(())
+    }
+
+    /// kvm_unregister_irq_ack_notifier() for a resampler, and its level
+    /// deasserted (irqfd_resampler_shutdown()).
+    pub(crate) fn unregister_resampler(&mut self, r: &Arc<IrqfdResampler>, vcpus: &[Arc<Vcpu>]) {
+        if let Some(i) = self.resamplers.iter().position(|x| Arc::ptr_eq(x, r)) {
+            let _ = self.resamplers.remove(i);
+        }
+        self.set_irq(pic::SOURCE_IRQFD_RESAMPLE, r.gsi, false, vcpus);
+    }
+
+    /// kvm_irq_map_chip_pin(): the GSI a chip's pin is routed from (the last
+    /// route naming it, as upstream's table keeps).
+    fn map_chip_pin(&self, chip: u32, pin: u32) -> Option<u32> {
+        self.routes.iter().rev().find_map(|r| match r.target {
+            Target::Irqchip { chip: c, pin: p } if c == chip && p == pin => Some(r.gsi),
+            _ => None,
+        })
+    }
+
+    /// kvm_notify_acked_irq(): the guest acked the interrupt of a chip's pin; the
+    /// ack notifiers of its GSI run (kvm_notify_acked_gsi()).
+    fn kvm_notify_acked_irq(&mut self, chip: u32, pin: u32, vcpus: &[Arc<Vcpu>]) {
+        let Some(gsi) = self.map_chip_pin(chip, pin) else {
+            return;
+        };
+        if gsi == pit::GSI {
+            if let Some(n) = &self.pit_notifier {
+                n.kvm_pit_ack_irq();
+            }
+        }
+        for i in 0..self.resamplers.len() {
+            let Some(r) = self.resamplers.get(i).cloned() else {
+                break;
+            };
+            if r.gsi == gsi {
+                // irqfd_resampler_ack(): the level drops, then userspace hears.
+                self.set_irq(pic::SOURCE_IRQFD_RESAMPLE, gsi, false, vcpus);
+                r.notify();
+            }
+        }
+    }
+
+    /// kvm_fire_mask_notifiers(): a chip's pin was masked or unmasked.
+    fn kvm_fire_mask_notifiers(&self, chip: u32, pin: u32, masked: bool) {
+        if self.map_chip_pin(chip, pin) == Some(pit::GSI) {
+            if let Some(n) = &self.pit_notifier {
+                n.pit_mask_notifier(masked);
+            }
+        }
+    }
+
+    /// The PIC pins whose in-service bit was cleared (pic_clear_isr()).
+    fn pic_notify_acked(&mut self, vcpus: &[Arc<Vcpu>]) {
+        let acked = self.pic.take_acked();
+        for pin in 0..pic::NUM_PINS {
+            if acked & (1 << pin) != 0 {
+                self.kvm_notify_acked_irq(pic_chip(pin), pin, vcpus);
+            }
+        }
+    }
+
+    /// The IMR bits a PIC port write changed (pic_ioport_write()'s OCW1).
+    fn pic_fire_mask_notifiers(&self, old_imr: [u8; 2]) {
+        for pin in 0..pic::NUM_PINS {
+            let (i, bit) = ((pin >> 3) as usize, 1u8 << (pin & 7));
+            let (Some(old), Some(c)) = (old_imr.get(i), self.pic.chips.get(i)) else {
+                continue;
+            };
+            if (old ^ c.imr) & bit != 0 {
+                self.kvm_fire_mask_notifiers(pic_chip(pin), pin, c.imr & bit != 0);
+            }
+        }
     }
 
     /// Kicks the vCPU that takes the PIC's output if it just rose (pic_unlock()).
@@ -179,9 +325,16 @@ impl Irqchip {
         Ok(())
     }
 
-    /// KVM_IRQ_LINE(_STATUS) (kvm_set_irq()): every route of `gsi` is driven; the
-    /// result is -1 (not delivered), 0 (coalesced) or how many got it.
-    pub(crate) fn set_irq(&mut self, gsi: u32, level: bool, vcpus: &[Arc<Vcpu>]) -> i32 {
+    /// KVM_IRQ_LINE(_STATUS) (kvm_set_irq()): every route of `gsi` is driven as
+    /// seen from irq source `source`; the result is -1 (not delivered), 0
+    /// (coalesced) or how many got it.
+    pub(crate) fn set_irq(
+        &mut self,
+        source: u32,
+        gsi: u32,
+        level: bool,
+        vcpus: &[Arc<Vcpu>],
+    ) -> i32 {
         let mut ret = -1;
         for i in 0..self.routes.len() {
             let Some(r) = self.routes.get(i).copied() else {
@@ -193,9 +346,9 @@ impl Irqchip {
             let res = match r.target {
                 Target::Irqchip { chip, pin } if chip == irq_routing::CHIP_IOAPIC => self
                     .ioapic
-                    .set_irq(pin, SOURCE_USERSPACE, level, &mut VcpuApics(vcpus)),
+                    .set_irq(pin, source, level, &mut VcpuApics(vcpus)),
                 Target::Irqchip { pin, .. } => {
-                    let res = self.pic.set_irq(pin, SOURCE_USERSPACE, level);
+                    let res = self.pic.set_irq(pin, source, level);
                     self.pic_wakeup(vcpus);
                     res
                 }
@@ -235,11 +388,14 @@ impl Irqchip {
         let v = match write {
             Some(b) => {
                 let accepted = pic_accepted(vcpus);
+                let old_imr = [self.pic.chips[0].imr, self.pic.chips[1].imr];
                 self.pic.port_write(port, len, b, accepted);
+                self.pic_fire_mask_notifiers(old_imr);
                 0
             }
             None => self.pic.port_read(port, len),
         };
+        self.pic_notify_acked(vcpus);
         self.pic_wakeup(vcpus);
         v
     }
@@ -252,6 +408,7 @@ impl Irqchip {
     /// The INTA cycle: the vector to inject into the vCPU taking the PIC's output.
     pub(crate) fn pic_read_irq(&mut self, vcpus: &[Arc<Vcpu>]) -> u8 {
         let v = self.pic.read_irq();
+        self.pic_notify_acked(vcpus);
         self.pic_wakeup(vcpus);
         v
     }
@@ -265,13 +422,28 @@ impl Irqchip {
     }
 
     pub(crate) fn ioapic_write(&mut self, gpa: u64, len: u32, val: u64, vcpus: &[Arc<Vcpu>]) {
+        let old = self.ioapic.get_state().redirtbl;
         self.ioapic.mmio_write(gpa, len, val, &mut VcpuApics(vcpus));
+        // ioapic_write_indirect(): a redirection entry's mask bit changed.
+        let new = self.ioapic.get_state().redirtbl;
+        for (pin, (o, n)) in old.iter().zip(new.iter()).enumerate() {
+            if (o ^ n) & ioapic::entry::MASKED != 0 {
+                let masked = n & ioapic::entry::MASKED != 0;
+                self.kvm_fire_mask_notifiers(irq_routing::CHIP_IOAPIC, pin as u32, masked);
+            }
+        }
     }
 
     /// A LAPIC EOI of a level-triggered `vector` (kvm_ioapic_update_eoi()), and the
     /// throttled re-delivery of an EOI storm, done at once here (upstream waits
     /// 10 ms in a work item).
     pub(crate) fn ioapic_eoi(&mut self, vector: u8, level: bool, vcpus: &[Arc<Vcpu>]) {
+        let acked = self.ioapic.pins_of_vector(vector);
+        for pin in 0..ioapic::NUM_PINS as u32 {
+            if acked & (1 << pin) != 0 {
+                self.kvm_notify_acked_irq(irq_routing::CHIP_IOAPIC, pin, vcpus);
+            }
+        }
         let mut apics = VcpuApics(vcpus);
         self.ioapic.update_eoi(vector, level, false, &mut apics);
         if self.ioapic.take_delayed_inject() {

@@ -13,18 +13,20 @@ use crate::abi::caps::{self, Host, MAX_VCPU_IDS};
 use crate::abi::{ioctl, uapi};
 use crate::arch::clock::tsc_khz_arg;
 use crate::arch::clock::KvmClock;
+use crate::arch::i8254::KvmPit;
 use crate::arch::irqchip::{self, IoapicDev, Irqchip, PicDev};
 use crate::arch::mmu::tdp::Mmu;
 use crate::arch::vendor::{self, VendorLoaded, VendorRef};
 use crate::arch::x86::VcpuArch;
 use crate::arch::{cpuid, msr, regs, Vcpu, Vm};
-use crate::hw::ioapic;
+use crate::eventfd::IrqfdResampler;
 use crate::hw::lapic::{self, Irq, Lapic};
 use crate::hw::mce::{KVM_MAX_MCE_BANKS, SUPPORTED_MCE_CAP_SVM};
 use crate::hw::tsc::TscSync;
+use crate::hw::{ioapic, irq_routing, pit};
 use crate::io_bus::Bus;
 use crate::kvm_host::VmLocked;
-use crate::kvm_host::{GfnRanges, Gfns, KvmArch, KvmIoDevice};
+use crate::kvm_host::{GfnRanges, Gfns, IrqSource, KvmArch, KvmIoDevice};
 use crate::stats;
 use crate::{glue, user};
 
@@ -35,6 +37,14 @@ const KVM_MIN_ALLOC_MMU_PAGES: usize = 64;
 pub(crate) struct X86;
 
 /// `struct kvm_arch`.
+/// enum kvm_irqchip_mode.
+const IRQCHIP_NONE: u32 = 0;
+const IRQCHIP_KERNEL: u32 = 1;
+const IRQCHIP_SPLIT: u32 = 2;
+
+/// KVM_CAP_SPLIT_IRQCHIP's bound on reserved IOAPIC pins (KVM_MAX_IRQ_ROUTES).
+const MAX_NR_RESERVED_IOAPIC_PINS: u64 = irq_routing::MAX_ROUTES as u64;
+
 #[pin_data]
 pub(crate) struct VmArch {
     /// The vendor module, pinned for the VM's lifetime (its vCPUs pin it too).
@@ -47,9 +57,18 @@ pub(crate) struct VmArch {
     /// The PIC, IOAPIC and routing table (irqchip.rs), taken before kvm->lock.
     #[pin]
     pub(crate) irqchip: Mutex<Option<KBox<Irqchip>>>,
-    /// Set once by KVM_CREATE_IRQCHIP, before any vCPU exists: vCPUs created
+    /// kvm->arch.vpit (i8254.rs): held only to take a reference, before the
+    /// irqchip.
+    #[pin]
+    pub(crate) pit: Mutex<Option<Arc<KvmPit>>>,
+    /// kvm->arch.irqchip_mode: set once, by KVM_CREATE_IRQCHIP (KERNEL) or
+    /// KVM_CAP_SPLIT_IRQCHIP (SPLIT), before any vCPU exists: vCPUs created
     /// afterwards get an in-kernel LAPIC.
-    pub(crate) has_irqchip: AtomicBool,
+    irqchip_mode: AtomicU32,
+    /// kvm->arch.nr_reserved_ioapic_pins: with the split irqchip, the GSIs
+    /// below it are the userspace IOAPIC's pins (their level-triggered MSI
+    /// routes' EOIs exit to userspace).
+    pub(crate) nr_reserved_ioapic_pins: AtomicU32,
     /// KVM_CAP_DISABLE_QUIRKS2: the quirks userspace turned off.
     pub(crate) disabled_quirks: AtomicU64,
     /// KVM_CAP_MSR_PLATFORM_INFO: the guest may read MSR_PLATFORM_INFO.
@@ -117,6 +136,23 @@ fn in_guest_flags() -> Result<KVec<AtomicBool>> {
     Ok(v)
 }
 
+impl VmArch {
+    /// irqchip_in_kernel(): the LAPICs are in the kernel (full or split irqchip).
+    pub(crate) fn irqchip_in_kernel(&self) -> bool {
+        self.irqchip_mode.load(Ordering::Acquire) != IRQCHIP_NONE
+    }
+
+    /// pic_in_kernel() / irqchip_full(): the PIC and IOAPIC are in the kernel too.
+    pub(crate) fn pic_in_kernel(&self) -> bool {
+        self.irqchip_mode.load(Ordering::Acquire) == IRQCHIP_KERNEL
+    }
+
+    /// irqchip_split(): the LAPICs in the kernel, the PIC and IOAPIC in userspace.
+    pub(crate) fn irqchip_split(&self) -> bool {
+        self.irqchip_mode.load(Ordering::Acquire) == IRQCHIP_SPLIT
+    }
+}
+
 impl KvmArch for X86 {
     type VmArch = VmArch;
     type VcpuArch = VcpuArch;
@@ -162,7 +198,9 @@ impl KvmArch for X86 {
             vm_type,
             mmu <- new_mutex!(mmu, "kvm->arch.mmu_lock"),
             irqchip <- new_mutex!(None, "kvm->arch.irqchip"),
-            has_irqchip: AtomicBool::new(false),
+            pit <- new_mutex!(None, "kvm->arch.vpit"),
+            irqchip_mode: AtomicU32::new(IRQCHIP_NONE),
+            nr_reserved_ioapic_pins: AtomicU32::new(0),
             disabled_quirks: AtomicU64::new(0),
             platform_info_readable: AtomicBool::new(true),
             tlb_gen: AtomicU64::new(0),
@@ -223,7 +261,7 @@ impl KvmArch for X86 {
     }
 
     fn vcpu_create(vm: &Vm, id: u32) -> Result<(VcpuArch, impl PinInit<VcpuShared, Error>)> {
-        let irqchip = vm.arch.has_irqchip.load(Ordering::SeqCst);
+        let irqchip = vm.arch.irqchip_in_kernel();
         let tsc_khz = vm.arch.default_tsc_khz.load(Ordering::Relaxed);
         let (mut arch, loaded) = VcpuArch::new(&vm.arch.vendor, id, irqchip, tsc_khz)?;
         // kvm_arch_vcpu_postcreate(): TSC 0, or the other vCPUs' TSC.
@@ -246,16 +284,36 @@ impl KvmArch for X86 {
         kvm_arch_vcpu_put(vcpu);
     }
 
-    fn kvm_arch_irqfd_allowed(vm: &Vm, _resample: bool) -> bool {
-        // irqchip_in_kernel(), which is irqchip_full() until the split irqchip.
-        vm.arch.has_irqchip.load(Ordering::Acquire)
+    fn kvm_arch_irqfd_allowed(vm: &Vm, resample: bool) -> bool {
+        // Resampling needs the in-kernel IOAPIC or PIC to see the ack.
+        if resample {
+            vm.arch.pic_in_kernel()
+        } else {
+            vm.arch.irqchip_in_kernel()
+        }
     }
 
-    fn kvm_set_irq(vm: &Vm, gsi: u32, level: bool) {
+    fn kvm_set_irq(vm: &Vm, source: IrqSource, gsi: u32, level: bool) {
+        vm.kvm_set_irq_source(gsi, irqchip::source_id(source), level);
+    }
+
+    fn kvm_register_irq_ack_notifier(vm: &Vm, r: Arc<IrqfdResampler>) -> Result {
+        let mut chip = vm.arch.irqchip.lock();
+        match (*chip).as_mut() {
+            Some(c) => c.register_resampler(r),
+            None => Err(EINVAL),
+        }
+    }
+
+    fn kvm_unregister_irq_ack_notifier(vm: &Vm, r: &Arc<IrqfdResampler>) {
         let mut chip = vm.arch.irqchip.lock();
         if let Some(c) = (*chip).as_mut() {
-            c.set_irq(gsi, level, &vm.locked.lock().vcpus);
+            c.unregister_resampler(r, &vm.locked.lock().vcpus);
         }
+    }
+
+    fn kvm_arch_destroy_vm(vm: &Vm) {
+        vm.kvm_free_pit();
     }
 
     fn vcpu_ioctl(vcpu: &Vcpu, vm: &Vm, st: &mut VcpuArch, cmd: u32, arg: usize) -> Result<isize> {
@@ -339,18 +397,26 @@ fn kvm_arch_vm_ioctl(vm: &Arc<Vm>, cmd: u32, arg: usize) -> Result<isize> {
             let new = KBox::new(Irqchip::new()?, GFP_KERNEL)?;
             register_irqchip_devices(vm)?;
             *chip = Some(new);
-            vm.arch.has_irqchip.store(true, Ordering::SeqCst);
+            vm.arch
+                .irqchip_mode
+                .store(IRQCHIP_KERNEL, Ordering::Release);
             drop(l);
             Ok(0)
         }
         ioctl::KVM_GET_IRQCHIP => {
             let mut c: uapi::kvm_irqchip = user::read(arg)?;
+            if !vm.arch.pic_in_kernel() {
+                return Err(ENXIO);
+            }
             vm.arch.irqchip.lock().as_ref().ok_or(ENXIO)?.get(&mut c)?;
             user::write(arg, &c)?;
             Ok(0)
         }
         ioctl::KVM_SET_IRQCHIP => {
             let c: uapi::kvm_irqchip = user::read(arg)?;
+            if !vm.arch.pic_in_kernel() {
+                return Err(ENXIO);
+            }
             let mut chip = vm.arch.irqchip.lock();
             let chip = (*chip).as_mut().ok_or(ENXIO)?;
             chip.set(&c, &vm.locked.lock().vcpus)?;
@@ -362,7 +428,8 @@ fn kvm_arch_vm_ioctl(vm: &Arc<Vm>, cmd: u32, arg: usize) -> Result<isize> {
             let chip = (*chip).as_mut().ok_or(ENXIO)?;
             // SAFETY: the union's variants are plain integers.
             let gsi = unsafe { ev.__bindgen_anon_1.irq };
-            let status = chip.set_irq(gsi, ev.level != 0, &vm.locked.lock().vcpus);
+            let source = irqchip::SOURCE_USERSPACE;
+            let status = chip.set_irq(source, gsi, ev.level != 0, &vm.locked.lock().vcpus);
             if cmd == ioctl::KVM_IRQ_LINE_STATUS {
                 ev.__bindgen_anon_1.status = status;
                 user::write(arg, &ev)?;
@@ -373,7 +440,7 @@ fn kvm_arch_vm_ioctl(vm: &Arc<Vm>, cmd: u32, arg: usize) -> Result<isize> {
             let mut chip = vm.arch.irqchip.lock();
             // kvm_arch_can_set_irq_routing(): only with an in-kernel irqchip.
             let chip = (*chip).as_mut().ok_or(EINVAL)?;
-            let routes = irqchip::read_routes(arg, false)?;
+            let routes = irqchip::read_routes(arg, vm.arch.irqchip_split())?;
             chip.set_routes(routes);
             Ok(0)
         }
@@ -391,6 +458,38 @@ fn kvm_arch_vm_ioctl(vm: &Arc<Vm>, cmd: u32, arg: usize) -> Result<isize> {
             }
             Ok(r as isize)
         }
+        ioctl::KVM_CREATE_PIT => vm.kvm_create_pit(pit::SPEAKER_DUMMY),
+        ioctl::KVM_CREATE_PIT2 => {
+            let c: uapi::kvm_pit_config = user::read(arg)?;
+            vm.kvm_create_pit(c.flags)
+        }
+        ioctl::KVM_GET_PIT => {
+            // Read first, as upstream: a bad pointer is -EFAULT before -ENXIO.
+            let _: uapi::kvm_pit_state = user::read(arg)?;
+            let s = vm.vpit()?.get_pit();
+            user::write(arg, &s)?;
+            Ok(0)
+        }
+        ioctl::KVM_SET_PIT => {
+            let s: uapi::kvm_pit_state = user::read(arg)?;
+            vm.vpit()?.set_pit(&s);
+            Ok(0)
+        }
+        ioctl::KVM_GET_PIT2 => {
+            let s = vm.vpit()?.get_pit2();
+            user::write(arg, &s)?;
+            Ok(0)
+        }
+        ioctl::KVM_SET_PIT2 => {
+            let s: uapi::kvm_pit_state2 = user::read(arg)?;
+            vm.vpit()?.set_pit2(&s);
+            Ok(0)
+        }
+        ioctl::KVM_REINJECT_CONTROL => {
+            let c: uapi::kvm_reinject_control = user::read(arg)?;
+            vm.vpit()?.kvm_vm_ioctl_reinject(vm, &c);
+            Ok(0)
+        }
         // x86's kvm_arch_vm_ioctl() answers unknown commands with -ENOTTY.
         _ => Err(ENOTTY),
     }
@@ -402,6 +501,28 @@ fn kvm_vm_ioctl_enable_cap(vm: &Vm, c: &uapi::kvm_enable_cap) -> Result<isize> {
         return Err(EINVAL);
     }
     match c.cap {
+        uapi::KVM_CAP_SPLIT_IRQCHIP => {
+            if c.args[0] > MAX_NR_RESERVED_IOAPIC_PINS {
+                return Err(EINVAL);
+            }
+            let mut chip = vm.arch.irqchip.lock();
+            if chip.is_some() {
+                return Err(EEXIST);
+            }
+            // Held until the mode is set, as KVM_CREATE_IRQCHIP.
+            let l = vm.locked.lock();
+            if !l.vcpus.is_empty() {
+                return Err(EEXIST);
+            }
+            // The routing table starts empty; userspace's IOAPIC sets MSI routes.
+            *chip = Some(KBox::new(Irqchip::new_split(), GFP_KERNEL)?);
+            vm.arch
+                .nr_reserved_ioapic_pins
+                .store(c.args[0] as u32, Ordering::Relaxed);
+            vm.arch.irqchip_mode.store(IRQCHIP_SPLIT, Ordering::Release);
+            drop(l);
+            Ok(0)
+        }
         uapi::KVM_CAP_MAX_VCPU_ID => {
             let want = c.args[0];
             if want > u64::from(MAX_VCPU_IDS) {
@@ -440,6 +561,14 @@ fn kvm_vm_ioctl_enable_cap(vm: &Vm, c: &uapi::kvm_enable_cap) -> Result<isize> {
 }
 
 impl Vm {
+    /// kvm_set_irq(): drives `gsi` as irq source `source`, if there is an irqchip.
+    pub(crate) fn kvm_set_irq_source(&self, gsi: u32, source: u32, level: bool) {
+        let mut chip = self.arch.irqchip.lock();
+        if let Some(c) = (*chip).as_mut() {
+            c.set_irq(source, gsi, level, &self.locked.lock().vcpus);
+        }
+    }
+
     /// Makes every vCPU flush its TLB before it next runs guest code, and waits
     /// until none is still running on old translations. Called with `mmu` held.
     /// As upstream's kvm_flush_remote_tlbs(), only CPUs where one of our vCPUs is

@@ -3,6 +3,7 @@
 //! model (arch/x86/hw/lapic.rs) behind a spinlock so other vCPUs can deliver
 //! IPIs, its xAPIC page, KVM_GET/SET_LAPIC, INIT/SIPI and timer events.
 
+use core::sync::atomic::Ordering;
 use kernel::prelude::*;
 use kernel::transmute::{AsBytes, FromBytes};
 
@@ -124,6 +125,13 @@ impl Vcpu {
         Some(accepted)
     }
 
+    /// kvm_apic_match_dest() for a device's message (no source, no shorthand).
+    fn apic_matches(&self, irq: &Irq) -> bool {
+        (*self.arch.lapic.lock())
+            .as_ref()
+            .is_some_and(|l| l.matches(irq, crate::hw::lapic::NO_SOURCE, false))
+    }
+
     /// Whether this vCPU takes the PIC's output (kvm_apic_accept_pic_intr()).
     pub(crate) fn accepts_pic_interrupts(&self) -> bool {
         self.arch
@@ -139,9 +147,22 @@ impl Vcpu {
     }
 
     /// Carries out what a LAPIC register write asked for.
-    pub(crate) fn lapic_action(&self, vm: &Vm, a: Action) {
+    pub(crate) fn lapic_action(&self, vm: &Vm, st: &mut VcpuArch, a: Action) {
         match a {
             Action::SendIpi(irq) => vm.kvm_irq_delivery_to_apic(&irq, self.id),
+            // kvm_ioapic_send_eoi(): userspace's IOAPIC hears of an EOI of one
+            // of its vectors through an exit (KVM_REQ_IOAPIC_EOI_EXIT).
+            Action::Eoi { vector, .. } if vm.arch.irqchip_split() => {
+                let nr_pins = vm.arch.nr_reserved_ioapic_pins.load(Ordering::Relaxed);
+                let chip = vm.arch.irqchip.lock();
+                let theirs = (*chip).as_ref().is_some_and(|c| {
+                    c.split_ioapic_handles_vector(nr_pins, vector, |irq| self.apic_matches(irq))
+                });
+                drop(chip);
+                if theirs {
+                    st.pending_ioapic_eoi = Some(vector);
+                }
+            }
             // The IOAPIC re-delivers a level-triggered line still asserted.
             Action::Eoi { vector, level } => {
                 if let Some(chip) = (*vm.arch.irqchip.lock()).as_mut() {
@@ -193,7 +214,7 @@ impl Vcpu {
                         l.mmio_write_sized(off, len, w as u32, now)
                     });
                     drop(g);
-                    self.lapic_action(vm, a);
+                    self.lapic_action(vm, st, a);
                 }
                 if let Some(l) = (*self.arch.lapic.lock()).as_ref() {
                     st.regs.cr8 = l.cr8();
@@ -203,7 +224,7 @@ impl Vcpu {
         };
         st.regs.cr8 = l.cr8();
         drop(g);
-        self.lapic_action(vm, action);
+        self.lapic_action(vm, st, action);
         Some(self.kvm_skip_emulated_instruction(st, next_rip))
     }
 

@@ -7,6 +7,7 @@ pub(crate) mod clock;
 pub(crate) mod cpuid;
 pub(crate) mod debug;
 pub(crate) mod emulate;
+pub(crate) mod i8254;
 pub(crate) mod irq;
 pub(crate) mod irqchip;
 pub(crate) mod kvm_arch;

@@ -263,7 +263,7 @@ impl Vcpu {
                 drop(g);
                 match r {
                     Ok(a) => {
-                        self.lapic_action(vm, a);
+                        self.lapic_action(vm, st, a);
                         true
                     }
                     Err(_) => false,

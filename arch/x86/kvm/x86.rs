@@ -101,6 +101,12 @@ pub(crate) struct VcpuArch {
     /// NMIs raised (KVM_NMI, the LAPIC) and not yet counted into `nmi_pending`
     /// (upstream nmi_queued).
     pub(crate) nmi_queued: u32,
+    /// With the split irqchip: the ExtINT vector userspace's PIC gave with
+    /// KVM_INTERRUPT, until the LAPIC takes it (upstream
+    /// pending_external_vector), and a LAPIC EOI of a vector of userspace's
+    /// IOAPIC, to report in a KVM_EXIT_IOAPIC_EOI (pending_ioapic_eoi).
+    pub(crate) pending_external_vector: Option<u8>,
+    pub(crate) pending_ioapic_eoi: Option<u8>,
     /// The guest's DR0-3, DR6 and DR7 (upstream arch.db, dr6, dr7).
     pub(crate) db: [u64; 4],
     pub(crate) dr6: u64,
@@ -201,6 +207,8 @@ impl VcpuArch {
             ran: false,
             nmi_pending: 0,
             nmi_queued: 0,
+            pending_external_vector: None,
+            pending_ioapic_eoi: None,
             misc_enable: MISC_ENABLE_RESET,
             msr_hwcr: 0,
             platform_info: 0,
@@ -351,6 +359,10 @@ impl Vcpu {
                 st.nmi_queued = st.nmi_queued.saturating_add(1);
                 Ok(0)
             }
+            ioctl::KVM_INTERRUPT => {
+                let irq: uapi::kvm_interrupt = user::read(arg)?;
+                self.kvm_vcpu_ioctl_interrupt(vm, st, irq.irq)
+            }
             ioctl::KVM_PRE_FAULT_MEMORY => self.kvm_vcpu_pre_fault_memory(vm, arg),
             ioctl::KVM_GET_MSRS | ioctl::KVM_SET_MSRS => {
                 self.msrs(vm, st, arg, cmd == ioctl::KVM_SET_MSRS)
@@ -482,8 +494,7 @@ impl Vcpu {
         if valid & SYNC_REGS_EVENTS != 0 {
             self.run_write(run::SYNC_EVENTS, get_events(st));
         }
-        let lapic = self.arch.lapic.lock().is_some();
-        let ready = lapic || st.vendor.interrupt_allowed(st.regs.rflags);
+        let ready = vm.arch.pic_in_kernel() || self.kvm_vcpu_ready_for_interrupt_injection(vm, st);
         self.run_write(run::IF_FLAG, u8::from(st.regs.rflags & X86_EFLAGS_IF != 0));
         self.run_write(run::CR8, st.regs.cr8);
         self.run_write(run::APIC_BASE, self.apic_base(st));
@@ -562,6 +573,13 @@ impl Vcpu {
             if let Next::User(r) = next {
                 return r.map(|()| 0);
             }
+            if self.dm_request_for_irq_injection(vm)
+                && self.kvm_vcpu_ready_for_interrupt_injection(vm, st)
+            {
+                self.stats.inc(st_::REQUEST_IRQ_EXITS);
+                self.set_exit(uapi::KVM_EXIT_IRQ_WINDOW_OPEN);
+                return Ok(0);
+            }
             // SAFETY: process context, interrupts and preemption on, only our vCPU mutex held; may schedule.
             if unsafe { glue::kvm_glue_xfer_to_guest_mode_handle_work() } != 0 {
                 self.stats.inc(st_::SIGNAL_EXITS);
@@ -602,6 +620,14 @@ impl Vcpu {
             self.set_exit(uapi::KVM_EXIT_SHUTDOWN);
             return Next::User(Ok(()));
         }
+        // KVM_REQ_IOAPIC_EOI_EXIT: userspace's IOAPIC hears of the EOI.
+        if let Some(vector) = st.pending_ioapic_eoi.take() {
+            self.set_exit(uapi::KVM_EXIT_IOAPIC_EOI);
+            self.run_write(run::U, vector);
+            return Next::User(Ok(()));
+        }
+        let req_int_win =
+            self.dm_request_for_irq_injection(vm) && self.kvm_cpu_accept_dm_intr(vm, st);
         // NMIs before interrupts, as kvm_check_and_inject_events() orders them;
         // neither while userspace asks for none (KVM_GUESTDBG_BLOCKIRQ).
         process_nmi(st);
@@ -617,6 +643,9 @@ impl Vcpu {
             if has_lapic {
                 self.kvm_check_and_inject_events(vm, st);
             }
+        }
+        if req_int_win {
+            st.vendor.enable_irq_window();
         }
         self.kvm_mmu_reload(vm, st);
         // Run with all-zero DR6 causes unless the guest can write DR6 freely, so

@@ -20,10 +20,12 @@ use std::ptr;
 use kvm_abi::ioctl::{io, ior, iow, iowr, KVM_CREATE_VM, KVM_GET_VCPU_MMAP_SIZE};
 use kvm_abi::uapi;
 mod clock;
+mod coalesced;
 mod debug;
 mod ioeventfd;
 mod irq;
 mod mce;
+mod pit;
 mod report;
 mod xstate;
 use report::{errno, ioctl, show, Report};
@@ -206,7 +208,7 @@ impl Drop for Mem {
 }
 
 /// What one KVM_RUN came back with.
-#[derive(PartialEq)]
+#[derive(Debug, PartialEq)]
 enum Exit {
     /// KVM_EXIT_IO; `data` is what the page at `offset` holds for OUT, empty for IN.
     Io {
@@ -333,22 +335,23 @@ struct Guest {
 
 impl Guest {
     fn new(kvm: RawFd) -> Result<Guest, String> {
-        Guest::create(kvm, false)
+        Guest::create(kvm, |_| Ok(()))
     }
 
     /// With KVM_CREATE_IRQCHIP before the vCPU, so that it has an in-kernel LAPIC.
     fn with_irqchip(kvm: RawFd) -> Result<Guest, String> {
-        Guest::create(kvm, true)
+        Guest::create(kvm, |vm| {
+            sys("KVM_CREATE_IRQCHIP", ioctl(vm, KVM_CREATE_IRQCHIP, 0)).map(drop)
+        })
     }
 
-    fn create(kvm: RawFd, irqchip: bool) -> Result<Guest, String> {
+    /// `chip` runs on the new VM fd before its vCPU exists (the irqchip).
+    fn create(kvm: RawFd, chip: impl FnOnce(RawFd) -> Result<(), String>) -> Result<Guest, String> {
         let mem = Mem::new(MEM_SIZE)?;
         let vm = sys("KVM_CREATE_VM", ioctl(kvm, KVM_CREATE_VM, 0))?;
-        if irqchip {
-            if let Err(e) = sys("KVM_CREATE_IRQCHIP", ioctl(vm, KVM_CREATE_IRQCHIP, 0)) {
-                close(vm);
-                return Err(e);
-            }
+        if let Err(e) = chip(vm) {
+            close(vm);
+            return Err(e);
         }
         let mut g = Guest {
             kvm,
@@ -1390,7 +1393,7 @@ fn immediate_exit(t: &mut Report, kvm: RawFd) -> Result<(), String> {
 type Case = fn(&mut Report, RawFd) -> Result<(), String>;
 
 fn main() {
-    let cases: [(&str, Case); 25] = [
+    let cases: [(&str, Case); 29] = [
         ("real-io", |t, kvm| real_io(t, kvm, "real-io")),
         ("real-string-io", real_string_io),
         ("pm32", pm32),
@@ -1414,8 +1417,12 @@ fn main() {
         ("mce", mce::mce),
         ("clock", clock::clock),
         ("irqfd", irq::irqfd_case),
+        ("irqfd-resample", irq::irqfd_resample_case),
+        ("split-irqchip", irq::split_irqchip),
         ("mtrr", mce::mtrr),
         ("vapic", irq::vapic),
+        ("pit", pit::pit),
+        ("coalesced-mmio", coalesced::coalesced),
     ];
     let only = std::env::args().nth(1);
     if let Some(name) = &only {

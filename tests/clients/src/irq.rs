@@ -55,7 +55,7 @@ fn ioapic_entry(g: &Guest, pin: usize) -> Result<(u64, u32), String> {
 }
 
 /// Real mode from 0x1000, stack at 0x8000, handlers at the given IVT vectors.
-fn setup(g: &Guest, code: &[u8], handlers: &[(u8, u16, Vec<u8>)]) -> Result<(), String> {
+pub(crate) fn setup(g: &Guest, code: &[u8], handlers: &[(u8, u16, Vec<u8>)]) -> Result<(), String> {
     g.mem.write(0x1000, code);
     for (vector, at, h) in handlers {
         g.mem.write(u64::from(*at), h);
@@ -66,7 +66,7 @@ fn setup(g: &Guest, code: &[u8], handlers: &[(u8, u16, Vec<u8>)]) -> Result<(), 
 }
 
 /// `mov al, v; out port, al`.
-fn out_al(port: u8, v: u8) -> [u8; 4] {
+pub(crate) fn out_al(port: u8, v: u8) -> [u8; 4] {
     [0xb0, v, 0xe6, port]
 }
 
@@ -92,7 +92,7 @@ fn wrmsr(msr: u32, val: u32) -> Vec<u8> {
 }
 
 /// `sti` then `hlt` in a loop: every interrupt handler reports through a port.
-const IDLE: [u8; 4] = [0xfb, 0xf4, 0xeb, 0xfd];
+pub(crate) const IDLE: [u8; 4] = [0xfb, 0xf4, 0xeb, 0xfd];
 
 /// The 8259 pair: the guest initializes it through its ports (no exits), an edge
 /// on KVM_IRQ_LINE reaches its handler at the programmed vector through LINT0
@@ -652,6 +652,388 @@ pub(crate) fn irqfd_case(t: &mut Report, kvm: RawFd) -> Result<(), String> {
         libc::close(e1);
         libc::close(e2);
     }
+    Ok(())
+}
+
+fn irqfd_resample(vm: RawFd, fd: i32, resamplefd: i32, gsi: u32) -> Result<i32, i32> {
+    let mut a = uapi::kvm_irqfd {
+        fd: fd as u32,
+        gsi,
+        flags: uapi::KVM_IRQFD_FLAG_RESAMPLE,
+        resamplefd: resamplefd as u32,
+        ..Default::default()
+    };
+    ioctl_ref(vm, KVM_IRQFD, &mut a)
+}
+
+/// The eventfd's counter, read without blocking (0 when nothing was signalled).
+fn drain(fd: i32) -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: reads 8 bytes into a live buffer from a non-blocking eventfd.
+    let n = unsafe { libc::read(fd, b.as_mut_ptr().cast(), 8) };
+    if n == 8 {
+        u64::from_ne_bytes(b)
+    } else {
+        0
+    }
+}
+
+/// KVM_IRQFD_FLAG_RESAMPLE: a resampling irqfd asserts a level-triggered IOAPIC
+/// line until the guest's EOI, which deasserts it and signals the resamplefd;
+/// a signal after that interrupts again; deassigning the last irqfd of the GSI
+/// drops its level; and the errnos of a bad resamplefd and a VM without irqchip.
+pub(crate) fn irqfd_resample_case(t: &mut Report, kvm: RawFd) -> Result<(), String> {
+    t.expect(
+        "resample: KVM_CHECK_EXTENSION(KVM_CAP_IRQFD_RESAMPLE)",
+        report::ioctl(kvm, io(0x03), uapi::KVM_CAP_IRQFD_RESAMPLE.into()),
+        Ok(1),
+    );
+    // SAFETY: plain syscalls; the fds are closed below.
+    let (e, r) = unsafe {
+        (
+            libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK),
+            libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK),
+        )
+    };
+    if e < 0 || r < 0 {
+        return Err(format!("eventfd: {}", Error::last_os_error()));
+    }
+    let plain = Guest::new(kvm)?;
+    t.expect(
+        "resample: without an in-kernel irqchip",
+        irqfd_resample(plain.vm, e, r, 10),
+        Err(libc::EINVAL),
+    );
+    drop(plain);
+
+    let g = Guest::with_irqchip(kvm)?;
+    g.set_supported_cpuid()?;
+    let mut code = x2apic_on();
+    code.extend(out_al(0x21, 0xff)); // mask the PIC
+    code.extend(out_al(0xa1, 0xff));
+    code.extend([
+        0x66, 0xc7, 0x06, 0x00, 0x00, 0x24, 0, 0, 0, // mov dword [0], 0x10 + 2 * 10
+        0x66, 0xc7, 0x06, 0x10, 0x00, 0x50, 0x80, 0, 0, // mov dword [0x10], level | 0x50
+    ]);
+    code.extend(out_al(0x12, 0x12));
+    code.extend(IDLE);
+    let mut handler = out_al(0x10, 0x50).to_vec();
+    handler.extend(wrmsr(0x80b, 0)); // EOI
+    handler.extend(out_al(0x11, 0x11));
+    handler.push(0xcf); // iret
+    setup(&g, &code, &[(0x50, 0x2000, handler)])?;
+    let mut s = g.sregs()?;
+    s.ds.base = 0xfec0_0000;
+    g.set_sregs(s)?;
+    t.exit(
+        "resample: the guest is up",
+        &g.step(),
+        &out(0x12, 1, 1, &[0x12]),
+    );
+    t.expect(
+        "resample: a bad resamplefd",
+        irqfd_resample(g.vm, e, -1, 10),
+        Err(libc::EBADF),
+    );
+    sys("KVM_IRQFD(RESAMPLE)", irqfd_resample(g.vm, e, r, 10))?;
+    signal(e)?;
+    t.exit(
+        "resample: the irqfd interrupts at the entry's vector",
+        &g.step(),
+        &out(0x10, 1, 1, &[0x50]),
+    );
+    let (ent, irr) = ioapic_entry(&g, 10)?;
+    t.check(
+        "resample: before the EOI the line is held, remote IRR set, no resample",
+        ent & (1 << 14) != 0 && irr & (1 << 10) != 0 && drain(r) == 0,
+        format!("entry {ent:#x} irr {irr:#x}"),
+    );
+    t.exit(
+        "resample: the handler EOIs",
+        &g.step(),
+        &out(0x11, 1, 1, &[0x11]),
+    );
+    let (ent, irr) = ioapic_entry(&g, 10)?;
+    let n = drain(r);
+    t.check(
+        "resample: the EOI dropped the line and signalled the resamplefd once",
+        ent & (1 << 14) == 0 && irr & (1 << 10) == 0 && n == 1,
+        format!("entry {ent:#x} irr {irr:#x} resamplefd {n}"),
+    );
+    signal(e)?;
+    t.exit(
+        "resample: a new signal interrupts again",
+        &g.step(),
+        &out(0x10, 1, 1, &[0x50]),
+    );
+    sys(
+        "KVM_IRQFD(DEASSIGN)",
+        irqfd(g.vm, e, 10, uapi::KVM_IRQFD_FLAG_DEASSIGN),
+    )?;
+    let (_, irr) = ioapic_entry(&g, 10)?;
+    t.check(
+        "resample: deassigning the GSI's last resampling irqfd drops its level",
+        irr & (1 << 10) == 0,
+        format!("irr {irr:#x}"),
+    );
+    // A resampling irqfd left for the VM's release (kvm_irqfd_release()).
+    sys("KVM_IRQFD(RESAMPLE)", irqfd_resample(g.vm, e, r, 10))?;
+    drop(g);
+    // SAFETY: closes the eventfds made above.
+    unsafe {
+        libc::close(e);
+        libc::close(r);
+    }
+    Ok(())
+}
+
+const KVM_ENABLE_CAP: u32 = iow::<uapi::kvm_enable_cap>(0xa3);
+const KVM_INTERRUPT: u32 = iow::<uapi::kvm_interrupt>(0x86);
+const KVM_CREATE_PIT2: u32 = iow::<uapi::kvm_pit_config>(0x77);
+
+fn enable_split(vm: RawFd, pins: u64) -> Result<i32, i32> {
+    let mut c = uapi::kvm_enable_cap {
+        cap: uapi::KVM_CAP_SPLIT_IRQCHIP,
+        ..Default::default()
+    };
+    c.args[0] = pins;
+    ioctl_ref(vm, KVM_ENABLE_CAP, &mut c)
+}
+
+fn interrupt(g: &Guest, irq: u32) -> Result<i32, i32> {
+    let mut i = uapi::kvm_interrupt { irq };
+    ioctl_ref(g.vcpu, KVM_INTERRUPT, &mut i)
+}
+
+/// kvm_run's request_interrupt_window, which userspace owns.
+fn request_window(g: &Guest, on: bool) {
+    // SAFETY: the field is inside the vCPU mapping; the vCPU is not running.
+    unsafe { ptr::addr_of_mut!((*g.run).request_interrupt_window).write_volatile(on.into()) }
+}
+
+/// (ready_for_interrupt_injection, if_flag) as the last KVM_RUN left them.
+fn readiness(g: &Guest) -> (u8, u8) {
+    let r = g.state();
+    (r.ready_for_interrupt_injection, r.if_flag)
+}
+
+fn msi_route(gsi: u32, data: u32) -> uapi::kvm_irq_routing_entry {
+    let mut e = uapi::kvm_irq_routing_entry {
+        gsi,
+        type_: uapi::KVM_IRQ_ROUTING_MSI,
+        ..Default::default()
+    };
+    e.u.msi = uapi::kvm_irq_routing_msi {
+        address_lo: 0xfee0_0000,
+        data,
+        ..Default::default()
+    };
+    e
+}
+
+/// KVM_CAP_SPLIT_IRQCHIP (kernel-irqchip=split): the LAPIC in the kernel, the PIC
+/// and IOAPIC in userspace. Userspace's ExtINT goes in with KVM_INTERRUPT once an
+/// interrupt-window exit says the guest can take it; MSI routes (the userspace
+/// IOAPIC's pins) deliver through KVM_IRQ_LINE, and the EOI of a level-triggered
+/// one on a reserved pin exits with KVM_EXIT_IOAPIC_EOI. Also KVM_INTERRUPT without
+/// an irqchip, and the errnos.
+pub(crate) fn split_irqchip(t: &mut Report, kvm: RawFd) -> Result<(), String> {
+    t.expect(
+        "split: KVM_CHECK_EXTENSION(KVM_CAP_SPLIT_IRQCHIP)",
+        report::ioctl(kvm, io(0x03), uapi::KVM_CAP_SPLIT_IRQCHIP.into()),
+        Ok(1),
+    );
+    let with_vcpu = Guest::new(kvm)?;
+    t.expect(
+        "split: once a vCPU exists",
+        enable_split(with_vcpu.vm, 24),
+        Err(libc::EEXIST),
+    );
+    // KVM_INTERRUPT without an irqchip: injected at the next entry.
+    let mut code = vec![0xfb, 0x90]; // sti; nop
+    code.extend(out_al(0x12, 0x12));
+    code.push(0xf4); // hlt
+    setup(
+        &with_vcpu,
+        &code,
+        &[(0x60, 0x2000, [&out_al(0x14, 0x14)[..], &[0xcf]].concat())],
+    )?;
+    t.exit(
+        "split: no irqchip: up",
+        &with_vcpu.step(),
+        &out(0x12, 1, 1, &[0x12]),
+    );
+    t.check(
+        "split: no irqchip: ready for injection with IF set",
+        readiness(&with_vcpu) == (1, 1),
+        format!("{:?}", readiness(&with_vcpu)),
+    );
+    t.expect(
+        "split: no irqchip: KVM_INTERRUPT of vector 256",
+        interrupt(&with_vcpu, 256),
+        Err(libc::EINVAL),
+    );
+    t.expect(
+        "split: no irqchip: KVM_INTERRUPT",
+        interrupt(&with_vcpu, 0x60),
+        Ok(0),
+    );
+    t.exit(
+        "split: no irqchip: the vector's handler runs",
+        &with_vcpu.step(),
+        &out(0x14, 1, 1, &[0x14]),
+    );
+    drop(with_vcpu);
+    let full = Guest::with_irqchip(kvm)?;
+    t.expect(
+        "split: KVM_INTERRUPT with the in-kernel PIC",
+        interrupt(&full, 0x60),
+        Err(libc::ENXIO),
+    );
+    t.expect(
+        "split: after KVM_CREATE_IRQCHIP",
+        enable_split(full.vm, 24),
+        Err(libc::EEXIST),
+    );
+    drop(full);
+
+    let g = Guest::create(kvm, |vm| {
+        let too_many = enable_split(vm, 4097);
+        if too_many != Err(libc::EINVAL) {
+            return Err(format!(
+                "split: 4097 reserved pins: {too_many:?}, want EINVAL"
+            ));
+        }
+        sys("KVM_ENABLE_CAP(SPLIT_IRQCHIP)", enable_split(vm, 24)).map(drop)
+    })?;
+    g.set_supported_cpuid()?;
+    t.expect(
+        "split: enabled twice",
+        enable_split(g.vm, 24),
+        Err(libc::EEXIST),
+    );
+    t.expect(
+        "split: KVM_CREATE_IRQCHIP",
+        ioctl(g.vm, io(0x60), 0),
+        Err(libc::EEXIST),
+    );
+    let mut c = uapi::kvm_irqchip::default();
+    t.expect(
+        "split: KVM_GET_IRQCHIP",
+        ioctl_ref(g.vm, KVM_GET_IRQCHIP, &mut c),
+        Err(libc::ENXIO),
+    );
+    let mut pit = uapi::kvm_pit_config::default();
+    t.expect(
+        "split: KVM_CREATE_PIT2",
+        ioctl_ref(g.vm, KVM_CREATE_PIT2, &mut pit),
+        Err(libc::ENOENT),
+    );
+    let mut r = Routing::<1> {
+        nr: 1,
+        flags: 0,
+        entries: [route(2, uapi::KVM_IRQCHIP_IOAPIC, 2)],
+    };
+    t.expect(
+        "split: a route to the in-kernel IOAPIC",
+        set_routing(g.vm, &mut r),
+        Err(libc::EINVAL),
+    );
+    // GSI 2, a reserved pin, and GSI 30, not one: level-triggered MSIs.
+    let mut r = Routing::<2> {
+        nr: 2,
+        flags: 0,
+        entries: [msi_route(2, 0x8061), msi_route(30, 0x8062)],
+    };
+    sys("KVM_SET_GSI_ROUTING", set_routing(g.vm, &mut r))?;
+
+    let mut code = x2apic_on();
+    code.extend(wrmsr(0x835, 0x700)); // LVT0: ExtINT, unmasked
+    code.extend(out_al(0x12, 0x12));
+    code.push(0xfa); // cli
+    code.extend(out_al(0x13, 0x13));
+    code.extend([0xfb, 0x90, 0x90]); // sti; nop; nop
+    code.extend(IDLE);
+    let level = |first: u8, second: u8| {
+        let mut h = out_al(first, first).to_vec();
+        h.extend(wrmsr(0x80b, 0)); // EOI
+        h.extend(out_al(second, second));
+        h.push(0xcf); // iret
+        h
+    };
+    setup(
+        &g,
+        &code,
+        &[
+            (0x60, 0x2000, [&out_al(0x14, 0x14)[..], &[0xcf]].concat()),
+            (0x61, 0x2100, level(0x15, 0x16)),
+            (0x62, 0x2200, level(0x17, 0x18)),
+        ],
+    )?;
+    t.exit("split: up", &g.step(), &out(0x12, 1, 1, &[0x12]));
+    request_window(&g, true);
+    t.exit("split: cli", &g.step(), &out(0x13, 1, 1, &[0x13]));
+    t.check(
+        "split: IF clear: not ready for injection",
+        readiness(&g) == (0, 0),
+        format!("{:?}", readiness(&g)),
+    );
+    t.exit(
+        "split: the requested interrupt window opens after sti",
+        &g.step(),
+        &Exit::Other(uapi::KVM_EXIT_IRQ_WINDOW_OPEN),
+    );
+    t.check(
+        "split: at the window: ready, IF set",
+        readiness(&g) == (1, 1),
+        format!("{:?}", readiness(&g)),
+    );
+    request_window(&g, false);
+    t.expect("split: KVM_INTERRUPT(0x60)", interrupt(&g, 0x60), Ok(0));
+    t.expect(
+        "split: KVM_INTERRUPT while the ExtINT waits",
+        interrupt(&g, 0x60),
+        Err(libc::EEXIST),
+    );
+    t.exit(
+        "split: the LAPIC takes the ExtINT through LINT0",
+        &g.step(),
+        &out(0x14, 1, 1, &[0x14]),
+    );
+    t.expect(
+        "split: KVM_IRQ_LINE on GSI 2",
+        irq_line_status(&g, 2, 1),
+        Ok(1),
+    );
+    t.exit(
+        "split: the MSI route delivers vector 0x61",
+        &g.step(),
+        &out(0x15, 1, 1, &[0x15]),
+    );
+    let e = g.step();
+    // SAFETY: the eoi member of the exit union is valid for KVM_EXIT_IOAPIC_EOI.
+    let vector = unsafe { g.state().__bindgen_anon_1.eoi.vector };
+    t.check(
+        "split: the EOI of a reserved pin's level vector exits to userspace",
+        e == Exit::Other(uapi::KVM_EXIT_IOAPIC_EOI) && vector == 0x61,
+        format!("{e:?} vector {vector:#x}"),
+    );
+    t.exit(
+        "split: the handler goes on",
+        &g.step(),
+        &out(0x16, 1, 1, &[0x16]),
+    );
+    irq_line(&g, 30, 1)?;
+    t.exit(
+        "split: GSI 30 delivers vector 0x62",
+        &g.step(),
+        &out(0x17, 1, 1, &[0x17]),
+    );
+    t.exit(
+        "split: the EOI of a GSI past the reserved pins does not exit",
+        &g.step(),
+        &out(0x18, 1, 1, &[0x18]),
+    );
     Ok(())
 }
 
