@@ -386,10 +386,15 @@ pub(crate) fn kvm_mmu_notifier_invalidate_range_start<A: KvmArch>(
     0
 }
 
+/// mmu_invalidate_end(): the generation moves on before the count drops, as
+/// upstream bumps mmu_invalidate_seq here. Between start and end the primary MMU
+/// may still hand out the old page (khugepaged clears its PTEs only after start), so a
+/// fault that pinned one then must see a new generation once the count is back to
+/// zero, and retry.
 pub(crate) fn kvm_mmu_notifier_invalidate_range_end<A: KvmArch>(vm: *mut c_void) {
-    notifier_vm::<A>(vm)
-        .invalidations
-        .fetch_sub(1, Ordering::SeqCst);
+    let vm = notifier_vm::<A>(vm);
+    vm.slots_gen.fetch_add(1, Ordering::SeqCst);
+    vm.invalidations.fetch_sub(1, Ordering::SeqCst);
 }
 
 pub(crate) fn kvm_mmu_notifier_release<A: KvmArch>(vm: *mut c_void) {
