@@ -57,7 +57,7 @@ run: setup modules
 	@$(ENV) $(ROOT)/tests/vm-check.sh run
 
 selftests: modules
-	@$(ENV) $(ROOT)/tests/selftests.sh $(if $(TESTS),--tests "$(TESTS)") --modules $(or $(MODULES),both)
+	@$(ENV) $(ROOT)/tests/selftests.sh $(if $(LIST),--list $(LIST)) $(if $(TESTS),--tests "$(TESTS)") --modules $(or $(MODULES),both)
 
 clean:
 	@$(KMAKE) clean

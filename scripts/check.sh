@@ -36,8 +36,8 @@ stage "VM (QEMU TCG, AMD SVM): smoke, unload/reload x20, in-tree reference"
 tests/vm-check.sh qemu-amd | tee -a "$log"
 lap qemu-amd
 
-stage "make run's job: unmodified QEMU boots the test kernel to init on ours, then in-tree"
-tests/vm-check.sh run | tee -a "$log"
+stage "make run's job (one-vCPU guests): unmodified QEMU boots Linux to userspace, gdb, migration; ours, then in-tree"
+tests/vm-check.sh run-check | tee -a "$log"
 lap run
 
 stage "VM (Bochs, Intel VMX): load, smoke, unload"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs a VM test plan (tests/vm/plan-*) against the freshly built modules:
-#   tests/vm-check.sh qemu-amd | bochs-intel | run | runner-selftest   [extra vm.py args]
+#   tests/vm-check.sh qemu-amd | bochs-intel | run | run-check | runner-selftest   [extra vm.py args]
 # Needs: make (modules), make kernel. Prints TAP; exit status is the runner's.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,7 +19,9 @@ adds=(--add "$root/kvm.ko=/kvm-rs/ours/kvm.ko" --add "$root/kvm-amd.ko=/kvm-rs/o
       --add "$bin/kvm-smoke=/kvm-rs/bin/kvm-smoke"
       --add "$bin/kvm-guests=/kvm-rs/bin/kvm-guests"
       --add "$root/tests/vm/leak-loop.sh=/kvm-rs/tests/leak-loop.sh"
-      --add "$root/tests/vm/qemu-guest.sh=/kvm-rs/tests/qemu-guest.sh")
+      --add "$root/tests/vm/qemu-guest.sh=/kvm-rs/tests/qemu-guest.sh"
+      --add "$root/tests/vm/hmp.py=/kvm-rs/tests/hmp.py"
+      --add "$root/tests/vm/nested.sh=/kvm-rs/tests/nested.sh")
 case "$which" in
 qemu-amd)
     adds+=(--add "$kdir/virt/lib/irqbypass.ko=/kvm-rs/intree/irqbypass.ko"
@@ -41,7 +43,8 @@ runner-selftest)
     done < <(grep -Ev '^(#|$)' "$root/tests/vm/plan-runner-selftest" | awk '{print $1}')
     [ $bad = 0 ] && echo "ok - runner reports PASS, FAIL, SKIP and TIMEOUT as it should"
     exit $bad ;;
-run)
+run|run-check)
+    plan=$root/tests/vm/plan-${which#run-}
     adds+=(--add "$kdir/virt/lib/irqbypass.ko=/kvm-rs/intree/irqbypass.ko"
            --add "$kdir/arch/x86/kvm/kvm.ko=/kvm-rs/intree/kvm.ko"
            --add "$kdir/arch/x86/kvm/kvm-amd.ko=/kvm-rs/intree/kvm-amd.ko")
@@ -49,7 +52,12 @@ run)
     # The nested guest's root file system, on virtio-blk.
     sh "$root/tests/vm/guest-rootfs.sh" "$out/guest-rootfs.img"
     adds+=(--add "$out/guest-rootfs.img=/kvm-rs/guest-rootfs.img")
-    sed "s|\$KVMRS_BZIMAGE|$KVMRS_BZIMAGE|" "$root/tests/vm/plan-run" > "$out/run.plan"
+    # Where gdb stops the nested guest (the test kernel has no KASLR).
+    start_kernel=0x$(awk '$3 == "start_kernel" { print $1 }' "$kdir/System.map")
+    adds+=(--add "$root/tests/vm/qemu-gdb.sh=/kvm-rs/tests/qemu-gdb.sh"
+           --add "$root/tests/vm/qemu-migrate.sh=/kvm-rs/tests/qemu-migrate.sh")
+    sed -e "s|\$KVMRS_BZIMAGE|$KVMRS_BZIMAGE|" -e "s|\$KVMRS_START_KERNEL|$start_kernel|" \
+        "$plan" > "$out/run.plan"
     exec python3 "$root/tests/vm.py" --emulator qemu --kernel "$kdir/arch/x86/boot/bzImage" \
         --plan "$out/run.plan" "${adds[@]}" --host-root --mem 1G --log "$out/vm-run.log" -v "$@" ;;
 bochs-intel)
@@ -58,5 +66,5 @@ bochs-intel)
     exec python3 "$root/tests/vm.py" --emulator bochs --kernel "$kdir/arch/x86/boot/bzImage" \
         --plan "$root/tests/vm/plan-bochs-intel" "${adds[@]}" --mem 512M --smp 1 \
         --boot-timeout 600 --log "$out/vm-bochs-intel.log" "$@" ;;
-*) echo "usage: $0 qemu-amd|bochs-intel|run|runner-selftest" >&2; exit 2 ;;
+*) echo "usage: $0 qemu-amd|bochs-intel|run|run-check|runner-selftest" >&2; exit 2 ;;
 esac

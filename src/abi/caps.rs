@@ -103,6 +103,8 @@ pub fn check_extension(host: &Host, cap: u64) -> i32 {
         // The LAPICs in the kernel, the PIC and IOAPIC in userspace: KVM_INTERRUPT's
         // ExtINT, interrupt-window and IOAPIC-EOI exits (kvm_arch.rs, irq.rs).
         | uapi::KVM_CAP_SPLIT_IRQCHIP
+        // KVM_SET_BOOT_CPU_ID: which vCPU comes out of reset as the BSP (kvm_arch.rs).
+        | uapi::KVM_CAP_SET_BOOT_CPU_ID
         // Coalesced PIO zones, beside the MMIO ones below (coalesced_mmio.rs).
         | uapi::KVM_CAP_COALESCED_PIO
         | uapi::KVM_CAP_IRQ_INJECT_STATUS

@@ -90,6 +90,7 @@ pub const KVM_IRQFD: u32 = iow::<uapi::kvm_irqfd>(0x76);
 pub const KVM_SET_TSC_KHZ: u32 = io(0xa2);
 pub const KVM_GET_TSC_KHZ: u32 = io(0xa3);
 pub const KVM_ENABLE_CAP: u32 = iow::<uapi::kvm_enable_cap>(0xa3);
+pub const KVM_SET_BOOT_CPU_ID: u32 = io(0x78);
 pub const KVM_GET_STATS_FD: u32 = io(0xce);
 pub const KVM_PRE_FAULT_MEMORY: u32 = iowr::<uapi::kvm_pre_fault_memory>(0xd5);
 

@@ -25,6 +25,14 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 n=$(grep -c ^processor /proc/cpuinfo)
 echo "kvmrs-guest: userspace at $(cut -d' ' -f1 /proc/uptime) s (guest clock), $n cpus"
+# kvmrs.ticks=N (the migration test): N seconds of ticks with the guest clock first.
+ticks=$(sed -n 's/.*kvmrs\.ticks=\([0-9]*\).*/\1/p' /proc/cmdline)
+t=0
+while [ $t -lt "${ticks:-0}" ]; do
+    t=$((t + 1))
+    echo "kvmrs-guest: tick $t at $(cut -d' ' -f1 /proc/uptime)"
+    sleep 1
+done
 sum=$(md5sum /data/blob | cut -d' ' -f1)
 if [ "$sum" = "$(cat /data/blob.md5)" ]; then
     echo "kvmrs-guest: checksum ok"

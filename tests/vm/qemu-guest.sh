@@ -11,28 +11,53 @@
 # exits 0 when QEMU exited 0 after the workload ran on every vCPU.
 set -u
 k=$1; img=$2; machine=${3:-pc}; smp=${4:-1}; irqchip=${5:-on}
-for d in dev proc sys tmp; do grep -q " /host/$d " /proc/mounts && continue
-    case $d in
-    dev) mount --bind /dev /host/dev ;;
-    proc) mount -t proc proc /host/proc ;;
-    sys) mount -t sysfs sys /host/sys ;;
-    tmp) mount -t tmpfs tmp /host/tmp ;;
-    esac
-done
+. "$(dirname "$0")/nested.sh"
+host_root
 cp "$img" /host/tmp/guest-rootfs.img
+cp "$(dirname "$0")/hmp.py" /host/tmp/hmp.py
 log=/tmp/qemu-guest.log
-t0=$(cut -d' ' -f1 /proc/uptime)
-timeout 420 chroot /host /usr/bin/qemu-system-x86_64 -accel kvm -cpu host \
-    -machine "$machine,kernel-irqchip=$irqchip" -smp "$smp" -m 512M -nodefaults -no-reboot -display none \
-    -serial stdio -drive file=/tmp/guest-rootfs.img,if=virtio,format=raw,readonly=on \
-    -kernel "$k" -append "console=ttyS0 panic=-1 root=/dev/vda ro rootfstype=ext2 init=/init" \
-    >$log 2>&1
-st=$?
-t1=$(cut -d' ' -f1 /proc/uptime)
-# The serial console ends its lines with CR LF.
-sed -i 's/\r$//' $log
+boot() {
+    t0=$(cut -d' ' -f1 /proc/uptime)
+    chroot /host /usr/bin/qemu-system-x86_64 -accel kvm -cpu host \
+        -machine "$machine,kernel-irqchip=$irqchip" -smp "$smp" -m 512M -nodefaults -no-reboot \
+        -display none -serial stdio \
+        -drive file=/tmp/guest-rootfs.img,if=virtio,format=raw,readonly=on \
+        -monitor unix:/tmp/qemu-mon.sock,server,nowait \
+        -kernel "$k" -append "console=ttyS0 panic=-1 root=/dev/vda ro rootfstype=ext2 init=/init" \
+        >$log 2>&1 &
+    qemu=$!
+    # A boot takes about 25 s; one still running after 300 s is hung: its vCPUs and
+    # LAPICs go to the console (through QEMU's monitor, so also whether the vCPU
+    # threads still leave KVM_RUN), then it is killed.
+    n=0
+    while kill -0 $qemu 2>/dev/null && [ $n -lt 300 ]; do sleep 1; n=$((n + 1)); done
+    if kill -0 $qemu 2>/dev/null; then
+        echo "qemu still running after $n s: its state"
+        timeout -k 5 60 chroot /host /usr/bin/python3 /tmp/hmp.py /tmp/qemu-mon.sock \
+            "info registers -a" "info lapic 0" "info lapic 1" "info pic" "info irq" |
+            sed 's/\x1b\[[0-9]*[A-Z]//g' | grep -v '^(qemu) i'
+        kill -9 $qemu
+    fi
+    wait $qemu
+    st=$?
+    t1=$(cut -d' ' -f1 /proc/uptime)
+    # The serial console ends its lines with CR LF.
+    sed -i 's/\r$//' $log
+}
+boot
+# A guest that died with QEMU exiting 0 (a guest triple fault or panic under
+# -no-reboot) before its workload finished gets one more try, shown: seen in about 1
+# in 10 boots, on the in-tree modules as well as ours (pc with kernel-irqchip=split
+# on in-tree; q35 split with a #DF on both), not understood yet. A host crash is not
+# retried (this VM dies with it).
+if [ "$st" = 0 ] && ! grep -q 'kvmrs-guest: workload done' $log; then
+    echo "guest died before its workload finished (first try), its last lines:"
+    guest_lines $log | grep -v "^\[ *[0-9.]*\] *\(ACPI\|pci\|PCI\)" | tail -60
+    echo "retrying once"
+    boot
+fi
 echo "qemu ($machine, $smp vCPUs, kernel-irqchip=$irqchip) exit status $st after $(awk "BEGIN { print $t1 - $t0 }") s"
-sed -e 's/Kernel panic/guest kernel panic/' -e 's/RIP: /guest RIP /' $log | tail -20
+guest_lines $log | tail -20
 ok=1
 grep -q 'kvmrs-guest: checksum ok' $log || { echo "no checksum ok"; ok=0; }
 i=0

@@ -213,6 +213,8 @@ pub struct Lapic {
     /// The register page: offset `o` is `regs[o >> 2]`.
     regs: [u32; 256],
     vcpu_id: u32,
+    /// This vCPU is the VM's boot CPU (kvm->arch.bsp_vcpu_id).
+    reset_bsp: bool,
     base: u64,
     tsc_khz: u32,
     nr_lvt: u32,
@@ -264,9 +266,16 @@ impl Lapic {
     /// Guest capabilities default to x2APIC and TSC-deadline allowed, no directed
     /// EOI; see [`Lapic::set_guest_caps`].
     pub fn new(vcpu_id: u32, tsc_khz: u32) -> Self {
+        Self::with_reset_bsp(vcpu_id, tsc_khz, vcpu_id == 0)
+    }
+
+    /// As [`Lapic::new`] for a VM whose boot CPU (KVM_SET_BOOT_CPU_ID) is or is
+    /// not this vCPU.
+    pub fn with_reset_bsp(vcpu_id: u32, tsc_khz: u32, reset_bsp: bool) -> Self {
         let mut apic = Lapic {
             regs: [0; 256],
             vcpu_id,
+            reset_bsp,
             // kvm_create_lapic() stuffs ENABLE; RESET sets the full value below.
             base: MSR_APICBASE_ENABLE,
             tsc_khz,
@@ -389,8 +398,8 @@ impl Lapic {
     // ---- reset, base MSR, mode ----
 
     fn is_reset_bsp(&self) -> bool {
-        // kvm_vcpu_is_reset_bsp(): bsp_vcpu_id defaults to 0.
-        self.vcpu_id == 0
+        // kvm_vcpu_is_reset_bsp(): the VM's bsp_vcpu_id (0 unless set).
+        self.reset_bsp
     }
 
     /// upstream kvm_lapic_reset().
@@ -1616,6 +1625,18 @@ mod tests {
         let mut b = enabled(2);
         b.accept(&fixed(0x0e));
         assert_eq!(b.pending_interrupt(), None);
+    }
+
+    #[test]
+    fn boot_cpu_is_the_vms_not_vcpu_0() {
+        // KVM_SET_BOOT_CPU_ID 1: vCPU 1 resets as the BSP with LINT0 in ExtINT.
+        let bsp = Lapic::with_reset_bsp(1, 1_000_000, true);
+        assert_eq!(bsp.base(), XAPIC | MSR_APICBASE_BSP);
+        assert_eq!(bsp.reg(LVT0), u32::from(delivery::EXTINT) << 8);
+        let ap = Lapic::with_reset_bsp(0, 1_000_000, false);
+        assert_eq!(ap.base(), XAPIC);
+        assert_eq!(ap.reg(LVT0), LVT_MASKED);
+        assert_eq!(Lapic::new(0, 1_000_000).base(), XAPIC | MSR_APICBASE_BSP);
     }
 
     #[test]

@@ -69,6 +69,9 @@ pub(crate) struct VmArch {
     /// below it are the userspace IOAPIC's pins (their level-triggered MSI
     /// routes' EOIs exit to userspace).
     pub(crate) nr_reserved_ioapic_pins: AtomicU32,
+    /// KVM_SET_BOOT_CPU_ID (kvm->arch.bsp_vcpu_id): the vCPU that comes out of
+    /// reset as the BSP; set only before any vCPU exists, under kvm->lock.
+    pub(crate) bsp_vcpu_id: AtomicU32,
     /// KVM_CAP_DISABLE_QUIRKS2: the quirks userspace turned off.
     pub(crate) disabled_quirks: AtomicU64,
     /// KVM_CAP_MSR_PLATFORM_INFO: the guest may read MSR_PLATFORM_INFO.
@@ -201,6 +204,7 @@ impl KvmArch for X86 {
             pit <- new_mutex!(None, "kvm->arch.vpit"),
             irqchip_mode: AtomicU32::new(IRQCHIP_NONE),
             nr_reserved_ioapic_pins: AtomicU32::new(0),
+            bsp_vcpu_id: AtomicU32::new(0),
             disabled_quirks: AtomicU64::new(0),
             platform_info_readable: AtomicBool::new(true),
             tlb_gen: AtomicU64::new(0),
@@ -263,10 +267,11 @@ impl KvmArch for X86 {
     fn vcpu_create(vm: &Vm, id: u32) -> Result<(VcpuArch, impl PinInit<VcpuShared, Error>)> {
         let irqchip = vm.arch.irqchip_in_kernel();
         let tsc_khz = vm.arch.default_tsc_khz.load(Ordering::Relaxed);
-        let (mut arch, loaded) = VcpuArch::new(&vm.arch.vendor, id, irqchip, tsc_khz)?;
+        let bsp = id == vm.arch.bsp_vcpu_id.load(Ordering::Relaxed);
+        let (mut arch, loaded) = VcpuArch::new(&vm.arch.vendor, irqchip, bsp, tsc_khz)?;
         // kvm_arch_vcpu_postcreate(): TSC 0, or the other vCPUs' TSC.
         vm.kvm_synchronize_tsc(&mut arch, None);
-        let lapic = irqchip.then(|| Lapic::new(id, tsc_khz));
+        let lapic = irqchip.then(|| Lapic::with_reset_bsp(id, tsc_khz, bsp));
         Ok((
             arch,
             try_pin_init!(VcpuShared {
@@ -382,6 +387,18 @@ fn kvm_arch_vm_ioctl(vm: &Arc<Vm>, cmd: u32, arg: usize) -> Result<isize> {
                 return Err(EINVAL);
             }
             Ok(0)
+        }
+        ioctl::KVM_SET_BOOT_CPU_ID => {
+            let l = vm.locked.lock();
+            let max = vm.arch.max_vcpu_ids.load(Ordering::Relaxed);
+            if !l.vcpus.is_empty() {
+                Err(EBUSY)
+            } else if arg > MAX_VCPU_IDS as usize || (max != 0 && arg > max as usize) {
+                Err(EINVAL)
+            } else {
+                vm.arch.bsp_vcpu_id.store(arg as u32, Ordering::Relaxed);
+                Ok(0)
+            }
         }
         ioctl::KVM_CREATE_IRQCHIP => {
             let mut chip = vm.arch.irqchip.lock();
@@ -532,7 +549,10 @@ fn kvm_vm_ioctl_enable_cap(vm: &Vm, c: &uapi::kvm_enable_cap) -> Result<isize> {
             // changed only under kvm->lock.
             let _l = vm.locked.lock();
             let cur = vm.arch.max_vcpu_ids.load(Ordering::Relaxed);
-            if u64::from(cur) == want {
+            if u64::from(vm.arch.bsp_vcpu_id.load(Ordering::Relaxed)) > want {
+                // The boot CPU's id must stay below the limit.
+                Err(EINVAL)
+            } else if u64::from(cur) == want {
                 Ok(0)
             } else if cur == 0 {
                 vm.arch.max_vcpu_ids.store(want as u32, Ordering::Relaxed);

@@ -70,7 +70,7 @@ impl Vcpu {
         if init {
             // kvm_vcpu_reset(vcpu, true): the BSP runs again, APs wait for SIPI.
             self.kvm_vcpu_reset(vm, st, true);
-            st.mp_state = if self.id == 0 {
+            st.mp_state = if self.kvm_vcpu_is_bsp(st) {
                 uapi::KVM_MP_STATE_RUNNABLE
             } else {
                 uapi::KVM_MP_STATE_INIT_RECEIVED
@@ -172,6 +172,11 @@ impl Vcpu {
             // The timer is re-armed by accept_events() before the next entry.
             Action::TimerChanged | Action::None => {}
         }
+    }
+
+    /// kvm_vcpu_is_bsp(): the BSP flag of IA32_APIC_BASE.
+    pub(crate) fn kvm_vcpu_is_bsp(&self, st: &VcpuArch) -> bool {
+        self.apic_base(st) & lapic::MSR_APICBASE_BSP != 0
     }
 
     pub(crate) fn apic_base(&self, st: &VcpuArch) -> u64 {

@@ -639,7 +639,7 @@ impl Vcpu {
             st.vendor.inject_irq(v as u8);
         }
         // "Older userspace won't unhalt the vcpu on reset."
-        if self.id == 0
+        if self.kvm_vcpu_is_bsp(st)
             && st.regs.rip == RESET_RIP
             && s.cs.selector == 0xf000
             && s.cs.base == 0xffff_0000

@@ -179,8 +179,8 @@ impl VcpuArch {
     /// state and the registers, MSRs and MP state kvm.ko keeps.
     pub(crate) fn new(
         vendor: &VendorRef,
-        id: u32,
         irqchip: bool,
+        bsp: bool,
         tsc_khz: u32,
     ) -> Result<(Self, VendorLoaded)> {
         let (vendor, loaded) = VendorVcpu::create(vendor)?;
@@ -192,7 +192,7 @@ impl VcpuArch {
             cpuid: KVec::new(),
             // Application processors wait for INIT/SIPI when the LAPIC is in the
             // kernel (kvm_arch_vcpu_create()).
-            mp_state: if irqchip && id != 0 {
+            mp_state: if irqchip && !bsp {
                 uapi::KVM_MP_STATE_UNINITIALIZED
             } else {
                 uapi::KVM_MP_STATE_RUNNABLE
@@ -200,7 +200,7 @@ impl VcpuArch {
             mmu_root_hpa: INVALID_PAGE,
             apic_base: lapic::APIC_DEFAULT_BASE
                 | lapic::MSR_APICBASE_ENABLE
-                | if id == 0 { lapic::MSR_APICBASE_BSP } else { 0 },
+                | if bsp { lapic::MSR_APICBASE_BSP } else { 0 },
             tlb_gen: 0,
             tsc_khz: 0,
             armed_ns: 0,
