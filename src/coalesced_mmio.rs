@@ -35,8 +35,8 @@ impl CoalescedRing {
 
     /// The header word at `off` (first or last), shared with userspace.
     fn word(&self, off: usize) -> &AtomicU32 {
-        // SAFETY: `off` is 0 or 4, inside the page and 4-byte aligned; the page
-        // lives as long as `self` and is only ever accessed atomically or by bytes.
+        // The page lives as long as `self` and is only ever accessed atomically or by bytes.
+        // SAFETY: `off` is 0 or 4, inside the page and 4-byte aligned.
         unsafe { &*self.page.as_ptr().add(off).cast::<AtomicU32>() }
     }
 
@@ -49,8 +49,8 @@ impl CoalescedRing {
             return false;
         };
         let e = coalesced::encode(addr, data, pio);
-        // SAFETY: insert_index() bounds `i` below MAX, so the entry lies inside the
-        // page; userspace may read it concurrently, as upstream's page.
+        // Userspace may read the entry concurrently, as upstream's page.
+        // SAFETY: insert_index() bounds `i` below MAX, so the entry lies inside the page.
         unsafe {
             let dst = self.page.as_ptr().add(coalesced::entry_offset(i));
             core::ptr::copy_nonoverlapping(e.as_ptr(), dst, e.len());

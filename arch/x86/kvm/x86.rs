@@ -2,7 +2,9 @@
 //! The x86 vCPU (upstream arch/x86/kvm/x86.c): `struct kvm_vcpu_arch` as
 //! [`VcpuArch`], the arch vCPU ioctls (kvm_arch_vcpu_ioctl()), KVM_RUN's loop
 //! (kvm_arch_vcpu_ioctl_run() → vcpu_run() → vcpu_enter_guest()) and the exit
-//! dispatch with the core's kvm_emulate_*() helpers.
+//! dispatch with the core's kvm_emulate_*() helpers. One file, as upstream's x86.c
+//! core: the run loop and the state it steps are read together (the pieces that stand
+//! alone already live beside it: clock.rs, debug.rs, irq.rs, lapic.rs, msr.rs).
 
 use crate::hw::mce::{Mce, SUPPORTED_MCE_CAP_SVM};
 use crate::hw::msr_index::EFER_LMA;

@@ -50,8 +50,8 @@ impl Ring<'_> {
 
     /// Userspace consumed everything so far.
     fn set_first(&self, v: u32) {
-        // SAFETY: the ring header lies inside the vCPU mapping (checked by
-        // run_bytes() above for the same offset); the vCPU is not running.
+        // run_bytes() checked the same offset; the vCPU is not running.
+        // SAFETY: the ring header lies inside the vCPU mapping.
         unsafe {
             let p = self.g.run.cast::<u8>().add(self.off as usize).cast::<u32>();
             ptr::write_volatile(p, v);
