@@ -38,6 +38,10 @@ void kvm_glue_on_each_cpu(void (*fn)(void *data), void *data);
 void kvm_glue_cpuid(unsigned int leaf, unsigned int subleaf, unsigned int regs[4]);
 int kvm_glue_rdmsr_safe(unsigned int msr, unsigned long long *val);
 int kvm_glue_wrmsr_safe(unsigned int msr, unsigned long long val);
+/* kvm_get_arch_capabilities(): MSR_IA32_ARCH_CAPABILITIES as KVM offers it. */
+unsigned long long kvm_glue_arch_capabilities(void);
+/* Whether LFENCE serializes (AMD DE_CFG bit 1 is then offered). */
+int kvm_glue_lfence_rdtsc(void);
 /* x86_virt_get_ref()/put_ref() on the calling CPU (EFER.SVME, or VMXON by the core). */
 int kvm_glue_virt_get_ref(enum kvm_glue_virt virt);
 void kvm_glue_virt_put_ref(enum kvm_glue_virt virt);

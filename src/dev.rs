@@ -23,7 +23,7 @@ pub(crate) fn kvm_dev_ioctl<A: KvmArch>(cmd: u32, arg: usize) -> Result<isize> {
             Ok(uapi::KVM_API_VERSION as isize)
         }
         ioctl::KVM_CREATE_VM => vm::create::<A>(arg),
-        ioctl::KVM_CHECK_EXTENSION => Ok(vm::check_extension::<A>(arg)),
+        ioctl::KVM_CHECK_EXTENSION => Ok(vm::check_extension::<A>(None, arg)),
         ioctl::KVM_GET_VCPU_MMAP_SIZE => {
             if arg != 0 {
                 return Err(EINVAL);

@@ -37,6 +37,7 @@
 #include <asm/nospec-branch.h>
 #include <asm/processor.h>
 #include <asm/virt.h>
+#include <asm/vmx.h>
 
 #include "../include/kvm_rs_glue.h"
 
@@ -1047,6 +1048,58 @@ int kvm_glue_wrmsr_safe(unsigned int msr, unsigned long long val)
 	return wrmsrq_safe(msr, val);
 }
 EXPORT_SYMBOL_GPL(kvm_glue_wrmsr_safe);
+
+/* The ARCH_CAPABILITIES bits KVM can let a guest see (upstream x86.c). */
+#define KVM_SUPPORTED_ARCH_CAP \
+	(ARCH_CAP_RDCL_NO | ARCH_CAP_IBRS_ALL | ARCH_CAP_RSBA | \
+	 ARCH_CAP_SKIP_VMENTRY_L1DFLUSH | ARCH_CAP_SSB_NO | ARCH_CAP_MDS_NO | \
+	 ARCH_CAP_PSCHANGE_MC_NO | ARCH_CAP_TSX_CTRL_MSR | ARCH_CAP_TAA_NO | \
+	 ARCH_CAP_SBDR_SSDP_NO | ARCH_CAP_FBSDP_NO | ARCH_CAP_PSDP_NO | \
+	 ARCH_CAP_FB_CLEAR | ARCH_CAP_RRSBA | ARCH_CAP_PBRSB_NO | ARCH_CAP_GDS_NO | \
+	 ARCH_CAP_RFDS_NO | ARCH_CAP_RFDS_CLEAR | ARCH_CAP_BHI_NO | ARCH_CAP_ITS_NO)
+
+/*
+ * kvm_get_arch_capabilities(): the host's ARCH_CAPABILITIES as far as KVM
+ * passes them on, plus the "not affected" bits for the bugs the host kernel
+ * found it does not have. Kept in C with upstream's body: it reads the
+ * kernel's bug bits and mitigation state, which Rust cannot.
+ */
+unsigned long long kvm_glue_arch_capabilities(void)
+{
+	u64 host = 0;
+	u64 data;
+
+	if (boot_cpu_has(X86_FEATURE_ARCH_CAPABILITIES))
+		rdmsrq_safe(MSR_IA32_ARCH_CAPABILITIES, &host);
+	data = host & KVM_SUPPORTED_ARCH_CAP;
+	data |= ARCH_CAP_PSCHANGE_MC_NO;
+	if (l1tf_vmx_mitigation != VMENTER_L1D_FLUSH_NEVER)
+		data |= ARCH_CAP_SKIP_VMENTRY_L1DFLUSH;
+	if (!boot_cpu_has_bug(X86_BUG_CPU_MELTDOWN))
+		data |= ARCH_CAP_RDCL_NO;
+	if (!boot_cpu_has_bug(X86_BUG_SPEC_STORE_BYPASS))
+		data |= ARCH_CAP_SSB_NO;
+	if (!boot_cpu_has_bug(X86_BUG_MDS))
+		data |= ARCH_CAP_MDS_NO;
+	if (!boot_cpu_has_bug(X86_BUG_RFDS))
+		data |= ARCH_CAP_RFDS_NO;
+	if (!boot_cpu_has_bug(X86_BUG_ITS))
+		data |= ARCH_CAP_ITS_NO;
+	if (!boot_cpu_has(X86_FEATURE_RTM))
+		data &= ~ARCH_CAP_TAA_NO;
+	else if (!boot_cpu_has_bug(X86_BUG_TAA))
+		data |= ARCH_CAP_TAA_NO;
+	if (!boot_cpu_has_bug(X86_BUG_GDS) || gds_ucode_mitigated())
+		data |= ARCH_CAP_GDS_NO;
+	return data;
+}
+EXPORT_SYMBOL_GPL(kvm_glue_arch_capabilities);
+
+int kvm_glue_lfence_rdtsc(void)
+{
+	return cpu_feature_enabled(X86_FEATURE_LFENCE_RDTSC);
+}
+EXPORT_SYMBOL_GPL(kvm_glue_lfence_rdtsc);
 
 static int glue_virt_feature(enum kvm_glue_virt virt)
 {

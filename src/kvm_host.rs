@@ -48,6 +48,12 @@ pub(crate) trait KvmArch: Sized + Send + Sync + 'static {
 
     /// What KVM_CHECK_EXTENSION answers from (kvm_vm_ioctl_check_extension()).
     fn host() -> Host;
+    /// KVM_CHECK_EXTENSION answers that need the arch's constants or, on a VM fd
+    /// (`vm`), that VM's setting (x86: KVM_CAP_X86_APIC_BUS_CYCLES_NS); None: the
+    /// table in abi/caps.rs answers.
+    fn arch_check_extension(_vm: Option<&Vm<Self>>, _cap: u64) -> Option<isize> {
+        None
+    }
     /// kvm_arch_dev_ioctl(): the /dev/kvm ioctls the generic core does not know.
     fn dev_ioctl(cmd: u32, arg: usize) -> Result<isize>;
 

@@ -40,7 +40,8 @@ pub(crate) mod vcpu {
     pub(crate) const PF_FIXED: usize = 9;
     pub(crate) const BLOCKING: usize = 10;
     pub(crate) const REQUEST_IRQ_EXITS: usize = 11;
-    pub(crate) const DESCS: [Desc; 12] = [
+    pub(crate) const INSN_EMULATION_FAIL: usize = 12;
+    pub(crate) const DESCS: [Desc; 13] = [
         Desc::cumulative("exits"),
         Desc::cumulative("io_exits"),
         Desc::cumulative("mmio_exits"),
@@ -53,6 +54,7 @@ pub(crate) mod vcpu {
         Desc::cumulative("pf_fixed"),
         Desc::boolean("blocking"),
         Desc::cumulative("request_irq_exits"),
+        Desc::cumulative("insn_emulation_fail"),
     ];
 }
 

@@ -37,6 +37,7 @@ pod!(
     kvm_irqchip,
     kvm_lapic_state,
     kvm_enable_cap,
+    kvm_device_attr,
     kvm_vcpu_events,
     kvm_debugregs,
     kvm_pre_fault_memory,

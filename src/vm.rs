@@ -70,9 +70,14 @@ pub(crate) fn create<A: KvmArch>(vm_type: usize) -> Result<isize> {
     Ok(fd as isize)
 }
 
-/// KVM_CHECK_EXTENSION, the same on /dev/kvm and on a VM fd.
-pub(crate) fn check_extension<A: KvmArch>(arg: usize) -> isize {
-    caps::check_extension(&A::host(), arg as u64) as isize
+/// KVM_CHECK_EXTENSION on /dev/kvm (`vm` None) and on a VM fd.
+pub(crate) fn check_extension<A: KvmArch>(vm: Option<&Vm<A>>, arg: usize) -> isize {
+    let host = A::host();
+    if !host.vcpus {
+        return caps::check_extension(&host, arg as u64) as isize;
+    }
+    A::arch_check_extension(vm, arg as u64)
+        .unwrap_or_else(|| caps::check_extension(&host, arg as u64) as isize)
 }
 
 /// A VM's statistics for its stats file (which holds a reference, as upstream's).
@@ -98,7 +103,7 @@ impl<A: KvmArch> Vm<A> {
     fn kvm_vm_ioctl(self: &Arc<Self>, cmd: u32, arg: usize) -> Result<isize> {
         self.check_owner()?;
         match cmd {
-            ioctl::KVM_CHECK_EXTENSION => Ok(check_extension::<A>(arg)),
+            ioctl::KVM_CHECK_EXTENSION => Ok(check_extension::<A>(Some(self), arg)),
             ioctl::KVM_SET_USER_MEMORY_REGION | ioctl::KVM_SET_USER_MEMORY_REGION2 => {
                 let v1 = cmd == ioctl::KVM_SET_USER_MEMORY_REGION;
                 let len = if v1 {

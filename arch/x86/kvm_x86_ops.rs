@@ -217,6 +217,10 @@ macro_rules! kvm_x86_ops_list {
             /// The guest's TSC is the host's plus `offset` (upstream
             /// write_tsc_offset; kvm.ko keeps the offset).
             fn write_tsc_offset(mut, offset: u64) -> ();
+            /// The last exit as upstream's get_exit_info reports it in an
+            /// emulation failure: reason, info 1, info 2, the interrupt info and
+            /// its error code.
+            fn get_exit_info(ref, info: &mut [u64; 5]) -> ();
         }
     };
 }
@@ -256,6 +260,13 @@ macro_rules! define_kvm_x86_ops_table {
             /// The two-dimensional paging format (upstream: the masks a vendor
             /// sets, kvm_mmu_set_ept_masks() for VMX).
             pub(crate) tdp_masks: SpteMasks,
+            /// MSR_IA32_UCODE_REV of a new vCPU under
+            /// KVM_X86_QUIRK_STUFF_FEATURE_MSRS (upstream: set in the vendor's
+            /// vCPU init).
+            pub(crate) reset_microcode_version: u64,
+            /// A feature MSR the vendor offers (upstream get_feature_msr): its
+            /// supported value into `*data`; false when the vendor has none such.
+            pub(crate) get_feature_msr: extern "C" fn(index: u32, data: &mut u64) -> bool,
             /// A vCPU in its reset state into `*vcpu` and its load state into
             /// `*load`; 0 or -errno.
             pub(crate) vcpu_create:
@@ -296,6 +307,8 @@ macro_rules! kvm_core_ops_list {
             fn kvm_emulate_hypercall(next_rip: u64) -> Next;
             /// XSETBV: XCR ECX := EDX:EAX, or #GP.
             fn kvm_emulate_xsetbv(next_rip: u64) -> Next;
+            /// MONITOR or MWAIT: a NOP, or #UD where the VM wants it.
+            fn kvm_emulate_monitor_mwait(next_rip: u64) -> Next;
             /// An instruction with nothing to emulate (INVD, WBINVD): skipped.
             fn kvm_emulate_as_nop(next_rip: u64) -> Next;
             /// IN/OUT (not string) of `size` bytes at `port`: an in-kernel device

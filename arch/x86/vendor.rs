@@ -30,6 +30,8 @@ macro_rules! define_vendor_trait {
             const HAS_VCPUS: bool;
             /// The entry format of the TDP tables kvm.ko builds for this vendor.
             const TDP_MASKS: SpteMasks;
+            /// MSR_IA32_UCODE_REV of a new vCPU (KVM_X86_QUIRK_STUFF_FEATURE_MSRS).
+            const RESET_MICROCODE_VERSION: u64;
             /// Per-vCPU state (VMCB or VMCS and what goes with it).
             type Vcpu: Send;
             /// What vcpu_load/vcpu_put touch: the preempt notifier runs them while
@@ -39,6 +41,9 @@ macro_rules! define_vendor_trait {
 
             /// A vCPU in the architectural reset state, and its load state.
             fn vcpu_create() -> Result<(KBox<Self::Vcpu>, Arc<Self::Loaded>)>;
+            /// The supported value of a feature MSR the vendor owns (upstream
+            /// get_feature_msr), None for any other MSR.
+            fn get_feature_msr(index: u32) -> Option<u64>;
             $($(#[$doc])*
             fn $name(v: recv_ty!($recv, Self::Vcpu, Self::Loaded) $(, $arg: $ty)*) -> $ret;)*
         }
@@ -71,6 +76,8 @@ macro_rules! define_vendor_trait {
                 vm_types: V::VM_TYPES,
                 has_vcpus: V::HAS_VCPUS,
                 tdp_masks: V::TDP_MASKS,
+                reset_microcode_version: V::RESET_MICROCODE_VERSION,
+                get_feature_msr: get_feature_msr::<V>,
                 vcpu_create: vcpu_create::<V>,
                 vcpu_free: vcpu_free::<V>,
                 load_free: load_free::<V>,
@@ -125,6 +132,17 @@ unsafe extern "C" fn vcpu_create<V: KvmX86Vendor>(
             0
         }
         Err(e) => e.to_errno(),
+    }
+}
+
+/// The table's get_feature_msr entry: the vendor's answer into `*data`.
+extern "C" fn get_feature_msr<V: KvmX86Vendor>(index: u32, data: &mut u64) -> bool {
+    match V::get_feature_msr(index) {
+        Some(v) => {
+            *data = v;
+            true
+        }
+        None => false,
     }
 }
 

@@ -28,7 +28,10 @@ pub const MAX_VCPUS: u32 = 1024;
 pub const MAX_VCPU_IDS: u32 = MAX_VCPUS * 4;
 /// The quirks KVM_CAP_DISABLE_QUIRKS2 can turn off: those kvm-rs implements
 /// both ways.
-pub const SUPPORTED_QUIRKS: u32 = uapi::KVM_X86_QUIRK_FIX_HYPERCALL_INSN;
+pub const SUPPORTED_QUIRKS: u32 = uapi::KVM_X86_QUIRK_FIX_HYPERCALL_INSN
+    | uapi::KVM_X86_QUIRK_STUFF_FEATURE_MSRS
+    | uapi::KVM_X86_QUIRK_MWAIT_NEVER_UD_FAULTS
+    | uapi::KVM_X86_QUIRK_MISC_ENABLE_NO_MWAIT;
 /// The `struct kvm_guest_debug` controls x86 supports (upstream
 /// KVM_GUESTDBG_VALID_MASK), the answer to KVM_CAP_SET_GUEST_DEBUG2.
 pub const GUESTDBG_VALID_MASK: u32 = uapi::KVM_GUESTDBG_ENABLE
@@ -42,6 +45,14 @@ pub const GUESTDBG_VALID_MASK: u32 = uapi::KVM_GUESTDBG_ENABLE
 /// KVM_CAP_ADJUST_CLOCK reports and KVM_SET_CLOCK accepts back.
 pub const KVM_CLOCK_VALID_FLAGS: u32 =
     uapi::KVM_CLOCK_TSC_STABLE | uapi::KVM_CLOCK_REALTIME | uapi::KVM_CLOCK_HOST_TSC;
+/// KVM_CAP_X2APIC_API flags (`_BITULL` macros, which bindgen does not expand):
+/// 32-bit x2APIC IDs in KVM_GET/SET_LAPIC and MSI routes, and no 0xff
+/// broadcast in x2APIC mode.
+pub const X2APIC_API_USE_32BIT_IDS: u32 = 1 << 0;
+pub const X2APIC_API_DISABLE_BROADCAST_QUIRK: u32 = 1 << 1;
+/// KVM_X2APIC_API_VALID_FLAGS, also what KVM_CHECK_EXTENSION reports.
+pub const X2APIC_API_VALID_FLAGS: u32 =
+    X2APIC_API_USE_32BIT_IDS | X2APIC_API_DISABLE_BROADCAST_QUIRK;
 /// `KVM_MAX_MCE_BANKS` (also arch/x86/hw/mce.rs, which sizes the banks by it).
 pub const MAX_MCE_BANKS: u32 = 32;
 /// `KVM_USER_MEM_SLOTS` on x86.
@@ -127,6 +138,17 @@ pub fn check_extension(host: &Host, cap: u64) -> i32 {
         // (x86.rs, svm/exit.rs).
         | uapi::KVM_CAP_SET_GUEST_DEBUG
         | uapi::KVM_CAP_X86_ROBUST_SINGLESTEP
+        // KVM_{HAS,GET,SET}_DEVICE_ATTR on a vCPU: the TSC offset (clock.rs).
+        | uapi::KVM_CAP_VCPU_ATTRIBUTES
+        // KVM_GET_MSR_FEATURE_INDEX_LIST and KVM_GET_MSRS on /dev/kvm (msr.rs).
+        | uapi::KVM_CAP_GET_MSR_FEATURES
+        // KVM_ENABLE_CAP on a vCPU, for KVM_CAP_ENFORCE_PV_FEATURE_CPUID: the PV
+        // MSRs and hypercalls only as the guest's KVM_CPUID_FEATURES offers.
+        | uapi::KVM_CAP_ENABLE_CAP
+        | uapi::KVM_CAP_ENFORCE_PV_FEATURE_CPUID
+        // Emulation failures carry the instruction bytes and exit information;
+        // KVM_CAP_EXIT_ON_EMULATION_FAILURE makes every one exit (emulate.rs).
+        | uapi::KVM_CAP_EXIT_ON_EMULATION_FAILURE
             if host.vcpus =>
         {
             1

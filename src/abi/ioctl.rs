@@ -132,6 +132,10 @@ pub const KVM_SET_XCRS: u32 = iow::<uapi::kvm_xcrs>(0xa7);
 pub const KVM_GET_SREGS2: u32 = ior::<uapi::kvm_sregs2>(0xcc);
 pub const KVM_SET_SREGS2: u32 = iow::<uapi::kvm_sregs2>(0xcd);
 pub const KVM_GET_XSAVE2: u32 = ior::<uapi::kvm_xsave>(0xcf);
+// Device attributes (on a vCPU: the TSC offset group).
+pub const KVM_SET_DEVICE_ATTR: u32 = iow::<uapi::kvm_device_attr>(0xe1);
+pub const KVM_GET_DEVICE_ATTR: u32 = iow::<uapi::kvm_device_attr>(0xe2);
+pub const KVM_HAS_DEVICE_ATTR: u32 = iow::<uapi::kvm_device_attr>(0xe3);
 
 #[cfg(test)]
 mod tests {
@@ -187,6 +191,9 @@ mod tests {
         assert_eq!(KVM_REINJECT_CONTROL, 0xae71);
         assert_eq!(KVM_REGISTER_COALESCED_MMIO, 0x4010_ae67);
         assert_eq!(KVM_UNREGISTER_COALESCED_MMIO, 0x4010_ae68);
+        // struct kvm_device_attr: flags, group, attr, addr (24 bytes).
+        assert_eq!(KVM_SET_DEVICE_ATTR, 0x4018_aee1);
+        assert_eq!(KVM_HAS_DEVICE_ATTR, 0x4018_aee3);
     }
 
     #[test]

@@ -39,6 +39,12 @@ const L1_ECX: u32 = 1
     | 1 << 25
     | 1 << 30;
 pub const L1_ECX_HYPERVISOR: u32 = 1 << 31;
+/// MONITOR/MWAIT (not offered; KVM emulates them as NOPs or #UD).
+pub const L1_ECX_MWAIT: u32 = 1 << 3;
+/// SSE3.
+pub const L1_ECX_SSE3: u32 = 1 << 0;
+/// PDCM: IA32_PERF_CAPABILITIES exists (not offered: no virtual PMU).
+pub const L1_ECX_PDCM: u32 = 1 << 15;
 /// Machine-check exception and architecture (the banks of hw/mce.rs).
 pub const L1_EDX_MCE: u32 = 1 << 7;
 pub const L1_EDX_MCA: u32 = 1 << 14;
@@ -87,12 +93,25 @@ const L7_EBX_AVX512: u32 = 1 << 16 | 1 << 17 | 1 << 21 | 1 << 28 | 1 << 30 | 1 <
 // emulator's page walker knows it).
 pub const L7_ECX_LA57: u32 = 1 << 16;
 const L7_ECX: u32 = L7_ECX_LA57;
+/// Leaf 7.0 EDX ARCH_CAPABILITIES: MSR_IA32_ARCH_CAPABILITIES, which KVM
+/// emulates on both vendors (upstream EMULATED_F).
+pub const L7_EDX_ARCH_CAPABILITIES: u32 = 1 << 29;
 // 8000_0001 ECX: LAHF ABM SSE4A MISALIGNSSE PREFETCHW. EDX: SYSCALL NX LM.
 const X1_ECX: u32 = 1 | 1 << 5 | 1 << 6 | 1 << 7 | 1 << 8;
 pub const X1_EDX_SYSCALL: u32 = 1 << 11;
 pub const X1_EDX_NX: u32 = 1 << 20;
 pub const X1_EDX_LM: u32 = 1 << 29;
 const X1_EDX: u32 = X1_EDX_SYSCALL | X1_EDX_NX | X1_EDX_LM;
+
+/// The hypervisor leaves' base (KVM_CPUID_SIGNATURE), where a hypervisor's
+/// signature may also sit at any multiple of 0x100 above it up to 0x4000_ff00.
+pub const KVM_CPUID_SIGNATURE: u32 = 0x4000_0000;
+/// KVM_CPUID_FEATURES, relative to the signature leaf: EAX holds KVM_FEATURE_* bits.
+pub const KVM_CPUID_FEATURES: u32 = 1;
+/// KVM_FEATURE_* bit numbers (arch/x86/include/uapi/asm/kvm_para.h).
+pub const KVM_FEATURE_CLOCKSOURCE: u32 = 0;
+pub const KVM_FEATURE_CLOCKSOURCE2: u32 = 3;
+pub const KVM_FEATURE_PV_SCHED_YIELD: u32 = 13;
 
 /// "KVMKVMKVM\0\0\0" in EBX, ECX, EDX.
 pub const KVM_SIGNATURE: [u32; 3] = [0x4b4d_564b, 0x564b_4d56, 0x0000_004d];
@@ -151,7 +170,7 @@ pub fn supported(
                 h[1] & (L7_EBX | bits(ymm, L7_EBX_AVX2) | bits(avx512, L7_EBX_AVX512))
                     | L7_EBX_TSC_ADJUST,
                 h[2] & L7_ECX,
-                0,
+                L7_EDX_ARCH_CAPABILITIES,
             ],
         ))?;
     }
@@ -235,6 +254,9 @@ pub struct Runtime {
     pub apic: bool,
     /// The standard XSAVE area size for the guest's XCR0.
     pub xsave_size: u32,
+    /// With KVM_X86_QUIRK_MISC_ENABLE_NO_MWAIT disabled: MISC_ENABLE.MWAIT, which
+    /// CPUID.MONITOR then follows (None: the table's bit stays).
+    pub mwait: Option<bool>,
 }
 
 const L1_EDX_APIC: u32 = 1 << 9;
@@ -246,6 +268,9 @@ pub fn update_runtime(entries: &mut [Entry], r: &Runtime) {
             (1, _) => {
                 e.ecx = e.ecx & !L1_ECX_OSXSAVE | bits(r.osxsave, L1_ECX_OSXSAVE);
                 e.edx = e.edx & !L1_EDX_APIC | bits(r.apic, L1_EDX_APIC);
+                if let Some(m) = r.mwait {
+                    e.ecx = e.ecx & !L1_ECX_MWAIT | bits(m, L1_ECX_MWAIT);
+                }
             }
             (0xd, 0) => e.ebx = r.xsave_size,
             _ => {}
@@ -271,6 +296,16 @@ pub fn is_amd_compatible(entries: &[Entry]) -> bool {
         let v = [e.ebx, e.edx, e.ecx];
         v == VENDOR_AMD || v == VENDOR_HYGON
     })
+}
+
+/// kvm_apply_cpuid_pv_features_quirk(): the KVM_FEATURE_* bits of the guest's
+/// KVM leaves, found by their signature (0 when the table has none).
+pub fn kvm_pv_features(entries: &[Entry]) -> u32 {
+    let base = (0..0x100u32)
+        .map(|i| KVM_CPUID_SIGNATURE + (i << 8))
+        .find(|&b| find(entries, b, 0).is_some_and(|e| [e.ebx, e.ecx, e.edx] == KVM_SIGNATURE));
+    base.and_then(|b| find(entries, b | KVM_CPUID_FEATURES, 0))
+        .map_or(0, |e| e.eax)
 }
 
 /// Guest physical address width from its CPUID (36 without leaf 8000_0008).
@@ -342,6 +377,41 @@ mod tests {
         assert_eq!(find(e, 7, 1), None, "leaf 7 is indexed");
         let l7 = find(e, 7, 0).unwrap();
         assert_ne!(l7.ebx & L7_EBX_TSC_ADJUST, 0, "TSC_ADJUST is emulated");
+        assert_eq!(
+            l7.edx, L7_EDX_ARCH_CAPABILITIES,
+            "ARCH_CAPABILITIES is emulated"
+        );
+    }
+
+    #[test]
+    fn pv_features_follow_the_signature() {
+        let sig = |function: u32, ebx: u32| Entry {
+            function,
+            eax: function + 1,
+            ebx,
+            ecx: KVM_SIGNATURE[1],
+            edx: KVM_SIGNATURE[2],
+            ..Default::default()
+        };
+        let feat = |function: u32, eax: u32| Entry {
+            function,
+            eax,
+            ..Default::default()
+        };
+        // The KVM leaves at their usual base.
+        let e = [sig(0x4000_0000, KVM_SIGNATURE[0]), feat(0x4000_0001, 0x9)];
+        assert_eq!(kvm_pv_features(&e), 0x9);
+        // Behind another hypervisor's leaves (Hyper-V first, KVM at 0x100).
+        let e = [
+            sig(0x4000_0000, 0x1234),
+            feat(0x4000_0001, 0xff),
+            sig(0x4000_0100, KVM_SIGNATURE[0]),
+            feat(0x4000_0101, 0x8),
+        ];
+        assert_eq!(kvm_pv_features(&e), 0x8);
+        // No signature, or a signature without the features leaf: none.
+        assert_eq!(kvm_pv_features(&[feat(0x4000_0001, 0xff)]), 0);
+        assert_eq!(kvm_pv_features(&[sig(0x4000_0000, KVM_SIGNATURE[0])]), 0);
     }
 
     #[test]
@@ -400,6 +470,7 @@ mod tests {
             osxsave: true,
             apic: false,
             xsave_size: 832,
+            mwait: None,
         };
         update_runtime(&mut e, &r);
         assert_eq!(e[0].ecx, L1_ECX_XSAVE | L1_ECX_OSXSAVE);
@@ -413,6 +484,18 @@ mod tests {
             },
         );
         assert_eq!((e[0].ecx, e[0].edx), (L1_ECX_XSAVE, L1_EDX_APIC));
+        // MONITOR follows MISC_ENABLE.MWAIT only when asked to.
+        let mwait = |m: Option<bool>| Runtime {
+            apic: true,
+            mwait: m,
+            ..Default::default()
+        };
+        update_runtime(&mut e, &mwait(Some(true)));
+        assert_eq!(e[0].ecx, L1_ECX_XSAVE | L1_ECX_MWAIT);
+        update_runtime(&mut e, &mwait(None));
+        assert_eq!(e[0].ecx, L1_ECX_XSAVE | L1_ECX_MWAIT);
+        update_runtime(&mut e, &mwait(Some(false)));
+        assert_eq!(e[0].ecx, L1_ECX_XSAVE);
     }
 
     #[test]

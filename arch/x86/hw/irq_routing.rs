@@ -93,7 +93,14 @@ pub fn default_routes(mut add: impl FnMut(Route)) {
 /// One entry of KVM_SET_GSI_ROUTING, checked against the routes already accepted
 /// from the same call (kvm_set_irq_routing(), setup_routing_entry() and x86's
 /// kvm_set_routing_entry()). `split`: the irqchip is split (no PIC/IOAPIC pins).
-pub fn check_entry(ue: &UserEntry, accepted: &[Route], split: bool) -> Result<Route, Invalid> {
+/// `split`: the IOAPIC and PIC are userspace's; `x2apic_format`: the VM has
+/// KVM_X2APIC_API_USE_32BIT_IDS.
+pub fn check_entry(
+    ue: &UserEntry,
+    accepted: &[Route],
+    split: bool,
+    x2apic_format: bool,
+) -> Result<Route, Invalid> {
     if ue.gsi >= MAX_ROUTES {
         return Err(Invalid);
     }
@@ -131,7 +138,9 @@ pub fn check_entry(ue: &UserEntry, accepted: &[Route], split: bool) -> Result<Ro
             };
             Target::Irqchip { chip, pin }
         }
-        // No x2APIC API format (KVM_CAP_X2APIC_API), so any address_hi is valid.
+        // With KVM_CAP_X2APIC_API's 32-bit IDs, address_hi's low byte must be 0
+        // (kvm_msi_route_invalid()): its bits 31:8 are destination bits.
+        TYPE_MSI if x2apic_format && msi_route_invalid(ue.u[1]) => return Err(Invalid),
         TYPE_MSI => Target::Msi {
             address_lo: ue.u[0],
             address_hi: ue.u[1],
@@ -145,9 +154,21 @@ pub fn check_entry(ue: &UserEntry, accepted: &[Route], split: bool) -> Result<Ro
     })
 }
 
-/// The LAPIC interrupt an MSI message asks for (kvm_msi_to_lapic_irq() with the
-/// legacy 8-bit destination).
-pub fn msi_irq(address_lo: u32, _address_hi: u32, data: u32) -> Irq {
+/// kvm_msi_route_invalid() under KVM_X2APIC_API_USE_32BIT_IDS: address_hi's
+/// reserved low byte is set.
+pub fn msi_route_invalid(address_hi: u32) -> bool {
+    address_hi & 0xff != 0
+}
+
+/// The LAPIC interrupt an MSI message asks for (kvm_msi_to_lapic_irq()): the
+/// 8-bit destination, extended by address_hi bits 31:8 with `x2apic_format`
+/// (x86_msi_msg_get_destid()).
+pub fn msi_irq(address_lo: u32, address_hi: u32, data: u32, x2apic_format: bool) -> Irq {
+    let ext = if x2apic_format {
+        address_hi & 0xffff_ff00
+    } else {
+        0
+    };
     Irq {
         vector: data as u8,
         delivery_mode: ((data >> 8) & 7) as u8,
@@ -155,7 +176,7 @@ pub fn msi_irq(address_lo: u32, _address_hi: u32, data: u32) -> Irq {
         level: true,
         trig_level: data & (1 << 15) != 0,
         shorthand: 0,
-        dest_id: (address_lo >> 12) & 0xff,
+        dest_id: ext | ((address_lo >> 12) & 0xff),
         msi_redir_hint: address_lo & (1 << 3) != 0,
     }
 }
@@ -198,7 +219,7 @@ mod tests {
 
     #[test]
     fn irqchip_entries() {
-        let r = check_entry(&irqchip(10, CHIP_PIC_SLAVE, 2), &[], false);
+        let r = check_entry(&irqchip(10, CHIP_PIC_SLAVE, 2), &[], false, false);
         assert_eq!(
             r,
             Ok(Route {
@@ -210,41 +231,44 @@ mod tests {
             })
         );
         assert_eq!(
-            check_entry(&irqchip(1, CHIP_PIC_MASTER, 8), &[], false),
+            check_entry(&irqchip(1, CHIP_PIC_MASTER, 8), &[], false, false),
             Err(Invalid)
         );
         assert_eq!(
-            check_entry(&irqchip(1, CHIP_IOAPIC, 24), &[], false),
-            Err(Invalid)
-        );
-        assert_eq!(check_entry(&irqchip(1, 3, 0), &[], false), Err(Invalid));
-        assert_eq!(
-            check_entry(&irqchip(1, CHIP_IOAPIC, 1), &[], true),
+            check_entry(&irqchip(1, CHIP_IOAPIC, 24), &[], false, false),
             Err(Invalid)
         );
         assert_eq!(
-            check_entry(&irqchip(MAX_ROUTES, CHIP_IOAPIC, 1), &[], false),
+            check_entry(&irqchip(1, 3, 0), &[], false, false),
+            Err(Invalid)
+        );
+        assert_eq!(
+            check_entry(&irqchip(1, CHIP_IOAPIC, 1), &[], true, false),
+            Err(Invalid)
+        );
+        assert_eq!(
+            check_entry(&irqchip(MAX_ROUTES, CHIP_IOAPIC, 1), &[], false, false),
             Err(Invalid)
         );
         let mut e = irqchip(1, CHIP_IOAPIC, 1);
         e.flags = MSI_VALID_DEVID;
-        assert_eq!(check_entry(&e, &[], false), Err(Invalid));
+        assert_eq!(check_entry(&e, &[], false, false), Err(Invalid));
         e.kind = 7;
         e.flags = 0;
-        assert_eq!(check_entry(&e, &[], false), Err(Invalid));
+        assert_eq!(check_entry(&e, &[], false, false), Err(Invalid));
     }
 
     #[test]
     fn duplicates() {
-        let pic = check_entry(&irqchip(0, CHIP_PIC_MASTER, 0), &[], false);
+        let pic = check_entry(&irqchip(0, CHIP_PIC_MASTER, 0), &[], false, false);
         let Ok(pic) = pic else {
             panic!("PIC route refused");
         };
         // QEMU's table: GSI 0 on PIC pin 0 and IOAPIC pin 2.
-        let io = check_entry(&irqchip(0, CHIP_IOAPIC, 2), &[pic], false);
+        let io = check_entry(&irqchip(0, CHIP_IOAPIC, 2), &[pic], false, false);
         assert!(io.is_ok());
         assert_eq!(
-            check_entry(&irqchip(0, CHIP_PIC_MASTER, 1), &[pic], false),
+            check_entry(&irqchip(0, CHIP_PIC_MASTER, 1), &[pic], false, false),
             Err(Invalid)
         );
         let msi = UserEntry {
@@ -253,12 +277,12 @@ mod tests {
             flags: 0,
             u: [0xfee0_0000, 0, 0x30],
         };
-        assert_eq!(check_entry(&msi, &[pic], false), Err(Invalid));
-        let Ok(m) = check_entry(&UserEntry { gsi: 30, ..msi }, &[pic], false) else {
+        assert_eq!(check_entry(&msi, &[pic], false, false), Err(Invalid));
+        let Ok(m) = check_entry(&UserEntry { gsi: 30, ..msi }, &[pic], false, false) else {
             panic!("MSI route refused");
         };
         assert_eq!(
-            check_entry(&irqchip(30, CHIP_IOAPIC, 3), &[m], false),
+            check_entry(&irqchip(30, CHIP_IOAPIC, 3), &[m], false, false),
             Err(Invalid)
         );
         let devid = UserEntry {
@@ -266,13 +290,26 @@ mod tests {
             flags: MSI_VALID_DEVID,
             ..msi
         };
-        assert!(check_entry(&devid, &[], true).is_ok());
+        assert!(check_entry(&devid, &[], true, false).is_ok());
+        // 32-bit x2APIC IDs: address_hi's low byte is reserved.
+        let hi = UserEntry {
+            gsi: 32,
+            u: [0xfee0_0000, 0x1_00, 0x30],
+            ..msi
+        };
+        assert!(check_entry(&hi, &[], false, true).is_ok());
+        let bad = UserEntry {
+            u: [0xfee0_0000, 0x1_01, 0x30],
+            ..hi
+        };
+        assert_eq!(check_entry(&bad, &[], false, true), Err(Invalid));
+        assert!(check_entry(&bad, &[], false, false).is_ok());
     }
 
     #[test]
     fn msi_message() {
         // Physical destination 3, vector 0x41, level, lowest priority, logical.
-        let irq = msi_irq(0xfee0_300c, 0, 0x8141);
+        let irq = msi_irq(0xfee0_300c, 0, 0x8141, false);
         assert_eq!(irq.dest_id, 3);
         assert_eq!(irq.vector, 0x41);
         assert!(irq.trig_level);
@@ -280,5 +317,8 @@ mod tests {
         assert!(irq.dest_mode_logical);
         assert!(irq.msi_redir_hint);
         assert!(irq.level);
+        // address_hi extends the destination only with 32-bit x2APIC IDs.
+        assert_eq!(msi_irq(0xfee0_3000, 0x1200, 0x41, true).dest_id, 0x1203);
+        assert_eq!(msi_irq(0xfee0_3000, 0x1200, 0x41, false).dest_id, 3);
     }
 }

@@ -26,6 +26,17 @@ pub const MSR_APICBASE_X2APIC: u64 = 1 << 10;
 pub const MSR_APICBASE_ENABLE: u64 = 1 << 11;
 /// `struct kvm_lapic_state`: KVM_APIC_REG_SIZE.
 pub const STATE_SIZE: usize = 1024;
+/// APIC_BUS_CYCLE_NS_DEFAULT: a 1 GHz bus unless the VM asks otherwise.
+pub const APIC_BUS_CYCLE_NS_DEFAULT: u64 = 1;
+/// The largest timer count times the largest divider (TDCR 128): bus cycles that
+/// long must not overflow in nanoseconds (KVM_CAP_X86_APIC_BUS_CYCLES_NS's bound).
+pub const APIC_MAX_BUS_CYCLES: u64 = u32::MAX as u64 * 128;
+
+/// Whether KVM_CAP_X86_APIC_BUS_CYCLES_NS accepts `ns` (kvm_vm_ioctl_enable_cap()).
+pub fn valid_bus_cycle_ns(ns: u64) -> bool {
+    ns != 0 && APIC_MAX_BUS_CYCLES.checked_mul(ns).is_some()
+}
+
 /// x2APIC MSRs are 0x800..=0x8ff.
 pub const X2APIC_MSR_BASE: u32 = 0x800;
 /// `source_id` for [`Lapic::matches`] when the message comes from a device (IOAPIC,
@@ -223,6 +234,9 @@ pub struct Lapic {
     timer_mode_mask: u32,
     broadcast_quirk_disabled: bool,
     divide_count: u32,
+    /// KVM_CAP_X86_APIC_BUS_CYCLES_NS: the length of one bus cycle, the unit the
+    /// timer counts in before the divider.
+    bus_cycle_ns: u64,
     timer: Timer,
     nmi_pending: u32,
     smi_pending: bool,
@@ -285,6 +299,7 @@ impl Lapic {
             timer_mode_mask: TIMER_PERIODIC | TIMER_TSCDEADLINE,
             broadcast_quirk_disabled: false,
             divide_count: 2,
+            bus_cycle_ns: APIC_BUS_CYCLE_NS_DEFAULT,
             timer: Timer::default(),
             nmi_pending: 0,
             smi_pending: false,
@@ -633,7 +648,11 @@ impl Lapic {
             return 0;
         }
         let remaining = self.timer.target.saturating_sub(now_ns) % period;
-        let count = remaining / u64::from(self.divide_count.max(1));
+        let count = remaining
+            / self
+                .bus_cycle_ns
+                .saturating_mul(u64::from(self.divide_count))
+                .max(1);
         u32::try_from(count).unwrap_or(u32::MAX)
     }
 
@@ -1125,9 +1144,21 @@ impl Lapic {
         self.divide_count = 1 << (n & 7);
     }
 
-    /// upstream tmict_to_ns() with APIC_BUS_CYCLE_NS_DEFAULT = 1.
+    /// upstream tmict_to_ns().
     fn count_to_ns(&self, count: u32) -> u64 {
-        u64::from(count) * u64::from(self.divide_count)
+        u64::from(count)
+            .saturating_mul(self.bus_cycle_ns)
+            .saturating_mul(u64::from(self.divide_count))
+    }
+
+    /// The VM's APIC bus cycle (KVM_CAP_X86_APIC_BUS_CYCLES_NS), set before the
+    /// timer runs; 0 is taken as the default.
+    pub fn set_bus_cycle_ns(&mut self, ns: u64) {
+        self.bus_cycle_ns = if ns == 0 {
+            APIC_BUS_CYCLE_NS_DEFAULT
+        } else {
+            ns
+        };
     }
 
     /// upstream limit_periodic_timer_frequency().
@@ -2166,6 +2197,20 @@ mod tests {
         assert_eq!(a.next_timer_expiry(), None);
         // Same divisor: nothing to do.
         assert_eq!(a.mmio_write(TDCR, 0x1, 2000), Action::None);
+    }
+
+    #[test]
+    fn bus_cycle_length_scales_the_timer() {
+        // A 25 MHz bus (40 ns per cycle), divide by 1: 1000 counts are 40 us.
+        let mut a = timer_apic(0x40);
+        a.set_bus_cycle_ns(40);
+        a.mmio_write(TMICT, 1000, 0);
+        assert_eq!(a.next_timer_expiry(), Some(40_000));
+        assert_eq!(a.mmio_read(TMCCT, 4, 10_000), 750);
+        assert!(valid_bus_cycle_ns(1));
+        assert!(!valid_bus_cycle_ns(0));
+        assert!(valid_bus_cycle_ns(u64::MAX / APIC_MAX_BUS_CYCLES));
+        assert!(!valid_bus_cycle_ns(u64::MAX / APIC_MAX_BUS_CYCLES + 1));
     }
 
     #[test]

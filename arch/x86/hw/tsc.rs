@@ -170,9 +170,6 @@ impl TscSync {
                     tsc < tsc_exp.wrapping_add(tsc_hz) && tsc.wrapping_add(tsc_hz) > tsc_exp;
             }
         }
-        if data.is_some() {
-            self.user_set_tsc = true;
-        }
         let mut matched = false;
         if synchronizing && khz == self.last_tsc_khz {
             if tsc_unstable {
@@ -183,7 +180,49 @@ impl TscSync {
             }
             matched = true;
         }
-        // __kvm_synchronize_tsc()
+        self.record_write(
+            offset,
+            tsc,
+            ns,
+            khz,
+            matched,
+            data.is_some(),
+            vcpu_generation,
+        )
+    }
+
+    /// KVM_SET_DEVICE_ATTR(KVM_VCPU_TSC_OFFSET) (kvm_arch_tsc_set_attr()): the
+    /// offset itself is written; it matches the previous write when it is the same
+    /// offset at the same rate. `host_tsc` is the host's TSC now.
+    pub fn set_offset(
+        &mut self,
+        offset: u64,
+        host_tsc: u64,
+        ns: u64,
+        khz: u32,
+        vcpu_generation: u64,
+    ) -> TscWrite {
+        let matched = khz != 0 && self.last_tsc_khz == khz && self.last_tsc_offset == offset;
+        let tsc = host_tsc.wrapping_add(offset);
+        self.record_write(offset, tsc, ns, khz, matched, true, vcpu_generation)
+    }
+
+    /// __kvm_synchronize_tsc(): records a write of `tsc` running at `offset`, in a
+    /// new generation unless `matched`.
+    #[allow(clippy::too_many_arguments)]
+    fn record_write(
+        &mut self,
+        offset: u64,
+        tsc: u64,
+        ns: u64,
+        khz: u32,
+        matched: bool,
+        user_set_tsc: bool,
+        vcpu_generation: u64,
+    ) -> TscWrite {
+        if user_set_tsc {
+            self.user_set_tsc = true;
+        }
         self.last_tsc_nsec = ns;
         self.last_tsc_write = tsc;
         self.last_tsc_khz = khz;
@@ -249,6 +288,25 @@ mod tests {
         assert_eq!(u64::from_le_bytes(b[8..16].try_into().unwrap()), 1000);
         assert_eq!(b[29], PVCLOCK_TSC_STABLE_BIT);
         assert_eq!(pvclock_wall_clock(4, 10, 20)[4], 10);
+    }
+
+    #[test]
+    fn offset_writes_match_the_same_offset() {
+        let mut s = TscSync::default();
+        let khz = 2_000_000;
+        let w0 = s.synchronize(None, 1_000, 10, khz, false, 0);
+        // A different offset: a new generation, the TSC written is host + offset.
+        let w = s.set_offset(5_000, 2_000, 20, khz, w0.generation);
+        assert_eq!((w.offset, w.matched), (5_000, false));
+        assert_ne!(w.generation, w0.generation);
+        assert_eq!(s.last_tsc_write, 7_000);
+        assert!(s.user_set_tsc);
+        // The same offset for the next vCPU: matched, counted once.
+        let w1 = s.set_offset(5_000, 9_000, 30, khz, 0);
+        assert!(w1.matched);
+        assert_eq!((w1.generation, s.nr_vcpus_matched_tsc), (w.generation, 1));
+        // Same offset at another rate: not matched.
+        assert!(!s.set_offset(5_000, 9_000, 40, khz / 2, 0).matched);
     }
 
     #[test]

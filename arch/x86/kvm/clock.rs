@@ -8,7 +8,7 @@ use core::sync::atomic::Ordering;
 use kernel::prelude::*;
 
 use crate::abi::caps::KVM_CLOCK_VALID_FLAGS;
-use crate::abi::uapi;
+use crate::abi::{ioctl, uapi};
 use crate::arch::emulate::{read_phys, write_phys};
 use crate::arch::x86::{now_tsc as rdtsc, VcpuArch};
 use crate::arch::Vm;
@@ -316,6 +316,49 @@ impl Vm {
         st.this_tsc_generation = w.generation;
         kvm_vcpu_write_tsc_offset(st, w.offset);
         // kvm_track_tsc_matching(): the master clock may come or go.
+        self.arch.masterclock_update.store(true, Ordering::Release);
+    }
+}
+
+impl Vm {
+    /// kvm_vcpu_ioctl_device_attr(): the vCPU's one attribute group is the TSC's
+    /// (KVM_VCPU_TSC_CTRL), whose one attribute is the offset, read and written as
+    /// a u64 at `addr`; anything else is -ENXIO.
+    pub(crate) fn kvm_vcpu_ioctl_device_attr(
+        &self,
+        st: &mut VcpuArch,
+        cmd: u32,
+        attr: &uapi::kvm_device_attr,
+    ) -> Result<isize> {
+        if attr.group != uapi::KVM_VCPU_TSC_CTRL
+            || attr.attr != u64::from(uapi::KVM_VCPU_TSC_OFFSET)
+        {
+            return Err(ENXIO);
+        }
+        let addr = usize::try_from(attr.addr).map_err(|_| EFAULT)?;
+        match cmd {
+            ioctl::KVM_GET_DEVICE_ATTR => user::write(addr, &st.l1_tsc_offset)?,
+            ioctl::KVM_SET_DEVICE_ATTR => {
+                let offset: u64 = user::read(addr)?;
+                self.kvm_arch_tsc_set_offset(st, offset);
+            }
+            _ => {}
+        }
+        Ok(0)
+    }
+
+    /// kvm_arch_tsc_set_attr(KVM_VCPU_TSC_OFFSET).
+    fn kvm_arch_tsc_set_offset(&self, st: &mut VcpuArch, offset: u64) {
+        let ns = get_kvmclock_base_ns();
+        let w = self.arch.tsc.lock().set_offset(
+            offset,
+            rdtsc(),
+            ns,
+            st.tsc_khz,
+            st.this_tsc_generation,
+        );
+        st.this_tsc_generation = w.generation;
+        kvm_vcpu_write_tsc_offset(st, w.offset);
         self.arch.masterclock_update.store(true, Ordering::Release);
     }
 }

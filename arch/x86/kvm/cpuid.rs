@@ -8,7 +8,7 @@ use kernel::prelude::*;
 use crate::abi::uapi;
 use crate::arch::regs::{host_cpuid, supported_xcr0};
 use crate::arch::x86::VcpuArch;
-use crate::arch::Vcpu;
+use crate::arch::{Vcpu, Vm};
 use crate::hw::cpuid::{self, Entry};
 use crate::user::{Cpuid2, Fam, FamHeader};
 
@@ -59,7 +59,12 @@ impl Vcpu {
     /// KVM_SET_CPUID2 (kvm_vcpu_ioctl_set_cpuid2()): frozen after the first run
     /// (only the same table is accepted, kvm_cpuid_check_equal()); the LAPIC
     /// follows the new table (kvm_vcpu_after_set_cpuid()).
-    pub(crate) fn kvm_vcpu_ioctl_set_cpuid2(&self, st: &mut VcpuArch, arg: usize) -> Result {
+    pub(crate) fn kvm_vcpu_ioctl_set_cpuid2(
+        &self,
+        vm: &Vm,
+        st: &mut VcpuArch,
+        arg: usize,
+    ) -> Result {
         let fam = Fam::<Cpuid2>::read_header(arg)?;
         let raw = fam.read_entries(cpuid::MAX_ENTRIES, E2BIG)?;
         let mut entries = KVec::with_capacity(raw.len(), GFP_KERNEL)?;
@@ -68,7 +73,7 @@ impl Vcpu {
         }
         // KVM owns the runtime bits, also for the comparison below: both tables
         // get the current ones.
-        let r = self.cpuid_runtime(st);
+        let r = self.cpuid_runtime(vm, st);
         cpuid::update_runtime(&mut entries, &r);
         cpuid::update_runtime(&mut st.cpuid, &r);
         if st.ran {
@@ -77,6 +82,7 @@ impl Vcpu {
             return if same { Ok(()) } else { Err(EINVAL) };
         }
         st.cpuid = entries;
+        st.pv_features = cpuid::kvm_pv_features(&st.cpuid);
         let l1 = cpuid::find(&st.cpuid, 1, 0).map_or(0, |e| e.ecx);
         if let Some(l) = (*self.arch.lapic.lock()).as_mut() {
             l.set_guest_caps(
@@ -90,8 +96,13 @@ impl Vcpu {
 
     /// KVM_GET_CPUID2 (kvm_vcpu_ioctl_get_cpuid2()), with the runtime bits as
     /// they are now (the guest may have changed CR4 without an exit).
-    pub(crate) fn kvm_vcpu_ioctl_get_cpuid2(&self, st: &mut VcpuArch, arg: usize) -> Result {
-        let r = self.cpuid_runtime(st);
+    pub(crate) fn kvm_vcpu_ioctl_get_cpuid2(
+        &self,
+        vm: &Vm,
+        st: &mut VcpuArch,
+        arg: usize,
+    ) -> Result {
+        let r = self.cpuid_runtime(vm, st);
         cpuid::update_runtime(&mut st.cpuid, &r);
         let fam = Fam::<Cpuid2>::read_header(arg)?;
         let mut out = KVec::with_capacity(st.cpuid.len(), GFP_KERNEL)?;

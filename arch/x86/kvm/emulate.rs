@@ -18,6 +18,7 @@ use crate::kvm_x86_ops::Next;
 use crate::stats::vcpu as st_;
 use crate::vcpu::{run, PAGE_SIZE};
 
+use core::sync::atomic::Ordering;
 use kernel::prelude::*;
 use kernel::uaccess::{UserPtr, UserSlice};
 
@@ -212,6 +213,9 @@ impl Cpu {
     }
 }
 
+/// The padding of the instruction bytes in an emulation failure (upstream: NOP).
+const NOP: u8 = 0x90;
+
 /// Why an instruction could not be emulated.
 pub(crate) enum Failure {
     /// Inject this page fault (the guest's own tables did not map the address).
@@ -348,7 +352,7 @@ impl Vcpu {
                                 .ok_or(Failure::Emulation)
                         });
                     if let Err(f) = stored {
-                        return to_user(self.failure(st, f, la));
+                        return to_user(self.failure(vm, st, f, la));
                     }
                     emulate::string_advance(&insn, &mut st.regs.gpr, st.regs.rflags, 1);
                 }
@@ -423,7 +427,7 @@ impl Vcpu {
 
     /// An instruction that could not be emulated: a #PF for the guest when its
     /// own page tables were in the way, else an emulation failure for userspace.
-    pub(crate) fn failure(&self, st: &mut VcpuArch, f: Failure, la: u64) -> Next {
+    pub(crate) fn failure(&self, vm: &Vm, st: &mut VcpuArch, f: Failure, la: u64) -> Next {
         match f {
             Failure::Walk(WalkError::PageFault { error_code }) => {
                 let mut s = uapi::kvm_sregs::default();
@@ -434,7 +438,7 @@ impl Vcpu {
                 st.vendor.queue_exception(uapi::PF_VECTOR, true, error_code);
                 Next::Guest
             }
-            _ => self.handle_emulation_failure(),
+            _ => self.handle_emulation_failure(vm, st),
         }
     }
 
@@ -446,11 +450,11 @@ impl Vcpu {
         let rip = st.regs.rip;
         let insn = match cpu.fetch_decode(vm, rip) {
             Ok(i) => i,
-            Err(f) => return self.failure(st, f, cpu.linear(1, rip)),
+            Err(f) => return self.failure(vm, st, f, cpu.linear(1, rip)),
         };
         if insn.is_string() || insn.lock && matches!(insn.op, Op::Alu { .. }) {
             // String MMIO and atomics on MMIO are not emulated yet.
-            return self.handle_emulation_failure();
+            return self.handle_emulation_failure(vm, st);
         }
         let next_rip = next_ip(st, &insn, rip);
         if let Some(n) = self.lapic_mmio(vm, st, &insn, gpa, next_rip) {
@@ -502,7 +506,7 @@ impl Vcpu {
                 self.mmio_exit(gpa, insn.op_size, None);
                 Next::User(Ok(()))
             }
-            _ => self.handle_emulation_failure(),
+            _ => self.handle_emulation_failure(vm, st),
         }
     }
 
@@ -514,12 +518,12 @@ impl Vcpu {
         let rip = st.regs.rip;
         let insn = match cpu.fetch_decode(vm, rip) {
             Ok(i) => i,
-            Err(f) => return self.failure(st, f, cpu.linear(1, rip)),
+            Err(f) => return self.failure(vm, st, f, cpu.linear(1, rip)),
         };
         match insn.op {
             Op::Ins | Op::Outs => self.emulator_pio_in_out(vm, st, &cpu, insn),
             Op::MovDr { dr, gpr, to_dr } => self.em_mov_dr(st, &cpu, &insn, dr, gpr, to_dr),
-            _ => self.handle_emulation_failure(),
+            _ => self.handle_emulation_failure(vm, st),
         }
     }
 
@@ -603,7 +607,7 @@ impl Vcpu {
                             .ok_or(Failure::Emulation)
                     });
                 if let Err(f) = read {
-                    return self.failure(st, f, la);
+                    return self.failure(vm, st, f, la);
                 }
                 // SAFETY: the PIO page is ours; n <= 8.
                 unsafe { core::ptr::copy_nonoverlapping(buf.as_ptr(), self.pio_data(), n) };
@@ -615,7 +619,7 @@ impl Vcpu {
                 st.pending = Pending::StringIn { insn, rip, count };
                 (true, count)
             }
-            _ => return self.handle_emulation_failure(),
+            _ => return self.handle_emulation_failure(vm, st),
         };
         self.stats.inc(st_::IO_EXITS);
         self.io_exit(input, size, port, count as u32);
@@ -654,10 +658,51 @@ impl Vcpu {
         self.kvm_prepare_internal_error_exit(uapi::KVM_INTERNAL_ERROR_DELIVERY_EV, &data)
     }
 
-    /// An instruction the emulator does not handle, reported as upstream reports a
-    /// failed emulation (handle_emulation_failure() without the instruction bytes).
-    pub(crate) fn handle_emulation_failure(&self) -> Next {
-        self.kvm_prepare_internal_error_exit(uapi::KVM_INTERNAL_ERROR_EMULATION, &[])
+    /// handle_emulation_failure(): an instruction the emulator does not handle.
+    /// The guest gets #UD and, at CPL 0, userspace the failure with the
+    /// instruction's bytes; with KVM_CAP_EXIT_ON_EMULATION_FAILURE userspace
+    /// gets it always and the guest no #UD (it may skip the instruction).
+    pub(crate) fn handle_emulation_failure(&self, vm: &Vm, st: &mut VcpuArch) -> Next {
+        self.stats.inc(st_::INSN_EMULATION_FAIL);
+        if !vm.arch.exit_on_emulation_error.load(Ordering::Relaxed) {
+            st.vendor.queue_exception(uapi::UD_VECTOR, false, 0);
+            if self.get_sregs(st).ss.dpl != 0 {
+                return Next::Guest;
+            }
+        }
+        self.prepare_emulation_ctxt_failure_exit(vm, st)
+    }
+
+    /// prepare_emulation_ctxt_failure_exit(): KVM_INTERNAL_ERROR_EMULATION with
+    /// the bytes at RIP (those the emulator could fetch) and the vendor's exit
+    /// information, laid out as `kvm_run.emulation_failure`: flags, then
+    /// insn_size and insn_bytes (NOP-padded) over two data words, then the exit
+    /// information.
+    fn prepare_emulation_ctxt_failure_exit(&self, vm: &Vm, st: &VcpuArch) -> Next {
+        let (bytes, got) = self.cpu(st).fetch(vm, st.regs.rip).unwrap_or(([0; 15], 0));
+        let mut info = [0u64; 5];
+        st.vendor.get_exit_info(&mut info);
+        let mut data = [0u64; 8];
+        let mut n = 1;
+        if got > 0 {
+            data[0] = u64::from(uapi::KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES);
+            let mut insn = [NOP; 16];
+            insn[0] = got as u8;
+            for (d, b) in insn.iter_mut().skip(1).zip(bytes.iter().take(got)) {
+                *d = *b;
+            }
+            for (w, c) in data.iter_mut().skip(1).zip(insn.chunks_exact(8)) {
+                let mut le = [0u8; 8];
+                le.copy_from_slice(c);
+                *w = u64::from_le_bytes(le);
+            }
+            n = 3;
+        }
+        for (w, i) in data.iter_mut().skip(n).zip(info.iter()) {
+            *w = *i;
+        }
+        let used = data.get(..n + info.len()).unwrap_or(&data);
+        self.kvm_prepare_internal_error_exit(uapi::KVM_INTERNAL_ERROR_EMULATION, used)
     }
 
     /// KVM_EXIT_INTERNAL_ERROR with `suberror` and `data` (kvm_run's `internal`:

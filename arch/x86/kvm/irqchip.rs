@@ -74,6 +74,9 @@ pub(crate) struct Irqchip {
     pit_notifier: Option<Arc<PitShared>>,
     /// The resampling irqfds' ack notifiers, one per GSI.
     resamplers: KVec<Arc<IrqfdResampler>>,
+    /// KVM_X2APIC_API_USE_32BIT_IDS (kvm->arch.x2apic_format): MSI routes carry
+    /// destination bits in address_hi. Kept equal to the VM's flag.
+    pub(crate) x2apic_format: bool,
 }
 
 /// Copies a PIC chip between the model and `struct kvm_pic_state`, whose fields
@@ -133,6 +136,7 @@ impl Irqchip {
             routes,
             pit_notifier: None,
             resamplers: KVec::new(),
+            x2apic_format: false,
         })
     }
 
@@ -145,6 +149,7 @@ impl Irqchip {
             routes: KVec::new(),
             pit_notifier: None,
             resamplers: KVec::new(),
+            x2apic_format: false,
         }
     }
 
@@ -163,7 +168,7 @@ impl Irqchip {
                 address_hi,
                 data,
             } if r.gsi < nr_pins => {
-                let irq = irq_routing::msi_irq(address_lo, address_hi, data);
+                let irq = irq_routing::msi_irq(address_lo, address_hi, data, self.x2apic_format);
                 irq.trig_level && irq.vector == vector && matches(&irq)
             }
             _ => false,
@@ -360,7 +365,8 @@ impl Irqchip {
                     if !level {
                         -1
                     } else {
-                        let irq = irq_routing::msi_irq(address_lo, address_hi, data);
+                        let irq =
+                            irq_routing::msi_irq(address_lo, address_hi, data, self.x2apic_format);
                         VcpuApics(vcpus).deliver(&irq)
                     }
                 }
@@ -454,7 +460,7 @@ impl Irqchip {
 
 /// Reads KVM_SET_GSI_ROUTING's entries from `arg` and checks them; -EINVAL as
 /// upstream for a bad header or entry, -EFAULT for a bad pointer.
-pub(crate) fn read_routes(arg: usize, split: bool) -> Result<KVec<Route>> {
+pub(crate) fn read_routes(arg: usize, split: bool, x2apic_format: bool) -> Result<KVec<Route>> {
     let fam = Fam::<IrqRouting>::read_header(arg)?;
     if fam.header.word != 0 {
         return Err(EINVAL);
@@ -478,18 +484,24 @@ pub(crate) fn read_routes(arg: usize, split: bool) -> Result<KVec<Route>> {
     }
     let mut routes = KVec::with_capacity(entries.len(), GFP_KERNEL)?;
     for ue in entries.iter() {
-        let r = irq_routing::check_entry(ue, &routes, split).map_err(|_| EINVAL)?;
+        let r = irq_routing::check_entry(ue, &routes, split, x2apic_format).map_err(|_| EINVAL)?;
         routes.push(r, GFP_KERNEL)?;
     }
     Ok(routes)
 }
 
 /// KVM_SIGNAL_MSI (kvm_send_userspace_msi()): how many LAPICs got it.
-pub(crate) fn signal_msi(msi: &uapi::kvm_msi, vcpus: &[Arc<Vcpu>]) -> Result<i32> {
-    if msi.flags & !irq_routing::MSI_VALID_DEVID != 0 {
+pub(crate) fn signal_msi(
+    msi: &uapi::kvm_msi,
+    vcpus: &[Arc<Vcpu>],
+    x2apic_format: bool,
+) -> Result<i32> {
+    if msi.flags & !irq_routing::MSI_VALID_DEVID != 0
+        || x2apic_format && irq_routing::msi_route_invalid(msi.address_hi)
+    {
         return Err(EINVAL);
     }
-    let irq = irq_routing::msi_irq(msi.address_lo, msi.address_hi, msi.data);
+    let irq = irq_routing::msi_irq(msi.address_lo, msi.address_hi, msi.data, x2apic_format);
     Ok(VcpuApics(vcpus).deliver(&irq))
 }
 

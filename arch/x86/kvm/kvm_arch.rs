@@ -9,7 +9,10 @@ use kernel::prelude::*;
 use kernel::sync::{Arc, Mutex, SpinLock};
 use kernel::{new_mutex, new_spinlock};
 
-use crate::abi::caps::{self, Host, MAX_VCPU_IDS};
+use crate::abi::caps::{
+    self, Host, MAX_VCPU_IDS, X2APIC_API_DISABLE_BROADCAST_QUIRK, X2APIC_API_USE_32BIT_IDS,
+    X2APIC_API_VALID_FLAGS,
+};
 use crate::abi::{ioctl, uapi};
 use crate::arch::clock::tsc_khz_arg;
 use crate::arch::clock::KvmClock;
@@ -20,7 +23,7 @@ use crate::arch::vendor::{self, VendorLoaded, VendorRef};
 use crate::arch::x86::VcpuArch;
 use crate::arch::{cpuid, msr, regs, Vcpu, Vm};
 use crate::eventfd::IrqfdResampler;
-use crate::hw::lapic::{self, Irq, Lapic};
+use crate::hw::lapic::{self, valid_bus_cycle_ns, Irq, Lapic, APIC_BUS_CYCLE_NS_DEFAULT};
 use crate::hw::mce::{KVM_MAX_MCE_BANKS, SUPPORTED_MCE_CAP_SVM};
 use crate::hw::tsc::TscSync;
 use crate::hw::{ioapic, irq_routing, pit};
@@ -74,6 +77,18 @@ pub(crate) struct VmArch {
     pub(crate) bsp_vcpu_id: AtomicU32,
     /// KVM_CAP_DISABLE_QUIRKS2: the quirks userspace turned off.
     pub(crate) disabled_quirks: AtomicU64,
+    /// KVM_CAP_X86_APIC_BUS_CYCLES_NS: the LAPIC timer's bus cycle, set only
+    /// before any vCPU exists, under kvm->lock.
+    pub(crate) apic_bus_cycle_ns: AtomicU64,
+    /// KVM_CAP_X2APIC_API (kvm->arch.x2apic_format and
+    /// x2apic_broadcast_quirk_disabled): KVM_GET/SET_LAPIC and MSIs use 32-bit
+    /// x2APIC IDs; 0xff is not an x2APIC broadcast. Only ever turned on, under
+    /// the irqchip lock.
+    pub(crate) x2apic_format: AtomicBool,
+    pub(crate) x2apic_broadcast_quirk_disabled: AtomicBool,
+    /// KVM_CAP_EXIT_ON_EMULATION_FAILURE: every emulation failure exits to
+    /// userspace, without a #UD for the guest.
+    pub(crate) exit_on_emulation_error: AtomicBool,
     /// KVM_CAP_MSR_PLATFORM_INFO: the guest may read MSR_PLATFORM_INFO.
     pub(crate) platform_info_readable: AtomicBool,
     /// Bumped whenever NPT entries are zapped: vCPUs flush their TLB on entry when
@@ -173,6 +188,18 @@ impl KvmArch for X86 {
         }
     }
 
+    fn arch_check_extension(vm: Option<&Vm>, cap: u64) -> Option<isize> {
+        match u32::try_from(cap).ok()? {
+            uapi::KVM_CAP_X2APIC_API => Some(X2APIC_API_VALID_FLAGS as isize),
+            // The VM's bus cycle, or the default on /dev/kvm (nonzero: supported).
+            uapi::KVM_CAP_X86_APIC_BUS_CYCLES_NS => Some(match vm {
+                Some(vm) => vm.arch.apic_bus_cycle_ns.load(Ordering::Relaxed) as isize,
+                None => APIC_BUS_CYCLE_NS_DEFAULT as isize,
+            }),
+            _ => None,
+        }
+    }
+
     /// kvm_arch_dev_ioctl().
     fn dev_ioctl(cmd: u32, arg: usize) -> Result<isize> {
         // KVM_CAP_MCE reports the banks the vCPUs have.
@@ -180,6 +207,8 @@ impl KvmArch for X86 {
         match cmd {
             ioctl::KVM_GET_SUPPORTED_CPUID => cpuid::kvm_dev_ioctl_get_cpuid(arg),
             ioctl::KVM_GET_MSR_INDEX_LIST => msr::kvm_get_msr_index_list(arg),
+            ioctl::KVM_GET_MSR_FEATURE_INDEX_LIST => msr::kvm_get_msr_feature_index_list(arg),
+            ioctl::KVM_GET_MSRS => msr::kvm_get_feature_msrs(arg),
             ioctl::KVM_X86_GET_MCE_CAP_SUPPORTED => {
                 user::write(arg, &SUPPORTED_MCE_CAP_SVM)?;
                 Ok(0)
@@ -206,6 +235,10 @@ impl KvmArch for X86 {
             nr_reserved_ioapic_pins: AtomicU32::new(0),
             bsp_vcpu_id: AtomicU32::new(0),
             disabled_quirks: AtomicU64::new(0),
+            apic_bus_cycle_ns: AtomicU64::new(APIC_BUS_CYCLE_NS_DEFAULT),
+            x2apic_format: AtomicBool::new(false),
+            x2apic_broadcast_quirk_disabled: AtomicBool::new(false),
+            exit_on_emulation_error: AtomicBool::new(false),
             platform_info_readable: AtomicBool::new(true),
             tlb_gen: AtomicU64::new(0),
             in_guest,
@@ -268,10 +301,21 @@ impl KvmArch for X86 {
         let irqchip = vm.arch.irqchip_in_kernel();
         let tsc_khz = vm.arch.default_tsc_khz.load(Ordering::Relaxed);
         let bsp = id == vm.arch.bsp_vcpu_id.load(Ordering::Relaxed);
-        let (mut arch, loaded) = VcpuArch::new(&vm.arch.vendor, irqchip, bsp, tsc_khz)?;
+        let stuff = vm.kvm_check_has_quirk(uapi::KVM_X86_QUIRK_STUFF_FEATURE_MSRS);
+        let (mut arch, loaded) = VcpuArch::new(&vm.arch.vendor, irqchip, bsp, tsc_khz, stuff)?;
         // kvm_arch_vcpu_postcreate(): TSC 0, or the other vCPUs' TSC.
         vm.kvm_synchronize_tsc(&mut arch, None);
-        let lapic = irqchip.then(|| Lapic::with_reset_bsp(id, tsc_khz, bsp));
+        let bus_cycle_ns = vm.arch.apic_bus_cycle_ns.load(Ordering::Relaxed);
+        let no_broadcast_quirk = vm
+            .arch
+            .x2apic_broadcast_quirk_disabled
+            .load(Ordering::Relaxed);
+        let lapic = irqchip.then(|| {
+            let mut l = Lapic::with_reset_bsp(id, tsc_khz, bsp);
+            l.set_bus_cycle_ns(bus_cycle_ns);
+            l.set_broadcast_quirk_disabled(no_broadcast_quirk);
+            l
+        });
         Ok((
             arch,
             try_pin_init!(VcpuShared {
@@ -411,7 +455,8 @@ fn kvm_arch_vm_ioctl(vm: &Arc<Vm>, cmd: u32, arg: usize) -> Result<isize> {
             if !l.vcpus.is_empty() {
                 return Err(EINVAL);
             }
-            let new = KBox::new(Irqchip::new()?, GFP_KERNEL)?;
+            let mut new = KBox::new(Irqchip::new()?, GFP_KERNEL)?;
+            new.x2apic_format = vm.arch.x2apic_format.load(Ordering::Relaxed);
             register_irqchip_devices(vm)?;
             *chip = Some(new);
             vm.arch
@@ -457,7 +502,7 @@ fn kvm_arch_vm_ioctl(vm: &Arc<Vm>, cmd: u32, arg: usize) -> Result<isize> {
             let mut chip = vm.arch.irqchip.lock();
             // kvm_arch_can_set_irq_routing(): only with an in-kernel irqchip.
             let chip = (*chip).as_mut().ok_or(EINVAL)?;
-            let routes = irqchip::read_routes(arg, vm.arch.irqchip_split())?;
+            let routes = irqchip::read_routes(arg, vm.arch.irqchip_split(), chip.x2apic_format)?;
             chip.set_routes(routes);
             Ok(0)
         }
@@ -467,7 +512,8 @@ fn kvm_arch_vm_ioctl(vm: &Arc<Vm>, cmd: u32, arg: usize) -> Result<isize> {
             if chip.is_none() {
                 return Err(EINVAL);
             }
-            let r = irqchip::signal_msi(&msi, &vm.locked.lock().vcpus)?;
+            let x2apic_format = vm.arch.x2apic_format.load(Ordering::Relaxed);
+            let r = irqchip::signal_msi(&msi, &vm.locked.lock().vcpus, x2apic_format)?;
             // Upstream returns kvm_set_msi()'s -1 (no destination) as is, which
             // userspace sees as -EPERM.
             if r < 0 {
@@ -532,7 +578,9 @@ fn kvm_vm_ioctl_enable_cap(vm: &Vm, c: &uapi::kvm_enable_cap) -> Result<isize> {
                 return Err(EEXIST);
             }
             // The routing table starts empty; userspace's IOAPIC sets MSI routes.
-            *chip = Some(KBox::new(Irqchip::new_split(), GFP_KERNEL)?);
+            let mut new = KBox::new(Irqchip::new_split(), GFP_KERNEL)?;
+            new.x2apic_format = vm.arch.x2apic_format.load(Ordering::Relaxed);
+            *chip = Some(new);
             vm.arch
                 .nr_reserved_ioapic_pins
                 .store(c.args[0] as u32, Ordering::Relaxed);
@@ -570,6 +618,58 @@ fn kvm_vm_ioctl_enable_cap(vm: &Vm, c: &uapi::kvm_enable_cap) -> Result<isize> {
                 .fetch_or(c.args[0], Ordering::Relaxed);
             Ok(0)
         }
+        uapi::KVM_CAP_X86_APIC_BUS_CYCLES_NS => {
+            if !valid_bus_cycle_ns(c.args[0]) {
+                return Err(EINVAL);
+            }
+            let l = vm.locked.lock();
+            if !vm.arch.irqchip_in_kernel() {
+                Err(ENXIO)
+            } else if !l.vcpus.is_empty() {
+                Err(EINVAL)
+            } else {
+                vm.arch
+                    .apic_bus_cycle_ns
+                    .store(c.args[0], Ordering::Relaxed);
+                Ok(0)
+            }
+        }
+        uapi::KVM_CAP_X2APIC_API => {
+            if c.args[0] & !u64::from(X2APIC_API_VALID_FLAGS) != 0 {
+                return Err(EINVAL);
+            }
+            let mut chip = vm.arch.irqchip.lock();
+            if c.args[0] & u64::from(X2APIC_API_USE_32BIT_IDS) != 0 {
+                vm.arch.x2apic_format.store(true, Ordering::Relaxed);
+                if let Some(c) = (*chip).as_mut() {
+                    c.x2apic_format = true;
+                }
+            }
+            if c.args[0] & u64::from(X2APIC_API_DISABLE_BROADCAST_QUIRK) != 0 {
+                // Held with the irqchip lock, so a vCPU being created sees the
+                // flag or is in the list.
+                let l = vm.locked.lock();
+                vm.arch
+                    .x2apic_broadcast_quirk_disabled
+                    .store(true, Ordering::Relaxed);
+                for v in l.vcpus.iter() {
+                    if let Some(a) = (*v.arch.lapic.lock()).as_mut() {
+                        a.set_broadcast_quirk_disabled(true);
+                    }
+                }
+            }
+            drop(chip);
+            Ok(0)
+        }
+        uapi::KVM_CAP_EXIT_ON_EMULATION_FAILURE => {
+            if c.args[0] & !1 != 0 {
+                return Err(EINVAL);
+            }
+            vm.arch
+                .exit_on_emulation_error
+                .store(c.args[0] != 0, Ordering::Relaxed);
+            Ok(0)
+        }
         uapi::KVM_CAP_MSR_PLATFORM_INFO => {
             vm.arch
                 .platform_info_readable
@@ -581,6 +681,11 @@ fn kvm_vm_ioctl_enable_cap(vm: &Vm, c: &uapi::kvm_enable_cap) -> Result<isize> {
 }
 
 impl Vm {
+    /// kvm_check_has_quirk(): userspace has not disabled `quirk`.
+    pub(crate) fn kvm_check_has_quirk(&self, quirk: u32) -> bool {
+        self.arch.disabled_quirks.load(Ordering::Relaxed) & u64::from(quirk) == 0
+    }
+
     /// kvm_set_irq(): drives `gsi` as irq source `source`, if there is an irqchip.
     pub(crate) fn kvm_set_irq_source(&self, gsi: u32, source: u32, level: bool) {
         let mut chip = self.arch.irqchip.lock();

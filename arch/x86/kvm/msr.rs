@@ -4,12 +4,16 @@
 //! and KVM_X86_SET_MCE, which fills the machine-check banks behind them.
 
 use crate::abi::uapi;
+use crate::hw::cpuid::{KVM_FEATURE_CLOCKSOURCE, KVM_FEATURE_CLOCKSOURCE2};
 use crate::hw::mce::{Injection, McEffect, Mce, MSR_IA32_MCG_CTL, MSR_IA32_MCG_STATUS};
 use crate::hw::msr_index::{
-    hwcr_write, EFER_LMA, HWCR_MCSTATUSWREN, MSR_CSTAR, MSR_EFER, MSR_IA32_APICBASE,
-    MSR_IA32_CR_PAT, MSR_IA32_MISC_ENABLE, MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_EIP,
-    MSR_IA32_SYSENTER_ESP, MSR_IA32_TSC, MSR_IA32_TSC_ADJUST, MSR_IA32_TSC_DEADLINE, MSR_K7_HWCR,
-    MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_PLATFORM_INFO, MSR_STAR, MSR_SYSCALL_MASK,
+    hwcr_write, misc_enable_write, misc_features_enables_valid, EFER_LMA, FEATURE_MSRS,
+    HWCR_MCSTATUSWREN, MISC_FEATURES_ENABLES_CPUID_FAULT, MSR_CSTAR, MSR_EFER, MSR_IA32_APICBASE,
+    MSR_IA32_ARCH_CAPABILITIES, MSR_IA32_CR_PAT, MSR_IA32_MISC_ENABLE, MSR_IA32_PERF_CAPABILITIES,
+    MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_EIP, MSR_IA32_SYSENTER_ESP, MSR_IA32_TSC,
+    MSR_IA32_TSC_ADJUST, MSR_IA32_TSC_DEADLINE, MSR_IA32_UCODE_REV, MSR_K7_HWCR,
+    MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_MISC_FEATURES_ENABLES, MSR_PLATFORM_INFO, MSR_STAR,
+    MSR_SYSCALL_MASK, PLATFORM_INFO_CPUID_FAULT,
 };
 use crate::hw::mtrr::{kvm_pat_valid, Mtrr};
 use crate::hw::processor_flags::X86_CR4_MCE;
@@ -21,16 +25,18 @@ use kernel::prelude::*;
 
 use crate::arch::clock::{adjust_tsc_offset_guest, kvm_read_l1_tsc};
 use crate::arch::lapic::set_apic_base;
+use crate::arch::vendor::VendorRef;
 use crate::arch::x86::{now_ns, now_tsc, VcpuArch};
 use crate::arch::Vcpu;
 use crate::arch::Vm;
+use crate::glue;
 use crate::hw::cpuid;
 use crate::hw::lapic;
 use crate::user::{Fam, MsrList, Msrs};
 
 /// The MSRs KVM_GET_MSR_INDEX_LIST reports: those KVM_GET/SET_MSRS save and
 /// restore (upstream msrs_to_save + emulated_msrs, as far as kvm-rs has them).
-pub(crate) const MSRS_TO_SAVE: [u32; 22] = [
+pub(crate) const MSRS_TO_SAVE: [u32; 26] = [
     MSR_IA32_SYSENTER_CS,
     MSR_IA32_SYSENTER_ESP,
     MSR_IA32_SYSENTER_EIP,
@@ -54,11 +60,77 @@ pub(crate) const MSRS_TO_SAVE: [u32; 22] = [
     MSR_KVM_WALL_CLOCK,
     MSR_KVM_SYSTEM_TIME_NEW,
     MSR_KVM_WALL_CLOCK_NEW,
+    MSR_IA32_ARCH_CAPABILITIES,
+    MSR_IA32_PERF_CAPABILITIES,
+    MSR_MISC_FEATURES_ENABLES,
+    MSR_IA32_UCODE_REV,
 ];
 
-/// MSR_IA32_MISC_ENABLE's reset value: fast strings, PEBS and BTS unavailable
-/// (upstream kvm_vcpu_reset()).
-pub(crate) const MISC_ENABLE_RESET: u64 = 1 | 1 << 11 | 1 << 12;
+/// kvm_caps.supported_perf_cap: kvm-rs has no virtual PMU, so no
+/// PERF_CAPABILITIES bits (as upstream on SVM).
+pub(crate) const SUPPORTED_PERF_CAP: u64 = 0;
+
+/// kvm_get_arch_capabilities().
+pub(crate) fn kvm_get_arch_capabilities() -> u64 {
+    // SAFETY: reads the host's MSR and bug bits.
+    unsafe { glue::kvm_glue_arch_capabilities() }
+}
+
+/// kvm_get_feature_msr(): what KVM can offer in a feature MSR, None for one it
+/// does not have (the vendor answers for its own).
+pub(crate) fn kvm_get_feature_msr(vendor: &VendorRef, index: u32) -> Option<u64> {
+    match index {
+        MSR_IA32_ARCH_CAPABILITIES => Some(kvm_get_arch_capabilities()),
+        MSR_IA32_PERF_CAPABILITIES => Some(SUPPORTED_PERF_CAP),
+        MSR_PLATFORM_INFO => Some(PLATFORM_INFO_CPUID_FAULT),
+        // The host's revision; 0 if it cannot be read.
+        MSR_IA32_UCODE_REV => {
+            let mut v = 0;
+            // SAFETY: a fault-safe RDMSR into a local.
+            unsafe { glue::kvm_glue_rdmsr_safe(index, &mut v) };
+            Some(v)
+        }
+        _ => {
+            let mut v = 0;
+            (vendor.ops().get_feature_msr)(index, &mut v).then_some(v)
+        }
+    }
+}
+
+/// KVM_GET_MSR_FEATURE_INDEX_LIST on /dev/kvm: the feature MSRs KVM has
+/// (kvm_probe_feature_msr() of each), then as KVM_GET_MSR_INDEX_LIST.
+pub(crate) fn kvm_get_msr_feature_index_list(arg: usize) -> Result<isize> {
+    let vendor = VendorRef::get()?;
+    let mut list = KVec::with_capacity(FEATURE_MSRS.len(), GFP_KERNEL)?;
+    for &i in FEATURE_MSRS.iter() {
+        if kvm_get_feature_msr(&vendor, i).is_some() {
+            list.push(i, GFP_KERNEL)?;
+        }
+    }
+    Fam::<MsrList>::read_header(arg)?.write_all(&list, true)?;
+    Ok(0)
+}
+
+/// KVM_GET_MSRS on /dev/kvm (msr_io(NULL, ..., do_get_feature_msr)): the
+/// feature MSRs' supported values, up to the first MSR that is not one.
+pub(crate) fn kvm_get_feature_msrs(arg: usize) -> Result<isize> {
+    let vendor = VendorRef::get()?;
+    let fam = Fam::<Msrs>::read_header(arg)?;
+    let mut e = fam.read_entries(MAX_IO_MSRS - 1, E2BIG)?;
+    let mut done = 0;
+    for m in e.iter_mut() {
+        match kvm_get_feature_msr(&vendor, m.index) {
+            Some(v) => m.data = v,
+            None => {
+                m.data = 0;
+                break;
+            }
+        }
+        done += 1;
+    }
+    fam.write_entries(&e)?;
+    Ok(done)
+}
 
 /// upstream MAX_IO_MSRS.
 pub(crate) const MAX_IO_MSRS: usize = 256;
@@ -71,6 +143,32 @@ pub(crate) fn kvm_get_msr_index_list(arg: usize) -> Result<isize> {
 }
 
 pub(crate) const X2APIC_MSR_LAST: u32 = 0x8ff;
+
+fn cpuid_has_arch_capabilities(st: &VcpuArch) -> bool {
+    cpuid::find(&st.cpuid, 7, 0).is_some_and(|e| e.edx & cpuid::L7_EDX_ARCH_CAPABILITIES != 0)
+}
+
+/// X86_FEATURE_PDCM (leaf 1 ECX bit 15): PERF_CAPABILITIES exists.
+fn cpuid_has_pdcm(st: &VcpuArch) -> bool {
+    cpuid::find(&st.cpuid, 1, 0).is_some_and(|e| e.ecx & cpuid::L1_ECX_PDCM != 0)
+}
+
+/// With KVM_CAP_ENFORCE_PV_FEATURE_CPUID, the kvmclock MSRs exist only where the
+/// guest's KVM_CPUID_FEATURES offers them; other MSRs pass.
+fn kvmclock_msr_allowed(st: &VcpuArch, index: u32) -> bool {
+    match index {
+        MSR_KVM_SYSTEM_TIME | MSR_KVM_WALL_CLOCK => st.guest_pv_has(KVM_FEATURE_CLOCKSOURCE),
+        MSR_KVM_SYSTEM_TIME_NEW | MSR_KVM_WALL_CLOCK_NEW => {
+            st.guest_pv_has(KVM_FEATURE_CLOCKSOURCE2)
+        }
+        _ => true,
+    }
+}
+
+/// kvm_require_cpl(0) for CPUID with CPUID faulting on (cpuid_fault_enabled()).
+pub(crate) fn cpuid_faults(st: &VcpuArch) -> bool {
+    st.misc_features_enables & MISC_FEATURES_ENABLES_CPUID_FAULT != 0
+}
 
 impl Vcpu {
     /// KVM_GET_MSRS / KVM_SET_MSRS: entries in order up to the first that fails;
@@ -141,8 +239,27 @@ impl Vcpu {
                 .then_some(st.platform_info),
             MSR_IA32_APICBASE => Some(self.apic_base(st)),
             MSR_IA32_MISC_ENABLE => Some(st.misc_enable),
+            MSR_MISC_FEATURES_ENABLES => Some(st.misc_features_enables),
+            MSR_IA32_UCODE_REV => Some(st.microcode_version),
+            // Without the CPUID bit the guest faults; userspace reads 0 of an
+            // MSR KVM lists (kvm_do_msr_access()).
+            MSR_IA32_ARCH_CAPABILITIES => {
+                if cpuid_has_arch_capabilities(st) {
+                    Some(st.arch_capabilities)
+                } else {
+                    host.then_some(0)
+                }
+            }
+            MSR_IA32_PERF_CAPABILITIES => {
+                if cpuid_has_pdcm(st) {
+                    Some(st.perf_capabilities)
+                } else {
+                    host.then_some(0)
+                }
+            }
             MSR_K7_HWCR => Some(st.msr_hwcr),
             MSR_IA32_TSC => Some(self.guest_tsc(st)),
+            i if !kvmclock_msr_allowed(st, i) => None,
             MSR_KVM_SYSTEM_TIME | MSR_KVM_SYSTEM_TIME_NEW => Some(st.pv_time),
             MSR_KVM_WALL_CLOCK | MSR_KVM_WALL_CLOCK_NEW => {
                 Some(vm.arch.wall_clock.load(Ordering::Relaxed))
@@ -176,9 +293,52 @@ impl Vcpu {
     ) -> bool {
         match index {
             MSR_IA32_MISC_ENABLE => {
-                st.misc_enable = v;
+                let mwait_in_cpuid =
+                    !vm.kvm_check_has_quirk(uapi::KVM_X86_QUIRK_MISC_ENABLE_NO_MWAIT);
+                let sse3 =
+                    cpuid::find(&st.cpuid, 1, 0).is_some_and(|e| e.ecx & cpuid::L1_ECX_SSE3 != 0);
+                match misc_enable_write(st.misc_enable, v, host, mwait_in_cpuid, sse3) {
+                    Some(v) => {
+                        st.misc_enable = v;
+                        true
+                    }
+                    None => false,
+                }
+            }
+            MSR_MISC_FEATURES_ENABLES => {
+                let ok = misc_features_enables_valid(v, st.platform_info);
+                if ok {
+                    st.misc_features_enables = v;
+                }
+                ok
+            }
+            // Guest writes (a microcode update's) are dropped.
+            MSR_IA32_UCODE_REV => {
+                if host {
+                    st.microcode_version = v;
+                }
                 true
             }
+            MSR_IA32_ARCH_CAPABILITIES => {
+                if host && cpuid_has_arch_capabilities(st) {
+                    st.arch_capabilities = v;
+                    true
+                } else {
+                    host && v == 0
+                }
+            }
+            MSR_IA32_PERF_CAPABILITIES => {
+                if host && cpuid_has_pdcm(st) {
+                    if v & !SUPPORTED_PERF_CAP != 0 {
+                        return false;
+                    }
+                    st.perf_capabilities = v;
+                    true
+                } else {
+                    host && v == 0
+                }
+            }
+            i if !kvmclock_msr_allowed(st, i) => false,
             // A write by userspace sets the TSC (matched to the other vCPUs' if
             // close); one by the guest moves it, and IA32_TSC_ADJUST with it.
             MSR_IA32_TSC if host => {
@@ -234,12 +394,15 @@ impl Vcpu {
                 }
                 None => false,
             },
-            // Written by userspace only (upstream kvm_set_msr_common()).
+            // Written by userspace only, and not to take CPUID faulting away
+            // while the guest has it on (upstream kvm_set_msr_common()).
             MSR_PLATFORM_INFO => {
-                if host {
-                    st.platform_info = v;
+                let faulting = st.misc_features_enables & MISC_FEATURES_ENABLES_CPUID_FAULT != 0;
+                if !host || (v & PLATFORM_INFO_CPUID_FAULT == 0 && faulting) {
+                    return false;
                 }
-                host
+                st.platform_info = v;
+                true
             }
             MSR_IA32_APICBASE => {
                 let mut g = self.arch.lapic.lock();

@@ -6,7 +6,7 @@
 //! every entry).
 
 use crate::hw::debugreg::{self, DR7_BP_EN_MASK};
-use crate::hw::msr_index::EFER_LMA;
+use crate::hw::msr_index::{EFER_LMA, MISC_ENABLE_MWAIT};
 use crate::hw::processor_flags::{
     X86_CR0_PG, X86_CR4_OSXSAVE, X86_CR4_PAE, X86_EFLAGS_FIXED, X86_EFLAGS_TF,
 };
@@ -242,12 +242,14 @@ impl Vcpu {
     }
 
     /// The state CPUID bits follow (kvm_update_cpuid_runtime()).
-    pub(crate) fn cpuid_runtime(&self, st: &VcpuArch) -> cpuid::Runtime {
+    pub(crate) fn cpuid_runtime(&self, vm: &Vm, st: &VcpuArch) -> cpuid::Runtime {
         let cr4 = st.vendor.get_cr4();
+        let mwait_follows = !vm.kvm_check_has_quirk(uapi::KVM_X86_QUIRK_MISC_ENABLE_NO_MWAIT);
         cpuid::Runtime {
             osxsave: cr4 & X86_CR4_OSXSAVE != 0,
             apic: self.apic_base(st) & lapic::MSR_APICBASE_ENABLE != 0,
             xsave_size: xstate::required_size(st.xcr0, host_cpuid),
+            mwait: mwait_follows.then_some(st.misc_enable & MISC_ENABLE_MWAIT != 0),
         }
     }
 

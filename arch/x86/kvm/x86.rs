@@ -7,7 +7,9 @@
 //! alone already live beside it: clock.rs, debug.rs, irq.rs, lapic.rs, msr.rs).
 
 use crate::hw::mce::{Mce, SUPPORTED_MCE_CAP_SVM};
-use crate::hw::msr_index::EFER_LMA;
+use crate::hw::msr_index::{
+    EFER_LMA, MISC_ENABLE_MWAIT, MISC_ENABLE_RESET, PLATFORM_INFO_CPUID_FAULT,
+};
 use crate::hw::mtrr::Mtrr;
 use crate::hw::processor_flags::X86_EFLAGS_IF;
 use crate::hw::tsc::KVM_MSR_ENABLED;
@@ -20,7 +22,7 @@ use crate::arch::debug::kvm_arch_vcpu_ioctl_set_guest_debug;
 use crate::arch::emulate::{self, last_vmentry_cpu, set_in_result, Failure, Pending};
 use crate::arch::irq::process_nmi;
 use crate::arch::lapic::LapicState;
-use crate::arch::msr::MISC_ENABLE_RESET;
+use crate::arch::msr::{cpuid_faults, kvm_get_arch_capabilities, SUPPORTED_PERF_CAP};
 use crate::arch::regs::{
     get_debugregs, get_events, get_regs, kvm_update_dr0123, kvm_update_dr7, reset_regs,
     set_debugregs, set_events, set_regs,
@@ -29,7 +31,7 @@ use crate::arch::vendor::{kvm_x86_handle_exit, VendorLoaded, VendorRef, VendorVc
 use crate::arch::Vcpu;
 use crate::arch::Vm;
 use crate::glue;
-use crate::hw::cpuid::{self, Entry};
+use crate::hw::cpuid::{self, Entry, KVM_FEATURE_PV_SCHED_YIELD};
 use crate::hw::debugreg::{DR6_ACTIVE_LOW, DR7_FIXED_1};
 use crate::hw::lapic;
 use crate::hw::xstate;
@@ -94,9 +96,22 @@ pub(crate) struct VcpuArch {
     pub(crate) misc_enable: u64,
     /// MSR_K7_HWCR (upstream msr_hwcr).
     pub(crate) msr_hwcr: u64,
-    /// MSR_PLATFORM_INFO as userspace set it. Upstream starts it with the
-    /// CPUID-faulting bit; kvm-rs does not emulate CPUID faulting, so 0.
+    /// MSR_PLATFORM_INFO (upstream msr_platform_info): its CPUID-faulting bit
+    /// lets the guest turn on CPUID faulting in MSR_MISC_FEATURES_ENABLES.
     pub(crate) platform_info: u64,
+    /// MSR_MISC_FEATURES_ENABLES (upstream msr_misc_features_enables).
+    pub(crate) misc_features_enables: u64,
+    /// The feature MSRs userspace sets (upstream arch_capabilities,
+    /// perf_capabilities, microcode_version), what KVM offers when the VM keeps
+    /// KVM_X86_QUIRK_STUFF_FEATURE_MSRS, else 0.
+    pub(crate) arch_capabilities: u64,
+    pub(crate) perf_capabilities: u64,
+    pub(crate) microcode_version: u64,
+    /// KVM_CAP_ENFORCE_PV_FEATURE_CPUID (upstream pv_cpuid.enforce): the PV MSRs
+    /// and hypercalls work only where the guest's KVM_CPUID_FEATURES offers them,
+    /// the bits kept in `pv_features` at each KVM_SET_CPUID2.
+    pub(crate) pv_cpuid_enforce: bool,
+    pub(crate) pv_features: u32,
     /// NMIs waiting for the guest to be able to take one (at most two, see
     /// process_nmi()).
     pub(crate) nmi_pending: u32,
@@ -184,7 +199,9 @@ impl VcpuArch {
         irqchip: bool,
         bsp: bool,
         tsc_khz: u32,
+        stuff_feature_msrs: bool,
     ) -> Result<(Self, VendorLoaded)> {
+        let microcode_version = vendor.ops().reset_microcode_version;
         let (vendor, loaded) = VendorVcpu::create(vendor)?;
         let mut arch = VcpuArch {
             vendor,
@@ -214,6 +231,12 @@ impl VcpuArch {
             misc_enable: MISC_ENABLE_RESET,
             msr_hwcr: 0,
             platform_info: 0,
+            misc_features_enables: 0,
+            arch_capabilities: 0,
+            perf_capabilities: 0,
+            microcode_version: 0,
+            pv_cpuid_enforce: false,
+            pv_features: 0,
             db: [0; 4],
             dr6: DR6_ACTIVE_LOW,
             dr7: DR7_FIXED_1,
@@ -241,7 +264,18 @@ impl VcpuArch {
         };
         // As kvm_arch_vcpu_create(), whose kvm_set_tsc_khz() result is not checked.
         let _ = set_tsc_khz(&mut arch, tsc_khz);
+        if stuff_feature_msrs {
+            arch.arch_capabilities = kvm_get_arch_capabilities();
+            arch.platform_info = PLATFORM_INFO_CPUID_FAULT;
+            arch.perf_capabilities = SUPPORTED_PERF_CAP;
+            arch.microcode_version = microcode_version;
+        }
         Ok((arch, loaded))
+    }
+
+    /// guest_pv_has(): whether the guest may use KVM PV feature `bit`.
+    pub(crate) fn guest_pv_has(&self, bit: u32) -> bool {
+        !self.pv_cpuid_enforce || self.pv_features & (1 << bit) != 0
     }
 }
 
@@ -262,7 +296,19 @@ pub(crate) const KVM_HC_VAPIC_POLL_IRQ: u64 = 1;
 
 pub(crate) const KVM_HC_SCHED_YIELD: u64 = 11;
 
-pub(crate) const QUIRK_FIX_HYPERCALL_INSN: u64 = uapi::KVM_X86_QUIRK_FIX_HYPERCALL_INSN as u64;
+/// KVM_ENABLE_CAP on a vCPU (kvm_vcpu_ioctl_enable_cap()).
+fn kvm_vcpu_ioctl_enable_cap(st: &mut VcpuArch, c: &uapi::kvm_enable_cap) -> Result {
+    if c.flags != 0 {
+        return Err(EINVAL);
+    }
+    match c.cap {
+        uapi::KVM_CAP_ENFORCE_PV_FEATURE_CPUID => {
+            st.pv_cpuid_enforce = c.args[0] != 0;
+            Ok(())
+        }
+        _ => Err(EINVAL),
+    }
+}
 
 impl Vcpu {
     /// The arch vCPU ioctls (upstream kvm_arch_vcpu_ioctl()), under the vCPU mutex.
@@ -294,11 +340,11 @@ impl Vcpu {
                 Ok(0)
             }
             ioctl::KVM_SET_CPUID2 => {
-                self.kvm_vcpu_ioctl_set_cpuid2(st, arg)?;
+                self.kvm_vcpu_ioctl_set_cpuid2(vm, st, arg)?;
                 Ok(0)
             }
             ioctl::KVM_GET_CPUID2 => {
-                self.kvm_vcpu_ioctl_get_cpuid2(st, arg)?;
+                self.kvm_vcpu_ioctl_get_cpuid2(vm, st, arg)?;
                 Ok(0)
             }
             ioctl::KVM_GET_MP_STATE => {
@@ -337,7 +383,11 @@ impl Vcpu {
                 let mut out = LapicState::default();
                 let g = self.arch.lapic.lock();
                 let l = g.as_ref().ok_or(EINVAL)?;
-                l.get_state(&mut out.0, false, now_ns());
+                l.get_state(
+                    &mut out.0,
+                    vm.arch.x2apic_format.load(Ordering::Relaxed),
+                    now_ns(),
+                );
                 drop(g);
                 user::write(arg, &out)?;
                 Ok(0)
@@ -349,7 +399,12 @@ impl Vcpu {
                 let inp: LapicState = user::read(arg)?;
                 let mut g = self.arch.lapic.lock();
                 let l = (*g).as_mut().ok_or(EINVAL)?;
-                l.set_state(&inp.0, false, now_ns()).map_err(|_| EINVAL)?;
+                l.set_state(
+                    &inp.0,
+                    vm.arch.x2apic_format.load(Ordering::Relaxed),
+                    now_ns(),
+                )
+                .map_err(|_| EINVAL)?;
                 st.regs.cr8 = l.cr8();
                 drop(g);
                 self.waiter.poke();
@@ -475,6 +530,17 @@ impl Vcpu {
                 }
                 set_tsc_khz(st, khz)?;
                 Ok(0)
+            }
+            ioctl::KVM_ENABLE_CAP => {
+                let c: uapi::kvm_enable_cap = user::read(arg)?;
+                kvm_vcpu_ioctl_enable_cap(st, &c)?;
+                Ok(0)
+            }
+            ioctl::KVM_HAS_DEVICE_ATTR
+            | ioctl::KVM_GET_DEVICE_ATTR
+            | ioctl::KVM_SET_DEVICE_ATTR => {
+                let attr: uapi::kvm_device_attr = user::read(arg)?;
+                vm.kvm_vcpu_ioctl_device_attr(st, cmd, &attr)
             }
             // kvm_arch_vcpu_ioctl() answers unknown commands with -EINVAL.
             _ => Err(EINVAL),
@@ -888,15 +954,44 @@ impl Vcpu {
     }
 
     /// kvm_emulate_cpuid(): the vCPU's table, with the runtime bits as they are.
-    pub(crate) fn kvm_emulate_cpuid(&self, _vm: &Vm, st: &mut VcpuArch, next_rip: u64) -> Next {
+    pub(crate) fn kvm_emulate_cpuid(&self, vm: &Vm, st: &mut VcpuArch, next_rip: u64) -> Next {
+        // CPUID faulting: #GP outside CPL 0 (kvm_require_cpl()).
+        if cpuid_faults(st) && self.get_sregs(st).ss.dpl != 0 {
+            st.vendor.queue_exception(uapi::GP_VECTOR, true, 0);
+            return Next::Guest;
+        }
         let (f, i) = (st.regs.gpr[reg::RAX] as u32, st.regs.gpr[reg::RCX] as u32);
-        let r = self.cpuid_runtime(st);
+        let r = self.cpuid_runtime(vm, st);
         cpuid::update_runtime(&mut st.cpuid, &r);
         let e = cpuid::find(&st.cpuid, f, i).copied().unwrap_or_default();
         st.regs.gpr[reg::RAX] = e.eax.into();
         st.regs.gpr[reg::RBX] = e.ebx.into();
         st.regs.gpr[reg::RCX] = e.ecx.into();
         st.regs.gpr[reg::RDX] = e.edx.into();
+        self.kvm_skip_emulated_instruction(st, next_rip)
+    }
+
+    /// kvm_emulate_monitor_mwait(): a NOP unless the VM disabled
+    /// KVM_X86_QUIRK_MWAIT_NEVER_UD_FAULTS and MWAIT is off for the guest (its
+    /// CPUID bit, or MISC_ENABLE.MWAIT without KVM_X86_QUIRK_MISC_ENABLE_NO_MWAIT),
+    /// which is #UD.
+    pub(crate) fn kvm_emulate_monitor_mwait(
+        &self,
+        vm: &Vm,
+        st: &mut VcpuArch,
+        next_rip: u64,
+    ) -> Next {
+        if !vm.kvm_check_has_quirk(uapi::KVM_X86_QUIRK_MWAIT_NEVER_UD_FAULTS) {
+            let enabled = if vm.kvm_check_has_quirk(uapi::KVM_X86_QUIRK_MISC_ENABLE_NO_MWAIT) {
+                cpuid::find(&st.cpuid, 1, 0).is_some_and(|e| e.ecx & cpuid::L1_ECX_MWAIT != 0)
+            } else {
+                st.misc_enable & MISC_ENABLE_MWAIT != 0
+            };
+            if !enabled {
+                st.vendor.queue_exception(uapi::UD_VECTOR, false, 0);
+                return Next::Guest;
+            }
+        }
         self.kvm_skip_emulated_instruction(st, next_rip)
     }
 
@@ -965,6 +1060,7 @@ impl Vcpu {
         } else {
             match nr {
                 KVM_HC_VAPIC_POLL_IRQ => 0,
+                KVM_HC_SCHED_YIELD if !st.guest_pv_has(KVM_FEATURE_PV_SCHED_YIELD) => -KVM_ENOSYS,
                 KVM_HC_SCHED_YIELD => {
                     // A hint that the vCPU waits for another: let others run.
                     // SAFETY: process context, only our vCPU mutex held.
@@ -985,7 +1081,7 @@ impl Vcpu {
     pub(crate) fn handle_ud(&self, vm: &Vm, st: &mut VcpuArch) -> Next {
         const VMCALL: [u8; 3] = [0x0f, 0x01, 0xc1];
         const VMMCALL: [u8; 3] = [0x0f, 0x01, 0xd9];
-        let fix = vm.arch.disabled_quirks.load(Ordering::Relaxed) & QUIRK_FIX_HYPERCALL_INSN == 0;
+        let fix = vm.kvm_check_has_quirk(uapi::KVM_X86_QUIRK_FIX_HYPERCALL_INSN);
         let cpu = self.cpu(st);
         let la = cpu.linear(1, st.regs.rip);
         if fix {
@@ -996,8 +1092,8 @@ impl Vcpu {
             {
                 return match cpu.translate(vm, la, true, false) {
                     Ok(gpa) if emulate::write_phys(vm, gpa, &VMMCALL).is_some() => Next::Guest,
-                    Ok(_) => self.handle_emulation_failure(),
-                    Err(e) => self.failure(st, Failure::Walk(e), la),
+                    Ok(_) => self.handle_emulation_failure(vm, st),
+                    Err(e) => self.failure(vm, st, Failure::Walk(e), la),
                 };
             }
         }

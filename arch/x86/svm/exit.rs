@@ -19,6 +19,7 @@ const MSR_LEN: u64 = 2;
 const VMMCALL_LEN: u64 = 3;
 const XSETBV_LEN: u64 = 3;
 const INVD_LEN: u64 = 2;
+const MONITOR_LEN: u64 = 3;
 
 /// svm_handle_exit(): the exit kvm.ko's vcpu_enter_guest() just took.
 pub(crate) fn svm_handle_exit(v: &mut SvmVcpu, core: &mut KvmCoreVcpu) -> Next {
@@ -49,6 +50,8 @@ pub(crate) fn svm_handle_exit(v: &mut SvmVcpu, core: &mut KvmCoreVcpu) -> Next {
             | vm::EXIT_XSETBV
             | vm::EXIT_INVD
             | vm::EXIT_WBINVD
+            | vm::EXIT_MONITOR
+            | vm::EXIT_MWAIT
     ) {
         vmcb.control.int_state &= !vm::INTERRUPT_SHADOW;
     }
@@ -132,8 +135,9 @@ pub(crate) fn svm_handle_exit(v: &mut SvmVcpu, core: &mut KvmCoreVcpu) -> Next {
         }
         vm::EXIT_READ_DR0..=vm::EXIT_WRITE_DR15 => core.kvm_emulate_instruction(v),
         vm::EXIT_XSETBV => core.kvm_emulate_xsetbv(v, next(XSETBV_LEN)),
-        // No nested SVM, no MONITOR/MWAIT: #UD, as the guest's CPUID promises.
-        vm::EXIT_VMRUN..=vm::EXIT_SKINIT | vm::EXIT_MONITOR | vm::EXIT_MWAIT | vm::EXIT_RDPRU => {
+        vm::EXIT_MONITOR | vm::EXIT_MWAIT => core.kvm_emulate_monitor_mwait(v, next(MONITOR_LEN)),
+        // No nested SVM: #UD, as the guest's CPUID promises.
+        vm::EXIT_VMRUN..=vm::EXIT_SKINIT | vm::EXIT_RDPRU => {
             queue_exception_vmcb(vmcb, uapi::UD_VECTOR, None);
             Next::Guest
         }

@@ -11,3 +11,29 @@
  */
 bool kvm_rs_svm_npt = true;
 module_param_named(npt, kvm_rs_svm_npt, bool, 0444);
+
+/*
+ * AVIC (upstream "avic", default off). kvm-rs does not implement AVIC, so the
+ * parameter reads N and avic=1 is refused at load rather than ignored.
+ */
+static bool kvm_rs_svm_avic;
+
+static int avic_set(const char *val, const struct kernel_param *kp)
+{
+	bool on;
+	int r = kstrtobool(val, &on);
+
+	if (r)
+		return r;
+	if (on) {
+		pr_err("kvm_amd: avic=1: AVIC is not implemented in kvm-rs\n");
+		return -EINVAL;
+	}
+	return param_set_bool(val, kp);
+}
+
+static const struct kernel_param_ops avic_ops = {
+	.set = avic_set,
+	.get = param_get_bool,
+};
+module_param_cb(avic, &avic_ops, &kvm_rs_svm_avic, 0444);

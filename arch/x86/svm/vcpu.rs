@@ -2,10 +2,11 @@
 //! An SVM vCPU (upstream struct vcpu_svm): one VMCB, its reset state (init_vmcb()),
 //! register access and VMRUN (svm_vcpu_run()); exits are decoded in exit.rs.
 
+use super::glue;
 use super::msr_index::{
-    EFER_SVME, MSR_CSTAR, MSR_EFER, MSR_FS_BASE, MSR_GS_BASE, MSR_IA32_CR_PAT,
-    MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_EIP, MSR_IA32_SYSENTER_ESP, MSR_KERNEL_GS_BASE,
-    MSR_LSTAR, MSR_STAR, MSR_SYSCALL_MASK,
+    DE_CFG_LFENCE_SERIALIZE, EFER_SVME, MSR_AMD64_DE_CFG, MSR_CSTAR, MSR_EFER, MSR_FS_BASE,
+    MSR_GS_BASE, MSR_IA32_CR_PAT, MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_EIP,
+    MSR_IA32_SYSENTER_ESP, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_STAR, MSR_SYSCALL_MASK,
 };
 use super::processor_flags::{NMI_VECTOR, X86_EFLAGS_IF, X86_EFLAGS_RF, X86_EFLAGS_TF};
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -69,6 +70,8 @@ pub(crate) struct SvmVcpu {
     soft_int: Option<SoftInt>,
     /// kvm.ko's TSC offset (write_tsc_offset), kept across VMCB reinits.
     tsc_offset: u64,
+    /// MSR_AMD64_DE_CFG (upstream msr_decfg): 0 at creation, set by userspace.
+    msr_decfg: u64,
 }
 
 /// A soft exception handed to the CPU: RIP before and after its instruction.
@@ -255,6 +258,18 @@ fn host_if_on() {
     unsafe { core::arch::asm!("sti", options(nomem, nostack)) }
 }
 
+/// svm_get_feature_msr(): DE_CFG with the bits the host has.
+fn svm_get_feature_msr(index: u32) -> Option<u64> {
+    match index {
+        MSR_AMD64_DE_CFG => {
+            // SAFETY: reads a CPU feature bit.
+            let lfence = unsafe { glue::kvm_glue_lfence_rdtsc() } != 0;
+            Some(if lfence { DE_CFG_LFENCE_SERIALIZE } else { 0 })
+        }
+        _ => None,
+    }
+}
+
 fn host_if_off() {
     // SAFETY: clears IF again before stgi(); the caller's interrupts were off.
     unsafe { core::arch::asm!("cli", options(nomem, nostack)) }
@@ -266,6 +281,8 @@ impl KvmX86Vendor for Svm {
     const VM_TYPES: u32 = 1 << 0;
     const HAS_VCPUS: bool = true;
     const TDP_MASKS: SpteMasks = SpteMasks::NPT;
+    /// svm_vcpu_init()'s arbitrary revision under KVM_X86_QUIRK_STUFF_FEATURE_MSRS.
+    const RESET_MICROCODE_VERSION: u64 = 0x0100_0065;
     type Vcpu = SvmVcpu;
     type Loaded = SvmLoaded;
 
@@ -281,11 +298,16 @@ impl KvmX86Vendor for Svm {
                 soft_int_len: None,
                 soft_int: None,
                 tsc_offset: 0,
+                msr_decfg: 0,
             },
             GFP_KERNEL,
         )?;
         init_vmcb(v.vmcb());
         Ok((v, Arc::new(SvmLoaded, GFP_KERNEL)?))
+    }
+
+    fn get_feature_msr(index: u32) -> Option<u64> {
+        svm_get_feature_msr(index)
     }
 
     fn vcpu_load(_: &SvmLoaded, _cpu: u32) {}
@@ -500,12 +522,21 @@ impl KvmX86Vendor for Svm {
             MSR_IA32_SYSENTER_ESP => s.sysenter_esp,
             MSR_IA32_SYSENTER_EIP => s.sysenter_eip,
             MSR_IA32_CR_PAT => s.g_pat,
+            MSR_AMD64_DE_CFG => v.msr_decfg,
             _ => return false,
         };
         true
     }
 
     fn set_msr(v: &mut SvmVcpu, index: u32, data: u64) -> bool {
+        if index == MSR_AMD64_DE_CFG {
+            let supported = svm_get_feature_msr(index).unwrap_or(0);
+            if data & !supported != 0 {
+                return false;
+            }
+            v.msr_decfg = data;
+            return true;
+        }
         let s = &mut v.vmcb().save;
         match index {
             MSR_EFER => s.efer = data | EFER_SVME,
@@ -680,6 +711,24 @@ impl KvmX86Vendor for Svm {
         // svm_write_tsc_offset(): RDTSC in the guest reads host TSC + offset.
         v.tsc_offset = offset;
         v.vmcb().control.tsc_offset = offset;
+    }
+
+    fn get_exit_info(v: &SvmVcpu, info: &mut [u64; 5]) {
+        // svm_get_exit_info().
+        let c = &v.vmcb_ref().control;
+        let int_info = c.exit_int_info;
+        let err = if int_info & EVTINJ_VALID != 0 && int_info & EVTINJ_VALID_ERR != 0 {
+            c.exit_int_info_err
+        } else {
+            0
+        };
+        *info = [
+            c.exit_code,
+            c.exit_info_1,
+            c.exit_info_2,
+            int_info.into(),
+            err.into(),
+        ];
     }
 
     fn setup_mce(_v: &SvmVcpu, mcg_cap: u64) -> u64 {

@@ -23,6 +23,8 @@ impl vendor::KvmX86Vendor for Vmx {
     /// EPT without accessed/dirty bits: valid on every EPT CPU (upstream with
     /// enable_ept_ad_bits=0); the A/D variant is an optimization for later.
     const TDP_MASKS: SpteMasks = SpteMasks::ept(false);
+    /// vmx_vcpu_reset()'s revision under KVM_X86_QUIRK_STUFF_FEATURE_MSRS.
+    const RESET_MICROCODE_VERSION: u64 = 0x1_0000_0000;
     type Vcpu = NoVcpu;
     type Loaded = NoVcpu;
 
@@ -31,6 +33,10 @@ impl vendor::KvmX86Vendor for Vmx {
     /// called (each matches on the uninhabited type).
     fn vcpu_create() -> Result<(KBox<NoVcpu>, Arc<NoVcpu>)> {
         Err(cpus::eopnotsupp())
+    }
+    /// The VMX capability MSRs come with nested VMX.
+    fn get_feature_msr(_index: u32) -> Option<u64> {
+        None
     }
     fn vcpu_load(v: &NoVcpu, _: u32) {
         match *v {}
@@ -114,6 +120,9 @@ impl vendor::KvmX86Vendor for Vmx {
         match *v {}
     }
     fn write_tsc_offset(v: &mut NoVcpu, _: u64) {
+        match *v {}
+    }
+    fn get_exit_info(v: &NoVcpu, _: &mut [u64; 5]) {
         match *v {}
     }
 }

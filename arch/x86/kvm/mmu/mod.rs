@@ -45,7 +45,7 @@ impl Vcpu {
             return self.x86_emulate_instruction(vm, st, gpa);
         }
         let Some(slot) = slot else {
-            return self.handle_emulation_failure();
+            return self.handle_emulation_failure(vm, st);
         };
         // A race with a slot change just faults again.
         match self.kvm_tdp_map_page(vm, &slot, gen, gfn, write) {
