@@ -149,6 +149,10 @@ pub fn check_extension(host: &Host, cap: u64) -> i32 {
         // Emulation failures carry the instruction bytes and exit information;
         // KVM_CAP_EXIT_ON_EMULATION_FAILURE makes every one exit (emulate.rs).
         | uapi::KVM_CAP_EXIT_ON_EMULATION_FAILURE
+        // Failed guest MSR accesses exit to userspace where it asks, and the MSR
+        // filter (KVM_X86_SET_MSR_FILTER) says which accesses KVM handles (msr.rs).
+        | uapi::KVM_CAP_X86_USER_SPACE_MSR
+        | uapi::KVM_CAP_X86_MSR_FILTER
             if host.vcpus =>
         {
             1

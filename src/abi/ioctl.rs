@@ -91,6 +91,7 @@ pub const KVM_SET_TSC_KHZ: u32 = io(0xa2);
 pub const KVM_GET_TSC_KHZ: u32 = io(0xa3);
 pub const KVM_ENABLE_CAP: u32 = iow::<uapi::kvm_enable_cap>(0xa3);
 pub const KVM_SET_BOOT_CPU_ID: u32 = io(0x78);
+pub const KVM_X86_SET_MSR_FILTER: u32 = iow::<uapi::kvm_msr_filter>(0xc6);
 pub const KVM_GET_STATS_FD: u32 = io(0xce);
 pub const KVM_PRE_FAULT_MEMORY: u32 = iowr::<uapi::kvm_pre_fault_memory>(0xd5);
 
@@ -191,6 +192,8 @@ mod tests {
         assert_eq!(KVM_REINJECT_CONTROL, 0xae71);
         assert_eq!(KVM_REGISTER_COALESCED_MMIO, 0x4010_ae67);
         assert_eq!(KVM_UNREGISTER_COALESCED_MMIO, 0x4010_ae68);
+        // struct kvm_msr_filter: flags, then 16 ranges of 24 bytes.
+        assert_eq!(KVM_X86_SET_MSR_FILTER, 0x4188_aec6);
         // struct kvm_device_attr: flags, group, attr, addr (24 bytes).
         assert_eq!(KVM_SET_DEVICE_ATTR, 0x4018_aee1);
         assert_eq!(KVM_HAS_DEVICE_ATTR, 0x4018_aee3);

@@ -7,6 +7,7 @@ pub mod ioapic;
 pub mod irq_routing;
 pub mod lapic;
 pub mod mce;
+pub mod msr_filter;
 pub mod msr_index;
 pub mod mtrr;
 pub mod pic;

@@ -243,6 +243,14 @@ pub(crate) enum Pending {
         next_rip: u64,
         gpa: u64,
     },
+    /// RDMSR or WRMSR at `rip` that userspace handles (KVM_EXIT_X86_RDMSR/WRMSR,
+    /// upstream complete_fast_msr_access()): its error means #GP, else a read's
+    /// data goes into EDX:EAX, and the guest continues at `next_rip`.
+    Msr {
+        read: bool,
+        rip: u64,
+        next_rip: u64,
+    },
     /// One OUTS element went out; advance and, with REP, run it again.
     StringOut {
         insn: Insn,
@@ -316,6 +324,22 @@ impl Vcpu {
                     st.regs.rip = next_rip;
                     self.mmio_exit(gpa, insn.op_size, Some(w));
                     return Some(Ok(0));
+                }
+                return to_user(self.kvm_skip_emulated_instruction(st, next_rip));
+            }
+            Pending::Msr {
+                read,
+                rip,
+                next_rip,
+            } if at(rip) => {
+                if self.run_read_u8(run::U) != 0 {
+                    st.vendor.queue_exception(uapi::GP_VECTOR, true, 0);
+                    return None;
+                }
+                if read {
+                    let v: u64 = self.run_read(run::U + 16);
+                    st.regs.gpr[reg::RAX] = v & 0xffff_ffff;
+                    st.regs.gpr[reg::RDX] = v >> 32;
                 }
                 return to_user(self.kvm_skip_emulated_instruction(st, next_rip));
             }

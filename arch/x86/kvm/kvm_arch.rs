@@ -19,12 +19,14 @@ use crate::arch::clock::KvmClock;
 use crate::arch::i8254::KvmPit;
 use crate::arch::irqchip::{self, IoapicDev, Irqchip, PicDev};
 use crate::arch::mmu::tdp::Mmu;
+use crate::arch::msr::MsrFilter;
 use crate::arch::vendor::{self, VendorLoaded, VendorRef};
 use crate::arch::x86::VcpuArch;
 use crate::arch::{cpuid, msr, regs, Vcpu, Vm};
 use crate::eventfd::IrqfdResampler;
 use crate::hw::lapic::{self, valid_bus_cycle_ns, Irq, Lapic, APIC_BUS_CYCLE_NS_DEFAULT};
 use crate::hw::mce::{KVM_MAX_MCE_BANKS, SUPPORTED_MCE_CAP_SVM};
+use crate::hw::msr_filter;
 use crate::hw::tsc::TscSync;
 use crate::hw::{ioapic, irq_routing, pit};
 use crate::io_bus::Bus;
@@ -86,6 +88,12 @@ pub(crate) struct VmArch {
     /// the irqchip lock.
     pub(crate) x2apic_format: AtomicBool,
     pub(crate) x2apic_broadcast_quirk_disabled: AtomicBool,
+    /// KVM_CAP_X86_USER_SPACE_MSR: the failed-MSR-access reasons
+    /// (KVM_MSR_EXIT_REASON_*) that exit to userspace instead of a #GP.
+    pub(crate) user_space_msr_mask: AtomicU32,
+    /// KVM_X86_SET_MSR_FILTER (kvm->arch.msr_filter): None allows every access.
+    #[pin]
+    pub(crate) msr_filter: SpinLock<Option<Arc<MsrFilter>>>,
     /// KVM_CAP_EXIT_ON_EMULATION_FAILURE: every emulation failure exits to
     /// userspace, without a #UD for the guest.
     pub(crate) exit_on_emulation_error: AtomicBool,
@@ -236,6 +244,8 @@ impl KvmArch for X86 {
             bsp_vcpu_id: AtomicU32::new(0),
             disabled_quirks: AtomicU64::new(0),
             apic_bus_cycle_ns: AtomicU64::new(APIC_BUS_CYCLE_NS_DEFAULT),
+            user_space_msr_mask: AtomicU32::new(0),
+            msr_filter <- new_spinlock!(None, "kvm->arch.msr_filter"),
             x2apic_format: AtomicBool::new(false),
             x2apic_broadcast_quirk_disabled: AtomicBool::new(false),
             exit_on_emulation_error: AtomicBool::new(false),
@@ -417,6 +427,7 @@ fn kvm_arch_vm_ioctl(vm: &Arc<Vm>, cmd: u32, arg: usize) -> Result<isize> {
         }
         // A cap on shadow-MMU pages (kvm_vm_ioctl_set_nr_mmu_pages()). The NPT
         // MMU has no shadow pages, as upstream's TDP MMU: only the bound is checked.
+        ioctl::KVM_X86_SET_MSR_FILTER => msr::kvm_vm_ioctl_set_msr_filter(vm, arg),
         ioctl::KVM_SET_NR_MMU_PAGES => {
             if arg < KVM_MIN_ALLOC_MMU_PAGES {
                 return Err(EINVAL);
@@ -634,6 +645,15 @@ fn kvm_vm_ioctl_enable_cap(vm: &Vm, c: &uapi::kvm_enable_cap) -> Result<isize> {
                 Ok(0)
             }
         }
+        uapi::KVM_CAP_X86_USER_SPACE_MSR => {
+            if c.args[0] & !u64::from(msr_filter::EXIT_REASON_VALID_MASK) != 0 {
+                return Err(EINVAL);
+            }
+            vm.arch
+                .user_space_msr_mask
+                .store(c.args[0] as u32, Ordering::Relaxed);
+            Ok(0)
+        }
         uapi::KVM_CAP_X2APIC_API => {
             if c.args[0] & !u64::from(X2APIC_API_VALID_FLAGS) != 0 {
                 return Err(EINVAL);
@@ -681,6 +701,13 @@ fn kvm_vm_ioctl_enable_cap(vm: &Vm, c: &uapi::kvm_enable_cap) -> Result<isize> {
 }
 
 impl Vm {
+    /// kvm_msr_allowed(): the VM's MSR filter lets a guest access of `kind`
+    /// (msr_filter::FILTER_READ/WRITE) to `index` through.
+    pub(crate) fn kvm_msr_allowed(&self, index: u32, kind: u32) -> bool {
+        let f = self.arch.msr_filter.lock().clone();
+        f.is_none_or(|f| f.allowed(index, kind))
+    }
+
     /// kvm_check_has_quirk(): userspace has not disabled `quirk`.
     pub(crate) fn kvm_check_has_quirk(&self, quirk: u32) -> bool {
         self.arch.disabled_quirks.load(Ordering::Relaxed) & u64::from(quirk) == 0

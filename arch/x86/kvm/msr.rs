@@ -6,12 +6,13 @@
 use crate::abi::uapi;
 use crate::hw::cpuid::{KVM_FEATURE_CLOCKSOURCE, KVM_FEATURE_CLOCKSOURCE2};
 use crate::hw::mce::{Injection, McEffect, Mce, MSR_IA32_MCG_CTL, MSR_IA32_MCG_STATUS};
+use crate::hw::msr_filter::{self, Range};
 use crate::hw::msr_index::{
     hwcr_write, misc_enable_write, misc_features_enables_valid, EFER_LMA, FEATURE_MSRS,
     HWCR_MCSTATUSWREN, MISC_FEATURES_ENABLES_CPUID_FAULT, MSR_CSTAR, MSR_EFER, MSR_IA32_APICBASE,
     MSR_IA32_ARCH_CAPABILITIES, MSR_IA32_CR_PAT, MSR_IA32_MISC_ENABLE, MSR_IA32_PERF_CAPABILITIES,
-    MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_EIP, MSR_IA32_SYSENTER_ESP, MSR_IA32_TSC,
-    MSR_IA32_TSC_ADJUST, MSR_IA32_TSC_DEADLINE, MSR_IA32_UCODE_REV, MSR_K7_HWCR,
+    MSR_IA32_POWER_CTL, MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_EIP, MSR_IA32_SYSENTER_ESP,
+    MSR_IA32_TSC, MSR_IA32_TSC_ADJUST, MSR_IA32_TSC_DEADLINE, MSR_IA32_UCODE_REV, MSR_K7_HWCR,
     MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_MISC_FEATURES_ENABLES, MSR_PLATFORM_INFO, MSR_STAR,
     MSR_SYSCALL_MASK, PLATFORM_INFO_CPUID_FAULT,
 };
@@ -32,11 +33,13 @@ use crate::arch::Vm;
 use crate::glue;
 use crate::hw::cpuid;
 use crate::hw::lapic;
-use crate::user::{Fam, MsrList, Msrs};
+use crate::user::{self, Fam, MsrList, Msrs};
+use core::mem::size_of;
+use kernel::sync::Arc;
 
 /// The MSRs KVM_GET_MSR_INDEX_LIST reports: those KVM_GET/SET_MSRS save and
 /// restore (upstream msrs_to_save + emulated_msrs, as far as kvm-rs has them).
-pub(crate) const MSRS_TO_SAVE: [u32; 26] = [
+pub(crate) const MSRS_TO_SAVE: [u32; 27] = [
     MSR_IA32_SYSENTER_CS,
     MSR_IA32_SYSENTER_ESP,
     MSR_IA32_SYSENTER_EIP,
@@ -64,7 +67,103 @@ pub(crate) const MSRS_TO_SAVE: [u32; 26] = [
     MSR_IA32_PERF_CAPABILITIES,
     MSR_MISC_FEATURES_ENABLES,
     MSR_IA32_UCODE_REV,
+    MSR_IA32_POWER_CTL,
 ];
+
+// The filter's rules are no_std (hw/msr_filter.rs), with the ABI's numbers.
+const _: () = {
+    assert!(msr_filter::FILTER_READ == uapi::KVM_MSR_FILTER_READ);
+    assert!(msr_filter::FILTER_WRITE == uapi::KVM_MSR_FILTER_WRITE);
+    assert!(msr_filter::DEFAULT_DENY == uapi::KVM_MSR_FILTER_DEFAULT_DENY);
+    assert!(msr_filter::MAX_RANGES == uapi::KVM_MSR_FILTER_MAX_RANGES as usize);
+    assert!(msr_filter::MAX_BITMAP_SIZE == uapi::KVM_MSR_FILTER_MAX_BITMAP_SIZE as usize);
+    assert!(msr_filter::EXIT_REASON_VALID_MASK == uapi::KVM_MSR_EXIT_REASON_VALID_MASK);
+    assert!(msr_filter::EXIT_REASON_FILTER == uapi::KVM_MSR_EXIT_REASON_FILTER);
+    assert!(msr_filter::EXIT_REASON_UNKNOWN == uapi::KVM_MSR_EXIT_REASON_UNKNOWN);
+    assert!(msr_filter::EXIT_REASON_INVAL == uapi::KVM_MSR_EXIT_REASON_INVAL);
+    assert!(size_of::<FilterRangeAbi>() == size_of::<uapi::kvm_msr_filter_range>());
+    assert!(size_of::<FilterAbi>() == size_of::<uapi::kvm_msr_filter>());
+};
+
+/// `struct kvm_msr_filter_range` with its padding spelled out (the uapi one has
+/// a pointer and implicit padding, so it cannot be copied as plain bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct FilterRangeAbi {
+    flags: u32,
+    nmsrs: u32,
+    base: u32,
+    pad: u32,
+    bitmap: u64,
+}
+
+/// `struct kvm_msr_filter`, likewise.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct FilterAbi {
+    flags: u32,
+    pad: u32,
+    ranges: [FilterRangeAbi; msr_filter::MAX_RANGES],
+}
+
+// SAFETY: integers only, padding explicit: any bytes are a value, all initialized.
+unsafe impl kernel::transmute::FromBytes for FilterAbi {}
+// SAFETY: as above.
+unsafe impl kernel::transmute::AsBytes for FilterAbi {}
+
+/// A VM's MSR filter (upstream struct kvm_x86_msr_filter): its flags and the
+/// non-empty ranges with their bitmaps.
+pub(crate) struct MsrFilter {
+    flags: u32,
+    ranges: KVec<(Range, KVec<u8>)>,
+}
+
+impl MsrFilter {
+    /// kvm_msr_allowed().
+    pub(crate) fn allowed(&self, index: u32, kind: u32) -> bool {
+        msr_filter::msr_allowed(
+            self.flags,
+            self.ranges.iter().map(|(r, b)| (*r, &b[..])),
+            index,
+            kind,
+        )
+    }
+}
+
+/// KVM_X86_SET_MSR_FILTER (kvm_vm_ioctl_set_msr_filter()): every range checked
+/// and its bitmap copied before the filter replaces the old one.
+pub(crate) fn kvm_vm_ioctl_set_msr_filter(vm: &Vm, arg: usize) -> Result<isize> {
+    let f: FilterAbi = user::read(arg)?;
+    let any = f.ranges.iter().any(|r| r.nmsrs != 0);
+    if !msr_filter::filter_valid(f.flags, any) {
+        return Err(EINVAL);
+    }
+    let mut ranges = KVec::new();
+    for r in f.ranges.iter() {
+        let range = Range {
+            flags: r.flags,
+            base: r.base,
+            nmsrs: r.nmsrs,
+        };
+        let Some(size) = msr_filter::range_bitmap_size(&range).map_err(|_| EINVAL)? else {
+            continue;
+        };
+        let addr = usize::try_from(r.bitmap).map_err(|_| EFAULT)?;
+        let bitmap = user::read_bytes(addr, size)?;
+        ranges.push((range, bitmap), GFP_KERNEL)?;
+    }
+    let new = Arc::new(
+        MsrFilter {
+            flags: f.flags,
+            ranges,
+        },
+        GFP_KERNEL,
+    )?;
+    // The old filter goes when the last vCPU using it drops its reference.
+    let old = (*vm.arch.msr_filter.lock()).replace(new);
+    drop(old);
+    Ok(0)
+}
 
 /// kvm_caps.supported_perf_cap: kvm-rs has no virtual PMU, so no
 /// PERF_CAPABILITIES bits (as upstream on SVM).
@@ -240,6 +339,7 @@ impl Vcpu {
             MSR_IA32_APICBASE => Some(self.apic_base(st)),
             MSR_IA32_MISC_ENABLE => Some(st.misc_enable),
             MSR_MISC_FEATURES_ENABLES => Some(st.misc_features_enables),
+            MSR_IA32_POWER_CTL => Some(st.msr_ia32_power_ctl),
             MSR_IA32_UCODE_REV => Some(st.microcode_version),
             // Without the CPUID bit the guest faults; userspace reads 0 of an
             // MSR KVM lists (kvm_do_msr_access()).
@@ -304,6 +404,10 @@ impl Vcpu {
                     }
                     None => false,
                 }
+            }
+            MSR_IA32_POWER_CTL => {
+                st.msr_ia32_power_ctl = v;
+                true
             }
             MSR_MISC_FEATURES_ENABLES => {
                 let ok = misc_features_enables_valid(v, st.platform_info);

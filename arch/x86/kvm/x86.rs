@@ -34,6 +34,7 @@ use crate::glue;
 use crate::hw::cpuid::{self, Entry, KVM_FEATURE_PV_SCHED_YIELD};
 use crate::hw::debugreg::{DR6_ACTIVE_LOW, DR7_FIXED_1};
 use crate::hw::lapic;
+use crate::hw::msr_filter;
 use crate::hw::xstate;
 use crate::io_bus::Bus;
 use crate::kvm_x86_ops::{reg, vcpu_stat, GuestRegs, Next};
@@ -101,6 +102,8 @@ pub(crate) struct VcpuArch {
     pub(crate) platform_info: u64,
     /// MSR_MISC_FEATURES_ENABLES (upstream msr_misc_features_enables).
     pub(crate) misc_features_enables: u64,
+    /// MSR_IA32_POWER_CTL, stored only (upstream msr_ia32_power_ctl).
+    pub(crate) msr_ia32_power_ctl: u64,
     /// The feature MSRs userspace sets (upstream arch_capabilities,
     /// perf_capabilities, microcode_version), what KVM offers when the VM keeps
     /// KVM_X86_QUIRK_STUFF_FEATURE_MSRS, else 0.
@@ -232,6 +235,7 @@ impl VcpuArch {
             msr_hwcr: 0,
             platform_info: 0,
             misc_features_enables: 0,
+            msr_ia32_power_ctl: 0,
             arch_capabilities: 0,
             perf_capabilities: 0,
             microcode_version: 0,
@@ -995,32 +999,101 @@ impl Vcpu {
         self.kvm_skip_emulated_instruction(st, next_rip)
     }
 
-    /// kvm_emulate_rdmsr(): EDX:EAX, or #GP for an MSR kvm-rs does not have
-    /// (upstream with ignore_msrs=0).
+    /// kvm_emulate_rdmsr(): EDX:EAX, or, when the MSR filter denies it or KVM
+    /// cannot read it, KVM_EXIT_X86_RDMSR if userspace asked for that reason
+    /// (KVM_CAP_X86_USER_SPACE_MSR), else #GP (upstream with ignore_msrs=0).
     pub(crate) fn kvm_emulate_rdmsr(&self, vm: &Vm, st: &mut VcpuArch, next_rip: u64) -> Next {
         let index = st.regs.gpr[reg::RCX] as u32;
-        match self.get_msr(vm, st, index, false) {
-            Some(v) => {
+        let r = if vm.kvm_msr_allowed(index, msr_filter::FILTER_READ) {
+            self.get_msr(vm, st, index, false)
+                .ok_or_else(|| self.msr_failure_reason(vm, st, index))
+        } else {
+            Err(msr_filter::EXIT_REASON_FILTER)
+        };
+        match r {
+            Ok(v) => {
                 st.regs.gpr[reg::RAX] = v & 0xffff_ffff;
                 st.regs.gpr[reg::RDX] = v >> 32;
                 self.kvm_skip_emulated_instruction(st, next_rip)
             }
-            None => {
-                st.vendor.queue_exception(uapi::GP_VECTOR, true, 0);
-                Next::Guest
-            }
+            Err(reason) => self.kvm_msr_user_space(
+                vm,
+                st,
+                uapi::KVM_EXIT_X86_RDMSR,
+                index,
+                0,
+                reason,
+                next_rip,
+            ),
         }
     }
 
-    /// kvm_emulate_wrmsr(): EDX:EAX into the MSR, or #GP.
+    /// kvm_emulate_wrmsr(): EDX:EAX into the MSR; as RDMSR when it cannot be.
     pub(crate) fn kvm_emulate_wrmsr(&self, vm: &Vm, st: &mut VcpuArch, next_rip: u64) -> Next {
         let index = st.regs.gpr[reg::RCX] as u32;
         let v = (st.regs.gpr[reg::RDX] << 32) | (st.regs.gpr[reg::RAX] & 0xffff_ffff);
-        if self.set_msr(vm, st, index, v, false) {
-            return self.kvm_skip_emulated_instruction(st, next_rip);
+        let r = if !vm.kvm_msr_allowed(index, msr_filter::FILTER_WRITE) {
+            Err(msr_filter::EXIT_REASON_FILTER)
+        } else if self.set_msr(vm, st, index, v, false) {
+            Ok(())
+        } else {
+            Err(self.msr_failure_reason(vm, st, index))
+        };
+        match r {
+            Ok(()) => self.kvm_skip_emulated_instruction(st, next_rip),
+            Err(reason) => self.kvm_msr_user_space(
+                vm,
+                st,
+                uapi::KVM_EXIT_X86_WRMSR,
+                index,
+                v,
+                reason,
+                next_rip,
+            ),
         }
-        st.vendor.queue_exception(uapi::GP_VECTOR, true, 0);
-        Next::Guest
+    }
+
+    /// kvm_msr_reason() for an access KVM refused: an MSR it does not have at
+    /// all is UNKNOWN (upstream KVM_MSR_RET_UNSUPPORTED), one it has but whose
+    /// access or value it refuses INVAL.
+    fn msr_failure_reason(&self, vm: &Vm, st: &VcpuArch, index: u32) -> u32 {
+        if self.get_msr(vm, st, index, true).is_some() {
+            msr_filter::EXIT_REASON_INVAL
+        } else {
+            msr_filter::EXIT_REASON_UNKNOWN
+        }
+    }
+
+    /// kvm_msr_user_space(): KVM_EXIT_X86_RDMSR/WRMSR when userspace wants
+    /// failures of `reason` (finished by complete_userspace_io on the next
+    /// KVM_RUN), else #GP for the guest.
+    #[allow(clippy::too_many_arguments)]
+    fn kvm_msr_user_space(
+        &self,
+        vm: &Vm,
+        st: &mut VcpuArch,
+        exit_reason: u32,
+        index: u32,
+        data: u64,
+        reason: u32,
+        next_rip: u64,
+    ) -> Next {
+        if vm.arch.user_space_msr_mask.load(Ordering::Relaxed) & reason == 0 {
+            st.vendor.queue_exception(uapi::GP_VECTOR, true, 0);
+            return Next::Guest;
+        }
+        self.set_exit(exit_reason);
+        // struct kvm_run.msr: error, pad[7], reason, index, data.
+        self.run_write(run::U, 0u64);
+        self.run_write(run::U + 8, reason);
+        self.run_write(run::U + 12, index);
+        self.run_write(run::U + 16, data);
+        st.pending = Pending::Msr {
+            read: exit_reason == uapi::KVM_EXIT_X86_RDMSR,
+            rip: st.regs.rip,
+            next_rip,
+        };
+        Next::User(Ok(()))
     }
 
     /// kernel_pio(): IN/OUT to a port an in-kernel device (the PIO bus) takes;
