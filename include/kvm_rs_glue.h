@@ -40,6 +40,9 @@ int kvm_glue_rdmsr_safe(unsigned int msr, unsigned long long *val);
 int kvm_glue_wrmsr_safe(unsigned int msr, unsigned long long val);
 /* kvm_get_arch_capabilities(): MSR_IA32_ARCH_CAPABILITIES as KVM offers it. */
 unsigned long long kvm_glue_arch_capabilities(void);
+/* sched_info_on(), and current's run-queue wait (sched_info.run_delay, ns). */
+int kvm_glue_sched_info_on(void);
+unsigned long long kvm_glue_run_delay(void);
 /* Whether LFENCE serializes (AMD DE_CFG bit 1 is then offered). */
 int kvm_glue_lfence_rdtsc(void);
 /* x86_virt_get_ref()/put_ref() on the calling CPU (EFER.SVME, or VMXON by the core). */

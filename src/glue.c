@@ -22,6 +22,7 @@
 #include <linux/moduleparam.h>
 #include <linux/sched/mm.h>
 #include <linux/sched/signal.h>
+#include <linux/sched/stat.h>
 #include <linux/slab.h>
 #include <linux/smp.h>
 #include <linux/wait.h>
@@ -1094,6 +1095,23 @@ unsigned long long kvm_glue_arch_capabilities(void)
 	return data;
 }
 EXPORT_SYMBOL_GPL(kvm_glue_arch_capabilities);
+
+int kvm_glue_sched_info_on(void)
+{
+	return sched_info_on();
+}
+EXPORT_SYMBOL_GPL(kvm_glue_sched_info_on);
+
+/* The time the current task waited on a run queue (KVM's steal time source). */
+unsigned long long kvm_glue_run_delay(void)
+{
+#ifdef CONFIG_SCHED_INFO
+	return current->sched_info.run_delay;
+#else
+	return 0;
+#endif
+}
+EXPORT_SYMBOL_GPL(kvm_glue_run_delay);
 
 int kvm_glue_lfence_rdtsc(void)
 {

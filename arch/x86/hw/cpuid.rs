@@ -111,6 +111,7 @@ pub const KVM_CPUID_FEATURES: u32 = 1;
 /// KVM_FEATURE_* bit numbers (arch/x86/include/uapi/asm/kvm_para.h).
 pub const KVM_FEATURE_CLOCKSOURCE: u32 = 0;
 pub const KVM_FEATURE_CLOCKSOURCE2: u32 = 3;
+pub const KVM_FEATURE_STEAL_TIME: u32 = 5;
 pub const KVM_FEATURE_PV_SCHED_YIELD: u32 = 13;
 
 /// "KVMKVMKVM\0\0\0" in EBX, ECX, EDX.
@@ -118,10 +119,12 @@ pub const KVM_SIGNATURE: [u32; 3] = [0x4b4d_564b, 0x564b_4d56, 0x0000_004d];
 
 /// Fills `out` with the supported entries; `None` if it is too small (-E2BIG).
 /// `xcr0`: the XCR0 bits guests may enable (xstate::KVM_RS_XCR0 within the host's
-/// XCR0); 0 offers no XSAVE.
+/// XCR0); 0 offers no XSAVE. `pv_features`: the KVM_FEATURE_* bits offered in
+/// KVM_CPUID_FEATURES.
 pub fn supported(
     host: impl Fn(u32, u32) -> [u32; 4],
     xcr0: u64,
+    pv_features: u32,
     out: &mut [Entry],
 ) -> Option<usize> {
     let xsave = xcr0 & (xstate::FP | xstate::SSE) == xstate::FP | xstate::SSE;
@@ -210,9 +213,7 @@ pub fn supported(
             KVM_SIGNATURE[2],
         ],
     ))?;
-    // KVM_CPUID_FEATURES: none offered yet. The kvmclock MSRs work (clock.rs,
-    // kvm_clock_test), but a Linux guest on them is not validated yet.
-    push(leaf(0x4000_0001, 0, 0, [0; 4]))?;
+    push(leaf(0x4000_0001, 0, 0, [pv_features, 0, 0, 0]))?;
     let x0 = host(0x8000_0000, 0);
     let xmax = x0[0].min(0x8000_0008);
     push(leaf(0x8000_0000, 0, 0, [xmax, x0[1], x0[2], x0[3]]))?;
@@ -361,7 +362,7 @@ mod tests {
     #[test]
     fn filtered() {
         let mut out = [Entry::default(); MAX_ENTRIES];
-        let n = supported(rich, 0, &mut out).unwrap();
+        let n = supported(rich, 0, 0, &mut out).unwrap();
         let e = &out[..n];
         assert_eq!(find(e, 0, 0).unwrap().eax, 7);
         assert_eq!(find(e, 0xd, 0), None);
@@ -423,7 +424,7 @@ mod tests {
         };
         let mut out = [Entry::default(); MAX_ENTRIES];
         let xcr0 = xstate::FP | xstate::SSE | xstate::YMM;
-        let n = supported(host, xcr0, &mut out).unwrap();
+        let n = supported(host, xcr0, 0, &mut out).unwrap();
         let e = &out[..n];
         assert_eq!(find(e, 0, 0).unwrap().eax, 0xd);
         let l1 = find(e, 1, 0).unwrap();
@@ -439,7 +440,7 @@ mod tests {
         assert_eq!(find(e, 0xd, 2).unwrap().eax, 256);
         assert_eq!(find(e, 0xd, 3), None);
         // Without SSE state there is no XSAVE at all.
-        let n = supported(host, xstate::FP, &mut out).unwrap();
+        let n = supported(host, xstate::FP, 0, &mut out).unwrap();
         assert_eq!(find(&out[..n], 1, 0).unwrap().ecx & L1_ECX_XSAVE, 0);
     }
 
@@ -501,7 +502,7 @@ mod tests {
     #[test]
     fn too_small_is_e2big() {
         let mut out = [Entry::default(); 3];
-        assert_eq!(supported(rich, 0, &mut out), None);
+        assert_eq!(supported(rich, 0, 0, &mut out), None);
     }
 
     #[test]
@@ -516,10 +517,13 @@ mod tests {
                 }
             },
             xstate::KVM_RS_XCR0,
+            1 << KVM_FEATURE_STEAL_TIME,
             &mut out,
         )
         .unwrap();
         assert!(find(&out[..n], 7, 0).is_none());
+        let pv = find(&out[..n], KVM_CPUID_SIGNATURE | KVM_CPUID_FEATURES, 0).unwrap();
+        assert_eq!(pv.eax, 1 << KVM_FEATURE_STEAL_TIME);
         assert!(find(&out[..n], 0x8000_0008, 0).is_none());
         assert_eq!(maxphyaddr(&out[..n]), 36);
         assert_eq!(efer_allowed(&[]), 0);

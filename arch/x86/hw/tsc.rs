@@ -14,6 +14,29 @@ pub const MSR_KVM_WALL_CLOCK_NEW: u32 = 0x4b56_4d00;
 pub const MSR_KVM_SYSTEM_TIME_NEW: u32 = 0x4b56_4d01;
 /// Bit 0 of MSR_KVM_SYSTEM_TIME(_NEW): the pvclock structure is in use.
 pub const KVM_MSR_ENABLED: u64 = 1;
+/// MSR_KVM_STEAL_TIME: the GPA of the vCPU's `struct kvm_steal_time` (64-byte
+/// aligned) and KVM_MSR_ENABLED; bits 5:1 are reserved
+/// (KVM_STEAL_ALIGNMENT_BITS = 5).
+pub const MSR_KVM_STEAL_TIME: u32 = 0x4b56_4d03;
+pub const KVM_STEAL_RESERVED_MASK: u64 = 0x1f << 1;
+/// KVM_STEAL_VALID_BITS: the structure's address.
+pub const KVM_STEAL_VALID_BITS: u64 = !0x3f;
+/// `struct kvm_steal_time` offsets: steal (ns), version, preempted.
+pub const STEAL_TIME_STEAL: u64 = 0;
+pub const STEAL_TIME_VERSION: u64 = 8;
+pub const STEAL_TIME_PREEMPTED: u64 = 16;
+
+/// record_steal_time()'s versions around the update of a steal-time structure
+/// whose version reads `version`: odd while it changes, even after; an odd
+/// version found there (junk before the first update) is skipped past.
+pub fn steal_time_versions(version: u32) -> (u32, u32) {
+    let v = if version & 1 != 0 {
+        version.wrapping_add(1)
+    } else {
+        version
+    };
+    (v.wrapping_add(1), v.wrapping_add(2))
+}
 
 /// A TSC-to-nanoseconds (or back) scale: `(delta << shift or >> -shift) * mul >> 32`
 /// (pvclock's tsc_to_system_mul and tsc_shift).
@@ -288,6 +311,14 @@ mod tests {
         assert_eq!(u64::from_le_bytes(b[8..16].try_into().unwrap()), 1000);
         assert_eq!(b[29], PVCLOCK_TSC_STABLE_BIT);
         assert_eq!(pvclock_wall_clock(4, 10, 20)[4], 10);
+    }
+
+    #[test]
+    fn steal_time_version_is_odd_during_updates() {
+        assert_eq!(steal_time_versions(0), (1, 2));
+        assert_eq!(steal_time_versions(2), (3, 4));
+        assert_eq!(steal_time_versions(7), (9, 10));
+        assert_eq!(steal_time_versions(u32::MAX), (1, 2));
     }
 
     #[test]

@@ -14,8 +14,9 @@ use crate::arch::x86::{now_tsc as rdtsc, VcpuArch};
 use crate::arch::Vm;
 use crate::glue;
 use crate::hw::tsc::{
-    kvm_get_time_scale, pvclock_wall_clock, PvclockVcpuTimeInfo, TimeScale, KVM_MSR_ENABLED,
-    NSEC_PER_SEC, PVCLOCK_GUEST_STOPPED, PVCLOCK_TSC_STABLE_BIT,
+    kvm_get_time_scale, pvclock_wall_clock, steal_time_versions, PvclockVcpuTimeInfo, TimeScale,
+    KVM_MSR_ENABLED, KVM_STEAL_VALID_BITS, NSEC_PER_SEC, PVCLOCK_GUEST_STOPPED,
+    PVCLOCK_TSC_STABLE_BIT, STEAL_TIME_PREEMPTED, STEAL_TIME_STEAL, STEAL_TIME_VERSION,
 };
 use crate::user;
 
@@ -296,6 +297,32 @@ impl Vm {
         if st.clock_update || moved || st.clock_gen != self.arch.clock_gen.load(Ordering::Acquire) {
             self.kvm_guest_time_update(st);
         }
+    }
+
+    /// record_steal_time(): the run-queue delay since the last update is added
+    /// to the guest's steal time, under an odd version; preempted is cleared.
+    pub(crate) fn record_steal_time(&self, st: &mut VcpuArch) {
+        if st.st_msr_val & KVM_MSR_ENABLED == 0 {
+            return;
+        }
+        let gpa = st.st_msr_val & KVM_STEAL_VALID_BITS;
+        let mut v = [0u8; 4];
+        let mut steal = [0u8; 8];
+        if read_phys(self, gpa + STEAL_TIME_VERSION, &mut v).is_none()
+            || read_phys(self, gpa + STEAL_TIME_STEAL, &mut steal).is_none()
+        {
+            return;
+        }
+        let (odd, even) = steal_time_versions(u32::from_le_bytes(v));
+        // SAFETY: reads the current task's scheduler statistics.
+        let run_delay = unsafe { glue::kvm_glue_run_delay() };
+        let steal =
+            u64::from_le_bytes(steal).wrapping_add(run_delay.wrapping_sub(st.st_last_steal));
+        st.st_last_steal = run_delay;
+        let _ = write_phys(self, gpa + STEAL_TIME_PREEMPTED, &[0]);
+        let _ = write_phys(self, gpa + STEAL_TIME_VERSION, &odd.to_le_bytes());
+        let _ = write_phys(self, gpa + STEAL_TIME_STEAL, &steal.to_le_bytes());
+        let _ = write_phys(self, gpa + STEAL_TIME_VERSION, &even.to_le_bytes());
     }
 
     /// kvm_synchronize_tsc(): a vCPU's TSC is set to `data` (None: the vCPU is

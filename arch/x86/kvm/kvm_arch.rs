@@ -135,6 +135,9 @@ pub(crate) struct VcpuShared {
     pub(crate) lapic: SpinLock<Option<Lapic>>,
     /// The vendor's load state, for vcpu_load/vcpu_put from the preempt notifier.
     pub(crate) loaded: VendorLoaded,
+    /// KVM_REQ_STEAL_UPDATE: set when the vCPU's task is scheduled in (or the
+    /// steal-time MSR is written), consumed before the next entry.
+    pub(crate) steal_update: AtomicBool,
 }
 
 /// kvm_arch_vcpu_load(): the vCPU's task runs on `cpu`, preemption off (from
@@ -145,6 +148,8 @@ fn kvm_arch_vcpu_load(vcpu: &Vcpu, cpu: u32) {
     // SAFETY: preemption is off for the per-CPU access; the pointer is only compared.
     unsafe { glue::kvm_glue_switch_vcpu_ibpb(core::ptr::from_ref(vcpu).cast()) };
     vcpu.arch.loaded.vcpu_load(cpu);
+    // The time it was off the CPU is steal time for the guest.
+    vcpu.arch.steal_update.store(true, Ordering::Release);
 }
 
 /// kvm_arch_vcpu_put(): the vCPU's task leaves the CPU, preemption off.
@@ -331,6 +336,7 @@ impl KvmArch for X86 {
             try_pin_init!(VcpuShared {
                 lapic <- new_spinlock!(lapic, "apic->lock"),
                 loaded,
+                steal_update: AtomicBool::new(false),
             }),
         ))
     }

@@ -4,7 +4,7 @@
 //! and KVM_X86_SET_MCE, which fills the machine-check banks behind them.
 
 use crate::abi::uapi;
-use crate::hw::cpuid::{KVM_FEATURE_CLOCKSOURCE, KVM_FEATURE_CLOCKSOURCE2};
+use crate::hw::cpuid::{KVM_FEATURE_CLOCKSOURCE, KVM_FEATURE_CLOCKSOURCE2, KVM_FEATURE_STEAL_TIME};
 use crate::hw::mce::{Injection, McEffect, Mce, MSR_IA32_MCG_CTL, MSR_IA32_MCG_STATUS};
 use crate::hw::msr_filter::{self, Range};
 use crate::hw::msr_index::{
@@ -19,7 +19,8 @@ use crate::hw::msr_index::{
 use crate::hw::mtrr::{kvm_pat_valid, Mtrr};
 use crate::hw::processor_flags::X86_CR4_MCE;
 use crate::hw::tsc::{
-    MSR_KVM_SYSTEM_TIME, MSR_KVM_SYSTEM_TIME_NEW, MSR_KVM_WALL_CLOCK, MSR_KVM_WALL_CLOCK_NEW,
+    KVM_MSR_ENABLED, KVM_STEAL_RESERVED_MASK, MSR_KVM_STEAL_TIME, MSR_KVM_SYSTEM_TIME,
+    MSR_KVM_SYSTEM_TIME_NEW, MSR_KVM_WALL_CLOCK, MSR_KVM_WALL_CLOCK_NEW,
 };
 use core::sync::atomic::Ordering;
 use kernel::prelude::*;
@@ -39,7 +40,7 @@ use kernel::sync::Arc;
 
 /// The MSRs KVM_GET_MSR_INDEX_LIST reports: those KVM_GET/SET_MSRS save and
 /// restore (upstream msrs_to_save + emulated_msrs, as far as kvm-rs has them).
-pub(crate) const MSRS_TO_SAVE: [u32; 27] = [
+pub(crate) const MSRS_TO_SAVE: [u32; 28] = [
     MSR_IA32_SYSENTER_CS,
     MSR_IA32_SYSENTER_ESP,
     MSR_IA32_SYSENTER_EIP,
@@ -68,6 +69,7 @@ pub(crate) const MSRS_TO_SAVE: [u32; 27] = [
     MSR_MISC_FEATURES_ENABLES,
     MSR_IA32_UCODE_REV,
     MSR_IA32_POWER_CTL,
+    MSR_KVM_STEAL_TIME,
 ];
 
 // The filter's rules are no_std (hw/msr_filter.rs), with the ABI's numbers.
@@ -360,6 +362,9 @@ impl Vcpu {
             MSR_K7_HWCR => Some(st.msr_hwcr),
             MSR_IA32_TSC => Some(self.guest_tsc(st)),
             i if !kvmclock_msr_allowed(st, i) => None,
+            MSR_KVM_STEAL_TIME => st
+                .guest_pv_has(KVM_FEATURE_STEAL_TIME)
+                .then_some(st.st_msr_val),
             MSR_KVM_SYSTEM_TIME | MSR_KVM_SYSTEM_TIME_NEW => Some(st.pv_time),
             MSR_KVM_WALL_CLOCK | MSR_KVM_WALL_CLOCK_NEW => {
                 Some(vm.arch.wall_clock.load(Ordering::Relaxed))
@@ -443,6 +448,23 @@ impl Vcpu {
                 }
             }
             i if !kvmclock_msr_allowed(st, i) => false,
+            // Upstream: only where the scheduler keeps run-queue delays, and
+            // without reserved bits; a write that enables it updates it now.
+            MSR_KVM_STEAL_TIME => {
+                // SAFETY: reads a kernel setting.
+                let sched_info = unsafe { glue::kvm_glue_sched_info_on() } != 0;
+                if !st.guest_pv_has(KVM_FEATURE_STEAL_TIME)
+                    || !sched_info
+                    || v & KVM_STEAL_RESERVED_MASK != 0
+                {
+                    return false;
+                }
+                st.st_msr_val = v;
+                if v & KVM_MSR_ENABLED != 0 {
+                    self.arch.steal_update.store(true, Ordering::Release);
+                }
+                true
+            }
             // A write by userspace sets the TSC (matched to the other vCPUs' if
             // close); one by the guest moves it, and IA32_TSC_ADJUST with it.
             MSR_IA32_TSC if host => {

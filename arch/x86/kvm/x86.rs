@@ -102,6 +102,10 @@ pub(crate) struct VcpuArch {
     pub(crate) platform_info: u64,
     /// MSR_MISC_FEATURES_ENABLES (upstream msr_misc_features_enables).
     pub(crate) misc_features_enables: u64,
+    /// MSR_KVM_STEAL_TIME (upstream st.msr_val) and the run-queue delay the
+    /// guest's steal time last counted up to (st.last_steal).
+    pub(crate) st_msr_val: u64,
+    pub(crate) st_last_steal: u64,
     /// MSR_IA32_POWER_CTL, stored only (upstream msr_ia32_power_ctl).
     pub(crate) msr_ia32_power_ctl: u64,
     /// The feature MSRs userspace sets (upstream arch_capabilities,
@@ -236,6 +240,8 @@ impl VcpuArch {
             platform_info: 0,
             misc_features_enables: 0,
             msr_ia32_power_ctl: 0,
+            st_msr_val: 0,
+            st_last_steal: 0,
             arch_capabilities: 0,
             perf_capabilities: 0,
             microcode_version: 0,
@@ -687,6 +693,10 @@ impl Vcpu {
     fn vcpu_enter_guest(&self, vm: &Vm, st: &mut VcpuArch, has_lapic: bool) -> Next {
         vm.kvm_update_masterclock();
         vm.kvm_check_clock_update(st);
+        // KVM_REQ_STEAL_UPDATE, made when the task was scheduled in.
+        if self.arch.steal_update.swap(false, Ordering::Acquire) {
+            vm.record_steal_time(st);
+        }
         // KVM_REQ_TRIPLE_FAULT (a #MC the guest could not take).
         if core::mem::take(&mut st.triple_fault) {
             self.set_exit(uapi::KVM_EXIT_SHUTDOWN);
