@@ -76,6 +76,10 @@ pub fn check_extension(host: &Host, cap: u64) -> i32 {
         // upstream; QEMU requires both).
         | uapi::KVM_CAP_DESTROY_MEMORY_REGION_WORKS
         | uapi::KVM_CAP_JOIN_MEMORY_REGIONS_WORKS
+        // Read-only slots (writes to them exit as MMIO, mmu/mod.rs), and guest
+        // mappings that follow the host's through the MMU notifier (vm.rs).
+        | uapi::KVM_CAP_READONLY_MEM
+        | uapi::KVM_CAP_SYNC_MMU
         // KVM_EXIT_INTERNAL_ERROR carries ndata/data (vcpu.rs).
         | uapi::KVM_CAP_INTERNAL_ERROR_DATA
         | uapi::KVM_CAP_EXT_CPUID
@@ -153,6 +157,8 @@ pub fn check_extension(host: &Host, cap: u64) -> i32 {
         // filter (KVM_X86_SET_MSR_FILTER) says which accesses KVM handles (msr.rs).
         | uapi::KVM_CAP_X86_USER_SPACE_MSR
         | uapi::KVM_CAP_X86_MSR_FILTER
+        // A pending triple fault in KVM_GET/SET_VCPU_EVENTS (regs.rs).
+        | uapi::KVM_CAP_X86_TRIPLE_FAULT_EVENT
             if host.vcpus =>
         {
             1

@@ -25,6 +25,8 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 n=$(grep -c ^processor /proc/cpuinfo)
 echo "kvmrs-guest: userspace at $(cut -d' ' -f1 /proc/uptime) s (guest clock), $n cpus"
+# The paravirtual clock (KVM_CPUID_FEATURES): Linux prefers kvm-clock where offered.
+echo "kvmrs-guest: clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
 # kvmrs.ticks=N (the migration test): N seconds of ticks with the guest clock first.
 ticks=$(sed -n 's/.*kvmrs\.ticks=\([0-9]*\).*/\1/p' /proc/cmdline)
 t=0
@@ -46,6 +48,8 @@ while [ $i -lt "$n" ]; do
     i=$((i + 1))
 done
 wait
+# Steal time (MSR_KVM_STEAL_TIME), in USER_HZ ticks: informational.
+echo "kvmrs-guest: steal $(awk '/^cpu / { print $9 }' /proc/stat) ticks"
 echo "kvmrs-guest: workload done at $(cut -d' ' -f1 /proc/uptime) s"
 poweroff -f
 EOF

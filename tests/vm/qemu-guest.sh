@@ -66,6 +66,8 @@ while [ $i -lt "$smp" ]; do
     i=$((i + 1))
 done
 grep -q 'kvmrs-guest: workload done' $log || { echo "workload did not finish"; ok=0; }
+# The guest timekeeps on the kvmclock both KVMs offer.
+grep -q 'kvmrs-guest: clocksource kvm-clock$' $log || { echo "the guest's clocksource is not kvm-clock"; ok=0; }
 [ "$st" = 0 ] || ok=0
 echo "guest reached userspace at $(sed -n 's/^kvmrs-guest: userspace at \([0-9.]*\) s.*/\1/p' $log) s (guest clock)"
 [ $ok = 1 ]

@@ -110,9 +110,20 @@ pub const KVM_CPUID_SIGNATURE: u32 = 0x4000_0000;
 pub const KVM_CPUID_FEATURES: u32 = 1;
 /// KVM_FEATURE_* bit numbers (arch/x86/include/uapi/asm/kvm_para.h).
 pub const KVM_FEATURE_CLOCKSOURCE: u32 = 0;
+pub const KVM_FEATURE_NOP_IO_DELAY: u32 = 1;
 pub const KVM_FEATURE_CLOCKSOURCE2: u32 = 3;
 pub const KVM_FEATURE_STEAL_TIME: u32 = 5;
 pub const KVM_FEATURE_PV_SCHED_YIELD: u32 = 13;
+pub const KVM_FEATURE_CLOCKSOURCE_STABLE_BIT: u32 = 24;
+/// What KVM_CPUID_FEATURES offers whatever the host: the kvmclock MSRs (both
+/// numberings) and their stable bit, I/O delays as no-ops, and the yield
+/// hypercall. Upstream also offers async page faults, PV EOI, PV unhalt, PV TLB
+/// flush, PV IPIs and poll control, which kvm-rs does not have.
+pub const KVM_PV_FEATURES: u32 = 1 << KVM_FEATURE_CLOCKSOURCE
+    | 1 << KVM_FEATURE_NOP_IO_DELAY
+    | 1 << KVM_FEATURE_CLOCKSOURCE2
+    | 1 << KVM_FEATURE_PV_SCHED_YIELD
+    | 1 << KVM_FEATURE_CLOCKSOURCE_STABLE_BIT;
 
 /// "KVMKVMKVM\0\0\0" in EBX, ECX, EDX.
 pub const KVM_SIGNATURE: [u32; 3] = [0x4b4d_564b, 0x564b_4d56, 0x0000_004d];

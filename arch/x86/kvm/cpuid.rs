@@ -38,17 +38,15 @@ pub(crate) fn to_uapi(e: &Entry) -> uapi::kvm_cpuid_entry2 {
     }
 }
 
-/// The KVM_FEATURE_* bits KVM_CPUID_FEATURES offers: steal time where the
-/// scheduler keeps run-queue delays (upstream: if sched_info_on()). The
-/// kvmclock MSRs work (clock.rs, kvm_clock_test) but are not offered yet: a
-/// Linux guest on them is not validated.
+/// The KVM_FEATURE_* bits KVM_CPUID_FEATURES offers, with steal time where the
+/// scheduler keeps run-queue delays (upstream: if sched_info_on()).
 fn supported_pv_features() -> u32 {
     // SAFETY: reads a kernel setting.
     let sched_info = unsafe { glue::kvm_glue_sched_info_on() } != 0;
     if sched_info {
-        1 << cpuid::KVM_FEATURE_STEAL_TIME
+        cpuid::KVM_PV_FEATURES | 1 << cpuid::KVM_FEATURE_STEAL_TIME
     } else {
-        0
+        cpuid::KVM_PV_FEATURES
     }
 }
 

@@ -94,6 +94,9 @@ pub(crate) struct VmArch {
     /// KVM_X86_SET_MSR_FILTER (kvm->arch.msr_filter): None allows every access.
     #[pin]
     pub(crate) msr_filter: SpinLock<Option<Arc<MsrFilter>>>,
+    /// KVM_CAP_X86_TRIPLE_FAULT_EVENT: KVM_GET/SET_VCPU_EVENTS carry a pending
+    /// triple fault (for saving and restoring it).
+    pub(crate) triple_fault_event: AtomicBool,
     /// KVM_CAP_EXIT_ON_EMULATION_FAILURE: every emulation failure exits to
     /// userspace, without a #UD for the guest.
     pub(crate) exit_on_emulation_error: AtomicBool,
@@ -253,6 +256,7 @@ impl KvmArch for X86 {
             msr_filter <- new_spinlock!(None, "kvm->arch.msr_filter"),
             x2apic_format: AtomicBool::new(false),
             x2apic_broadcast_quirk_disabled: AtomicBool::new(false),
+            triple_fault_event: AtomicBool::new(false),
             exit_on_emulation_error: AtomicBool::new(false),
             platform_info_readable: AtomicBool::new(true),
             tlb_gen: AtomicU64::new(0),
@@ -685,6 +689,12 @@ fn kvm_vm_ioctl_enable_cap(vm: &Vm, c: &uapi::kvm_enable_cap) -> Result<isize> {
                 }
             }
             drop(chip);
+            Ok(0)
+        }
+        uapi::KVM_CAP_X86_TRIPLE_FAULT_EVENT => {
+            vm.arch
+                .triple_fault_event
+                .store(c.args[0] != 0, Ordering::Relaxed);
             Ok(0)
         }
         uapi::KVM_CAP_EXIT_ON_EMULATION_FAILURE => {

@@ -10,6 +10,7 @@ use crate::hw::msr_index::{EFER_LMA, MISC_ENABLE_MWAIT};
 use crate::hw::processor_flags::{
     X86_CR0_PG, X86_CR4_OSXSAVE, X86_CR4_PAE, X86_EFLAGS_FIXED, X86_EFLAGS_TF,
 };
+use core::sync::atomic::Ordering;
 use kernel::prelude::*;
 
 use crate::abi::uapi;
@@ -362,8 +363,9 @@ impl Vcpu {
     }
 }
 
-/// KVM_GET_VCPU_EVENTS (kvm_vcpu_ioctl_x86_get_vcpu_events()).
-pub(crate) fn get_events(st: &mut VcpuArch) -> uapi::kvm_vcpu_events {
+/// KVM_GET_VCPU_EVENTS (kvm_vcpu_ioctl_x86_get_vcpu_events()); with
+/// KVM_CAP_X86_TRIPLE_FAULT_EVENT, whether a triple fault is pending.
+pub(crate) fn get_events(vm: &Vm, st: &mut VcpuArch) -> uapi::kvm_vcpu_events {
     process_nmi(st);
     let mut e = uapi::kvm_vcpu_events::default();
     st.vendor.get_events(&mut e);
@@ -372,6 +374,10 @@ pub(crate) fn get_events(st: &mut VcpuArch) -> uapi::kvm_vcpu_events {
     e.flags = uapi::KVM_VCPUEVENT_VALID_NMI_PENDING
         | uapi::KVM_VCPUEVENT_VALID_SHADOW
         | uapi::KVM_VCPUEVENT_VALID_SMM;
+    if vm.arch.triple_fault_event.load(Ordering::Relaxed) {
+        e.flags |= uapi::KVM_VCPUEVENT_VALID_TRIPLE_FAULT;
+        e.triple_fault.pending = st.triple_fault.into();
+    }
     e
 }
 
@@ -387,8 +393,11 @@ pub(crate) fn set_events(
     let valid = uapi::KVM_VCPUEVENT_VALID_NMI_PENDING
         | uapi::KVM_VCPUEVENT_VALID_SIPI_VECTOR
         | uapi::KVM_VCPUEVENT_VALID_SHADOW
-        | uapi::KVM_VCPUEVENT_VALID_SMM;
+        | uapi::KVM_VCPUEVENT_VALID_SMM
+        | uapi::KVM_VCPUEVENT_VALID_TRIPLE_FAULT;
+    let triple = e.flags & uapi::KVM_VCPUEVENT_VALID_TRIPLE_FAULT != 0;
     if e.flags & !valid != 0
+        || triple && !vm.arch.triple_fault_event.load(Ordering::Relaxed)
         || e.exception.injected != 0 && (e.exception.nr > 31 || e.exception.nr == 2)
         || e.flags & uapi::KVM_VCPUEVENT_VALID_SMM != 0 && e.smi.smm != 0
     {
@@ -400,6 +409,10 @@ pub(crate) fn set_events(
     if e.exception.injected != 0 && matches!(nr, uapi::BP_VECTOR | uapi::OF_VECTOR) {
         // A soft exception returns past its INT3/INTO.
         vcpu.kvm_queue_soft_exception(vm, st, nr);
+    }
+    if triple {
+        // KVM_REQ_TRIPLE_FAULT made or withdrawn.
+        st.triple_fault = e.triple_fault.pending != 0;
     }
     if e.flags & uapi::KVM_VCPUEVENT_VALID_NMI_PENDING != 0 {
         // Counted in (and limited) at the next process_nmi(), as upstream.

@@ -435,7 +435,7 @@ impl Vcpu {
                 self.msrs(vm, st, arg, cmd == ioctl::KVM_SET_MSRS)
             }
             ioctl::KVM_GET_VCPU_EVENTS => {
-                user::write(arg, &get_events(st))?;
+                user::write(arg, &get_events(vm, st))?;
                 Ok(0)
             }
             ioctl::KVM_SET_VCPU_EVENTS => {
@@ -570,7 +570,7 @@ impl Vcpu {
             self.run_write(run::SYNC_SREGS, self.get_sregs(st));
         }
         if valid & SYNC_REGS_EVENTS != 0 {
-            self.run_write(run::SYNC_EVENTS, get_events(st));
+            self.run_write(run::SYNC_EVENTS, get_events(vm, st));
         }
         let ready = vm.arch.pic_in_kernel() || self.kvm_vcpu_ready_for_interrupt_injection(vm, st);
         self.run_write(run::IF_FLAG, u8::from(st.regs.rflags & X86_EFLAGS_IF != 0));

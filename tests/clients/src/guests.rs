@@ -1168,6 +1168,75 @@ fn triple_fault(t: &mut Report, kvm: RawFd) -> Result<(), String> {
             format!("rip {:#x} cs {:#x} cr0 {:#x}", r.rip, s.cs.selector, s.cr0),
         );
     }
+    triple_fault_event(t, kvm)
+}
+
+/// KVM_CAP_X86_TRIPLE_FAULT_EVENT: a triple fault userspace makes pending with
+/// KVM_SET_VCPU_EVENTS (as a migration restores one) is reported back and shuts
+/// the guest down at its next entry; without the capability the flag is refused.
+fn triple_fault_event(t: &mut Report, kvm: RawFd) -> Result<(), String> {
+    const KVM_GET_VCPU_EVENTS: u32 = ior::<uapi::kvm_vcpu_events>(0x9f);
+    const KVM_SET_VCPU_EVENTS: u32 = iow::<uapi::kvm_vcpu_events>(0xa0);
+    const KVM_ENABLE_CAP: u32 = iow::<uapi::kvm_enable_cap>(0xa3);
+    let g = Guest::new(kvm)?;
+    g.mem.write(0x1000, &[0xf4]); // hlt
+    g.real_mode_stack(0x1000)?;
+    let mut e = uapi::kvm_vcpu_events::default();
+    sys(
+        "KVM_GET_VCPU_EVENTS",
+        ioctl_ref(g.vcpu, KVM_GET_VCPU_EVENTS, &mut e),
+    )?;
+    t.check(
+        "triple-fault-event: not reported without the capability",
+        e.flags & uapi::KVM_VCPUEVENT_VALID_TRIPLE_FAULT == 0,
+        format!("flags {:#x}", e.flags),
+    );
+    e.flags |= uapi::KVM_VCPUEVENT_VALID_TRIPLE_FAULT;
+    e.triple_fault.pending = 1;
+    t.expect(
+        "triple-fault-event: refused without the capability",
+        ioctl_ref(g.vcpu, KVM_SET_VCPU_EVENTS, &mut e),
+        Err(libc::EINVAL),
+    );
+    let mut c = uapi::kvm_enable_cap {
+        cap: uapi::KVM_CAP_X86_TRIPLE_FAULT_EVENT,
+        args: [1, 0, 0, 0],
+        ..Default::default()
+    };
+    sys(
+        "KVM_ENABLE_CAP(X86_TRIPLE_FAULT_EVENT)",
+        ioctl_ref(g.vm, KVM_ENABLE_CAP, &mut c),
+    )?;
+    let mut e = uapi::kvm_vcpu_events::default();
+    sys(
+        "KVM_GET_VCPU_EVENTS",
+        ioctl_ref(g.vcpu, KVM_GET_VCPU_EVENTS, &mut e),
+    )?;
+    t.check(
+        "triple-fault-event: reported, none pending",
+        e.flags & uapi::KVM_VCPUEVENT_VALID_TRIPLE_FAULT != 0 && e.triple_fault.pending == 0,
+        format!("flags {:#x} pending {}", e.flags, e.triple_fault.pending),
+    );
+    e.triple_fault.pending = 1;
+    sys(
+        "KVM_SET_VCPU_EVENTS",
+        ioctl_ref(g.vcpu, KVM_SET_VCPU_EVENTS, &mut e),
+    )?;
+    let mut back = uapi::kvm_vcpu_events::default();
+    sys(
+        "KVM_GET_VCPU_EVENTS",
+        ioctl_ref(g.vcpu, KVM_GET_VCPU_EVENTS, &mut back),
+    )?;
+    t.check(
+        "triple-fault-event: pending after KVM_SET_VCPU_EVENTS",
+        back.triple_fault.pending == 1,
+        format!("pending {}", back.triple_fault.pending),
+    );
+    t.exit(
+        "triple-fault-event: the pending triple fault shuts the guest down",
+        &g.step(),
+        &Exit::Shutdown,
+    );
     Ok(())
 }
 
