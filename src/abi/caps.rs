@@ -50,9 +50,17 @@ pub const KVM_CLOCK_VALID_FLAGS: u32 =
 /// broadcast in x2APIC mode.
 pub const X2APIC_API_USE_32BIT_IDS: u32 = 1 << 0;
 pub const X2APIC_API_DISABLE_BROADCAST_QUIRK: u32 = 1 << 1;
-/// KVM_X2APIC_API_VALID_FLAGS, also what KVM_CHECK_EXTENSION reports.
-pub const X2APIC_API_VALID_FLAGS: u32 =
-    X2APIC_API_USE_32BIT_IDS | X2APIC_API_DISABLE_BROADCAST_QUIRK;
+/// Whether the LAPIC's suppress-EOI-broadcast (directed EOI) is offered and
+/// honored: always (only with the split irqchip, whose IOAPIC is userspace's),
+/// or never; without either, upstream's quirk.
+pub const X2APIC_ENABLE_SUPPRESS_EOI_BROADCAST: u32 = 1 << 2;
+pub const X2APIC_DISABLE_SUPPRESS_EOI_BROADCAST: u32 = 1 << 3;
+/// KVM_X2APIC_API_VALID_FLAGS, also what KVM_CHECK_EXTENSION reports (on a VM
+/// without the split irqchip, without ENABLE_SUPPRESS_EOI_BROADCAST).
+pub const X2APIC_API_VALID_FLAGS: u32 = X2APIC_API_USE_32BIT_IDS
+    | X2APIC_API_DISABLE_BROADCAST_QUIRK
+    | X2APIC_ENABLE_SUPPRESS_EOI_BROADCAST
+    | X2APIC_DISABLE_SUPPRESS_EOI_BROADCAST;
 /// `KVM_MAX_MCE_BANKS` (also arch/x86/hw/mce.rs, which sizes the banks by it).
 pub const MAX_MCE_BANKS: u32 = 32;
 /// `KVM_USER_MEM_SLOTS` on x86.

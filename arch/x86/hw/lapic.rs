@@ -231,6 +231,10 @@ pub struct Lapic {
     nr_lvt: u32,
     x2apic_cap: bool,
     directed_eoi_cap: bool,
+    /// Whether the SPIV suppress-EOI-broadcast bit takes effect (upstream
+    /// kvm_lapic_suppress_eoi_broadcast()'s mode: always, never, or, quirked, only
+    /// with the in-kernel IOAPIC).
+    honor_suppress_eoi: bool,
     timer_mode_mask: u32,
     broadcast_quirk_disabled: bool,
     divide_count: u32,
@@ -296,6 +300,7 @@ impl Lapic {
             nr_lvt: NR_LVT_DEFAULT,
             x2apic_cap: true,
             directed_eoi_cap: false,
+            honor_suppress_eoi: true,
             timer_mode_mask: TIMER_PERIODIC | TIMER_TSCDEADLINE,
             broadcast_quirk_disabled: false,
             divide_count: 2,
@@ -551,11 +556,17 @@ impl Lapic {
         self.set_reg(LVR, v);
     }
 
-    /// The guest set SPIV "suppress EOI broadcast": level-triggered EOIs are not
-    /// broadcast to the IOAPIC (upstream kvm_lapic_suppress_eoi_broadcast, quirked
-    /// mode with the in-kernel IOAPIC).
+    /// The guest set SPIV "suppress EOI broadcast" and the VM honors it:
+    /// level-triggered EOIs are not broadcast to the IOAPIC (upstream
+    /// kvm_lapic_suppress_eoi_broadcast()).
     pub fn suppress_eoi_broadcast(&self) -> bool {
-        self.reg(SPIV) & SPIV_DIRECTED_EOI != 0
+        self.honor_suppress_eoi && self.reg(SPIV) & SPIV_DIRECTED_EOI != 0
+    }
+
+    /// KVM_X2APIC_{ENABLE,DISABLE}_SUPPRESS_EOI_BROADCAST, or the quirk: whether
+    /// the SPIV bit takes effect.
+    pub fn set_honor_suppress_eoi(&mut self, honor: bool) {
+        self.honor_suppress_eoi = honor;
     }
 
     // ---- priorities ----
@@ -1745,6 +1756,19 @@ mod tests {
         // Directed EOI needs x2APIC in CPUID.
         a.set_guest_caps(false, true, true);
         assert_eq!(a.reg(LVR), 0x0005_0014);
+        // A VM that does not honor the bit (KVM_X2APIC_DISABLE_SUPPRESS_EOI_BROADCAST)
+        // broadcasts the EOI although SPIV has it.
+        a.set_honor_suppress_eoi(false);
+        assert!(!a.suppress_eoi_broadcast());
+        a.accept(&level(0x81));
+        a.ack_interrupt();
+        assert_eq!(
+            a.mmio_write(EOI, 0, 0),
+            Action::Eoi {
+                vector: 0x81,
+                level: true
+            }
+        );
     }
 
     #[test]

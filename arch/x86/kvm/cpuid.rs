@@ -107,7 +107,7 @@ impl Vcpu {
             l.set_guest_caps(
                 l1 & cpuid::L1_ECX_X2APIC != 0,
                 l1 & cpuid::L1_ECX_TSC_DEADLINE != 0,
-                false,
+                vm.arch.kvm_lapic_advertise_suppress_eoi_broadcast(),
             );
         }
         Ok(())

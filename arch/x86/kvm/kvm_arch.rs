@@ -11,7 +11,8 @@ use kernel::{new_mutex, new_spinlock};
 
 use crate::abi::caps::{
     self, Host, MAX_VCPU_IDS, X2APIC_API_DISABLE_BROADCAST_QUIRK, X2APIC_API_USE_32BIT_IDS,
-    X2APIC_API_VALID_FLAGS,
+    X2APIC_API_VALID_FLAGS, X2APIC_DISABLE_SUPPRESS_EOI_BROADCAST,
+    X2APIC_ENABLE_SUPPRESS_EOI_BROADCAST,
 };
 use crate::abi::{ioctl, uapi};
 use crate::arch::clock::tsc_khz_arg;
@@ -46,6 +47,11 @@ pub(crate) struct X86;
 const IRQCHIP_NONE: u32 = 0;
 const IRQCHIP_KERNEL: u32 = 1;
 const IRQCHIP_SPLIT: u32 = 2;
+
+/// enum kvm_suppress_eoi_broadcast_mode.
+const SUPPRESS_EOI_BROADCAST_QUIRKED: u32 = 0;
+const SUPPRESS_EOI_BROADCAST_ENABLED: u32 = 1;
+const SUPPRESS_EOI_BROADCAST_DISABLED: u32 = 2;
 
 /// KVM_CAP_SPLIT_IRQCHIP's bound on reserved IOAPIC pins (KVM_MAX_IRQ_ROUTES).
 const MAX_NR_RESERVED_IOAPIC_PINS: u64 = irq_routing::MAX_ROUTES as u64;
@@ -88,6 +94,8 @@ pub(crate) struct VmArch {
     /// the irqchip lock.
     pub(crate) x2apic_format: AtomicBool,
     pub(crate) x2apic_broadcast_quirk_disabled: AtomicBool,
+    /// kvm->arch.suppress_eoi_broadcast_mode (SUPPRESS_EOI_BROADCAST_*).
+    suppress_eoi_broadcast_mode: AtomicU32,
     /// KVM_CAP_X86_USER_SPACE_MSR: the failed-MSR-access reasons
     /// (KVM_MSR_EXIT_REASON_*) that exit to userspace instead of a #GP.
     pub(crate) user_space_msr_mask: AtomicU32,
@@ -182,6 +190,27 @@ impl VmArch {
     }
 
     /// irqchip_split(): the LAPICs in the kernel, the PIC and IOAPIC in userspace.
+    /// kvm_lapic_advertise_suppress_eoi_broadcast(): whether the LAPIC version
+    /// offers directed EOI; quirked, only where the IOAPIC is userspace's (the
+    /// in-kernel one has no EOI register to direct EOIs to).
+    pub(crate) fn kvm_lapic_advertise_suppress_eoi_broadcast(&self) -> bool {
+        match self.suppress_eoi_broadcast_mode.load(Ordering::Relaxed) {
+            SUPPRESS_EOI_BROADCAST_ENABLED => true,
+            SUPPRESS_EOI_BROADCAST_DISABLED => false,
+            _ => self.irqchip_split(),
+        }
+    }
+
+    /// kvm_lapic_suppress_eoi_broadcast()'s mode: whether a guest's SPIV bit
+    /// suppresses EOI broadcasts; quirked, only with the in-kernel IOAPIC.
+    pub(crate) fn kvm_lapic_honor_suppress_eoi_broadcast(&self) -> bool {
+        match self.suppress_eoi_broadcast_mode.load(Ordering::Relaxed) {
+            SUPPRESS_EOI_BROADCAST_ENABLED => true,
+            SUPPRESS_EOI_BROADCAST_DISABLED => false,
+            _ => !self.irqchip_split(),
+        }
+    }
+
     pub(crate) fn irqchip_split(&self) -> bool {
         self.irqchip_mode.load(Ordering::Acquire) == IRQCHIP_SPLIT
     }
@@ -206,7 +235,13 @@ impl KvmArch for X86 {
 
     fn arch_check_extension(vm: Option<&Vm>, cap: u64) -> Option<isize> {
         match u32::try_from(cap).ok()? {
-            uapi::KVM_CAP_X2APIC_API => Some(X2APIC_API_VALID_FLAGS as isize),
+            uapi::KVM_CAP_X2APIC_API => {
+                let mut r = X2APIC_API_VALID_FLAGS;
+                if vm.is_some_and(|vm| !vm.arch.irqchip_split()) {
+                    r &= !X2APIC_ENABLE_SUPPRESS_EOI_BROADCAST;
+                }
+                Some(r as isize)
+            }
             // The VM's bus cycle, or the default on /dev/kvm (nonzero: supported).
             uapi::KVM_CAP_X86_APIC_BUS_CYCLES_NS => Some(match vm {
                 Some(vm) => vm.arch.apic_bus_cycle_ns.load(Ordering::Relaxed) as isize,
@@ -256,6 +291,7 @@ impl KvmArch for X86 {
             msr_filter <- new_spinlock!(None, "kvm->arch.msr_filter"),
             x2apic_format: AtomicBool::new(false),
             x2apic_broadcast_quirk_disabled: AtomicBool::new(false),
+            suppress_eoi_broadcast_mode: AtomicU32::new(SUPPRESS_EOI_BROADCAST_QUIRKED),
             triple_fault_event: AtomicBool::new(false),
             exit_on_emulation_error: AtomicBool::new(false),
             platform_info_readable: AtomicBool::new(true),
@@ -325,6 +361,7 @@ impl KvmArch for X86 {
         // kvm_arch_vcpu_postcreate(): TSC 0, or the other vCPUs' TSC.
         vm.kvm_synchronize_tsc(&mut arch, None);
         let bus_cycle_ns = vm.arch.apic_bus_cycle_ns.load(Ordering::Relaxed);
+        let honor_suppress_eoi = vm.arch.kvm_lapic_honor_suppress_eoi_broadcast();
         let no_broadcast_quirk = vm
             .arch
             .x2apic_broadcast_quirk_disabled
@@ -333,6 +370,7 @@ impl KvmArch for X86 {
             let mut l = Lapic::with_reset_bsp(id, tsc_khz, bsp);
             l.set_bus_cycle_ns(bus_cycle_ns);
             l.set_broadcast_quirk_disabled(no_broadcast_quirk);
+            l.set_honor_suppress_eoi(honor_suppress_eoi);
             l
         });
         Ok((
@@ -665,7 +703,14 @@ fn kvm_vm_ioctl_enable_cap(vm: &Vm, c: &uapi::kvm_enable_cap) -> Result<isize> {
             Ok(0)
         }
         uapi::KVM_CAP_X2APIC_API => {
-            if c.args[0] & !u64::from(X2APIC_API_VALID_FLAGS) != 0 {
+            let (enable, disable) = (
+                c.args[0] & u64::from(X2APIC_ENABLE_SUPPRESS_EOI_BROADCAST) != 0,
+                c.args[0] & u64::from(X2APIC_DISABLE_SUPPRESS_EOI_BROADCAST) != 0,
+            );
+            if c.args[0] & !u64::from(X2APIC_API_VALID_FLAGS) != 0
+                || enable && disable
+                || enable && !vm.arch.irqchip_split()
+            {
                 return Err(EINVAL);
             }
             let mut chip = vm.arch.irqchip.lock();
@@ -685,6 +730,23 @@ fn kvm_vm_ioctl_enable_cap(vm: &Vm, c: &uapi::kvm_enable_cap) -> Result<isize> {
                 for v in l.vcpus.iter() {
                     if let Some(a) = (*v.arch.lapic.lock()).as_mut() {
                         a.set_broadcast_quirk_disabled(true);
+                    }
+                }
+            }
+            if enable || disable {
+                let mode = if enable {
+                    SUPPRESS_EOI_BROADCAST_ENABLED
+                } else {
+                    SUPPRESS_EOI_BROADCAST_DISABLED
+                };
+                let l = vm.locked.lock();
+                vm.arch
+                    .suppress_eoi_broadcast_mode
+                    .store(mode, Ordering::Relaxed);
+                let honor = vm.arch.kvm_lapic_honor_suppress_eoi_broadcast();
+                for v in l.vcpus.iter() {
+                    if let Some(a) = (*v.arch.lapic.lock()).as_mut() {
+                        a.set_honor_suppress_eoi(honor);
                     }
                 }
             }

@@ -153,6 +153,13 @@ impl Vcpu {
             // kvm_ioapic_send_eoi(): userspace's IOAPIC hears of an EOI of one
             // of its vectors through an exit (KVM_REQ_IOAPIC_EOI_EXIT).
             Action::Eoi { vector, .. } if vm.arch.irqchip_split() => {
+                // Directed EOI: the guest EOIs userspace's IOAPIC itself.
+                if (*self.arch.lapic.lock())
+                    .as_ref()
+                    .is_some_and(|l| l.suppress_eoi_broadcast())
+                {
+                    return;
+                }
                 let nr_pins = vm.arch.nr_reserved_ioapic_pins.load(Ordering::Relaxed);
                 let chip = vm.arch.irqchip.lock();
                 let theirs = (*chip).as_ref().is_some_and(|c| {
