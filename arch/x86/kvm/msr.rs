@@ -213,7 +213,8 @@ pub(crate) fn kvm_get_msr_feature_index_list(arg: usize) -> Result<isize> {
 }
 
 /// KVM_GET_MSRS on /dev/kvm (msr_io(NULL, ..., do_get_feature_msr)): the
-/// feature MSRs' supported values, up to the first MSR that is not one.
+/// feature MSRs' supported values (0 for the other MSRs KVM lists), up to the
+/// first MSR KVM does not have.
 pub(crate) fn kvm_get_feature_msrs(arg: usize) -> Result<isize> {
     let vendor = VendorRef::get()?;
     let fam = Fam::<Msrs>::read_header(arg)?;
@@ -222,6 +223,8 @@ pub(crate) fn kvm_get_feature_msrs(arg: usize) -> Result<isize> {
     for m in e.iter_mut() {
         match kvm_get_feature_msr(&vendor, m.index) {
             Some(v) => m.data = v,
+            // kvm_do_msr_access(): an MSR KVM lists reads as 0.
+            None if MSRS_TO_SAVE.contains(&m.index) => m.data = 0,
             None => {
                 m.data = 0;
                 break;

@@ -1386,11 +1386,170 @@ fn bad_args(t: &mut Report, kvm: RawFd) -> Result<(), String> {
                 ioctl_ref(vcpu, KVM_SET_SREGS, &mut bad),
                 Err(libc::EINVAL),
             );
+            bad_args_vcpu_caps(t, vcpu);
             close(vcpu);
         }
+        bad_args_vm_caps(t, vm);
         close(vm);
     }
     real_io(t, kvm, "bad-args: afterwards real-io")
+}
+
+const KVM_ENABLE_CAP: u32 = iow::<uapi::kvm_enable_cap>(0xa3);
+
+fn enable_cap(fd: RawFd, cap: u32, arg: u64, flags: u32) -> Result<i32, i32> {
+    let mut c = uapi::kvm_enable_cap {
+        cap,
+        flags,
+        args: [arg, 0, 0, 0],
+        ..Default::default()
+    };
+    ioctl_ref(fd, KVM_ENABLE_CAP, &mut c)
+}
+
+/// The VM-level x86 capabilities' errnos, on a VM with a vCPU and no irqchip.
+fn bad_args_vm_caps(t: &mut Report, vm: RawFd) {
+    const KVM_CHECK_EXTENSION: u32 = io(0x03);
+    const KVM_X86_SET_MSR_FILTER: u32 = iow::<uapi::kvm_msr_filter>(0xc6);
+    let x2apic_enable_suppress = 1 << 2;
+    let x2apic_disable_suppress = 1 << 3;
+    let cases: [(&str, u32, u64, i32); 7] = [
+        (
+            "APIC_BUS_CYCLES_NS(0)",
+            uapi::KVM_CAP_X86_APIC_BUS_CYCLES_NS,
+            0,
+            libc::EINVAL,
+        ),
+        // kvm_vm_ioctl_enable_cap(): the LAPIC's bus needs the in-kernel irqchip.
+        (
+            "APIC_BUS_CYCLES_NS(40) without an irqchip",
+            uapi::KVM_CAP_X86_APIC_BUS_CYCLES_NS,
+            40,
+            libc::ENXIO,
+        ),
+        (
+            "X86_USER_SPACE_MSR(unknown reason)",
+            uapi::KVM_CAP_X86_USER_SPACE_MSR,
+            1 << 3,
+            libc::EINVAL,
+        ),
+        (
+            "X2APIC_API(unknown flag)",
+            uapi::KVM_CAP_X2APIC_API,
+            1 << 4,
+            libc::EINVAL,
+        ),
+        (
+            "X2APIC_API(enable and disable EOI suppression)",
+            uapi::KVM_CAP_X2APIC_API,
+            x2apic_enable_suppress | x2apic_disable_suppress,
+            libc::EINVAL,
+        ),
+        (
+            "X2APIC_API(enable EOI suppression) without the split irqchip",
+            uapi::KVM_CAP_X2APIC_API,
+            x2apic_enable_suppress,
+            libc::EINVAL,
+        ),
+        (
+            "EXIT_ON_EMULATION_FAILURE(2)",
+            uapi::KVM_CAP_EXIT_ON_EMULATION_FAILURE,
+            2,
+            libc::EINVAL,
+        ),
+    ];
+    for (what, cap, arg, errno) in cases {
+        t.expect(
+            &format!("bad-args: ENABLE_CAP {what}"),
+            enable_cap(vm, cap, arg, 0),
+            Err(errno),
+        );
+    }
+    t.expect(
+        "bad-args: CHECK_EXTENSION(X2APIC_API) on a VM without the split irqchip",
+        ioctl(vm, KVM_CHECK_EXTENSION, uapi::KVM_CAP_X2APIC_API as u64),
+        Ok(0xb),
+    );
+    t.expect(
+        "bad-args: X86_SET_MSR_FILTER(NULL)",
+        ioctl(vm, KVM_X86_SET_MSR_FILTER, 0),
+        Err(libc::EFAULT),
+    );
+    let mut f = uapi::kvm_msr_filter {
+        flags: 2,
+        ..Default::default()
+    };
+    t.expect(
+        "bad-args: X86_SET_MSR_FILTER with an unknown flag",
+        ioctl_ref(vm, KVM_X86_SET_MSR_FILTER, &mut f),
+        Err(libc::EINVAL),
+    );
+    f.flags = uapi::KVM_MSR_FILTER_DEFAULT_DENY;
+    t.expect(
+        "bad-args: X86_SET_MSR_FILTER denying all without a range",
+        ioctl_ref(vm, KVM_X86_SET_MSR_FILTER, &mut f),
+        Err(libc::EINVAL),
+    );
+    f.flags = 0;
+    f.ranges[0] = uapi::kvm_msr_filter_range {
+        flags: uapi::KVM_MSR_FILTER_READ,
+        nmsrs: 1,
+        base: 0x10,
+        bitmap: ptr::null_mut(),
+    };
+    t.expect(
+        "bad-args: X86_SET_MSR_FILTER with a NULL bitmap",
+        ioctl_ref(vm, KVM_X86_SET_MSR_FILTER, &mut f),
+        Err(libc::EFAULT),
+    );
+    f.ranges[0].flags = 4;
+    t.expect(
+        "bad-args: X86_SET_MSR_FILTER with an unknown range flag",
+        ioctl_ref(vm, KVM_X86_SET_MSR_FILTER, &mut f),
+        Err(libc::EINVAL),
+    );
+}
+
+/// The vCPU's device attributes and KVM_ENABLE_CAP errnos.
+fn bad_args_vcpu_caps(t: &mut Report, vcpu: RawFd) {
+    const KVM_GET_DEVICE_ATTR: u32 = iow::<uapi::kvm_device_attr>(0xe2);
+    const KVM_HAS_DEVICE_ATTR: u32 = iow::<uapi::kvm_device_attr>(0xe3);
+    let attr = |group: u32, attr: u64, addr: u64| uapi::kvm_device_attr {
+        flags: 0,
+        group,
+        attr,
+        addr,
+    };
+    t.expect(
+        "bad-args: HAS_DEVICE_ATTR(TSC_CTRL, TSC_OFFSET)",
+        ioctl_ref(vcpu, KVM_HAS_DEVICE_ATTR, &mut attr(0, 0, 0)),
+        Ok(0),
+    );
+    t.expect(
+        "bad-args: HAS_DEVICE_ATTR(unknown group)",
+        ioctl_ref(vcpu, KVM_HAS_DEVICE_ATTR, &mut attr(1, 0, 0)),
+        Err(libc::ENXIO),
+    );
+    t.expect(
+        "bad-args: HAS_DEVICE_ATTR(TSC_CTRL, unknown attribute)",
+        ioctl_ref(vcpu, KVM_HAS_DEVICE_ATTR, &mut attr(0, 1, 0)),
+        Err(libc::ENXIO),
+    );
+    t.expect(
+        "bad-args: GET_DEVICE_ATTR(TSC_OFFSET) into NULL",
+        ioctl_ref(vcpu, KVM_GET_DEVICE_ATTR, &mut attr(0, 0, 0)),
+        Err(libc::EFAULT),
+    );
+    t.expect(
+        "bad-args: vCPU ENABLE_CAP with flags",
+        enable_cap(vcpu, uapi::KVM_CAP_ENFORCE_PV_FEATURE_CPUID, 1, 1),
+        Err(libc::EINVAL),
+    );
+    t.expect(
+        "bad-args: vCPU ENABLE_CAP of a VM capability",
+        enable_cap(vcpu, uapi::KVM_CAP_X2APIC_API, 1, 0),
+        Err(libc::EINVAL),
+    );
 }
 
 /// `kvm_run.immediate_exit`: KVM_RUN returns -EINTR without running the guest, but
