@@ -1520,26 +1520,43 @@ fn bad_args_vcpu_caps(t: &mut Report, vcpu: RawFd) {
         attr,
         addr,
     };
-    t.expect(
-        "bad-args: HAS_DEVICE_ATTR(TSC_CTRL, TSC_OFFSET)",
-        ioctl_ref(vcpu, KVM_HAS_DEVICE_ATTR, &mut attr(0, 0, 0)),
-        Ok(0),
-    );
-    t.expect(
-        "bad-args: HAS_DEVICE_ATTR(unknown group)",
-        ioctl_ref(vcpu, KVM_HAS_DEVICE_ATTR, &mut attr(1, 0, 0)),
-        Err(libc::ENXIO),
-    );
-    t.expect(
-        "bad-args: HAS_DEVICE_ATTR(TSC_CTRL, unknown attribute)",
-        ioctl_ref(vcpu, KVM_HAS_DEVICE_ATTR, &mut attr(0, 1, 0)),
-        Err(libc::ENXIO),
-    );
-    t.expect(
-        "bad-args: GET_DEVICE_ATTR(TSC_OFFSET) into NULL",
-        ioctl_ref(vcpu, KVM_GET_DEVICE_ATTR, &mut attr(0, 0, 0)),
-        Err(libc::EFAULT),
-    );
+    let cases: [(&str, u32, u32, u64, Result<i32, i32>); 4] = [
+        (
+            "HAS_DEVICE_ATTR(TSC_CTRL, TSC_OFFSET)",
+            KVM_HAS_DEVICE_ATTR,
+            0,
+            0,
+            Ok(0),
+        ),
+        (
+            "HAS_DEVICE_ATTR(unknown group)",
+            KVM_HAS_DEVICE_ATTR,
+            1,
+            0,
+            Err(libc::ENXIO),
+        ),
+        (
+            "HAS_DEVICE_ATTR(TSC_CTRL, unknown attribute)",
+            KVM_HAS_DEVICE_ATTR,
+            0,
+            1,
+            Err(libc::ENXIO),
+        ),
+        (
+            "GET_DEVICE_ATTR(TSC_OFFSET) into NULL",
+            KVM_GET_DEVICE_ATTR,
+            0,
+            0,
+            Err(libc::EFAULT),
+        ),
+    ];
+    for (what, cmd, group, a, want) in cases {
+        t.expect(
+            &format!("bad-args: {what}"),
+            ioctl_ref(vcpu, cmd, &mut attr(group, a, 0)),
+            want,
+        );
+    }
     t.expect(
         "bad-args: vCPU ENABLE_CAP with flags",
         enable_cap(vcpu, uapi::KVM_CAP_ENFORCE_PV_FEATURE_CPUID, 1, 1),
