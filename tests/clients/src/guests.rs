@@ -1520,7 +1520,9 @@ fn bad_args_vcpu_caps(t: &mut Report, vcpu: RawFd) {
         attr,
         addr,
     };
-    let cases: [(&str, u32, u32, u64, Result<i32, i32>); 4] = [
+    // (what, ioctl, group, attribute, result)
+    type AttrCase = (&'static str, u32, u32, u64, Result<i32, i32>);
+    let cases: [AttrCase; 4] = [
         (
             "HAS_DEVICE_ATTR(TSC_CTRL, TSC_OFFSET)",
             KVM_HAS_DEVICE_ATTR,
