@@ -15,7 +15,7 @@ use crate::arch::Vm;
 use crate::glue;
 use crate::hw::tsc::{
     kvm_get_time_scale, pvclock_wall_clock, steal_time_versions, PvclockVcpuTimeInfo, TimeScale,
-    KVM_MSR_ENABLED, KVM_STEAL_VALID_BITS, NSEC_PER_SEC, PVCLOCK_GUEST_STOPPED,
+    TscWrite, KVM_MSR_ENABLED, KVM_STEAL_VALID_BITS, NSEC_PER_SEC, PVCLOCK_GUEST_STOPPED,
     PVCLOCK_TSC_STABLE_BIT, STEAL_TIME_PREEMPTED, STEAL_TIME_STEAL, STEAL_TIME_VERSION,
 };
 use crate::user;
@@ -340,9 +340,15 @@ impl Vm {
             unstable,
             st.this_tsc_generation,
         );
+        self.kvm_tsc_written(st, w);
+    }
+
+    /// The end of __kvm_synchronize_tsc(): the vCPU runs at the offset, in the
+    /// write's generation, and kvm_track_tsc_matching() may bring the master
+    /// clock or end it.
+    fn kvm_tsc_written(&self, st: &mut VcpuArch, w: TscWrite) {
         st.this_tsc_generation = w.generation;
         kvm_vcpu_write_tsc_offset(st, w.offset);
-        // kvm_track_tsc_matching(): the master clock may come or go.
         self.arch.masterclock_update.store(true, Ordering::Release);
     }
 }
@@ -384,9 +390,7 @@ impl Vm {
             st.tsc_khz,
             st.this_tsc_generation,
         );
-        st.this_tsc_generation = w.generation;
-        kvm_vcpu_write_tsc_offset(st, w.offset);
-        self.arch.masterclock_update.store(true, Ordering::Release);
+        self.kvm_tsc_written(st, w);
     }
 }
 

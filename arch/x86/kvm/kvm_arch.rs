@@ -617,6 +617,15 @@ fn kvm_arch_vm_ioctl(vm: &Arc<Vm>, cmd: u32, arg: usize) -> Result<isize> {
     }
 }
 
+/// Applies a VM-wide LAPIC setting to the in-kernel LAPIC of each vCPU in `vcpus`.
+fn for_each_lapic(vcpus: &[Arc<Vcpu>], mut f: impl FnMut(&mut Lapic)) {
+    for v in vcpus.iter() {
+        if let Some(a) = (*v.arch.lapic.lock()).as_mut() {
+            f(a);
+        }
+    }
+}
+
 /// KVM_ENABLE_CAP on the VM (upstream kvm_vm_ioctl_enable_cap()).
 fn kvm_vm_ioctl_enable_cap(vm: &Vm, c: &uapi::kvm_enable_cap) -> Result<isize> {
     if c.flags != 0 {
@@ -727,11 +736,7 @@ fn kvm_vm_ioctl_enable_cap(vm: &Vm, c: &uapi::kvm_enable_cap) -> Result<isize> {
                 vm.arch
                     .x2apic_broadcast_quirk_disabled
                     .store(true, Ordering::Relaxed);
-                for v in l.vcpus.iter() {
-                    if let Some(a) = (*v.arch.lapic.lock()).as_mut() {
-                        a.set_broadcast_quirk_disabled(true);
-                    }
-                }
+                for_each_lapic(&l.vcpus, |a| a.set_broadcast_quirk_disabled(true));
             }
             if enable || disable {
                 let mode = if enable {
@@ -744,11 +749,7 @@ fn kvm_vm_ioctl_enable_cap(vm: &Vm, c: &uapi::kvm_enable_cap) -> Result<isize> {
                     .suppress_eoi_broadcast_mode
                     .store(mode, Ordering::Relaxed);
                 let honor = vm.arch.kvm_lapic_honor_suppress_eoi_broadcast();
-                for v in l.vcpus.iter() {
-                    if let Some(a) = (*v.arch.lapic.lock()).as_mut() {
-                        a.set_honor_suppress_eoi(honor);
-                    }
-                }
+                for_each_lapic(&l.vcpus, |a| a.set_honor_suppress_eoi(honor));
             }
             drop(chip);
             Ok(0)
