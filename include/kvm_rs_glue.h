@@ -7,7 +7,7 @@
  * Only plain C types and opaque pointers cross this line, so the bindgen output
  * (generated/glue.rs) does not depend on the kernel's c_flags.
  *
- *   kvm_glue_*  implemented in C (src/glue.c), called from Rust; exported to the
+ *   kvm_glue_*  implemented in C (src/glue.c, src/glue_gmem.c), called from Rust; exported to the
  *               vendor modules, which have no C of their own.
  *   kvm_rs_*    implemented in Rust, called from C (the fops of /dev/kvm and VM fds)
  *               or by the vendor modules (registration).
@@ -25,6 +25,27 @@ int kvm_glue_dev_register(void *owner);
 void kvm_glue_dev_deregister(void);
 /* A new O_CLOEXEC fd for a VM; on success the file owns the caller's reference. */
 int kvm_glue_vm_fd(void *vm);
+
+/*
+ * guest_memfd (src/glue_gmem.c; upstream virt/kvm/guest_memfd.c). init/exit come
+ * with /dev/kvm (the pseudo file system and its inode cache; @module owns the
+ * files). create(): a new fd of @size bytes with GUEST_MEMFD_FLAG_* @flags whose
+ * file owns @owner, handed back to kvm_rs_gmem_release() when the file goes;
+ * punch holes and memory errors call kvm_rs_gmem_invalidate_start(@owner, first
+ * index, end index) then _end() around dropping pages, under the mapping's
+ * invalidate_lock. fget(): -EBADF, -EINVAL (not a guest_memfd), or 0 with a file
+ * reference (kvm_glue_fput()) and its owner, size and flags. get_page(): the page
+ * at @index, allocated and zeroed if absent, with a reference for the caller
+ * (kvm_glue_put_page_phys()); the file must be kept alive by the caller.
+ */
+int kvm_glue_gmem_init(void *module);
+void kvm_glue_gmem_exit(void);
+int kvm_glue_gmem_create(void *owner, unsigned long long size, unsigned long long flags);
+int kvm_glue_gmem_fget(unsigned int fd, void **file, void **owner, unsigned long long *size,
+		       unsigned long long *flags);
+void kvm_glue_fput(void *file);
+int kvm_glue_gmem_get_page(void *file, unsigned long index, unsigned long long *phys);
+void kvm_glue_put_page_phys(unsigned long long phys);
 
 /* The creating process's mm, pinned (mmgrab) for the VM's lifetime. */
 void *kvm_glue_mm_grab_current(void);
@@ -224,6 +245,9 @@ void kvm_rs_sched_in(const void *vcpu, int cpu);
 void kvm_rs_sched_out(const void *vcpu);
 long kvm_rs_stats_read(void *stats, char __user *buf, unsigned long size, long long *pos);
 void kvm_rs_stats_release(void *stats);
+void kvm_rs_gmem_invalidate_start(void *owner, unsigned long start, unsigned long end);
+void kvm_rs_gmem_invalidate_end(void *owner);
+void kvm_rs_gmem_release(void *owner);
 int kvm_rs_vendor_register(const void *ops, void *owner);
 void kvm_rs_vendor_unregister(const void *ops);
 #endif

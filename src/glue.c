@@ -199,16 +199,25 @@ static struct file_operations kvm_vcpu_fops = {
  */
 int kvm_glue_dev_register(void *owner)
 {
+	int r;
+
 	kvm_chardev_fops.owner = owner;
 	kvm_vm_fops.owner = owner;
 	kvm_vcpu_fops.owner = owner;
 	kvm_stats_fops.owner = owner;
-	return misc_register(&kvm_dev);
+	r = kvm_glue_gmem_init(owner);
+	if (r)
+		return r;
+	r = misc_register(&kvm_dev);
+	if (r)
+		kvm_glue_gmem_exit();
+	return r;
 }
 
 void kvm_glue_dev_deregister(void)
 {
 	misc_deregister(&kvm_dev);
+	kvm_glue_gmem_exit();
 }
 
 /* As upstream's kvm_dev_ioctl_create_vm(). */

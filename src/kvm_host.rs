@@ -15,6 +15,7 @@ use crate::abi::caps::Host;
 use crate::coalesced_mmio::{CoalescedEntry, CoalescedRing};
 use crate::eventfd::{Irqfd, IrqfdResampler};
 use crate::glue;
+use crate::guest_memfd::GmemBinding;
 use crate::io_bus::IoRange;
 use crate::ioeventfd;
 use crate::memslot::Slot;
@@ -196,6 +197,10 @@ pub(crate) struct Vm<A: KvmArch> {
     /// bus change.
     #[pin]
     pub(crate) coalesced_zones: Mutex<KVec<CoalescedEntry<A>>>,
+    /// The memslots bound to guest_memfd files (guest_memfd.rs). Taken after
+    /// `slots`, before the arch MMU lock.
+    #[pin]
+    pub(crate) gmem: Mutex<KVec<GmemBinding>>,
     /// `struct kvm_arch`.
     #[pin]
     pub(crate) arch: A::VmArch,

@@ -17,6 +17,7 @@ mod coalesced_mmio;
 mod dev;
 mod eventfd;
 mod glue;
+mod guest_memfd;
 mod iodev;
 mod kvm_host;
 mod pages;
@@ -137,6 +138,21 @@ unsafe extern "C" fn kvm_rs_sched_out(vcpu: *const c_void) {
 #[no_mangle]
 extern "C" fn kvm_rs_vcpu_page(vcpu: *mut c_void, pgoff: c_ulong) -> *mut c_void {
     vcpu::kvm_vcpu_page::<X86>(vcpu, pgoff)
+}
+
+#[no_mangle]
+extern "C" fn kvm_rs_gmem_invalidate_start(owner: *mut c_void, start: c_ulong, end: c_ulong) {
+    guest_memfd::kvm_gmem_invalidate_start::<X86>(owner, start as u64, end as u64)
+}
+
+#[no_mangle]
+extern "C" fn kvm_rs_gmem_invalidate_end(owner: *mut c_void) {
+    guest_memfd::kvm_gmem_invalidate_end::<X86>(owner)
+}
+
+#[no_mangle]
+extern "C" fn kvm_rs_gmem_release(owner: *mut c_void) {
+    guest_memfd::kvm_gmem_release::<X86>(owner)
 }
 
 #[no_mangle]

@@ -41,6 +41,7 @@ pod!(
     kvm_vcpu_events,
     kvm_debugregs,
     kvm_pre_fault_memory,
+    kvm_create_guest_memfd,
     kvm_dirty_log,
     kvm_sregs2,
     kvm_fpu,

@@ -48,6 +48,7 @@ pub(crate) fn create<A: KvmArch>(vm_type: usize) -> Result<isize> {
             coalesced_ring,
             ring_lock <- new_spinlock!((), "kvm->ring_lock"),
             coalesced_zones <- new_mutex!(KVec::new(), "kvm->coalesced_zones"),
+            gmem <- new_mutex!(KVec::new(), "kvm->gmem_bindings"),
             arch <- arch,
         }),
         GFP_KERNEL,
@@ -115,14 +116,17 @@ impl<A: KvmArch> Vm<A> {
                 if v1 && r.flags & !memslot::V1_FLAGS != 0 {
                     return Err(EINVAL);
                 }
-                self.kvm_set_memory_region(memslot::Region {
+                let region = memslot::Region {
                     slot: r.slot,
                     flags: r.flags,
                     guest_phys_addr: r.guest_phys_addr,
                     memory_size: r.memory_size,
                     userspace_addr: r.userspace_addr,
-                })
+                    guest_memfd_offset: r.guest_memfd_offset,
+                };
+                self.kvm_set_memory_region(region, r.guest_memfd)
             }
+            ioctl::KVM_CREATE_GUEST_MEMFD => self.kvm_gmem_create(arg),
             ioctl::KVM_CREATE_VCPU => self.kvm_vm_ioctl_create_vcpu(arg),
             ioctl::KVM_GET_STATS_FD => {
                 let id = CString::try_from_fmt(fmt!("kvm-{}", self.pid))?;
@@ -151,20 +155,37 @@ impl<A: KvmArch> Vm<A> {
     }
 
     /// kvm_set_memory_region(): checked as upstream (memslot.rs), then the MMU,
-    /// dirty logs and the notifier's copy follow the change.
-    fn kvm_set_memory_region(&self, r: memslot::Region) -> Result<isize> {
+    /// dirty logs and the notifier's copy follow the change. A new guest_memfd
+    /// slot is bound to file `gmem_fd` first (kvm_gmem_bind()).
+    fn kvm_set_memory_region(&self, r: memslot::Region, gmem_fd: u32) -> Result<isize> {
         let lim = memslot::Limits {
             nr_as: 1,
             // SAFETY: reads a constant.
             task_size: unsafe { glue::kvm_glue_task_size_max() },
         };
         let mut slots = self.slots.lock();
-        let change = memslot::classify(&slots, &r, &lim).map_err(|e| match e {
+        let mut change = memslot::classify(&slots, &r, &lim).map_err(|e| match e {
             memslot::Error::Inval => EINVAL,
             memslot::Error::Exist => EEXIST,
         })?;
         // Reserve first, so that nothing below can fail after the MMU changed.
         slots.reserve(1, GFP_KERNEL)?;
+        if let memslot::Change::Create(s) = &mut change {
+            if s.has_gmem() {
+                self.kvm_gmem_bind(s, gmem_fd, r.guest_memfd_offset)?;
+            }
+        }
+        let r = self.kvm_set_memslot(&mut slots, change);
+        if r.is_err() {
+            if let memslot::Change::Create(s) = change {
+                self.kvm_gmem_unbind(s.id);
+            }
+        }
+        r
+    }
+
+    /// kvm_set_memslot(): applies a valid change to the slots (locked).
+    fn kvm_set_memslot(&self, slots: &mut KVec<Slot>, change: memslot::Change) -> Result<isize> {
         let old = match change {
             memslot::Change::Delete(i)
             | memslot::Change::Move(i, _)
@@ -181,15 +202,18 @@ impl<A: KvmArch> Vm<A> {
         self.update_dirty_logs(old.as_ref(), &change)?;
         match change {
             memslot::Change::Create(s) => {
-                let i = memslot::insert_index(&slots, &s);
+                let i = memslot::insert_index(slots, &s);
                 slots.insert_within_capacity(i, s).map_err(|_| ENOMEM)?;
             }
             memslot::Change::Delete(i) => {
-                slots.remove(i).map_err(|_| EINVAL)?;
+                let o = slots.remove(i).map_err(|_| EINVAL)?;
+                if o.has_gmem() {
+                    self.kvm_gmem_unbind(o.id);
+                }
             }
             memslot::Change::Move(i, s) => {
                 slots.remove(i).map_err(|_| EINVAL)?;
-                let i = memslot::insert_index(&slots, &s);
+                let i = memslot::insert_index(slots, &s);
                 slots.insert_within_capacity(i, s).map_err(|_| ENOMEM)?;
             }
             memslot::Change::FlagsOnly(i, s) => {

@@ -63,6 +63,11 @@ pub const X2APIC_API_VALID_FLAGS: u32 = X2APIC_API_USE_32BIT_IDS
     | X2APIC_DISABLE_SUPPRESS_EOI_BROADCAST;
 /// `KVM_MAX_MCE_BANKS` (also arch/x86/hw/mce.rs, which sizes the banks by it).
 pub const MAX_MCE_BANKS: u32 = 32;
+/// GUEST_MEMFD_FLAG_MMAP and GUEST_MEMFD_FLAG_INIT_SHARED (`1ULL << n` in the uapi).
+pub const GUEST_MEMFD_FLAG_MMAP: u64 = 1 << 0;
+pub const GUEST_MEMFD_FLAG_INIT_SHARED: u64 = 1 << 1;
+/// kvm_gmem_get_supported_flags() for a VM without private memory.
+pub const GUEST_MEMFD_SUPPORTED_FLAGS: u64 = GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED;
 /// `KVM_USER_MEM_SLOTS` on x86.
 pub const USER_MEM_SLOTS: u32 = 32764;
 
@@ -92,10 +97,16 @@ pub fn check_extension(host: &Host, cap: u64) -> i32 {
         | uapi::KVM_CAP_INTERNAL_ERROR_DATA
         | uapi::KVM_CAP_EXT_CPUID
         | uapi::KVM_CAP_IMMEDIATE_EXIT
+        // KVM_CREATE_GUEST_MEMFD and KVM_MEM_GUEST_MEMFD slots (guest_memfd.rs).
+        | uapi::KVM_CAP_GUEST_MEMFD
             if host.vcpus =>
         {
             1
         }
+        // What KVM_CREATE_GUEST_MEMFD accepts: every kvm-rs VM lacks private
+        // memory, so its guest_memfd can be mmap'ed and starts shared
+        // (kvm_gmem_get_supported_flags()).
+        uapi::KVM_CAP_GUEST_MEMFD_FLAGS if host.vcpus => GUEST_MEMFD_SUPPORTED_FLAGS as i32,
         // KVM_GET/SET_TSC_KHZ, the binary stats fds, KVM_ENABLE_CAP on the VM,
         // MP states with the in-kernel LAPIC, KVM_SET_NR_MMU_PAGES, the SVM no-ops
         // KVM_SET_TSS_ADDR / KVM_SET_IDENTITY_MAP_ADDR (vm.rs, vcpu.rs, stats.rs).

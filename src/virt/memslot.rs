@@ -19,8 +19,20 @@ pub const MEM_READONLY: u32 = 1 << 1;
 pub const MEM_GUEST_MEMFD: u32 = 1 << 2;
 /// What the version-1 ioctl accepts (`KVM_SET_USER_MEMORY_REGION_V1_FLAGS`).
 pub const V1_FLAGS: u32 = MEM_LOG_DIRTY_PAGES | MEM_READONLY;
-/// What kvm-rs implements: no guest_memfd (it is a private-memory feature).
-pub const VALID_FLAGS: u32 = MEM_LOG_DIRTY_PAGES | MEM_READONLY;
+/// Internal (upstream KVM_MEMSLOT_GMEM_ONLY, never from userspace): the slot's
+/// guest_memfd can be mmap'ed, so the guest's pages come from it rather than from
+/// `userspace_addr` (the VM has no private memory, so they are all shared).
+pub const MEMSLOT_GMEM_ONLY: u32 = 1 << 17;
+
+/// check_memory_region_flags(): the flags a request may carry. guest_memfd slots
+/// cannot log dirty pages nor be read-only (their writes fault, not exit as MMIO).
+pub fn valid_flags(flags: u32) -> u32 {
+    if flags & MEM_GUEST_MEMFD != 0 {
+        MEM_GUEST_MEMFD
+    } else {
+        MEM_LOG_DIRTY_PAGES | MEM_READONLY | MEM_GUEST_MEMFD
+    }
+}
 
 /// One slot as the rules see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +65,16 @@ impl Slot {
     pub fn dirty_logging(&self) -> bool {
         self.flags & MEM_LOG_DIRTY_PAGES != 0
     }
+
+    /// Bound to a guest_memfd (KVM_MEM_GUEST_MEMFD).
+    pub fn has_gmem(&self) -> bool {
+        self.flags & MEM_GUEST_MEMFD != 0
+    }
+
+    /// Faults take the page from the guest_memfd (kvm_memslot_is_gmem_only()).
+    pub fn is_gmem_only(&self) -> bool {
+        self.flags & MEMSLOT_GMEM_ONLY != 0
+    }
 }
 
 /// `struct kvm_userspace_memory_region2`'s fields that the rules read.
@@ -63,6 +85,7 @@ pub struct Region {
     pub guest_phys_addr: u64,
     pub memory_size: u64,
     pub userspace_addr: u64,
+    pub guest_memfd_offset: u64,
 }
 
 /// The errnos the rules produce.
@@ -99,7 +122,7 @@ pub struct Limits {
 pub fn classify(slots: &[Slot], r: &Region, lim: &Limits) -> Result<Change, Error> {
     let id = r.slot & 0xffff;
     let as_id = r.slot >> 16;
-    if id >= USER_MEM_SLOTS || r.flags & !VALID_FLAGS != 0 {
+    if r.flags & !valid_flags(r.flags) != 0 {
         return Err(Error::Inval);
     }
     if r.memory_size & (PAGE_SIZE - 1) != 0 || r.guest_phys_addr & (PAGE_SIZE - 1) != 0 {
@@ -109,7 +132,16 @@ pub fn classify(slots: &[Slot], r: &Region, lim: &Limits) -> Result<Change, Erro
     if r.userspace_addr & (PAGE_SIZE - 1) != 0 || ua_end.is_none_or(|e| e > lim.task_size) {
         return Err(Error::Inval);
     }
-    if as_id >= lim.nr_as || r.guest_phys_addr.checked_add(r.memory_size).is_none() {
+    if r.flags & MEM_GUEST_MEMFD != 0
+        && (r.guest_memfd_offset & (PAGE_SIZE - 1) != 0
+            || r.guest_memfd_offset.checked_add(r.memory_size).is_none())
+    {
+        return Err(Error::Inval);
+    }
+    if as_id >= lim.nr_as || id >= USER_MEM_SLOTS {
+        return Err(Error::Inval);
+    }
+    if r.guest_phys_addr.checked_add(r.memory_size).is_none() {
         return Err(Error::Inval);
     }
     let npages = r.memory_size >> PAGE_SHIFT;
@@ -131,9 +163,11 @@ pub fn classify(slots: &[Slot], r: &Region, lim: &Limits) -> Result<Change, Erro
     let change = match old.and_then(|i| Some((i, slots.get(i)?))) {
         None => Change::Create(new),
         Some((i, o)) => {
-            if o.userspace_addr != new.userspace_addr
+            // guest_memfd slots are immutable: they can only be deleted.
+            if new.flags & MEM_GUEST_MEMFD != 0
+                || o.userspace_addr != new.userspace_addr
                 || o.npages != npages
-                || (o.flags ^ new.flags) & MEM_READONLY != 0
+                || (o.flags ^ new.flags) & (MEM_READONLY | MEM_GUEST_MEMFD) != 0
             {
                 return Err(Error::Inval);
             }
@@ -184,6 +218,7 @@ mod tests {
             guest_phys_addr: gpa,
             memory_size: size,
             userspace_addr: ua,
+            guest_memfd_offset: 0,
         }
     }
 
@@ -252,7 +287,25 @@ mod tests {
                 ..ok
             },
             Region {
+                flags: MEM_GUEST_MEMFD | MEM_LOG_DIRTY_PAGES,
+                ..ok
+            },
+            Region {
+                flags: MEM_GUEST_MEMFD | MEM_READONLY,
+                ..ok
+            },
+            Region {
                 flags: MEM_GUEST_MEMFD,
+                guest_memfd_offset: 0x800,
+                ..ok
+            },
+            Region {
+                flags: MEM_GUEST_MEMFD,
+                guest_memfd_offset: !0xfff,
+                ..ok
+            },
+            Region {
+                flags: MEMSLOT_GMEM_ONLY,
                 ..ok
             },
             Region {
@@ -338,6 +391,39 @@ mod tests {
             ..region(3, 0, 0x4000, 0x100000)
         };
         assert_eq!(classify(&s, &ro, &LIM), Err(Error::Inval));
+    }
+
+    #[test]
+    fn guest_memfd_slots_are_immutable() {
+        let mut s = Vec::new();
+        let gmem = Region {
+            flags: MEM_GUEST_MEMFD,
+            guest_memfd_offset: 0x2000,
+            ..region(4, 0x1_0000_0000, 0x4000, 0)
+        };
+        assert!(matches!(classify(&s, &gmem, &LIM), Ok(Change::Create(_))));
+        set(&mut s, gmem).unwrap();
+        assert!(s[0].has_gmem() && !s[0].is_gmem_only());
+        // Any change but deletion, even to the same values, is -EINVAL.
+        assert_eq!(classify(&s, &gmem, &LIM), Err(Error::Inval));
+        let moved = Region {
+            guest_phys_addr: 0x2_0000_0000,
+            ..gmem
+        };
+        assert_eq!(classify(&s, &moved, &LIM), Err(Error::Inval));
+        let plain = Region { flags: 0, ..gmem };
+        assert_eq!(classify(&s, &plain, &LIM), Err(Error::Inval));
+        assert_eq!(
+            classify(&s, &region(4, 0, 0, 0), &LIM),
+            Ok(Change::Delete(0))
+        );
+        // A plain slot cannot become one.
+        set(&mut s, region(5, 0, 0x4000, 0x100000)).unwrap();
+        let to_gmem = Region {
+            flags: MEM_GUEST_MEMFD,
+            ..region(5, 0, 0x4000, 0x100000)
+        };
+        assert_eq!(classify(&s, &to_gmem, &LIM), Err(Error::Inval));
     }
 
     #[test]

@@ -22,6 +22,7 @@ use kvm_abi::uapi;
 mod clock;
 mod coalesced;
 mod debug;
+mod gmem;
 mod ioeventfd;
 mod irq;
 mod mce;
@@ -1640,7 +1641,7 @@ fn immediate_exit(t: &mut Report, kvm: RawFd) -> Result<(), String> {
 type Case = fn(&mut Report, RawFd) -> Result<(), String>;
 
 fn main() {
-    let cases: [(&str, Case); 29] = [
+    let cases: [(&str, Case); 30] = [
         ("real-io", |t, kvm| real_io(t, kvm, "real-io")),
         ("real-string-io", real_string_io),
         ("pm32", pm32),
@@ -1670,6 +1671,7 @@ fn main() {
         ("vapic", irq::vapic),
         ("pit", pit::pit),
         ("coalesced-mmio", coalesced::coalesced),
+        ("gmem", gmem::gmem),
     ];
     let only = std::env::args().nth(1);
     if let Some(name) = &only {

@@ -15,9 +15,12 @@ use crate::arch::Vm;
 use crate::glue;
 use crate::kvm_x86_ops::pferr;
 use crate::kvm_x86_ops::Next;
+use crate::memslot::Slot;
 use crate::stats::{self, vcpu as st_};
 use crate::user;
+use crate::vcpu::run;
 use crate::vcpu::PAGE_SIZE;
+use tdp::HeldPage;
 
 impl Vcpu {
     /// kvm_mmu_page_fault() for a TDP fault at `gpa`: map the page backing it, or
@@ -62,7 +65,7 @@ impl Vcpu {
     pub(crate) fn kvm_tdp_map_page(
         &self,
         vm: &Vm,
-        slot: &crate::memslot::Slot,
+        slot: &Slot,
         gen: u64,
         gfn: u64,
         write: bool,
@@ -79,21 +82,23 @@ impl Vcpu {
                 return Ok(true);
             }
         }
-        let mut pin_write = pin_write;
-        let mut hpa = 0u64;
-        let hva = slot.hva(gfn);
-        // SAFETY: the VM's owner mm is current (checked by the ioctl); pins one page.
-        let mut r = unsafe { glue::kvm_glue_pin_user_page(hva, i32::from(pin_write), &mut hpa) };
-        if r != 0 && pin_write && !write {
-            // A read of a writable slot whose memory is read-only now (mprotect):
-            // map it read-only, as upstream's hva_to_pfn() falls back to.
-            pin_write = false;
-            // SAFETY: as above.
-            r = unsafe { glue::kvm_glue_pin_user_page(hva, 0, &mut hpa) };
-        }
-        if r != 0 {
-            return Err(EFAULT);
-        }
+        let page = if slot.is_gmem_only() {
+            // kvm_mmu_faultin_pfn_gmem(): the page comes from the guest_memfd.
+            match vm.kvm_gmem_get_pfn(slot, gfn) {
+                Ok(hpa) => HeldPage {
+                    hpa,
+                    write: true,
+                    gmem: true,
+                },
+                Err(e) => {
+                    self.kvm_prepare_memory_fault_exit(gfn << 12, PAGE_SIZE as u64);
+                    return Err(e);
+                }
+            }
+        } else {
+            Self::pin_slot_page(slot, gfn, pin_write, write)?
+        };
+        let (hpa, pin_write) = (page.hpa, page.write);
         let writable = pin_write && (write || !logged);
         let mut mmu = vm.arch.mmu.lock();
         let mapped = loop {
@@ -102,7 +107,7 @@ impl Vcpu {
             if vm.slots_gen.load(Ordering::SeqCst) != gen || vm.invalidating() {
                 break Ok(None);
             }
-            match mmu.map(gfn, hpa, writable, pin_write) {
+            match mmu.map(gfn, &page, writable) {
                 Err(e) if e == EAGAIN => {
                     // Page-table pages are allocated outside the lock (see Mmu).
                     let need = mmu.spare_needed();
@@ -117,7 +122,7 @@ impl Vcpu {
                 r => break r.map(Some),
             }
         };
-        if mapped == Ok(Some(false)) && write && pin_write {
+        if mapped == Ok(Some(false)) && write && pin_write && !page.gmem {
             // Mapped read-only while the memory was read-only; writable again now.
             if let Some(old) = mmu.upgrade(gfn, hpa, writable) {
                 vm.kvm_flush_remote_tlbs();
@@ -135,10 +140,43 @@ impl Vcpu {
             self.stats.inc(st_::PF_FIXED);
             return Ok(true);
         }
-        // SAFETY: our pin, not handed to the MMU.
-        unsafe { glue::kvm_glue_unpin_phys(hpa, 0) };
-        // Some(false): another vCPU mapped it first.
+        // Not handed to the MMU. Some(false): another vCPU mapped it first.
+        page.release();
         mapped.map(|m| m.is_some())
+    }
+
+    /// Pins the user page backing `gfn` in `slot` (__kvm_faultin_pfn()): for
+    /// writing if `pin_write`, else or if that fails on a read, read-only.
+    fn pin_slot_page(slot: &Slot, gfn: u64, pin_write: bool, write: bool) -> Result<HeldPage> {
+        let mut pin_write = pin_write;
+        let mut hpa = 0u64;
+        let hva = slot.hva(gfn);
+        // SAFETY: the VM's owner mm is current (checked by the ioctl); pins one page.
+        let mut r = unsafe { glue::kvm_glue_pin_user_page(hva, i32::from(pin_write), &mut hpa) };
+        if r != 0 && pin_write && !write {
+            // A read of a writable slot whose memory is read-only now (mprotect):
+            // map it read-only, as upstream's hva_to_pfn() falls back to.
+            pin_write = false;
+            // SAFETY: as above.
+            r = unsafe { glue::kvm_glue_pin_user_page(hva, 0, &mut hpa) };
+        }
+        if r != 0 {
+            return Err(EFAULT);
+        }
+        Ok(HeldPage {
+            hpa,
+            write: pin_write,
+            gmem: false,
+        })
+    }
+
+    /// kvm_prepare_memory_fault_exit(): KVM_RUN's -EFAULT/-EHWPOISON comes with
+    /// the guest range that could not be mapped (kvm_run's `memory_fault`).
+    fn kvm_prepare_memory_fault_exit(&self, gpa: u64, size: u64) {
+        self.set_exit(uapi::KVM_EXIT_MEMORY_FAULT);
+        self.run_write(run::U, 0u64);
+        self.run_write(run::U + 8, gpa);
+        self.run_write(run::U + 16, size);
     }
 
     /// KVM_PRE_FAULT_MEMORY (kvm_vcpu_pre_fault_memory()): maps the range page

@@ -11,6 +11,9 @@ pub const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 /// Software bit, ignored by both walks: a zapped leaf whose page is still pinned,
 /// to be unpinned once no vCPU can hold a TLB entry for it.
 pub const SPTE_ZAPPED: u64 = 1 << 55;
+/// Software bit: the leaf holds a reference on a guest_memfd page (put when
+/// the leaf goes) rather than a GUP pin on user memory (unpinned).
+pub const SPTE_GMEM: u64 = 1 << 56;
 /// Software bit: the page was pinned for writing, so the guest may be allowed to
 /// write it (upstream shadow_host_writable_mask, DEFAULT_SPTE_HOST_WRITABLE); the
 /// unpin marks it dirty.
@@ -208,9 +211,22 @@ mod tests {
     }
 
     #[test]
+    fn zap_keeps_the_software_bits() {
+        for m in [NPT, SpteMasks::ept(false)] {
+            let l = m.leaf(0x7000, true) | SPTE_GMEM;
+            let z = m.zap(l);
+            assert_eq!(
+                z & (SPTE_GMEM | SPTE_HOST_WRITABLE | SPTE_ZAPPED),
+                SPTE_GMEM | SPTE_HOST_WRITABLE | SPTE_ZAPPED
+            );
+            assert_eq!(addr(z), 0x7000);
+        }
+    }
+
+    #[test]
     fn software_bits_are_ignored_by_both_walks() {
         // Bits 52-58 are ignored in NPT (long-mode) and EPT entries alike.
-        for b in [SPTE_ZAPPED, SPTE_HOST_WRITABLE] {
+        for b in [SPTE_ZAPPED, SPTE_GMEM, SPTE_HOST_WRITABLE] {
             assert!(b.trailing_zeros() >= 52 && b.trailing_zeros() <= 58);
         }
     }

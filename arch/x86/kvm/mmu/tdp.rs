@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0-only
 //! The TDP MMU: one two-dimensional page table per VM (NPT or EPT, 4 or 5 levels,
 //! in the format the vendor's masks give) mapping guest-physical pages to pinned
-//! pages of the VM's user memory, filled on NPF exits and zapped when memory slots
+//! pages of the VM's user memory (or referenced guest_memfd pages), filled on NPF exits and zapped when memory slots
 //! change. Entry rules live in spte.rs.
 //!
 //! Zapping is two-phase so that a page is never unpinned while a vCPU might still
@@ -12,7 +12,7 @@
 use kernel::prelude::*;
 
 use crate::glue;
-use crate::hw::spte::{self, SpteMasks, SPTE_HOST_WRITABLE, SPTE_ZAPPED};
+use crate::hw::spte::{self, SpteMasks, SPTE_GMEM, SPTE_HOST_WRITABLE, SPTE_ZAPPED};
 use crate::pages::Pages;
 
 pub(crate) struct Mmu {
@@ -132,16 +132,11 @@ impl Mmu {
         false
     }
 
-    /// Maps `gfn` to the pinned host page `hpa` (pinned for writing if
-    /// `pinned_write`; guest writes allowed if `writable`). Returns `false` if
-    /// `gfn` was already mapped (another vCPU won the race): the caller unpins.
-    pub(crate) fn map(
-        &mut self,
-        gfn: u64,
-        hpa: u64,
-        writable: bool,
-        pinned_write: bool,
-    ) -> Result<bool> {
+    /// Maps `gfn` to the host page `hpa` the caller holds (`page`: how).
+    /// Returns `false` if `gfn` was already mapped (another vCPU won the race):
+    /// the caller releases its hold.
+    pub(crate) fn map(&mut self, gfn: u64, page: &HeldPage, writable: bool) -> Result<bool> {
+        let (hpa, pinned_write) = (page.hpa, page.write);
         let mut table = self.root_pa();
         for level in (2..=self.levels).rev() {
             let e = entries(table).get(spte::index(gfn, level)).ok_or(EINVAL)?;
@@ -165,6 +160,7 @@ impl Mmu {
         } else {
             self.masks.leaf(hpa, false)
         };
+        let leaf = if page.gmem { leaf | SPTE_GMEM } else { leaf };
         e.store(leaf, Release);
         self.mapped += 1;
         Ok(true)
@@ -205,11 +201,40 @@ impl Mmu {
     }
 }
 
-fn unpin(leaf: u64) {
-    // SAFETY: the leaf holds the pin taken when it was mapped; it is cleared first, so this is the only unpin.
-    unsafe {
-        glue::kvm_glue_unpin_phys(spte::addr(leaf), i32::from(leaf & SPTE_HOST_WRITABLE != 0))
+/// A host page the fault path holds for mapping: a GUP pin on the VM's user
+/// memory (for writing if `write`), or a reference on a guest_memfd page
+/// (`gmem`, always writable). A leaf that maps it takes the hold over.
+pub(crate) struct HeldPage {
+    pub(crate) hpa: u64,
+    pub(crate) write: bool,
+    pub(crate) gmem: bool,
+}
+
+impl HeldPage {
+    /// Gives the hold up (the page was not mapped, or is mapped by another leaf).
+    pub(crate) fn release(self) {
+        release_page(self.hpa, false, self.gmem);
     }
+}
+
+fn release_page(hpa: u64, dirty: bool, gmem: bool) {
+    if gmem {
+        // SAFETY: the reference kvm_glue_gmem_get_page() took, released once.
+        unsafe { glue::kvm_glue_put_page_phys(hpa) }
+    } else {
+        // SAFETY: the pin kvm_glue_pin_user_page() took, released once.
+        unsafe { glue::kvm_glue_unpin_phys(hpa, i32::from(dirty)) }
+    }
+}
+
+/// Releases the hold a leaf has on its page; the leaf is cleared first, so this
+/// is the only release.
+fn unpin(leaf: u64) {
+    release_page(
+        spte::addr(leaf),
+        leaf & SPTE_HOST_WRITABLE != 0,
+        leaf & SPTE_GMEM != 0,
+    )
 }
 
 /// Calls `f` on every leaf entry (present or zapped) covering [start, end) under
