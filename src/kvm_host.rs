@@ -67,10 +67,16 @@ pub(crate) trait KvmArch: Sized + Send + Sync + 'static {
     /// arch MMU lock held. `slots_gen` is bumped under that lock first, so a fault
     /// that pinned a page before it does not map it.
     fn unmap_gfn_ranges(vm: &Vm<Self>, ranges: GfnRanges<'_>);
+    /// The last guest frame a memslot may reach (kvm_mmu_max_gfn(), checked by
+    /// kvm_arch_prepare_memory_region() for new and moved slots).
+    fn kvm_mmu_max_gfn() -> u64;
     /// Makes the next guest write to each gfn `gfns` hands over fault, for dirty
     /// logging (kvm_arch_mmu_enable_log_dirty_pt_masked()); TLBs are flushed
     /// before it returns.
     fn write_protect_gfns(vm: &Vm<Self>, gfns: Gfns<'_>);
+    /// The same for every mapped page of [start, end)
+    /// (kvm_mmu_slot_remove_write_access()).
+    fn write_protect_gfn_range(vm: &Vm<Self>, start: u64, end: u64);
 
     /// kvm_arch_vcpu_precreate(), with kvm->lock held: may refuse `id`.
     fn vcpu_precreate(vm: &Vm<Self>, locked: &mut VmLocked<Self>, id: u32) -> Result;
@@ -172,6 +178,10 @@ pub(crate) struct Vm<A: KvmArch> {
     /// MMU-notifier invalidations in progress: faults retry until none is
     /// (upstream mmu_invalidate_in_progress).
     pub(crate) invalidations: AtomicU64,
+    /// KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2's flags (kvm->manual_dirty_log_protect):
+    /// KVM_GET_DIRTY_LOG leaves the log to KVM_CLEAR_DIRTY_LOG, and with
+    /// INITIALLY_SET a slot starts logging with every page dirty.
+    pub(crate) manual_dirty_log_protect: AtomicU64,
     /// The glue's MMU notifier on the owner mm (null if registration failed).
     pub(crate) notifier: AtomicPtr<c_void>,
     /// The PIO and MMIO buses of in-kernel devices (upstream kvm->buses).
@@ -217,7 +227,9 @@ pub(crate) struct DirtyLog {
     pub(crate) id: u16,
     pub(crate) base_gfn: u64,
     pub(crate) npages: u64,
-    pub(crate) bits: KVec<u64>,
+    /// kvmalloc'ed, as upstream's vmalloc'ed bitmaps: a 256 MiB slot-sized
+    /// bitmap is a valid request, not one for the page allocator.
+    pub(crate) bits: KVVec<u64>,
 }
 
 /// A vCPU's glue waiter (see kvm_glue_waiter_* in the glue header).

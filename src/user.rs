@@ -43,6 +43,7 @@ pod!(
     kvm_pre_fault_memory,
     kvm_create_guest_memfd,
     kvm_dirty_log,
+    kvm_clear_dirty_log,
     kvm_sregs2,
     kvm_fpu,
     kvm_xcrs,
@@ -122,11 +123,17 @@ pub(crate) fn write_bytes(addr: usize, bytes: &[u8]) -> Result {
 
 /// Writes `items` consecutively at `addr`.
 pub(crate) fn write_array<T: Pod>(addr: usize, items: &[T]) -> Result {
-    let mut w = UserSlice::new(UserPtr::from_addr(addr), size_of_val(items)).writer();
-    for v in items {
-        w.write(v)?;
-    }
-    Ok(())
+    UserSlice::new(UserPtr::from_addr(addr), size_of_val(items))
+        .writer()
+        .write_slice(items.as_bytes())
+}
+
+/// Fills `out` from the `T`s at `addr` (a buffer the caller sized, which may be
+/// large: a dirty bitmap).
+pub(crate) fn read_into<T: Pod>(addr: usize, out: &mut [T]) -> Result {
+    UserSlice::new(UserPtr::from_addr(addr), size_of_val(out))
+        .reader()
+        .read_slice(out.as_bytes_mut())
 }
 
 /// An ioctl handler's result as the C file operation returns it: value or -errno.

@@ -40,6 +40,7 @@ pub(crate) fn create<A: KvmArch>(vm_type: usize) -> Result<isize> {
             slots_gen: AtomicU64::new(0),
             notifier_slots <- new_spinlock!(KVec::new(), "kvm->mn_slots"),
             invalidations: AtomicU64::new(0),
+            manual_dirty_log_protect: AtomicU64::new(0),
             notifier: AtomicPtr::new(core::ptr::null_mut()),
             buses <- buses,
             ioeventfds <- new_mutex!(KVec::new(), "kvm->ioeventfds"),
@@ -134,6 +135,14 @@ impl<A: KvmArch> Vm<A> {
                 stats::stats_fd(id, src, c"kvm-vm-stats")
             }
             ioctl::KVM_GET_DIRTY_LOG => self.kvm_vm_ioctl_get_dirty_log(arg, false),
+            ioctl::KVM_CLEAR_DIRTY_LOG => self.kvm_vm_ioctl_clear_dirty_log(arg, false),
+            ioctl::KVM_ENABLE_CAP => {
+                let c: uapi::kvm_enable_cap = user::read(arg)?;
+                match c.cap {
+                    uapi::KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 => self.enable_manual_dirty_log(&c),
+                    _ => A::vm_ioctl(self, cmd, arg),
+                }
+            }
             ioctl::KVM_REGISTER_COALESCED_MMIO => {
                 let z: uapi::kvm_coalesced_mmio_zone = user::read(arg)?;
                 self.kvm_vm_ioctl_register_coalesced_mmio(&z)
@@ -175,7 +184,16 @@ impl<A: KvmArch> Vm<A> {
                 self.kvm_gmem_bind(s, gmem_fd, r.guest_memfd_offset)?;
             }
         }
-        let r = self.kvm_set_memslot(&mut slots, change);
+        // kvm_arch_prepare_memory_region(): a new or moved slot must lie below
+        // the host's MAXPHYADDR (after binding, as upstream).
+        let r = match change {
+            memslot::Change::Create(s) | memslot::Change::Move(_, s)
+                if s.end_gfn() - 1 > A::kvm_mmu_max_gfn() =>
+            {
+                Err(EINVAL)
+            }
+            _ => self.kvm_set_memslot(&mut slots, change),
+        };
         if r.is_err() {
             if let memslot::Change::Create(s) = change {
                 self.kvm_gmem_unbind(s.id);
@@ -283,16 +301,28 @@ impl<A: KvmArch> Vm<A> {
             return Ok(());
         }
         let words = n.npages.div_ceil(64) as usize;
+        let init_set = self.dirty_log_manual_protect_and_init_set();
+        let mut bits = KVVec::from_elem(if init_set { u64::MAX } else { 0 }, words, GFP_KERNEL)?;
+        if init_set && n.npages % 64 != 0 {
+            // Only the slot's pages: bitmap_set(dirty_bitmap, 0, npages).
+            if let Some(last) = bits.last_mut() {
+                *last = (1u64 << (n.npages % 64)) - 1;
+            }
+        }
         let log = DirtyLog {
             id: n.id,
             base_gfn: n.base_gfn,
             npages: n.npages,
-            bits: KVec::from_elem(0u64, words, GFP_KERNEL)?,
+            bits,
         };
         logs.push(log, GFP_KERNEL)?;
         drop(logs);
-        // Pages already mapped writable must fault on their next write.
-        A::write_protect_gfns(self, &|wp| (n.base_gfn..n.end_gfn()).for_each(&mut *wp));
+        // Pages already mapped writable must fault on their next write; with
+        // every page initially dirty that waits for KVM_CLEAR_DIRTY_LOG
+        // (kvm_mmu_slot_apply_flags()).
+        if !init_set {
+            A::write_protect_gfn_range(self, n.base_gfn, n.end_gfn());
+        }
         Ok(())
     }
 
@@ -310,30 +340,42 @@ impl<A: KvmArch> Vm<A> {
         }
     }
 
-    /// KVM_GET_DIRTY_LOG (kvm_get_dirty_log_protect() without manual protect):
-    /// copies the slot's bitmap out, clears it and write-protects the pages that
-    /// were dirty, with TLBs flushed before returning.
-    fn kvm_vm_ioctl_get_dirty_log(&self, arg: usize, compat: bool) -> Result<isize> {
-        let d: uapi::kvm_dirty_log = user::read(arg)?;
-        // x86 has two address spaces; the SMM one never has slots in kvm-rs.
-        let (as_id, id) = (d.slot >> 16, d.slot & 0xffff);
+    /// kvm_dirty_log_manual_protect_and_init_set().
+    fn dirty_log_manual_protect_and_init_set(&self) -> bool {
+        self.manual_dirty_log_protect.load(Ordering::Relaxed) & caps::DIRTY_LOG_INITIALLY_SET != 0
+    }
+
+    /// KVM_ENABLE_CAP(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2)
+    /// (kvm_vm_ioctl_enable_cap_generic()): INITIALLY_SET only with ENABLE.
+    fn enable_manual_dirty_log(&self, c: &uapi::kvm_enable_cap) -> Result<isize> {
+        let arg = c.args[0];
+        let allowed = if arg & caps::DIRTY_LOG_MANUAL_PROTECT_ENABLE != 0 {
+            caps::DIRTY_LOG_MANUAL_CAPS
+        } else {
+            caps::DIRTY_LOG_MANUAL_PROTECT_ENABLE
+        };
+        if c.flags != 0 || arg & !allowed != 0 {
+            return Err(EINVAL);
+        }
+        self.manual_dirty_log_protect.store(arg, Ordering::Relaxed);
+        Ok(0)
+    }
+
+    /// The log of `slot` (a kvm_(clear_)dirty_log slot: address space and id).
+    /// x86 has two address spaces; the SMM one never has slots in kvm-rs.
+    fn dirty_log_id(slot: u32) -> Result<Option<u16>> {
+        let (as_id, id) = (slot >> 16, slot & 0xffff);
         if as_id >= 2 || id >= caps::USER_MEM_SLOTS {
             return Err(EINVAL);
         }
-        let mut logs = self.dirty.lock();
-        let l = logs
-            .iter_mut()
-            .find(|l| as_id == 0 && u32::from(l.id) == id)
-            .ok_or(ENOENT)?;
-        let snap = KVec::from_elem(0u64, l.bits.len(), GFP_KERNEL)?;
-        let mut snap = snap;
-        for (s, w) in snap.iter_mut().zip(l.bits.iter_mut()) {
-            *s = core::mem::take(w);
-        }
-        let base = l.base_gfn;
-        drop(logs);
+        Ok((as_id == 0).then_some(id as u16))
+    }
+
+    /// Write-protects the pages of the set bits of `words` (bit 0 of word 0:
+    /// `base`), TLBs flushed (kvm_arch_mmu_enable_log_dirty_pt_masked()).
+    fn write_protect_dirty(&self, base: u64, words: &[u64]) {
         A::write_protect_gfns(self, &|wp| {
-            for (i, w) in snap.iter().enumerate() {
+            for (i, w) in words.iter().enumerate() {
                 let mut bits = *w;
                 while bits != 0 {
                     let b = u64::from(bits.trailing_zeros());
@@ -342,15 +384,75 @@ impl<A: KvmArch> Vm<A> {
                 }
             }
         });
+    }
+
+    /// KVM_GET_DIRTY_LOG (kvm_get_dirty_log_protect()): copies the slot's bitmap
+    /// out; without manual protect it also clears it and write-protects the
+    /// pages that were dirty, with TLBs flushed before returning.
+    fn kvm_vm_ioctl_get_dirty_log(&self, arg: usize, compat: bool) -> Result<isize> {
+        let d: uapi::kvm_dirty_log = user::read(arg)?;
+        let id = Self::dirty_log_id(d.slot)?;
+        let manual = self.manual_dirty_log_protect.load(Ordering::Relaxed) != 0;
+        let mut logs = self.dirty.lock();
+        let l = logs.iter_mut().find(|l| Some(l.id) == id).ok_or(ENOENT)?;
+        let mut snap = KVVec::from_elem(0u64, l.bits.len(), GFP_KERNEL)?;
+        for (s, w) in snap.iter_mut().zip(l.bits.iter_mut()) {
+            *s = if manual { *w } else { core::mem::take(w) };
+        }
+        let base = l.base_gfn;
+        drop(logs);
+        if !manual {
+            self.write_protect_dirty(base, &snap);
+        }
         // SAFETY: reads the union's pointer member, a plain integer for any bytes.
         let ptr = unsafe { d.__bindgen_anon_1.padding2 };
-        // A 32-bit caller's bitmap pointer is the union's low half (compat_ptr()).
-        let ptr = if compat {
-            ptr & u64::from(u32::MAX)
-        } else {
-            ptr
-        } as usize;
-        user::write_array(ptr, &snap)?;
+        user::write_array(user_bitmap(ptr, compat), &snap)?;
+        Ok(0)
+    }
+
+    /// KVM_CLEAR_DIRTY_LOG (kvm_clear_dirty_log_protect()): clears the bits
+    /// userspace passes for pages [first_page, first_page + num_pages) of the
+    /// slot's log, 64-page aligned (a shorter tail only at the slot's end), and
+    /// write-protects the pages whose bit was set, so their next write logs
+    /// them again.
+    fn kvm_vm_ioctl_clear_dirty_log(&self, arg: usize, compat: bool) -> Result<isize> {
+        let c: uapi::kvm_clear_dirty_log = user::read(arg)?;
+        let id = Self::dirty_log_id(c.slot)?;
+        if c.first_page % 64 != 0 {
+            return Err(EINVAL);
+        }
+        // Held throughout, as upstream holds slots_lock: the slot cannot change.
+        let _slots = self.slots.lock();
+        let npages = {
+            let logs = self.dirty.lock();
+            logs.iter().find(|l| Some(l.id) == id).ok_or(ENOENT)?.npages
+        };
+        let num = u64::from(c.num_pages);
+        let left = npages.checked_sub(c.first_page).ok_or(EINVAL)?;
+        if num > left || (num < left && num % 64 != 0) {
+            return Err(EINVAL);
+        }
+        let n = num.div_ceil(64) as usize;
+        let mut mask = KVVec::from_elem(0u64, n, GFP_KERNEL)?;
+        // SAFETY: reads the union's pointer member, a plain integer for any bytes.
+        let ptr = unsafe { c.__bindgen_anon_1.padding2 };
+        user::read_into(user_bitmap(ptr, compat), &mut mask)?;
+        let first = (c.first_page / 64) as usize;
+        let mut logs = self.dirty.lock();
+        let l = logs.iter_mut().find(|l| Some(l.id) == id).ok_or(ENOENT)?;
+        for (i, m) in mask.iter_mut().enumerate() {
+            // Only the bits that really were set get their pages protected.
+            match l.bits.get_mut(first + i) {
+                Some(w) => {
+                    *m &= *w;
+                    *w &= !*m;
+                }
+                None => *m = 0,
+            }
+        }
+        let base = l.base_gfn + c.first_page;
+        drop(logs);
+        self.write_protect_dirty(base, &mask);
         Ok(0)
     }
 
@@ -393,6 +495,16 @@ impl<A: KvmArch> PinnedDrop for Vm<A> {
         }
         A::kvm_arch_destroy_vm(&self);
     }
+}
+
+/// A kvm_(clear_)dirty_log bitmap pointer: a 32-bit caller's is the union's
+/// low half (compat_ptr()).
+fn user_bitmap(ptr: u64, compat: bool) -> usize {
+    (if compat {
+        ptr & u64::from(u32::MAX)
+    } else {
+        ptr
+    }) as usize
 }
 
 fn notifier_vm<'a, A: KvmArch>(vm: *mut c_void) -> &'a Vm<A> {
@@ -440,19 +552,22 @@ pub(crate) fn kvm_vm_ioctl<A: KvmArch>(vm: *mut c_void, cmd: u32, arg: usize) ->
     user::ioctl_ret(file_vm::<A>(vm).kvm_vm_ioctl(cmd, arg))
 }
 
-/// `compat_ioctl` of a VM fd (kvm_vm_compat_ioctl()): KVM_GET_DIRTY_LOG carries a
-/// 32-bit pointer; every other VM ioctl kvm-rs has is laid out alike for 32-bit
-/// callers. (Upstream also converts KVM_CLEAR_DIRTY_LOG and x86's MSR filter,
-/// which kvm-rs does not implement for any caller.)
+/// `compat_ioctl` of a VM fd (kvm_vm_compat_ioctl()): KVM_GET_DIRTY_LOG and
+/// KVM_CLEAR_DIRTY_LOG carry a 32-bit pointer; every other VM ioctl kvm-rs has
+/// is laid out alike for 32-bit callers. (Upstream also converts x86's MSR
+/// filter for 32-bit callers, which kvm-rs does not yet.)
 pub(crate) fn kvm_vm_compat_ioctl<A: KvmArch>(vm: *mut c_void, cmd: u32, arg: usize) -> c_long {
-    if cmd != ioctl::KVM_GET_DIRTY_LOG {
-        return kvm_vm_ioctl::<A>(vm, cmd, arg);
-    }
-    let vm = file_vm::<A>(vm);
-    user::ioctl_ret(
-        vm.check_owner()
-            .and_then(|()| vm.kvm_vm_ioctl_get_dirty_log(arg, true)),
-    )
+    let vm = match cmd {
+        ioctl::KVM_GET_DIRTY_LOG | ioctl::KVM_CLEAR_DIRTY_LOG => file_vm::<A>(vm),
+        _ => return kvm_vm_ioctl::<A>(vm, cmd, arg),
+    };
+    user::ioctl_ret(vm.check_owner().and_then(|()| {
+        if cmd == ioctl::KVM_GET_DIRTY_LOG {
+            vm.kvm_vm_ioctl_get_dirty_log(arg, true)
+        } else {
+            vm.kvm_vm_ioctl_clear_dirty_log(arg, true)
+        }
+    }))
 }
 
 /// `release` of a VM fd (kvm_vm_release()): the irqfds go (kvm_irqfd_release()),

@@ -68,6 +68,11 @@ pub const GUEST_MEMFD_FLAG_MMAP: u64 = 1 << 0;
 pub const GUEST_MEMFD_FLAG_INIT_SHARED: u64 = 1 << 1;
 /// kvm_gmem_get_supported_flags() for a VM without private memory.
 pub const GUEST_MEMFD_SUPPORTED_FLAGS: u64 = GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED;
+/// KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE and KVM_DIRTY_LOG_INITIALLY_SET, x86's
+/// KVM_DIRTY_LOG_MANUAL_CAPS (what KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 reports).
+pub const DIRTY_LOG_MANUAL_PROTECT_ENABLE: u64 = 1 << 0;
+pub const DIRTY_LOG_INITIALLY_SET: u64 = 1 << 1;
+pub const DIRTY_LOG_MANUAL_CAPS: u64 = DIRTY_LOG_MANUAL_PROTECT_ENABLE | DIRTY_LOG_INITIALLY_SET;
 /// `KVM_USER_MEM_SLOTS` on x86.
 pub const USER_MEM_SLOTS: u32 = 32764;
 
@@ -107,6 +112,8 @@ pub fn check_extension(host: &Host, cap: u64) -> i32 {
         // memory, so its guest_memfd can be mmap'ed and starts shared
         // (kvm_gmem_get_supported_flags()).
         uapi::KVM_CAP_GUEST_MEMFD_FLAGS if host.vcpus => GUEST_MEMFD_SUPPORTED_FLAGS as i32,
+        // KVM_GET_DIRTY_LOG without clearing, KVM_CLEAR_DIRTY_LOG (vm.rs).
+        uapi::KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 if host.vcpus => DIRTY_LOG_MANUAL_CAPS as i32,
         // KVM_GET/SET_TSC_KHZ, the binary stats fds, KVM_ENABLE_CAP on the VM,
         // MP states with the in-kernel LAPIC, KVM_SET_NR_MMU_PAGES, the SVM no-ops
         // KVM_SET_TSS_ADDR / KVM_SET_IDENTITY_MAP_ADDR (vm.rs, vcpu.rs, stats.rs).

@@ -66,6 +66,7 @@ pub const KVM_CREATE_VCPU: u32 = io(0x41);
 pub const KVM_SET_USER_MEMORY_REGION: u32 = iow::<uapi::kvm_userspace_memory_region>(0x46);
 pub const KVM_SET_USER_MEMORY_REGION2: u32 = iow::<uapi::kvm_userspace_memory_region2>(0x49);
 pub const KVM_GET_DIRTY_LOG: u32 = iow::<uapi::kvm_dirty_log>(0x42);
+pub const KVM_CLEAR_DIRTY_LOG: u32 = iowr::<uapi::kvm_clear_dirty_log>(0xc0);
 pub const KVM_SET_NR_MMU_PAGES: u32 = io(0x44);
 pub const KVM_SET_TSS_ADDR: u32 = io(0x47);
 pub const KVM_SET_IDENTITY_MAP_ADDR: u32 = iow::<u64>(0x48);

@@ -1013,8 +1013,13 @@ pub fn linear_address(mode: Mode, seg: u8, seg_base: u64, ea: u64) -> u64 {
 
 /// A linear address is canonical for 48-bit (or 57-bit with LA57) virtual addresses.
 pub fn is_canonical(la: u64, la57: bool) -> bool {
+    canonical_address(la, la57) == la
+}
+
+/// `__canonical_address()`: `la` sign-extended from bit 47 (or 56 with LA57).
+pub fn canonical_address(la: u64, la57: bool) -> u64 {
     let shift = if la57 { 7 } else { 16 };
-    (((la << shift) as i64) >> shift) as u64 == la
+    (((la << shift) as i64) >> shift) as u64
 }
 
 /// Segment descriptor facts for [`segment_ok`].

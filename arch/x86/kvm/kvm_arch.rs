@@ -329,6 +329,17 @@ impl KvmArch for X86 {
         }
     }
 
+    fn write_protect_gfn_range(vm: &Vm, start: u64, end: u64) {
+        if vm.arch.mmu.lock().write_protect_range(start, end) {
+            vm.kvm_flush_remote_tlbs();
+        }
+    }
+
+    fn kvm_mmu_max_gfn() -> u64 {
+        // The host's MAXPHYADDR, not the guest's: NPT/EPT cannot map beyond it.
+        (1u64 << (super::mmu::kvm_get_host_maxphyaddr() - 12)) - 1
+    }
+
     fn write_protect_gfns(vm: &Vm, gfns: Gfns<'_>) {
         let mut mmu = vm.arch.mmu.lock();
         let mut any = false;
@@ -558,6 +569,9 @@ fn kvm_arch_vm_ioctl(vm: &Arc<Vm>, cmd: u32, arg: usize) -> Result<isize> {
             Ok(0)
         }
         ioctl::KVM_SET_GSI_ROUTING => {
+            // The header is copied first: an unreadable one is -EFAULT even
+            // without an irqchip.
+            crate::user::Fam::<crate::user::IrqRouting>::read_header(arg)?;
             let mut chip = vm.arch.irqchip.lock();
             // kvm_arch_can_set_irq_routing(): only with an in-kernel irqchip.
             let chip = (*chip).as_mut().ok_or(EINVAL)?;

@@ -4,17 +4,21 @@
 //! and KVM_X86_SET_MCE, which fills the machine-check banks behind them.
 
 use crate::abi::uapi;
-use crate::hw::cpuid::{KVM_FEATURE_CLOCKSOURCE, KVM_FEATURE_CLOCKSOURCE2, KVM_FEATURE_STEAL_TIME};
+use crate::hw::cpuid::{
+    KVM_FEATURE_CLOCKSOURCE, KVM_FEATURE_CLOCKSOURCE2, KVM_FEATURE_STEAL_TIME, L7_ECX_LA57,
+};
+use crate::hw::emulate::{canonical_address, is_canonical};
 use crate::hw::mce::{Injection, McEffect, Mce, MSR_IA32_MCG_CTL, MSR_IA32_MCG_STATUS};
 use crate::hw::msr_filter::{self, Range};
 use crate::hw::msr_index::{
     hwcr_write, misc_enable_write, misc_features_enables_valid, EFER_LMA, FEATURE_MSRS,
-    HWCR_MCSTATUSWREN, MISC_FEATURES_ENABLES_CPUID_FAULT, MSR_CSTAR, MSR_EFER, MSR_IA32_APICBASE,
-    MSR_IA32_ARCH_CAPABILITIES, MSR_IA32_CR_PAT, MSR_IA32_MISC_ENABLE, MSR_IA32_PERF_CAPABILITIES,
-    MSR_IA32_POWER_CTL, MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_EIP, MSR_IA32_SYSENTER_ESP,
-    MSR_IA32_TSC, MSR_IA32_TSC_ADJUST, MSR_IA32_TSC_DEADLINE, MSR_IA32_UCODE_REV, MSR_K7_HWCR,
-    MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_MISC_FEATURES_ENABLES, MSR_PLATFORM_INFO, MSR_STAR,
-    MSR_SYSCALL_MASK, PLATFORM_INFO_CPUID_FAULT,
+    HWCR_MCSTATUSWREN, MISC_FEATURES_ENABLES_CPUID_FAULT, MSR_CSTAR, MSR_EFER, MSR_FS_BASE,
+    MSR_GS_BASE, MSR_IA32_APICBASE, MSR_IA32_ARCH_CAPABILITIES, MSR_IA32_CR_PAT,
+    MSR_IA32_MISC_ENABLE, MSR_IA32_PERF_CAPABILITIES, MSR_IA32_POWER_CTL, MSR_IA32_SYSENTER_CS,
+    MSR_IA32_SYSENTER_EIP, MSR_IA32_SYSENTER_ESP, MSR_IA32_TSC, MSR_IA32_TSC_ADJUST,
+    MSR_IA32_TSC_DEADLINE, MSR_IA32_UCODE_REV, MSR_K7_HWCR, MSR_KERNEL_GS_BASE, MSR_LSTAR,
+    MSR_MISC_FEATURES_ENABLES, MSR_PLATFORM_INFO, MSR_STAR, MSR_SYSCALL_MASK,
+    PLATFORM_INFO_CPUID_FAULT,
 };
 use crate::hw::mtrr::{kvm_pat_valid, Mtrr};
 use crate::hw::processor_flags::X86_CR4_MCE;
@@ -399,6 +403,20 @@ impl Vcpu {
         v: u64,
         host: bool,
     ) -> bool {
+        // __kvm_set_msr(): MSRs holding linear addresses take only canonical
+        // ones (for the widest virtual address the host offers, whatever
+        // CR4.LA57 says); SYSENTER_EIP/ESP are made canonical instead, as AMD
+        // ignores their upper half.
+        let la57 = super::regs::host_cpuid(7, 0)[2] & L7_ECX_LA57 != 0;
+        let v = match index {
+            MSR_FS_BASE | MSR_GS_BASE | MSR_KERNEL_GS_BASE | MSR_CSTAR | MSR_LSTAR
+                if !is_canonical(v, la57) =>
+            {
+                return false;
+            }
+            MSR_IA32_SYSENTER_EIP | MSR_IA32_SYSENTER_ESP => canonical_address(v, la57),
+            _ => v,
+        };
         match index {
             MSR_IA32_MISC_ENABLE => {
                 let mwait_in_cpuid =

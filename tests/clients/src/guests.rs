@@ -1010,6 +1010,156 @@ fn dirty_log_case(t: &mut Report, kvm: RawFd) -> Result<(), String> {
         r == Err(libc::EINVAL),
         format!("{r:x?}"),
     );
+    // A 256 GiB logged slot (an 8 MiB bitmap, vmalloc'ed upstream) is a valid
+    // request: accepted, its log read and the slot deleted, with no warning from
+    // the page allocator (fuzzer finding, issue 15).
+    const BIG: u64 = 256 << 30;
+    let big = Mem::new(BIG as usize)?;
+    let mut region = kvm_userspace_memory_region {
+        slot: 2,
+        flags: KVM_MEM_LOG_DIRTY_PAGES,
+        guest_phys_addr: 64 << 30,
+        memory_size: BIG,
+        userspace_addr: big.addr(),
+    };
+    let r = ioctl_ref(g.vm, KVM_SET_USER_MEMORY_REGION, &mut region);
+    t.expect("dirty-log: a 256 GiB logged slot", r, Ok(0));
+    let mut bits = vec![u64::MAX; (BIG / PAGE / 64) as usize];
+    let mut d = uapi::kvm_dirty_log {
+        slot: 2,
+        ..Default::default()
+    };
+    d.__bindgen_anon_1.padding2 = bits.as_mut_ptr() as u64;
+    let r = ioctl_ref(g.vm, KVM_GET_DIRTY_LOG, &mut d);
+    t.check(
+        "dirty-log: its 8 MiB log, all clean",
+        r == Ok(0) && bits.iter().all(|&w| w == 0),
+        format!("{r:?}"),
+    );
+    region.memory_size = 0;
+    let r = ioctl_ref(g.vm, KVM_SET_USER_MEMORY_REGION, &mut region);
+    t.expect("dirty-log: delete it", r, Ok(0));
+    Ok(())
+}
+
+/// KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 with INITIALLY_SET: a slot starts logging
+/// with every page dirty, KVM_GET_DIRTY_LOG no longer clears the log,
+/// KVM_CLEAR_DIRTY_LOG does (64-page aligned) and write-protects what it cleared
+/// so the next guest write is logged again (kvm_clear_dirty_log_protect()).
+fn dirty_log_manual(t: &mut Report, kvm: RawFd) -> Result<(), String> {
+    const KVM_CHECK_EXTENSION: u32 = io(0x03);
+    const KVM_CLEAR_DIRTY_LOG: u32 = iowr::<uapi::kvm_clear_dirty_log>(0xc0);
+    let cap = uapi::KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2;
+    let r = ioctl(kvm, KVM_CHECK_EXTENSION, cap.into());
+    t.expect("dirty-manual: ENABLE | INITIALLY_SET offered", r, Ok(3));
+    let g = Guest::new(kvm)?;
+    let e = enable_cap(g.vm, cap, 2, 0);
+    t.expect(
+        "dirty-manual: INITIALLY_SET without ENABLE",
+        e,
+        Err(libc::EINVAL),
+    );
+    let e = enable_cap(g.vm, cap, 1, 1);
+    t.expect("dirty-manual: flags", e, Err(libc::EINVAL));
+    let e = enable_cap(g.vm, cap, 4 | 1, 0);
+    t.expect("dirty-manual: an unknown option", e, Err(libc::EINVAL));
+    t.expect(
+        "dirty-manual: enable both",
+        enable_cap(g.vm, cap, 3, 0),
+        Ok(0),
+    );
+    let logged = Mem::new(16 * PAGE as usize)?;
+    let mut region = kvm_userspace_memory_region {
+        slot: 1,
+        flags: KVM_MEM_LOG_DIRTY_PAGES,
+        guest_phys_addr: 0x20_0000,
+        memory_size: 16 * PAGE,
+        userspace_addr: logged.addr(),
+    };
+    sys(
+        "KVM_SET_USER_MEMORY_REGION (logged)",
+        ioctl_ref(g.vm, KVM_SET_USER_MEMORY_REGION, &mut region),
+    )?;
+    let all = (1u64 << 16) - 1;
+    let d = dirty_log(g.vm, 1);
+    t.check(
+        "dirty-manual: every page starts dirty",
+        d == Ok(all),
+        format!("{d:x?}"),
+    );
+    let d = dirty_log(g.vm, 1);
+    t.check(
+        "dirty-manual: GET does not clear",
+        d == Ok(all),
+        format!("{d:x?}"),
+    );
+    let clear = |slot: u32, first: u64, num: u32, mut mask: u64| {
+        let mut c = uapi::kvm_clear_dirty_log {
+            slot,
+            num_pages: num,
+            first_page: first,
+            ..Default::default()
+        };
+        c.__bindgen_anon_1.padding2 = ptr::addr_of_mut!(mask) as u64;
+        ioctl_ref(g.vm, KVM_CLEAR_DIRTY_LOG, &mut c)
+    };
+    for (what, slot, first, num, want) in [
+        ("an unaligned first page", 1, 1, 15, libc::EINVAL),
+        ("past the slot's end", 1, 0, 17, libc::EINVAL),
+        ("a first page past the slot", 1, 64, 0, libc::EINVAL),
+        ("a slot without a log", 0, 0, 16, libc::ENOENT),
+        ("address space 2", 2 << 16 | 1, 0, 16, libc::EINVAL),
+    ] {
+        let r = clear(slot, first, num, all);
+        t.expect(&format!("dirty-manual: CLEAR with {what}"), r, Err(want));
+    }
+    t.expect("dirty-manual: CLEAR pages 0-3", clear(1, 0, 16, 0xf), Ok(0));
+    let d = dirty_log(g.vm, 1);
+    t.check(
+        "dirty-manual: only those cleared",
+        d == Ok(all & !0xf),
+        format!("{d:x?}"),
+    );
+    t.expect("dirty-manual: CLEAR all", clear(1, 0, 16, all), Ok(0));
+    g.mem.write(
+        0x1000,
+        &[
+            0xc6, 0x05, 0x00, 0x20, 0x20, 0x00, 0x22, // mov byte [0x202000], 0x22
+            0xe6, 0x10, // out 0x10, al
+            0xc6, 0x05, 0x00, 0x20, 0x20, 0x00, 0x33, // mov byte [0x202000], 0x33
+            0xe6, 0x11, // out 0x11, al
+            0xf4, // hlt
+        ],
+    );
+    g.flat32(0x1000)?;
+    t.exit(
+        "dirty-manual: a write to page 2",
+        &g.step(),
+        &out(0x10, 1, 1, &[0]),
+    );
+    let d = dirty_log(g.vm, 1);
+    t.check(
+        "dirty-manual: page 2 is logged",
+        d == Ok(1 << 2),
+        format!("{d:x?}"),
+    );
+    t.expect("dirty-manual: CLEAR page 2", clear(1, 0, 16, 1 << 2), Ok(0));
+    t.exit(
+        "dirty-manual: page 2 written again",
+        &g.step(),
+        &out(0x11, 1, 1, &[0]),
+    );
+    let d = dirty_log(g.vm, 1);
+    t.check(
+        "dirty-manual: CLEAR write-protected it: logged again",
+        d == Ok(1 << 2),
+        format!("{d:x?}"),
+    );
+    t.check(
+        "dirty-manual: the write reached memory",
+        logged.read(0x2000, 1) == [0x33],
+        "",
+    );
     Ok(())
 }
 
@@ -1310,7 +1460,26 @@ fn bad_args(t: &mut Report, kvm: RawFd) -> Result<(), String> {
             set(1, size, size, hva),
             Ok(0),
         );
+        t.expect(
+            "bad-args: memslot 1 over exactly memslot 0's range",
+            set(1, 0, size, hva),
+            Err(libc::EEXIST),
+        );
+        // kvm_arch_prepare_memory_region(): past the host's MAXPHYADDR (52 at most).
+        t.expect(
+            "bad-args: memslot 1 beyond MAXPHYADDR",
+            set(1, 1 << 52, PAGE, hva),
+            Err(libc::EINVAL),
+        );
         t.expect("bad-args: deleting memslot 1", set(1, size, 0, 0), Ok(0));
+        // The routing table's header is copied first: -EFAULT, even without an
+        // irqchip (which would be -EINVAL).
+        const KVM_SET_GSI_ROUTING: u32 = iow::<uapi::kvm_irq_routing>(0x6a);
+        t.expect(
+            "bad-args: SET_GSI_ROUTING(NULL) without an irqchip",
+            ioctl(vm, KVM_SET_GSI_ROUTING, 0),
+            Err(libc::EFAULT),
+        );
         t.expect(
             "bad-args: deleting memslot 1 twice",
             set(1, size, 0, 0),
@@ -1387,6 +1556,7 @@ fn bad_args(t: &mut Report, kvm: RawFd) -> Result<(), String> {
                 ioctl_ref(vcpu, KVM_SET_SREGS, &mut bad),
                 Err(libc::EINVAL),
             );
+            bad_args_msrs(t, vcpu);
             bad_args_vcpu_caps(t, vcpu);
             close(vcpu);
         }
@@ -1394,6 +1564,45 @@ fn bad_args(t: &mut Report, kvm: RawFd) -> Result<(), String> {
         close(vm);
     }
     real_io(t, kvm, "bad-args: afterwards real-io")
+}
+
+/// __kvm_set_msr(): linear-address MSRs refuse non-canonical values (KVM_SET_MSRS
+/// stops there); SYSENTER_EIP is made canonical instead (AMD ignores its upper
+/// half).
+fn bad_args_msrs(t: &mut Report, vcpu: RawFd) {
+    const MSR_FS_BASE: u32 = 0xc000_0100;
+    const MSR_LSTAR: u32 = 0xc000_0082;
+    const MSR_IA32_SYSENTER_EIP: u32 = 0x176;
+    let msr = |cmd: u32, index: u32, data: u64| {
+        let mut m = Msrs1 {
+            nmsrs: 1,
+            ..Default::default()
+        };
+        m.entry.index = index;
+        m.entry.data = data;
+        (ioctl_ref(vcpu, cmd, &mut m), m.entry.data)
+    };
+    let bad = 0x8000_0000_0000_0000;
+    for (name, index) in [("FS_BASE", MSR_FS_BASE), ("LSTAR", MSR_LSTAR)] {
+        let (r, _) = msr(KVM_SET_MSRS, index, bad);
+        t.expect(
+            &format!("bad-args: SET_MSRS of a non-canonical {name}"),
+            r,
+            Ok(0),
+        );
+    }
+    let (r, _) = msr(KVM_SET_MSRS, MSR_IA32_SYSENTER_EIP, bad | 0x1234);
+    t.expect(
+        "bad-args: SET_MSRS of a non-canonical SYSENTER_EIP",
+        r,
+        Ok(1),
+    );
+    let (r, v) = msr(KVM_GET_MSRS, MSR_IA32_SYSENTER_EIP, 0);
+    t.check(
+        "bad-args: which reads back canonical",
+        r == Ok(1) && v == 0x1234,
+        format!("{r:?} {v:#x}"),
+    );
 }
 
 const KVM_ENABLE_CAP: u32 = iow::<uapi::kvm_enable_cap>(0xa3);
@@ -1641,7 +1850,7 @@ fn immediate_exit(t: &mut Report, kvm: RawFd) -> Result<(), String> {
 type Case = fn(&mut Report, RawFd) -> Result<(), String>;
 
 fn main() {
-    let cases: [(&str, Case); 30] = [
+    let cases: [(&str, Case); 31] = [
         ("real-io", |t, kvm| real_io(t, kvm, "real-io")),
         ("real-string-io", real_string_io),
         ("pm32", pm32),
@@ -1652,6 +1861,7 @@ fn main() {
         ("immediate-exit", immediate_exit),
         ("lapic-timer", lapic_timer),
         ("dirty-log", dirty_log_case),
+        ("dirty-manual", dirty_log_manual),
         ("remap", remap),
         ("xstate", xstate::xstate),
         ("sregs2", xstate::sregs2_case),

@@ -226,6 +226,18 @@ impl Vcpu {
     }
 }
 
+/// kvm_get_host_maxphyaddr(): CPUID's raw MAXPHYADDR (the kernel's
+/// x86_phys_bits is reduced by SME/MKTME key bits, which are not reserved to the
+/// CPU); 36, the architectural default, without leaf 0x80000008.
+pub(crate) fn kvm_get_host_maxphyaddr() -> u32 {
+    const LEAF_PHYS_BITS: u32 = 0x8000_0008;
+    const DEFAULT_PHYS_BITS: u32 = 36;
+    if super::regs::host_cpuid(0x8000_0000, 0)[0] < LEAF_PHYS_BITS {
+        return DEFAULT_PHYS_BITS;
+    }
+    (super::regs::host_cpuid(LEAF_PHYS_BITS, 0)[0] & 0xff).clamp(32, 52)
+}
+
 impl Vcpu {
     /// kvm_mmu_reload() → kvm_mmu_load(): points the vCPU at its MMU root and
     /// hands it to the vendor (load_mmu_pgd). The TDP root is shared by the VM's

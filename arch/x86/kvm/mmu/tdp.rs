@@ -132,6 +132,21 @@ impl Mmu {
         false
     }
 
+    /// Makes guest writes to every mapped page in [start, end) fault again
+    /// (a slot starts dirty logging); true if any was writable. Walks only the
+    /// tables that exist, so a huge, mostly unmapped slot costs little.
+    pub(crate) fn write_protect_range(&mut self, start: u64, end: u64) -> bool {
+        let (mut any, m) = (false, self.masks);
+        walk(&m, self.root_pa(), self.levels, 0, start, end, &mut |e| {
+            let v = e.load(Acquire);
+            if m.is_present(v) && m.is_writable(v) {
+                e.store(m.write_protect(v), Release);
+                any = true;
+            }
+        });
+        any
+    }
+
     /// Maps `gfn` to the host page `hpa` the caller holds (`page`: how).
     /// Returns `false` if `gfn` was already mapped (another vCPU won the race):
     /// the caller releases its hold.
