@@ -79,8 +79,7 @@ impl<A: KvmArch> Vm<A> {
         }
         let owner = KBox::new(GmemFile { vm: self.clone() }, GFP_KERNEL)?;
         let raw = KBox::into_raw(owner);
-        // SAFETY: on success the file owns `raw` and hands it back once to
-        // kvm_rs_gmem_release().
+        // SAFETY: on success the file owns `raw` and hands it back once to kvm_rs_gmem_release().
         let fd = unsafe { glue::kvm_glue_gmem_create(raw.cast(), args.size, args.flags) };
         if fd < 0 {
             // SAFETY: no file was created, so `raw` is still ours.
@@ -97,15 +96,15 @@ impl<A: KvmArch> Vm<A> {
         let mut file = core::ptr::null_mut();
         let mut owner = core::ptr::null_mut();
         let (mut size, mut flags) = (0u64, 0u64);
+        let (f, o) = (&mut file, &mut owner);
         // SAFETY: plain out-parameters; on success we hold a file reference.
-        let r =
-            unsafe { glue::kvm_glue_gmem_fget(fd, &mut file, &mut owner, &mut size, &mut flags) };
+        let r = unsafe { glue::kvm_glue_gmem_fget(fd, f, o, &mut size, &mut flags) };
         if r != 0 {
             return Err(Error::from_errno(r));
         }
         let r = self.gmem_bind_file(slot, file, owner, size, flags, offset);
-        // SAFETY: the reference fget() took; the binding keeps none (the file pins
-        // the VM, not the other way round).
+        // The binding keeps no reference: the file pins the VM, not the other way round.
+        // SAFETY: the reference fget() took, put once.
         unsafe { glue::kvm_glue_fput(file) };
         r
     }
@@ -119,8 +118,7 @@ impl<A: KvmArch> Vm<A> {
         flags: u64,
         offset: u64,
     ) -> Result {
-        // SAFETY: the file is referenced (by our caller), so its owner, freed only
-        // at the file's release, is alive.
+        // SAFETY: our caller holds a file reference; the owner is freed only at the file's release.
         let of = unsafe { &*owner.cast_const().cast::<GmemFile<A>>() };
         if !core::ptr::eq(Arc::as_ptr(&of.vm), self) {
             return Err(EINVAL);
@@ -175,8 +173,7 @@ impl<A: KvmArch> Vm<A> {
             .ok_or(EFAULT)?
             + b.pgoff;
         let mut phys = 0;
-        // SAFETY: the binding is listed, so its file has not finished releasing
-        // and is alive while `bindings` is held.
+        // SAFETY: a listed binding's file has not finished releasing and stays alive while `bindings` is held.
         let r = unsafe { glue::kvm_glue_gmem_get_page(b.file.0.as_ptr(), index, &mut phys) };
         if r != 0 {
             return Err(Error::from_errno(r));

@@ -935,11 +935,8 @@ fn dirty_log(vm: RawFd, slot: u32) -> Result<u64, i32> {
     Ok(bits)
 }
 
-/// Dirty logging: a 16-page slot with KVM_MEM_LOG_DIRTY_PAGES; guest writes show
-/// up in KVM_GET_DIRTY_LOG, which clears the log and write-protects again, so
-/// a later write to the same page is logged again.
-fn dirty_log_case(t: &mut Report, kvm: RawFd) -> Result<(), String> {
-    let g = Guest::new(kvm)?;
+/// Slot 1: 16 dirty-logged pages at GPA 0x200000.
+fn logged_slot(g: &Guest) -> Result<Mem, String> {
     let logged = Mem::new(16 * PAGE as usize)?;
     let mut region = kvm_userspace_memory_region {
         slot: 1,
@@ -952,6 +949,15 @@ fn dirty_log_case(t: &mut Report, kvm: RawFd) -> Result<(), String> {
         "KVM_SET_USER_MEMORY_REGION (logged)",
         ioctl_ref(g.vm, KVM_SET_USER_MEMORY_REGION, &mut region),
     )?;
+    Ok(logged)
+}
+
+/// Dirty logging: a 16-page slot with KVM_MEM_LOG_DIRTY_PAGES; guest writes show
+/// up in KVM_GET_DIRTY_LOG, which clears the log and write-protects again, so
+/// a later write to the same page is logged again.
+fn dirty_log_case(t: &mut Report, kvm: RawFd) -> Result<(), String> {
+    let g = Guest::new(kvm)?;
+    let logged = logged_slot(&g)?;
     g.mem.write(
         0x1000,
         &[
@@ -1068,18 +1074,7 @@ fn dirty_log_manual(t: &mut Report, kvm: RawFd) -> Result<(), String> {
         enable_cap(g.vm, cap, 3, 0),
         Ok(0),
     );
-    let logged = Mem::new(16 * PAGE as usize)?;
-    let mut region = kvm_userspace_memory_region {
-        slot: 1,
-        flags: KVM_MEM_LOG_DIRTY_PAGES,
-        guest_phys_addr: 0x20_0000,
-        memory_size: 16 * PAGE,
-        userspace_addr: logged.addr(),
-    };
-    sys(
-        "KVM_SET_USER_MEMORY_REGION (logged)",
-        ioctl_ref(g.vm, KVM_SET_USER_MEMORY_REGION, &mut region),
-    )?;
+    let logged = logged_slot(&g)?;
     let all = (1u64 << 16) - 1;
     let d = dirty_log(g.vm, 1);
     t.check(
