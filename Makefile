@@ -6,6 +6,7 @@
 #   make check        the README's test command: host tests, lint, VM tests (CI runs this)
 #   make run          the main job: boot the test VM, load our modules, run a guest
 #   make selftests    KVM selftests in the TCG VM: TESTS="..." MODULES=ours|intree|both
+#   make bench        in-tree vs ours in one TCG boot, real time and -icount (out/bench/)
 #   make host-test    cargo test of the no_std logic (seconds, no VM)
 #   make lint         rustfmt --check, clippy (host crates and modules), C warnings
 #   make setup        install the host packages and tools (idempotent; run, check do it)
@@ -22,7 +23,7 @@ LLVM ?= 1
 KDIR_SH = $(if $(KDIR),$(KDIR),$$($(ROOT)/scripts/kernel.sh))
 KMAKE = $(ENV) kdir=$(KDIR_SH) && $(MAKE) -C $$kdir M=$(ROOT) LLVM=$(LLVM)
 
-.PHONY: all modules kernel check run selftests host-test lint clean setup clippy fmt-check
+.PHONY: all modules kernel check run selftests bench host-test lint clean setup clippy fmt-check
 
 all: modules
 
@@ -58,6 +59,9 @@ run: setup modules
 
 selftests: modules
 	@$(ENV) $(ROOT)/tests/selftests.sh $(if $(LIST),--list $(LIST)) $(if $(TESTS),--tests "$(TESTS)") --modules $(or $(MODULES),both)
+
+bench: setup modules
+	@$(ENV) $(ROOT)/scripts/bench.sh
 
 clean:
 	@$(KMAKE) clean

@@ -150,9 +150,18 @@ void kvm_glue_waiter_arm(void *w, unsigned long long ns);
 void kvm_glue_waiter_poke(void *w);
 /* Reads and clears the pending flag. */
 int kvm_glue_waiter_take(void *w);
+/* Reads and clears "the timer fired" (set before its poke). */
+int kvm_glue_waiter_take_fired(void *w);
 int kvm_glue_waiter_pending(void *w);
-/* Sleeps until poked or a signal is pending. */
-void kvm_glue_waiter_block(void *w);
+/* Sleeps until poked or a signal is pending; returns whether it slept. */
+int kvm_glue_waiter_block(void *w);
+/* Whether the vCPU has a reason to stop halting: poked, or a signal pending. */
+int kvm_glue_waiter_check_block(void *w);
+/* halt_poll_ns, halt_poll_ns_grow, halt_poll_ns_grow_start, halt_poll_ns_shrink. */
+void kvm_glue_halt_poll_params(unsigned int out[4]);
+/* Whether the CPU may keep polling (single_task_running() && !need_resched()). */
+int kvm_glue_can_poll(void);
+void kvm_glue_cpu_relax(void);
 unsigned long long kvm_glue_ktime_ns(void);
 unsigned long long kvm_glue_rdtsc(void);
 /* The kvmclock base: CLOCK_MONOTONIC_RAW plus the boot offset (upstream

@@ -34,6 +34,12 @@ lap runner-selftest
 
 stage "VM (QEMU TCG, AMD SVM): smoke, unload/reload x20, in-tree reference"
 tests/vm-check.sh qemu-amd | tee -a "$log"
+# make bench's report, from the tiny benchmark runs above: proves the pipeline.
+if /usr/bin/python3 scripts/bench-report.py --out out/bench-tiny tcg=out/vm-qemu-amd.log > out/bench-tiny.txt; then
+    echo "ok - bench report from the tiny run (out/bench-tiny/)" | tee -a "$log"
+else
+    echo "not ok - bench report from the tiny run" | tee -a "$log"
+fi
 lap qemu-amd
 
 stage "make run's job (one-vCPU guests): unmodified QEMU boots Linux to userspace, gdb, migration; ours, then in-tree"

@@ -35,6 +35,7 @@ pkgs=(
   build-essential bc bison flex libelf-dev libssl-dev dwarves cpio kmod xz-utils zstd rsync python3
   clang-19 lld-19 llvm-19 libclang-19-dev
   busybox-static e2fsprogs gdb
+  python3-matplotlib linux-perf
   bochs bochsbios vgabios bochs-term isolinux syslinux-common xorriso
 )
 missing=()

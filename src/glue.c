@@ -89,6 +89,35 @@ module_param_cb(enable_pmu, &fixed_bool_ops, &enable_pmu, 0444);
 static bool tdp_mmu;
 module_param_cb(tdp_mmu, &fixed_bool_ops, &tdp_mmu, 0444);
 
+/* Halt polling (kvm_vcpu_halt()): the bound and how a vCPU's window moves. */
+static unsigned int halt_poll_ns = 200000; /* KVM_HALT_POLL_NS_DEFAULT */
+module_param(halt_poll_ns, uint, 0644);
+static unsigned int halt_poll_ns_grow = 2;
+module_param(halt_poll_ns_grow, uint, 0644);
+static unsigned int halt_poll_ns_grow_start = 10000;
+module_param(halt_poll_ns_grow_start, uint, 0644);
+static unsigned int halt_poll_ns_shrink = 2;
+module_param(halt_poll_ns_shrink, uint, 0644);
+
+void kvm_glue_halt_poll_params(unsigned int out[4])
+{
+	out[0] = READ_ONCE(halt_poll_ns);
+	out[1] = READ_ONCE(halt_poll_ns_grow);
+	out[2] = READ_ONCE(halt_poll_ns_grow_start);
+	out[3] = READ_ONCE(halt_poll_ns_shrink);
+}
+
+/* kvm_vcpu_can_poll() without the deadline: nothing else wants this CPU. */
+int kvm_glue_can_poll(void)
+{
+	return single_task_running() && !need_resched();
+}
+
+void kvm_glue_cpu_relax(void)
+{
+	cpu_relax();
+}
+
 static long kvm_dev_fops_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
 {
 	return kvm_rs_dev_ioctl(cmd, arg);
@@ -647,6 +676,8 @@ struct kvm_glue_waiter {
 	struct hrtimer timer;
 	wait_queue_head_t wq;
 	atomic_t pending;
+	/* The timer fired since the vCPU last looked: only then is the clock read. */
+	atomic_t fired;
 	unsigned int guest_cpu;
 };
 
@@ -670,7 +701,10 @@ void kvm_glue_waiter_poke(void *p)
 
 static enum hrtimer_restart kvm_glue_waiter_fire(struct hrtimer *t)
 {
-	kvm_glue_waiter_poke(container_of(t, struct kvm_glue_waiter, timer));
+	struct kvm_glue_waiter *w = container_of(t, struct kvm_glue_waiter, timer);
+
+	atomic_set(&w->fired, 1);
+	kvm_glue_waiter_poke(w);
 	return HRTIMER_NORESTART;
 }
 
@@ -728,6 +762,13 @@ int kvm_glue_waiter_take(void *p)
 	return atomic_xchg(&w->pending, 0);
 }
 
+int kvm_glue_waiter_take_fired(void *p)
+{
+	struct kvm_glue_waiter *w = p;
+
+	return atomic_xchg(&w->fired, 0);
+}
+
 int kvm_glue_waiter_pending(void *p)
 {
 	struct kvm_glue_waiter *w = p;
@@ -735,11 +776,23 @@ int kvm_glue_waiter_pending(void *p)
 	return atomic_read(&w->pending);
 }
 
-void kvm_glue_waiter_block(void *p)
+int kvm_glue_waiter_block(void *p)
 {
 	struct kvm_glue_waiter *w = p;
 
+	/* kvm_vcpu_block()'s "waited": whether the task slept at all. */
+	if (atomic_read(&w->pending) || signal_pending(current))
+		return 0;
 	wait_event_interruptible(w->wq, atomic_read(&w->pending));
+	return 1;
+}
+
+/* kvm_vcpu_check_block() for a halted vCPU: poked, or a signal to handle. */
+int kvm_glue_waiter_check_block(void *p)
+{
+	struct kvm_glue_waiter *w = p;
+
+	return atomic_read(&w->pending) || signal_pending(current);
 }
 
 unsigned long long kvm_glue_ktime_ns(void)

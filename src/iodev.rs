@@ -9,9 +9,9 @@
 //! take a reference on the current table and call devices with no bus lock held,
 //! so a device may take its own locks; writers build a new table and swap it in.
 
-use kernel::new_mutex;
 use kernel::prelude::*;
 use kernel::sync::Arc;
+use kernel::{new_mutex, new_spinlock};
 
 use crate::io_bus::{self, Bus, BusError, IoRange};
 use crate::kvm_host::{KvmArch, KvmIoBus, KvmIoBuses, KvmIoDevice, Table, Vm};
@@ -32,7 +32,8 @@ impl<A: KvmArch> KvmIoBus<A> {
             GFP_KERNEL,
         )?;
         Ok(try_pin_init!(KvmIoBus {
-            table <- new_mutex!(empty, "kvm->buses"),
+            table <- new_spinlock!(empty, "kvm->buses"),
+            update <- new_mutex!((), "kvm->buses update"),
         }))
     }
 
@@ -43,7 +44,8 @@ impl<A: KvmArch> KvmIoBus<A> {
     /// kvm_io_bus_register_dev(): -ENOSPC when the bus is full.
     fn register(&self, addr: u64, len: u32, dev: Arc<dyn KvmIoDevice<A>>) -> Result {
         let range = IoRange { addr, len };
-        let mut cur = self.table.lock();
+        let _w = self.update.lock();
+        let cur = self.current();
         let i = io_bus::insert_index(&cur.ranges, &range).map_err(|e| match e {
             BusError::Full => ENOSPC,
         })?;
@@ -62,13 +64,21 @@ impl<A: KvmArch> KvmIoBus<A> {
             ranges.push(range, GFP_KERNEL)?;
             devs.push(dev, GFP_KERNEL)?;
         }
-        *cur = Arc::new(Table { ranges, devs }, GFP_KERNEL)?;
+        self.swap(Table { ranges, devs })
+    }
+
+    /// Publishes `t`; the old table goes (maybe freeing devices) with no lock held.
+    fn swap(&self, t: Table<A>) -> Result {
+        let new = Arc::new(t, GFP_KERNEL)?;
+        let old = core::mem::replace(&mut *self.table.lock(), new);
+        drop(old);
         Ok(())
     }
 
     /// kvm_io_bus_unregister_dev(): every range of `dev` leaves the bus.
     fn unregister(&self, dev: &Arc<dyn KvmIoDevice<A>>) -> Result {
-        let mut cur = self.table.lock();
+        let _w = self.update.lock();
+        let cur = self.current();
         let mut ranges = KVec::with_capacity(cur.ranges.len(), GFP_KERNEL)?;
         let mut devs = KVec::with_capacity(cur.ranges.len(), GFP_KERNEL)?;
         for (r, d) in cur.ranges.iter().zip(cur.devs.iter()) {
@@ -77,8 +87,7 @@ impl<A: KvmArch> KvmIoBus<A> {
                 devs.push(d.clone(), GFP_KERNEL)?;
             }
         }
-        *cur = Arc::new(Table { ranges, devs }, GFP_KERNEL)?;
-        Ok(())
+        self.swap(Table { ranges, devs })
     }
 }
 

@@ -6,7 +6,7 @@
 //! and vcpu.rs. The generic files are written against [`KvmArch`] and never name
 //! x86 code; kvm_main.rs instantiates them with `arch::kvm_arch::X86`.
 
-use core::sync::atomic::{AtomicPtr, AtomicU64};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64};
 use kernel::ffi::c_void;
 use kernel::prelude::*;
 use kernel::sync::{Arc, Mutex, SpinLock};
@@ -178,6 +178,10 @@ pub(crate) struct Vm<A: KvmArch> {
     /// MMU-notifier invalidations in progress: faults retry until none is
     /// (upstream mmu_invalidate_in_progress).
     pub(crate) invalidations: AtomicU64,
+    /// KVM_CAP_HALT_POLL: this VM's bound on halt polling, in place of the
+    /// module parameter once set (kvm->max_halt_poll_ns, override_halt_poll_ns).
+    pub(crate) max_halt_poll_ns: AtomicU32,
+    pub(crate) override_halt_poll_ns: AtomicBool,
     /// KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2's flags (kvm->manual_dirty_log_protect):
     /// KVM_GET_DIRTY_LOG leaves the log to KVM_CLEAR_DIRTY_LOG, and with
     /// INITIALLY_SET a slot starts logging with every page dirty.
@@ -232,7 +236,6 @@ pub(crate) struct DirtyLog {
     pub(crate) bits: KVVec<u64>,
 }
 
-/// A vCPU's glue waiter (see kvm_glue_waiter_* in the glue header).
 /// A vCPU's glue waiter (see kvm_glue_waiter_* in the glue header): where it sleeps
 /// when halted, what others poke, and which CPU it is in guest mode on.
 pub(crate) struct Waiter(*mut c_void);
@@ -265,15 +268,28 @@ impl Waiter {
         unsafe { glue::kvm_glue_waiter_take(self.0) != 0 }
     }
 
+    /// Reads and clears "the timer fired", which its poke follows.
+    pub(crate) fn take_fired(&self) -> bool {
+        // SAFETY: a live waiter.
+        unsafe { glue::kvm_glue_waiter_take_fired(self.0) != 0 }
+    }
+
     pub(crate) fn pending(&self) -> bool {
         // SAFETY: a live waiter.
         unsafe { glue::kvm_glue_waiter_pending(self.0) != 0 }
     }
 
-    /// Sleeps until poked, the timer fires or a signal is pending.
-    pub(crate) fn block(&self) {
+    /// Sleeps until poked, the timer fires or a signal is pending; whether it
+    /// slept (kvm_vcpu_block()'s "waited").
+    pub(crate) fn block(&self) -> bool {
         // SAFETY: a live waiter, called by the vCPU's own thread.
-        unsafe { glue::kvm_glue_waiter_block(self.0) }
+        unsafe { glue::kvm_glue_waiter_block(self.0) != 0 }
+    }
+
+    /// Whether a halted vCPU would not sleep now (kvm_vcpu_check_block() < 0).
+    pub(crate) fn check_block(&self) -> bool {
+        // SAFETY: a live waiter, called by the vCPU's own thread.
+        unsafe { glue::kvm_glue_waiter_check_block(self.0) != 0 }
     }
 
     /// Arms the timer for absolute CLOCK_MONOTONIC `ns` (0 cancels it).
@@ -335,6 +351,9 @@ pub(crate) struct Vcpu<A: KvmArch> {
     pub(crate) waiter: Waiter,
     pub(crate) preempt_notifier: PreemptNotifier,
     pub(crate) stats: Counters<{ stats::vcpu::DESCS.len() }>,
+    /// vcpu->halt_poll_ns: how long the vCPU polls when it next halts (only its
+    /// own thread changes it).
+    pub(crate) halt_poll_ns: AtomicU32,
     /// What other threads reach without the vCPU mutex.
     #[pin]
     pub(crate) arch: A::VcpuShared,
@@ -371,9 +390,14 @@ pub(crate) struct Table<A: KvmArch> {
 /// One bus (upstream struct kvm_io_bus).
 #[pin_data]
 pub(crate) struct KvmIoBus<A: KvmArch> {
-    /// The current table; held only to take a reference or to swap.
+    /// The current table; held only to take a reference or to swap, so a
+    /// spinlock: every in-kernel PIO and MMIO access takes it (upstream reads
+    /// the pointer under SRCU, with no lock at all).
     #[pin]
-    pub(crate) table: Mutex<Arc<Table<A>>>,
+    pub(crate) table: SpinLock<Arc<Table<A>>>,
+    /// Serializes writers, which allocate the new table (they may sleep).
+    #[pin]
+    pub(crate) update: Mutex<()>,
 }
 
 /// The buses of a VM (upstream kvm->buses).

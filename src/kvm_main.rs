@@ -35,6 +35,9 @@ mod abi;
 #[path = "virt/coalesced_mmio.rs"]
 mod coalesced;
 #[allow(unreachable_pub, dead_code)]
+#[path = "virt/halt_poll.rs"]
+mod halt_poll;
+#[allow(unreachable_pub, dead_code)]
 #[path = "../arch/x86/hw/mod.rs"]
 mod hw;
 #[allow(unreachable_pub, dead_code)]

@@ -41,7 +41,13 @@ pub(crate) mod vcpu {
     pub(crate) const BLOCKING: usize = 10;
     pub(crate) const REQUEST_IRQ_EXITS: usize = 11;
     pub(crate) const INSN_EMULATION_FAIL: usize = 12;
-    pub(crate) const DESCS: [Desc; 13] = [
+    pub(crate) const HALT_SUCCESSFUL_POLL: usize = 13;
+    pub(crate) const HALT_ATTEMPTED_POLL: usize = 14;
+    // 15: halt_poll_invalid, which x86 never counts (every wakeup is valid).
+    pub(crate) const HALT_POLL_SUCCESS_NS: usize = 16;
+    pub(crate) const HALT_POLL_FAIL_NS: usize = 17;
+    pub(crate) const HALT_WAIT_NS: usize = 18;
+    pub(crate) const DESCS: [Desc; 19] = [
         Desc::cumulative("exits"),
         Desc::cumulative("io_exits"),
         Desc::cumulative("mmio_exits"),
@@ -55,6 +61,12 @@ pub(crate) mod vcpu {
         Desc::boolean("blocking"),
         Desc::cumulative("request_irq_exits"),
         Desc::cumulative("insn_emulation_fail"),
+        Desc::cumulative("halt_successful_poll"),
+        Desc::cumulative("halt_attempted_poll"),
+        Desc::cumulative("halt_poll_invalid"),
+        Desc::time_nsec("halt_poll_success_ns"),
+        Desc::time_nsec("halt_poll_fail_ns"),
+        Desc::time_nsec("halt_wait_ns"),
     ];
 }
 

@@ -5,6 +5,7 @@
 //! is the arch's ([`KvmArch`]): the state under the mutex, and what other
 //! threads reach without it.
 
+use core::sync::atomic::{AtomicU32, Ordering};
 use kernel::ffi::{c_long, c_void};
 use kernel::fs::file::{File, FileDescriptorReservation};
 use kernel::prelude::*;
@@ -15,8 +16,10 @@ use kernel::sync::{Arc, MutexGuard};
 use kernel::{bindings, new_mutex};
 
 use crate::abi::{ioctl, uapi};
+use crate::halt_poll::{self, Params};
 use crate::kvm_host::{KvmArch, PreemptNotifier, Vcpu, Vm, Waiter};
 use crate::pages::Pages;
+use crate::stats::vcpu as st_;
 use crate::stats::{self, Counters, StatsSource};
 use crate::{glue, statsfmt, user};
 
@@ -68,6 +71,7 @@ impl<A: KvmArch> Vcpu<A> {
                 waiter: Waiter::new()?,
                 preempt_notifier: PreemptNotifier::new()?,
                 stats: Counters::new(),
+                halt_poll_ns: AtomicU32::new(0),
                 arch <- shared,
                 state <- new_mutex!(st, "vcpu->mutex"),
             }),
@@ -275,4 +279,102 @@ pub(crate) fn kvm_vcpu_page<A: KvmArch>(p: *mut c_void, pgoff: usize) -> *mut c_
     };
     // SAFETY: a page of this vCPU, in the direct map.
     unsafe { glue::kvm_glue_virt_to_page(page.cast()) }
+}
+
+/// The clock halt polling measures with (ktime_get()).
+fn ktime_ns() -> u64 {
+    // SAFETY: reads the monotonic clock; any context.
+    unsafe { glue::kvm_glue_ktime_ns() }
+}
+
+/// The halt-polling module parameters: the bound, then how windows move.
+fn halt_poll_params() -> (u32, Params) {
+    let mut p = [0u32; 4];
+    // SAFETY: fills the four-element array it is given.
+    unsafe { glue::kvm_glue_halt_poll_params(p.as_mut_ptr()) };
+    let [max, grow, grow_start, shrink] = p;
+    (
+        max,
+        Params {
+            grow,
+            grow_start,
+            shrink,
+        },
+    )
+}
+
+impl<A: KvmArch> Vcpu<A> {
+    /// kvm_vcpu_block(): sleeps until poked (an interrupt, the LAPIC timer) or a
+    /// signal is pending; whether it slept.
+    pub(crate) fn kvm_vcpu_block(&self) -> bool {
+        self.stats.set(st_::BLOCKING, 1);
+        let waited = self.waiter.block();
+        self.stats.set(st_::BLOCKING, 0);
+        // Upstream counts the wakeup on the waker's side, when it found the vCPU
+        // asleep (kvm_vcpu_wake_up()).
+        if waited {
+            self.stats.inc(st_::HALT_WAKEUP);
+        }
+        waited
+    }
+
+    /// kvm_vcpu_halt(): a halted vCPU first polls for a wake event for up to its
+    /// halt_poll_ns (when `poll_allowed`: the guest has not turned polling off),
+    /// then sleeps; the window is then grown or shrunk from how long the halt
+    /// lasted (halt_poll.rs).
+    pub(crate) fn kvm_vcpu_halt(&self, vm: &Vm<A>, poll_allowed: bool) {
+        let (module_max, _) = halt_poll_params();
+        let max = vm.kvm_max_halt_poll_ns(module_max);
+        let window = self.halt_poll_ns.load(Ordering::Relaxed).min(max);
+        let do_poll = poll_allowed && window != 0;
+        let start = ktime_ns();
+        let (mut cur, mut poll_end) = (start, start);
+        let mut woken_polling = false;
+        if do_poll {
+            let stop = start.saturating_add(window.into());
+            loop {
+                if self.waiter.check_block() {
+                    woken_polling = true;
+                    break;
+                }
+                // SAFETY: a pause hint; any context.
+                unsafe { glue::kvm_glue_cpu_relax() };
+                cur = ktime_ns();
+                poll_end = cur;
+                // SAFETY: reads this CPU's run queue and this task's flags.
+                if unsafe { glue::kvm_glue_can_poll() } == 0 || cur >= stop {
+                    break;
+                }
+            }
+        }
+        let mut waited = false;
+        if !woken_polling {
+            waited = self.kvm_vcpu_block();
+            cur = ktime_ns();
+            if waited {
+                self.stats
+                    .add(st_::HALT_WAIT_NS, cur.saturating_sub(poll_end));
+            }
+        }
+        // The whole halt, polling included.
+        let halt_ns = cur.saturating_sub(start);
+        if do_poll {
+            // update_halt_poll_stats(): successful if the vCPU never slept.
+            let poll_ns = poll_end.saturating_sub(start);
+            self.stats.inc(st_::HALT_ATTEMPTED_POLL);
+            if waited {
+                self.stats.add(st_::HALT_POLL_FAIL_NS, poll_ns);
+            } else {
+                self.stats.inc(st_::HALT_SUCCESSFUL_POLL);
+                self.stats.add(st_::HALT_POLL_SUCCESS_NS, poll_ns);
+            }
+        }
+        if poll_allowed {
+            // The bound again, in case it changed meanwhile.
+            let (module_max, p) = halt_poll_params();
+            let max = vm.kvm_max_halt_poll_ns(module_max);
+            let next = halt_poll::adjust(window, halt_ns, max, p);
+            self.halt_poll_ns.store(next, Ordering::Relaxed);
+        }
+    }
 }

@@ -5,7 +5,7 @@
 //! ([`KvmArch::VmArch`]). Everything goes with the last reference (upstream
 //! kvm_destroy_vm()). The struct is in kvm_host.rs.
 
-use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use kernel::ffi::{c_int, c_long, c_void};
 use kernel::prelude::*;
 use kernel::str::CString;
@@ -40,6 +40,8 @@ pub(crate) fn create<A: KvmArch>(vm_type: usize) -> Result<isize> {
             slots_gen: AtomicU64::new(0),
             notifier_slots <- new_spinlock!(KVec::new(), "kvm->mn_slots"),
             invalidations: AtomicU64::new(0),
+            max_halt_poll_ns: AtomicU32::new(0),
+            override_halt_poll_ns: AtomicBool::new(false),
             manual_dirty_log_protect: AtomicU64::new(0),
             notifier: AtomicPtr::new(core::ptr::null_mut()),
             buses <- buses,
@@ -140,6 +142,7 @@ impl<A: KvmArch> Vm<A> {
                 let c: uapi::kvm_enable_cap = user::read(arg)?;
                 match c.cap {
                     uapi::KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 => self.enable_manual_dirty_log(&c),
+                    uapi::KVM_CAP_HALT_POLL => self.enable_halt_poll(&c),
                     _ => A::vm_ioctl(self, cmd, arg),
                 }
             }
@@ -210,10 +213,18 @@ impl<A: KvmArch> Vm<A> {
             | memslot::Change::FlagsOnly(i, _) => slots.get(i).copied(),
             _ => None,
         };
-        // kvm_arch_flush_shadow_memslot(): the old slot's pages leave the guest
-        // (and every change bumps the slot generation under the MMU lock).
+        // kvm_arch_flush_shadow_memslot(): a deleted or moved slot's pages leave
+        // the guest. A flags-only change (dirty logging on or off) keeps them, as
+        // upstream's KVM_MR_FLAGS_ONLY: starting to log write-protects them
+        // below instead, so a pass over memory after it does not fault every
+        // page in again. Every change bumps the slot generation under the MMU
+        // lock, so a fault that saw the old slot maps nothing.
+        let flush = matches!(
+            change,
+            memslot::Change::Delete(_) | memslot::Change::Move(..)
+        );
         A::unmap_gfn_ranges(self, &|zap| {
-            if let Some(o) = old {
+            if let Some(o) = old.filter(|_| flush) {
                 zap(o.base_gfn, o.end_gfn());
             }
         });
@@ -343,6 +354,28 @@ impl<A: KvmArch> Vm<A> {
     /// kvm_dirty_log_manual_protect_and_init_set().
     fn dirty_log_manual_protect_and_init_set(&self) -> bool {
         self.manual_dirty_log_protect.load(Ordering::Relaxed) & caps::DIRTY_LOG_INITIALLY_SET != 0
+    }
+
+    /// KVM_ENABLE_CAP(KVM_CAP_HALT_POLL): the VM's bound on halt polling, in ns
+    /// (a u32); -EINVAL for flags or a wider value.
+    fn enable_halt_poll(&self, c: &uapi::kvm_enable_cap) -> Result<isize> {
+        let ns = u32::try_from(c.args[0]).map_err(|_| EINVAL)?;
+        if c.flags != 0 {
+            return Err(EINVAL);
+        }
+        self.max_halt_poll_ns.store(ns, Ordering::Relaxed);
+        // Release: a vCPU that sees the override sees the bound.
+        self.override_halt_poll_ns.store(true, Ordering::Release);
+        Ok(0)
+    }
+
+    /// kvm_vcpu_max_halt_poll_ns(): the VM's bound once set, else the module's.
+    pub(crate) fn kvm_max_halt_poll_ns(&self, module: u32) -> u32 {
+        if self.override_halt_poll_ns.load(Ordering::Acquire) {
+            self.max_halt_poll_ns.load(Ordering::Relaxed)
+        } else {
+            module
+        }
     }
 
     /// KVM_ENABLE_CAP(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2)

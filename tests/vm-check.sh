@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs a VM test plan (tests/vm/plan-*) against the freshly built modules:
-#   tests/vm-check.sh qemu-amd | bochs-intel | run | run-check | runner-selftest   [extra vm.py args]
+#   tests/vm-check.sh qemu-amd | bochs-intel | run | run-check | bench | runner-selftest   [extra vm.py args]
 # Needs: make (modules), make kernel. Prints TAP; exit status is the runner's.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,7 +21,10 @@ adds=(--add "$root/kvm.ko=/kvm-rs/ours/kvm.ko" --add "$root/kvm-amd.ko=/kvm-rs/o
       --add "$root/tests/vm/leak-loop.sh=/kvm-rs/tests/leak-loop.sh"
       --add "$root/tests/vm/qemu-guest.sh=/kvm-rs/tests/qemu-guest.sh"
       --add "$root/tests/vm/hmp.py=/kvm-rs/tests/hmp.py"
-      --add "$root/tests/vm/nested.sh=/kvm-rs/tests/nested.sh")
+      --add "$root/tests/vm/nested.sh=/kvm-rs/tests/nested.sh"
+      --add "$root/tests/vm/with-modules.sh=/kvm-rs/tests/with-modules.sh"
+      --add "$root/tests/vm/bench-boot.sh=/kvm-rs/tests/bench-boot.sh"
+      --add "$root/tests/vm/bench-perf.sh=/kvm-rs/tests/bench-perf.sh")
 case "$which" in
 qemu-amd)
     adds+=(--add "$kdir/virt/lib/irqbypass.ko=/kvm-rs/intree/irqbypass.ko"
@@ -43,8 +46,9 @@ runner-selftest)
     done < <(grep -Ev '^(#|$)' "$root/tests/vm/plan-runner-selftest" | awk '{print $1}')
     [ $bad = 0 ] && echo "ok - runner reports PASS, FAIL, SKIP and TIMEOUT as it should"
     exit $bad ;;
-run|run-check)
+run|run-check|bench|bench-perf)
     plan=$root/tests/vm/plan-${which#run-}
+    log=$out/vm-${which%-check}.log
     adds+=(--add "$kdir/virt/lib/irqbypass.ko=/kvm-rs/intree/irqbypass.ko"
            --add "$kdir/arch/x86/kvm/kvm.ko=/kvm-rs/intree/kvm.ko"
            --add "$kdir/arch/x86/kvm/kvm-amd.ko=/kvm-rs/intree/kvm-amd.ko")
@@ -56,15 +60,17 @@ run|run-check)
     start_kernel=0x$(awk '$3 == "start_kernel" { print $1 }' "$kdir/System.map")
     adds+=(--add "$root/tests/vm/qemu-gdb.sh=/kvm-rs/tests/qemu-gdb.sh"
            --add "$root/tests/vm/qemu-migrate.sh=/kvm-rs/tests/qemu-migrate.sh")
+    # make bench's knobs (scripts/bench.sh sets them).
     sed -e "s|\$KVMRS_BZIMAGE|$KVMRS_BZIMAGE|" -e "s|\$KVMRS_START_KERNEL|$start_kernel|" \
-        "$plan" > "$out/run.plan"
+        -e "s|\$BENCH_REPS|${BENCH_REPS:-5}|" -e "s|\$BENCH_SCALE|${BENCH_SCALE:-1}|" \
+        -e "s|\$BENCH_BOOT_REPS|${BENCH_BOOT_REPS:-2}|" -e "s|\$BENCH_PERF|${BENCH_PERF:-}|" "$plan" > "$out/$which.plan"
     exec python3 "$root/tests/vm.py" --emulator qemu --kernel "$kdir/arch/x86/boot/bzImage" \
-        --plan "$out/run.plan" "${adds[@]}" --host-root --mem 1G --log "$out/vm-run.log" -v "$@" ;;
+        --plan "$out/$which.plan" "${adds[@]}" --host-root --mem 1G --log "${VM_LOG:-$log}" -v "$@" ;;
 bochs-intel)
     # One CPU: with two, kvm-intel's load hung once in three runs (no console output
     # for 300 s, Bochs or us: not yet diagnosed); SMP is covered under QEMU.
     exec python3 "$root/tests/vm.py" --emulator bochs --kernel "$kdir/arch/x86/boot/bzImage" \
         --plan "$root/tests/vm/plan-bochs-intel" "${adds[@]}" --mem 512M --smp 1 \
         --boot-timeout 600 --log "$out/vm-bochs-intel.log" "$@" ;;
-*) echo "usage: $0 qemu-amd|bochs-intel|run|run-check|runner-selftest" >&2; exit 2 ;;
+*) echo "usage: $0 qemu-amd|bochs-intel|run|run-check|bench|runner-selftest" >&2; exit 2 ;;
 esac

@@ -126,8 +126,12 @@ def build_initramfs(workdir, plan_path, adds, emulator):
 
 def qemu_cmd(args, initrd, start):
     append = f"console=ttyS0 panic=-1 kvmrs.start={start} {args.append}".strip()
+    # -icount: virtual time counts guest instructions (one per ns), so that timings
+    # do not depend on the host's load; it needs single-threaded TCG.
+    accel = ["-accel", "tcg", "-icount", "shift=0,sleep=off"] if args.icount else \
+        ["-accel", "tcg,thread=multi"]
     cmd = [
-        "qemu-system-x86_64", "-accel", "tcg,thread=multi", "-cpu", args.cpu,
+        "qemu-system-x86_64", *accel, "-cpu", args.cpu,
         "-smp", str(args.smp), "-m", args.mem, "-nodefaults", "-no-reboot",
         "-display", "none", "-serial", "stdio", "-kernel", args.kernel, "-initrd", initrd,
         "-append", append,
@@ -359,6 +363,8 @@ def main():
     p.add_argument("--append", default="")
     p.add_argument("--boot-timeout", type=int, default=300)
     p.add_argument("--bochs-ips", type=int, default=45000000)
+    p.add_argument("--icount", action="store_true",
+                   help="QEMU: -icount shift=0,sleep=off (time in guest instructions)")
     p.add_argument("--log")
     p.add_argument("--keep", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true")

@@ -102,6 +102,8 @@ pub fn check_extension(host: &Host, cap: u64) -> i32 {
         | uapi::KVM_CAP_INTERNAL_ERROR_DATA
         | uapi::KVM_CAP_EXT_CPUID
         | uapi::KVM_CAP_IMMEDIATE_EXIT
+        // A VM's own bound on halt polling (vm.rs, vcpu.rs).
+        | uapi::KVM_CAP_HALT_POLL
         // KVM_CREATE_GUEST_MEMFD and KVM_MEM_GUEST_MEMFD slots (guest_memfd.rs).
         | uapi::KVM_CAP_GUEST_MEMFD
             if host.vcpus =>

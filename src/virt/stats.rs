@@ -17,6 +17,7 @@ pub const TYPE_CUMULATIVE: u32 = 0;
 pub const TYPE_INSTANT: u32 = 1;
 pub const TYPE_PEAK: u32 = 2;
 pub const UNIT_NONE: u32 = 0;
+pub const UNIT_SECONDS: u32 = 2 << 4;
 pub const UNIT_BOOLEAN: u32 = 4 << 4;
 pub const BASE_POW10: u32 = 0;
 
@@ -25,6 +26,8 @@ pub const BASE_POW10: u32 = 0;
 pub struct Desc {
     pub name: &'static str,
     pub flags: u32,
+    /// The value is in 10^exponent units (nanoseconds: -9).
+    pub exponent: i16,
 }
 
 impl Desc {
@@ -32,24 +35,36 @@ impl Desc {
         Desc {
             name,
             flags: TYPE_CUMULATIVE | UNIT_NONE | BASE_POW10,
+            exponent: 0,
         }
     }
     pub const fn instant(name: &'static str) -> Self {
         Desc {
             name,
             flags: TYPE_INSTANT | UNIT_NONE | BASE_POW10,
+            exponent: 0,
         }
     }
     pub const fn boolean(name: &'static str) -> Self {
         Desc {
             name,
             flags: TYPE_INSTANT | UNIT_BOOLEAN | BASE_POW10,
+            exponent: 0,
         }
     }
     pub const fn peak(name: &'static str) -> Self {
         Desc {
             name,
             flags: TYPE_PEAK | UNIT_NONE | BASE_POW10,
+            exponent: 0,
+        }
+    }
+    /// STATS_DESC_TIME_NSEC: a cumulative time in nanoseconds.
+    pub const fn time_nsec(name: &'static str) -> Self {
+        Desc {
+            name,
+            flags: TYPE_CUMULATIVE | UNIT_SECONDS | BASE_POW10,
+            exponent: -9,
         }
     }
 }
@@ -108,8 +123,8 @@ fn byte_at(id: &str, descs: &[Desc], values: &[u64], off: usize) -> u8 {
         let k = rel % DESC_SIZE;
         return match k {
             0..=3 => le32(d.flags, k),
-            // exponent 0 (i16), size 1 (u16)
-            4 | 5 => 0,
+            // exponent (i16), size 1 (u16)
+            4 | 5 => d.exponent.to_le_bytes().get(k - 4).copied().unwrap_or(0),
             6 => 1,
             7 => 0,
             // offset of the value within the data block
@@ -195,6 +210,17 @@ mod tests {
             u64::from_le_bytes(b[data + 16..data + 24].try_into().unwrap()),
             u64::MAX
         );
+    }
+
+    #[test]
+    fn time_in_nanoseconds() {
+        let d = [Desc::time_nsec("halt_wait_ns")];
+        let mut b = vec![0u8; file_size(1)];
+        assert_eq!(read("kvm-1", &d, &[5], 0, &mut b), file_size(1));
+        let d0 = 72;
+        assert_eq!(u32_at(&b, d0), TYPE_CUMULATIVE | UNIT_SECONDS);
+        // exponent -9 as an i16, then size 1
+        assert_eq!(&b[d0 + 4..d0 + 8], &[0xf7, 0xff, 1, 0]);
     }
 
     #[test]

@@ -125,6 +125,12 @@ impl Pic {
         core::mem::take(&mut self.wakeup_needed)
     }
 
+    /// Whether [`Pic::take_wakeup`] or [`Pic::take_acked`] has anything to give:
+    /// most port accesses change neither, and need not look at the vCPUs.
+    pub fn has_events(&self) -> bool {
+        self.wakeup_needed || self.acked != 0
+    }
+
     /// Pins (bit n = pin n) whose in-service bit was cleared since the last call.
     pub fn take_acked(&mut self) -> u16 {
         core::mem::take(&mut self.acked)

@@ -293,7 +293,17 @@ impl Vm {
     /// vCPU asked (a TSC or MSR write), or, without the master clock, the vCPU
     /// moved to another CPU (kvm_arch_vcpu_load()'s request).
     pub(crate) fn kvm_check_clock_update(&self, st: &mut VcpuArch) {
-        let moved = st.pv_time_cpu != current_cpu() && !self.arch.clock.lock().use_master_clock;
+        // kvm_arch_vcpu_load()'s test, made once per CPU change (not at every
+        // entry) and only for a vCPU that has a pvclock.
+        let cpu = current_cpu();
+        let mut moved = false;
+        if st.pv_time & KVM_MSR_ENABLED != 0 && st.pv_time_cpu != cpu {
+            if self.arch.clock.lock().use_master_clock {
+                st.pv_time_cpu = cpu;
+            } else {
+                moved = true;
+            }
+        }
         if st.clock_update || moved || st.clock_gen != self.arch.clock_gen.load(Ordering::Acquire) {
             self.kvm_guest_time_update(st);
         }

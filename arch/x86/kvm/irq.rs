@@ -3,6 +3,7 @@
 //! of x86.c): the PIC's ExtINT first, then the LAPIC's highest pending vector, or
 //! an interrupt window when the guest cannot take one now.
 
+use core::sync::atomic::Ordering;
 use kernel::prelude::*;
 
 use crate::arch::x86::VcpuArch;
@@ -92,9 +93,7 @@ impl Vcpu {
         if vm.arch.irqchip_split() {
             return st.pending_external_vector.is_some();
         }
-        (*vm.arch.irqchip.lock())
-            .as_ref()
-            .is_some_and(|c| c.pic_output())
+        vm.arch.pic_output.load(Ordering::SeqCst)
     }
 
     /// KVM_INTERRUPT (kvm_vcpu_ioctl_interrupt()): without an in-kernel irqchip

@@ -8,6 +8,7 @@
 //! (`locked`), then a vCPU's LAPIC, then a resampler's resamplefd list. A vCPU
 //! never holds its LAPIC lock while taking the irqchip.
 
+use core::sync::atomic::{AtomicBool, Ordering};
 use kernel::prelude::*;
 use kernel::sync::Arc;
 
@@ -77,6 +78,8 @@ pub(crate) struct Irqchip {
     /// KVM_X2APIC_API_USE_32BIT_IDS (kvm->arch.x2apic_format): MSI routes carry
     /// destination bits in address_hi. Kept equal to the VM's flag.
     pub(crate) x2apic_format: bool,
+    /// VmArch::pic_output, kept equal to `pic.output()` before anyone is kicked.
+    output: Arc<AtomicBool>,
 }
 
 /// Copies a PIC chip between the model and `struct kvm_pic_state`, whose fields
@@ -121,7 +124,7 @@ fn pic_accepted(vcpus: &[Arc<Vcpu>]) -> bool {
 
 impl Irqchip {
     /// kvm_pic_init(), kvm_ioapic_init() and the default routing table.
-    pub(crate) fn new() -> Result<Self> {
+    pub(crate) fn new(output: Arc<AtomicBool>) -> Result<Self> {
         let mut routes = KVec::new();
         let mut err = Ok(());
         irq_routing::default_routes(|r| {
@@ -137,12 +140,24 @@ impl Irqchip {
             pit_notifier: None,
             resamplers: KVec::new(),
             x2apic_format: false,
+            output: Self::fresh_output(output),
         })
+    }
+
+    /// A new PIC's output is low.
+    fn fresh_output(output: Arc<AtomicBool>) -> Arc<AtomicBool> {
+        output.store(false, Ordering::SeqCst);
+        output
+    }
+
+    /// Publishes the PIC's output in VmArch::pic_output.
+    fn sync_output(&self) {
+        self.output.store(self.pic.output(), Ordering::SeqCst);
     }
 
     /// KVM_CAP_SPLIT_IRQCHIP: the routing table alone (empty), for userspace's
     /// IOAPIC's MSI routes; the PIC and IOAPIC models stay unused, off the buses.
-    pub(crate) fn new_split() -> Self {
+    pub(crate) fn new_split(output: Arc<AtomicBool>) -> Self {
         Irqchip {
             pic: Pic::new(),
             ioapic: Ioapic::new(),
@@ -150,6 +165,7 @@ impl Irqchip {
             pit_notifier: None,
             resamplers: KVec::new(),
             x2apic_format: false,
+            output: Self::fresh_output(output),
         }
     }
 
@@ -261,6 +277,8 @@ impl Irqchip {
 
     /// Kicks the vCPU that takes the PIC's output if it just rose (pic_unlock()).
     fn pic_wakeup(&mut self, vcpus: &[Arc<Vcpu>]) {
+        // Before the kick: the kicked vCPU's ExtINT check reads the mirror.
+        self.sync_output();
         if self.pic.take_wakeup() {
             if let Some(v) = vcpus.iter().find(|v| v.accepts_pic_interrupts()) {
                 v.kick();
@@ -383,17 +401,13 @@ impl Irqchip {
         self.routes = routes;
     }
 
-    /// A guest access to a PIC port; `write` carries the byte written.
-    pub(crate) fn pic_port(
-        &mut self,
-        port: u16,
-        len: u32,
-        write: Option<u8>,
-        vcpus: &[Arc<Vcpu>],
-    ) -> u8 {
+    /// A guest access to a PIC port; `write` carries the byte written. The vCPU
+    /// list is locked only when the access changed something a vCPU must hear of
+    /// (an IMR poll is the common case, and takes no further lock).
+    pub(crate) fn pic_port(&mut self, port: u16, len: u32, write: Option<u8>, vm: &Vm) -> u8 {
         let v = match write {
             Some(b) => {
-                let accepted = pic_accepted(vcpus);
+                let accepted = pic_accepted(&vm.locked.lock().vcpus);
                 let old_imr = [self.pic.chips[0].imr, self.pic.chips[1].imr];
                 self.pic.port_write(port, len, b, accepted);
                 self.pic_fire_mask_notifiers(old_imr);
@@ -401,14 +415,13 @@ impl Irqchip {
             }
             None => self.pic.port_read(port, len),
         };
-        self.pic_notify_acked(vcpus);
-        self.pic_wakeup(vcpus);
+        self.sync_output();
+        if self.pic.has_events() {
+            let locked = vm.locked.lock();
+            self.pic_notify_acked(&locked.vcpus);
+            self.pic_wakeup(&locked.vcpus);
+        }
         v
-    }
-
-    /// The PIC's INTR output.
-    pub(crate) fn pic_output(&self) -> bool {
-        self.pic.output()
     }
 
     /// The INTA cycle: the vector to inject into the vCPU taking the PIC's output.
@@ -517,7 +530,7 @@ impl KvmIoDevice<X86> for PicDev {
         let port = u16::try_from(addr).map_err(|_| eopnotsupp())?;
         let mut chip = vm.arch.irqchip.lock();
         let c = (*chip).as_mut().ok_or_else(eopnotsupp)?;
-        let v = c.pic_port(port, data.len() as u32, None, &vm.locked.lock().vcpus);
+        let v = c.pic_port(port, data.len() as u32, None, vm);
         data.fill(0);
         if let Some(b) = data.first_mut() {
             *b = v;
@@ -531,7 +544,7 @@ impl KvmIoDevice<X86> for PicDev {
         let mut chip = vm.arch.irqchip.lock();
         let c = (*chip).as_mut().ok_or_else(eopnotsupp)?;
         let b = data.first().copied().unwrap_or(0);
-        c.pic_port(port, data.len() as u32, Some(b), &vm.locked.lock().vcpus);
+        c.pic_port(port, data.len() as u32, Some(b), vm);
         Ok(())
     }
 }

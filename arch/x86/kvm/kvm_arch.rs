@@ -68,6 +68,10 @@ pub(crate) struct VmArch {
     /// The PIC, IOAPIC and routing table (irqchip.rs), taken before kvm->lock.
     #[pin]
     pub(crate) irqchip: Mutex<Option<KBox<Irqchip>>>,
+    /// The PIC's INTR output as the irqchip last left it, for the ExtINT check
+    /// on every guest entry, which upstream makes without the PIC's lock too
+    /// (kvm_cpu_has_extint() reads pic->output).
+    pub(crate) pic_output: Arc<AtomicBool>,
     /// kvm->arch.vpit (i8254.rs): held only to take a reference, before the
     /// irqchip.
     #[pin]
@@ -276,11 +280,13 @@ impl KvmArch for X86 {
         let vendor = VendorRef::get()?;
         let mmu = Mmu::new(vendor.ops().tdp_masks)?;
         let in_guest = in_guest_flags()?;
+        let pic_output = Arc::new(AtomicBool::new(false), GFP_KERNEL)?;
         Ok(try_pin_init!(VmArch {
             vendor,
             vm_type,
             mmu <- new_mutex!(mmu, "kvm->arch.mmu_lock"),
             irqchip <- new_mutex!(None, "kvm->arch.irqchip"),
+            pic_output,
             pit <- new_mutex!(None, "kvm->arch.vpit"),
             irqchip_mode: AtomicU32::new(IRQCHIP_NONE),
             nr_reserved_ioapic_pins: AtomicU32::new(0),
@@ -525,7 +531,7 @@ fn kvm_arch_vm_ioctl(vm: &Arc<Vm>, cmd: u32, arg: usize) -> Result<isize> {
             if !l.vcpus.is_empty() {
                 return Err(EINVAL);
             }
-            let mut new = KBox::new(Irqchip::new()?, GFP_KERNEL)?;
+            let mut new = KBox::new(Irqchip::new(vm.arch.pic_output.clone())?, GFP_KERNEL)?;
             new.x2apic_format = vm.arch.x2apic_format.load(Ordering::Relaxed);
             register_irqchip_devices(vm)?;
             *chip = Some(new);
@@ -660,7 +666,7 @@ fn kvm_vm_ioctl_enable_cap(vm: &Vm, c: &uapi::kvm_enable_cap) -> Result<isize> {
                 return Err(EEXIST);
             }
             // The routing table starts empty; userspace's IOAPIC sets MSI routes.
-            let mut new = KBox::new(Irqchip::new_split(), GFP_KERNEL)?;
+            let mut new = KBox::new(Irqchip::new_split(vm.arch.pic_output.clone()), GFP_KERNEL)?;
             new.x2apic_format = vm.arch.x2apic_format.load(Ordering::Relaxed);
             *chip = Some(new);
             vm.arch

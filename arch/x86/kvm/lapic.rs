@@ -52,7 +52,12 @@ impl Vcpu {
         let Some(l) = (*g).as_mut() else {
             return;
         };
-        l.timer_poll(now_ns());
+        // The host timer armed for the LAPIC's fired (upstream's apic_timer_fn()
+        // makes the request): only then can the timer have expired, and the
+        // clock, dear under nesting, need be read.
+        if self.waiter.take_fired() {
+            l.timer_poll(now_ns());
+        }
         let init = l.take_init();
         if init {
             l.init();

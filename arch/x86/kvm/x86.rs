@@ -643,7 +643,7 @@ impl Vcpu {
     fn vcpu_run(&self, vm: &Vm, st: &mut VcpuArch, has_lapic: bool) -> Result<isize> {
         loop {
             let next = if has_lapic && !self.kvm_vcpu_running(vm, st) {
-                self.vcpu_block();
+                self.vcpu_block(vm, st);
                 Next::Guest
             } else {
                 self.vcpu_enter_guest(vm, st, has_lapic)
@@ -678,12 +678,16 @@ impl Vcpu {
         st.mp_state == uapi::KVM_MP_STATE_RUNNABLE
     }
 
-    /// vcpu_block(): sleeps until poked, the LAPIC timer or a signal.
-    fn vcpu_block(&self) {
-        self.stats.set(st_::BLOCKING, 1);
-        self.waiter.block();
-        self.stats.set(st_::BLOCKING, 0);
-        self.stats.inc(st_::HALT_WAKEUP);
+    /// vcpu_block(): a halted vCPU halts (polling first, kvm_vcpu_halt()); one
+    /// waiting for INIT or SIPI only blocks. Guests cannot turn polling off:
+    /// KVM_FEATURE_POLL_CONTROL is not offered, so MSR_KVM_POLL_CONTROL keeps its
+    /// reset value (kvm_arch_no_poll() false).
+    fn vcpu_block(&self, vm: &Vm, st: &VcpuArch) {
+        if st.mp_state == uapi::KVM_MP_STATE_HALTED {
+            self.kvm_vcpu_halt(vm, true);
+        } else {
+            self.kvm_vcpu_block();
+        }
     }
 
     /// One guest entry and its exit (upstream vcpu_enter_guest()): events are
@@ -768,6 +772,7 @@ impl Vcpu {
         }
         // SAFETY: interrupts off; paired with guest_timing_exit_irqoff() in exit_guest_mode().
         unsafe { glue::kvm_glue_guest_timing_enter_irqoff() };
+        let cr8 = st.regs.cr8;
         st.vendor.vcpu_run(&mut st.regs, flush);
         if st.db_wont_exit {
             // The guest may have written them (svm_sync_dirty_debug_regs()).
@@ -787,9 +792,11 @@ impl Vcpu {
             unsafe { glue::kvm_glue_xsetbv(x) };
         }
         self.exit_guest_mode(vm, cpu, true);
-        if let Some(l) = (*self.arch.lapic.lock()).as_mut() {
-            // The guest may have written CR8 without an exit (V_TPR).
-            l.set_cr8(st.regs.cr8);
+        // The guest may have written CR8 without an exit (V_TPR).
+        if st.regs.cr8 != cr8 {
+            if let Some(l) = (*self.arch.lapic.lock()).as_mut() {
+                l.set_cr8(st.regs.cr8);
+            }
         }
         self.kvm_lapic_sync_from_vapic(vm, st);
         self.stats.inc(st_::EXITS);

@@ -19,6 +19,7 @@ use std::ptr;
 
 use kvm_abi::ioctl::{io, ior, iow, iowr, KVM_CREATE_VM, KVM_GET_VCPU_MMAP_SIZE};
 use kvm_abi::uapi;
+mod bench;
 mod clock;
 mod coalesced;
 mod debug;
@@ -378,21 +379,7 @@ impl Guest {
             "KVM_GET_VCPU_MMAP_SIZE",
             ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE, 0),
         )? as usize;
-        // SAFETY: a fresh shared mapping of the vCPU fd, as large as KVM says it is.
-        let p = unsafe {
-            libc::mmap(
-                ptr::null_mut(),
-                size,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                g.vcpu,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(format!("mmap vCPU: {}", Error::last_os_error()));
-        }
-        g.run = p.cast();
+        g.run = map_run(g.vcpu, size)?;
         g.run_size = size;
         Ok(g)
     }
@@ -471,20 +458,7 @@ impl Guest {
 
     /// Copies the vCPU's supported CPUID into the vCPU (long mode needs CPUID.LM).
     fn set_supported_cpuid(&self) -> Result<(), String> {
-        let mut c = Cpuid {
-            nent: MAX_CPUID as u32,
-            padding: 0,
-            entries: [uapi::kvm_cpuid_entry2::default(); MAX_CPUID],
-        };
-        sys(
-            "KVM_GET_SUPPORTED_CPUID",
-            ioctl_ref(self.kvm, KVM_GET_SUPPORTED_CPUID, &mut c),
-        )?;
-        sys(
-            "KVM_SET_CPUID2",
-            ioctl_ref(self.vcpu, KVM_SET_CPUID2, &mut c),
-        )
-        .map(drop)
+        set_supported_cpuid(self.kvm, self.vcpu)
     }
 
     /// KVM_GET_MSRS of one MSR: its value, or None when KVM refuses it (count 0).
@@ -624,6 +598,39 @@ impl Drop for Guest {
         }
         close(self.vm);
     }
+}
+
+/// The vCPU fd's `kvm_run` mapping (`size`: KVM_GET_VCPU_MMAP_SIZE).
+fn map_run(vcpu: RawFd, size: usize) -> Result<*mut kvm_run, String> {
+    // SAFETY: a fresh shared mapping of the vCPU fd, as large as KVM says it is.
+    let p = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            vcpu,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(format!("mmap vCPU: {}", Error::last_os_error()));
+    }
+    Ok(p.cast())
+}
+
+/// KVM_GET_SUPPORTED_CPUID into vCPU `vcpu` (KVM_SET_CPUID2).
+fn set_supported_cpuid(kvm: RawFd, vcpu: RawFd) -> Result<(), String> {
+    let mut c = Cpuid {
+        nent: MAX_CPUID as u32,
+        padding: 0,
+        entries: [uapi::kvm_cpuid_entry2::default(); MAX_CPUID],
+    };
+    sys(
+        "KVM_GET_SUPPORTED_CPUID",
+        ioctl_ref(kvm, KVM_GET_SUPPORTED_CPUID, &mut c),
+    )?;
+    sys("KVM_SET_CPUID2", ioctl_ref(vcpu, KVM_SET_CPUID2, &mut c)).map(drop)
 }
 
 /// `struct kvm_cpuid2` with room for its entries.
@@ -1045,6 +1052,86 @@ fn dirty_log_case(t: &mut Report, kvm: RawFd) -> Result<(), String> {
     region.memory_size = 0;
     let r = ioctl_ref(g.vm, KVM_SET_USER_MEMORY_REGION, &mut region);
     t.expect("dirty-log: delete it", r, Ok(0));
+    Ok(())
+}
+
+/// Dirty logging switched on for a slot the guest already wrote (a flags-only
+/// change, as QEMU's migration does): the pages stay mapped but write-protected,
+/// so only the writes after the switch are logged; switched off, the slot has no
+/// log again and writes go on.
+fn dirty_log_enable(t: &mut Report, kvm: RawFd) -> Result<(), String> {
+    let g = Guest::new(kvm)?;
+    let mem = Mem::new(16 * PAGE as usize)?;
+    let mut region = kvm_userspace_memory_region {
+        slot: 1,
+        flags: 0,
+        guest_phys_addr: 0x20_0000,
+        memory_size: 16 * PAGE,
+        userspace_addr: mem.addr(),
+    };
+    sys(
+        "KVM_SET_USER_MEMORY_REGION",
+        ioctl_ref(g.vm, KVM_SET_USER_MEMORY_REGION, &mut region),
+    )?;
+    g.mem.write(
+        0x1000,
+        &[
+            0xc6, 0x05, 0x00, 0x10, 0x20, 0x00, 0x11, // mov byte [0x201000], 0x11
+            0xc6, 0x05, 0x00, 0x20, 0x20, 0x00, 0x22, // mov byte [0x202000], 0x22
+            0xe6, 0x10, // out 0x10, al
+            0xc6, 0x05, 0x01, 0x10, 0x20, 0x00, 0x33, // mov byte [0x201001], 0x33
+            0xc6, 0x05, 0x00, 0x30, 0x20, 0x00, 0x44, // mov byte [0x203000], 0x44
+            0xa0, 0x00, 0x20, 0x20, 0x00, // mov al, [0x202000] (a read)
+            0xe6, 0x11, // out 0x11, al
+            0xc6, 0x05, 0x00, 0x40, 0x20, 0x00, 0x55, // mov byte [0x204000], 0x55
+            0xe6, 0x12, // out 0x12, al
+        ],
+    );
+    g.flat32(0x1000)?;
+    t.exit(
+        "dirty-log-enable: writes before logging",
+        &g.step(),
+        &out(0x10, 1, 1, &[0]),
+    );
+    region.flags = KVM_MEM_LOG_DIRTY_PAGES;
+    let r = ioctl_ref(g.vm, KVM_SET_USER_MEMORY_REGION, &mut region);
+    t.expect("dirty-log-enable: logging switched on", r, Ok(0));
+    t.exit(
+        "dirty-log-enable: writes while logging",
+        &g.step(),
+        &out(0x11, 1, 1, &[0x22]),
+    );
+    let d = dirty_log(g.vm, 1);
+    t.check(
+        "dirty-log-enable: only pages written since are dirty",
+        d == Ok(1 << 1 | 1 << 3),
+        format!("{d:x?}"),
+    );
+    region.flags = 0;
+    let r = ioctl_ref(g.vm, KVM_SET_USER_MEMORY_REGION, &mut region);
+    t.expect("dirty-log-enable: logging switched off", r, Ok(0));
+    t.exit(
+        "dirty-log-enable: writes after",
+        &g.step(),
+        &out(0x12, 1, 1, &[0x22]),
+    );
+    let r = dirty_log(g.vm, 1);
+    t.check(
+        "dirty-log-enable: the slot has no log again",
+        r == Err(libc::ENOENT),
+        format!("{r:x?}"),
+    );
+    let m = [
+        mem.read(0x1000, 2),
+        mem.read(0x2000, 1),
+        mem.read(0x3000, 1),
+        mem.read(0x4000, 1),
+    ];
+    t.check(
+        "dirty-log-enable: every write reached memory",
+        m == [vec![0x11, 0x33], vec![0x22], vec![0x44], vec![0x55]],
+        format!("{m:x?}"),
+    );
     Ok(())
 }
 
@@ -1842,10 +1929,67 @@ fn immediate_exit(t: &mut Report, kvm: RawFd) -> Result<(), String> {
     Ok(())
 }
 
+/// Halt polling (kvm_vcpu_halt()) and KVM_CAP_HALT_POLL: the VM's bound is
+/// checked as upstream's, 0 turns polling off for the VM, and with a bound far
+/// above the timer's period the window grows until polls catch the wakeups.
+fn halt_poll(t: &mut Report, kvm: RawFd) -> Result<(), String> {
+    const KVM_CHECK_EXTENSION: u32 = io(0x03);
+    const HALTS: u32 = 40;
+    /// The timer period, and a bound 40 times as long.
+    const PERIOD_NS: u32 = 500_000;
+    const BOUND_NS: u64 = 20_000_000;
+    let cap = uapi::KVM_CAP_HALT_POLL;
+    t.expect(
+        "halt-poll: KVM_CAP_HALT_POLL",
+        ioctl(kvm, KVM_CHECK_EXTENSION, cap.into()),
+        Ok(1),
+    );
+    let polls = |bound: u64| -> Result<(u64, u64, u64), String> {
+        let g = Guest::with_irqchip(kvm)?;
+        sys("KVM_ENABLE_CAP", enable_cap(g.vm, cap, bound, 0))?;
+        bench::timer_halts(&g, HALTS, PERIOD_NS)?;
+        bench::run_to_done(&g, "halt-poll")?;
+        let fd = sys("KVM_GET_STATS_FD", ioctl(g.vcpu, KVM_GET_STATS_FD, 0))?;
+        let s = |n| read_stat(fd, n).unwrap_or(u64::MAX);
+        let r = (
+            s("halt_exits"),
+            s("halt_attempted_poll"),
+            s("halt_successful_poll"),
+        );
+        close(fd);
+        Ok(r)
+    };
+    let g = Guest::new(kvm)?;
+    t.expect(
+        "halt-poll: flags are -EINVAL",
+        enable_cap(g.vm, cap, 1000, 1),
+        Err(libc::EINVAL),
+    );
+    t.expect(
+        "halt-poll: a bound past 32 bits is -EINVAL",
+        enable_cap(g.vm, cap, 1 << 32, 0),
+        Err(libc::EINVAL),
+    );
+    drop(g);
+    let (halts, attempted, _) = polls(0)?;
+    t.check(
+        "halt-poll: bound 0, the vCPU never polls",
+        halts == u64::from(HALTS) && attempted == 0,
+        format!("{halts} halts, {attempted} polls"),
+    );
+    let (halts, attempted, ok) = polls(BOUND_NS)?;
+    t.check(
+        "halt-poll: a large bound, polls catch timer wakeups",
+        halts == u64::from(HALTS) && attempted > 0 && ok > 0,
+        format!("{halts} halts, {attempted} polls, {ok} successful"),
+    );
+    Ok(())
+}
+
 type Case = fn(&mut Report, RawFd) -> Result<(), String>;
 
 fn main() {
-    let cases: [(&str, Case); 31] = [
+    let cases: [(&str, Case); 33] = [
         ("real-io", |t, kvm| real_io(t, kvm, "real-io")),
         ("real-string-io", real_string_io),
         ("pm32", pm32),
@@ -1857,6 +2001,7 @@ fn main() {
         ("lapic-timer", lapic_timer),
         ("dirty-log", dirty_log_case),
         ("dirty-manual", dirty_log_manual),
+        ("dirty-log-enable", dirty_log_enable),
         ("remap", remap),
         ("xstate", xstate::xstate),
         ("sregs2", xstate::sregs2_case),
@@ -1877,8 +2022,20 @@ fn main() {
         ("pit", pit::pit),
         ("coalesced-mmio", coalesced::coalesced),
         ("gmem", gmem::gmem),
+        ("halt-poll", halt_poll),
     ];
-    let only = std::env::args().nth(1);
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).is_some_and(|a| a == "--bench") {
+        let code = match open("/dev/kvm", libc::O_RDWR | libc::O_CLOEXEC) {
+            Ok(kvm) => bench::main(kvm, &args[2..]),
+            Err(e) => {
+                println!("not ok - open /dev/kvm: {}", Error::from_raw_os_error(e));
+                1
+            }
+        };
+        std::process::exit(code);
+    }
+    let only = args.get(1).cloned();
     if let Some(name) = &only {
         if !cases.iter().any(|(n, _)| n == name) {
             let names: Vec<_> = cases.iter().map(|(n, _)| *n).collect();

@@ -71,7 +71,7 @@ pub(crate) fn out_al(port: u8, v: u8) -> [u8; 4] {
 }
 
 /// x2APIC on, software-enabled (SVR 0x1ff), in real mode.
-fn x2apic_on() -> Vec<u8> {
+pub(crate) fn x2apic_on() -> Vec<u8> {
     let mut c = vec![
         0x66, 0xb9, 0x1b, 0, 0, 0, // mov ecx, MSR_IA32_APICBASE
         0x0f, 0x32, // rdmsr
@@ -82,7 +82,7 @@ fn x2apic_on() -> Vec<u8> {
     c
 }
 
-fn wrmsr(msr: u32, val: u32) -> Vec<u8> {
+pub(crate) fn wrmsr(msr: u32, val: u32) -> Vec<u8> {
     let mut c = vec![0x66, 0xb9];
     c.extend(msr.to_le_bytes()); // mov ecx, msr
     c.extend([0x66, 0xb8]);

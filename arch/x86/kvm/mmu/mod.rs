@@ -79,6 +79,7 @@ impl Vcpu {
                 vm.mark_dirty(gfn);
             }
             if vm.arch.mmu.lock().make_writable(gfn) {
+                self.stats.inc(st_::PF_FIXED);
                 return Ok(true);
             }
         }
