@@ -14,6 +14,6 @@ $perf record -q -e cpu-clock -F 2000 -a -g -o /tmp/perf.data -- \
     /tmp/kvm-guests --bench --reps 3 --scale 0.5 --only "$2" || exit 1
 cat /proc/kallsyms > /host/tmp/kallsyms
 report="$perf report -i /tmp/perf.data --kallsyms /tmp/kallsyms --stdio --no-children"
-$report --sort sym --percent-limit 0.7 -g none 2>/dev/null | grep '%'
+$report --sort sym --percent-limit 0.5 -g none 2>/dev/null | grep '%'
 $report --symbols lock_acquire,lock_release,lock_is_held_type \
     -g caller,0.5,callee,function,percent --max-stack 3 2>/dev/null | grep -v '^#' | grep -v '^$'

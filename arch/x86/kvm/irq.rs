@@ -65,6 +65,11 @@ impl Vcpu {
             }
             return;
         }
+        // What kvm_apic_accept_events() saw at the top of this round: a vector
+        // delivered since poked the vCPU, which then goes round again.
+        if !st.apic_has_interrupt {
+            return;
+        }
         let mut g = self.arch.lapic.lock();
         let Some(l) = (*g).as_mut() else {
             return;
@@ -87,13 +92,14 @@ impl Vcpu {
     /// vector userspace's PIC gave), if this vCPU takes it (kvm_cpu_has_extint()).
     /// The LAPIC lock is dropped before the irqchip's.
     pub(crate) fn has_extint(&self, vm: &Vm, st: &VcpuArch) -> bool {
-        if !self.accepts_pic_interrupts() {
-            return false;
-        }
-        if vm.arch.irqchip_split() {
-            return st.pending_external_vector.is_some();
-        }
-        vm.arch.pic_output.load(Ordering::SeqCst)
+        // The cheap half first: without an ExtINT pending, whether the LAPIC
+        // would take one (its lock) does not matter.
+        let pending = if vm.arch.irqchip_split() {
+            st.pending_external_vector.is_some()
+        } else {
+            vm.arch.pic_output.load(Ordering::SeqCst)
+        };
+        pending && self.accepts_pic_interrupts()
     }
 
     /// KVM_INTERRUPT (kvm_vcpu_ioctl_interrupt()): without an in-kernel irqchip

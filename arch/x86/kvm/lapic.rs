@@ -64,6 +64,7 @@ impl Vcpu {
         }
         let sipi = l.take_sipi();
         let nmis = l.take_nmis();
+        st.apic_has_interrupt = l.pending_interrupt().is_some();
         let expiry = l.next_timer_expiry().unwrap_or(0);
         let cr8 = l.cr8();
         drop(g);

@@ -91,6 +91,10 @@ pub(crate) struct VcpuArch {
     pub(crate) tsc_khz: u32,
     /// When the waiter's timer is armed for (0: not armed).
     pub(crate) armed_ns: u64,
+    /// Whether the LAPIC had a deliverable vector when kvm_apic_accept_events()
+    /// last looked (this round): kvm_check_and_inject_events() looks again only
+    /// then, upstream's KVM_REQ_EVENT in spirit.
+    pub(crate) apic_has_interrupt: bool,
     /// The vCPU has entered the guest (upstream kvm_vcpu_has_run()).
     pub(crate) ran: bool,
     /// MSR_IA32_MISC_ENABLE.
@@ -230,6 +234,7 @@ impl VcpuArch {
             tlb_gen: 0,
             tsc_khz: 0,
             armed_ns: 0,
+            apic_has_interrupt: false,
             ran: false,
             nmi_pending: 0,
             nmi_queued: 0,
