@@ -301,8 +301,8 @@ fn run_to(fd: RawFd, run: usize, port: u8) -> Result<(), String> {
     ioctl(fd, KVM_RUN, 0).map_err(|e| format!("KVM_RUN: {}", show(Err(e))))?;
     // SAFETY: `run` maps a whole kvm_run; only this thread runs the vCPU.
     let r = unsafe { ptr::read_volatile(run as *const kvm_run) };
-    // SAFETY: the union's members are plain integers; the port is used only
-    // for KVM_EXIT_IO, whose member it is.
+    // The port is used only for KVM_EXIT_IO, whose member it is.
+    // SAFETY: the union's members are plain integers.
     let port_field = unsafe { r.__bindgen_anon_1.io.port };
     let io_port = (r.exit_reason == uapi::KVM_EXIT_IO).then_some(port_field);
     if io_port == Some(port.into()) {
