@@ -7,6 +7,7 @@
 #   make run          the main job: boot the test VM, load our modules, run a guest
 #   make selftests    KVM selftests in the TCG VM: TESTS="..." MODULES=ours|intree|both
 #   make bench        in-tree vs ours in one TCG boot, real time and -icount (out/bench/)
+#   make fuzz        differential fuzzing in-tree vs ours, a campaign on ours (out/fuzz/)
 #   make host-test    cargo test of the no_std logic (seconds, no VM)
 #   make lint         rustfmt --check, clippy (host crates and modules), C warnings
 #   make setup        install the host packages and tools (idempotent; run, check do it)
@@ -23,7 +24,7 @@ LLVM ?= 1
 KDIR_SH = $(if $(KDIR),$(KDIR),$$($(ROOT)/scripts/kernel.sh))
 KMAKE = $(ENV) kdir=$(KDIR_SH) && $(MAKE) -C $$kdir M=$(ROOT) LLVM=$(LLVM)
 
-.PHONY: all modules kernel check run selftests bench host-test lint clean setup clippy fmt-check
+.PHONY: all modules kernel check run selftests bench fuzz host-test lint clean setup clippy fmt-check
 
 all: modules
 
@@ -62,6 +63,9 @@ selftests: modules
 
 bench: setup modules
 	@$(ENV) $(ROOT)/scripts/bench.sh
+
+fuzz: setup modules
+	@$(ENV) $(ROOT)/scripts/fuzz.sh
 
 clean:
 	@$(KMAKE) clean

@@ -28,6 +28,7 @@ macro_rules! pod {
 
 pod!(
     kvm_regs,
+    kvm_create_device,
     kvm_sregs,
     kvm_userspace_memory_region,
     kvm_userspace_memory_region2,

@@ -138,6 +138,15 @@ impl<A: KvmArch> Vm<A> {
             }
             ioctl::KVM_GET_DIRTY_LOG => self.kvm_vm_ioctl_get_dirty_log(arg, false),
             ioctl::KVM_CLEAR_DIRTY_LOG => self.kvm_vm_ioctl_clear_dirty_log(arg, false),
+            // kvm_vm_ioctl_reset_dirty_pages(): a VM without a dirty ring (kvm-rs
+            // offers none: no KVM_CAP_DIRTY_LOG_RING) has nothing to reset.
+            ioctl::KVM_RESET_DIRTY_RINGS => Err(EINVAL),
+            // kvm_ioctl_create_device(): the struct is read, then no device type
+            // is registered (upstream x86 has only VFIO's, which kvm-rs lacks).
+            ioctl::KVM_CREATE_DEVICE => {
+                let _cd: uapi::kvm_create_device = user::read(arg)?;
+                Err(ENODEV)
+            }
             ioctl::KVM_ENABLE_CAP => {
                 let c: uapi::kvm_enable_cap = user::read(arg)?;
                 match c.cap {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs a VM test plan (tests/vm/plan-*) against the freshly built modules:
-#   tests/vm-check.sh qemu-amd | bochs-intel | run | run-check | bench | runner-selftest   [extra vm.py args]
+#   tests/vm-check.sh qemu-amd | bochs-intel | run | run-check | bench | fuzz | runner-selftest   [extra vm.py args]
 # Needs: make (modules), make kernel. Prints TAP; exit status is the runner's.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -18,6 +18,10 @@ adds=(--add "$root/kvm.ko=/kvm-rs/ours/kvm.ko" --add "$root/kvm-amd.ko=/kvm-rs/o
       --add "$root/kvm-intel.ko=/kvm-rs/ours/kvm-intel.ko"
       --add "$bin/kvm-smoke=/kvm-rs/bin/kvm-smoke"
       --add "$bin/kvm-guests=/kvm-rs/bin/kvm-guests"
+      --add "$bin/kvm-fuzz=/kvm-rs/bin/kvm-fuzz"
+      --add "$root/tests/vm/fuzz.sh=/kvm-rs/tests/fuzz.sh"
+      --add "$root/tests/vm/load-cycles.sh=/kvm-rs/tests/load-cycles.sh"
+      --add "$root/tests/fuzz/known-divergences=/kvm-rs/tests/known-divergences"
       --add "$root/tests/vm/leak-loop.sh=/kvm-rs/tests/leak-loop.sh"
       --add "$root/tests/vm/qemu-guest.sh=/kvm-rs/tests/qemu-guest.sh"
       --add "$root/tests/vm/hmp.py=/kvm-rs/tests/hmp.py"
@@ -46,6 +50,18 @@ runner-selftest)
     done < <(grep -Ev '^(#|$)' "$root/tests/vm/plan-runner-selftest" | awk '{print $1}')
     [ $bad = 0 ] && echo "ok - runner reports PASS, FAIL, SKIP and TIMEOUT as it should"
     exit $bad ;;
+fuzz)
+    # make fuzz's knobs (scripts/fuzz.sh sets them).
+    adds+=(--add "$kdir/virt/lib/irqbypass.ko=/kvm-rs/intree/irqbypass.ko"
+           --add "$kdir/arch/x86/kvm/kvm.ko=/kvm-rs/intree/kvm.ko"
+           --add "$kdir/arch/x86/kvm/kvm-amd.ko=/kvm-rs/intree/kvm-amd.ko")
+    sed -e "s|\$FUZZ_SEED|${FUZZ_SEED:-1}|" -e "s|\$FUZZ_DIFF_SEEDS|${FUZZ_DIFF_SEEDS:-10}|" \
+        -e "s|\$FUZZ_SEEDS|${FUZZ_SEEDS:-400}|" -e "s|\$FUZZ_OPS|${FUZZ_OPS:-3000}|" \
+        -e "s|\$FUZZ_THREADS|${FUZZ_THREADS:-2}|" -e "s|\$FUZZ_CYCLES|${FUZZ_CYCLES:-100}|" \
+        "$root/tests/vm/plan-fuzz" > "$out/fuzz.plan"
+    exec python3 "$root/tests/vm.py" --emulator qemu --kernel "$kdir/arch/x86/boot/bzImage" \
+        --plan "$out/fuzz.plan" "${adds[@]}" --mem 1G --append kmemleak=on \
+        --log "${VM_LOG:-$out/vm-fuzz.log}" -v "$@" ;;
 run|run-check|bench|bench-perf)
     plan=$root/tests/vm/plan-${which#run-}
     log=$out/vm-${which%-check}.log
@@ -72,5 +88,5 @@ bochs-intel)
     exec python3 "$root/tests/vm.py" --emulator bochs --kernel "$kdir/arch/x86/boot/bzImage" \
         --plan "$root/tests/vm/plan-bochs-intel" "${adds[@]}" --mem 512M --smp 1 \
         --boot-timeout 600 --log "$out/vm-bochs-intel.log" "$@" ;;
-*) echo "usage: $0 qemu-amd|bochs-intel|run|run-check|bench|runner-selftest" >&2; exit 2 ;;
+*) echo "usage: $0 qemu-amd|bochs-intel|run|run-check|bench|fuzz|runner-selftest" >&2; exit 2 ;;
 esac

@@ -95,6 +95,8 @@ pub const KVM_SET_BOOT_CPU_ID: u32 = io(0x78);
 pub const KVM_X86_SET_MSR_FILTER: u32 = iow::<uapi::kvm_msr_filter>(0xc6);
 pub const KVM_GET_STATS_FD: u32 = io(0xce);
 pub const KVM_CREATE_GUEST_MEMFD: u32 = iowr::<uapi::kvm_create_guest_memfd>(0xd4);
+pub const KVM_RESET_DIRTY_RINGS: u32 = io(0xc7);
+pub const KVM_CREATE_DEVICE: u32 = iowr::<uapi::kvm_create_device>(0xe0);
 pub const KVM_PRE_FAULT_MEMORY: u32 = iowr::<uapi::kvm_pre_fault_memory>(0xd5);
 
 // vCPU ioctls.

@@ -67,6 +67,10 @@ pub fn pdptes_valid(pdptes: &[u64; 4], maxphyaddr: u32) -> bool {
     pdptes.iter().all(|p| p & 1 == 0 || p & rsvd == 0)
 }
 
+/// KVM_SET_TSS_ADDR's highest address: the real-mode TSS's three pages end below
+/// 4 GiB (kvm_vm_ioctl_set_tss_addr()).
+pub const TSS_ADDR_LIMIT: u32 = 0u32.wrapping_sub(3 * 4096);
+
 #[cfg(test)]
 mod tests {
     use super::*;

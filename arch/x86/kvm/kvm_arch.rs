@@ -500,12 +500,18 @@ fn kvm_arch_vm_ioctl(vm: &Arc<Vm>, cmd: u32, arg: usize) -> Result<isize> {
             Ok(0)
         }
         // SVM has no real-mode TSS or identity map to place (svm_set_tss_addr()).
+        // kvm_vm_ioctl_set_tss_addr(): the TSS's three pages must fit below 4 GiB.
+        ioctl::KVM_SET_TSS_ADDR if arg as u64 > u64::from(crate::hw::sregs::TSS_ADDR_LIMIT) => {
+            Err(EINVAL)
+        }
         ioctl::KVM_SET_TSS_ADDR => Ok(0),
+        // Upstream checks for vCPUs before it reads the address (the fuzzer's
+        // differential run found the order).
         ioctl::KVM_SET_IDENTITY_MAP_ADDR => {
-            let _addr: u64 = user::read(arg)?;
             if !vm.locked.lock().vcpus.is_empty() {
                 return Err(EINVAL);
             }
+            let _addr: u64 = user::read(arg)?;
             Ok(0)
         }
         ioctl::KVM_SET_BOOT_CPU_ID => {
