@@ -194,8 +194,9 @@ impl Fuzzer {
     /// The raw ioctl, counted.
     pub fn ioctl(&mut self, fd: RawFd, cmd: u32, arg: u64) -> Res {
         self.ioctls += 1;
-        // SAFETY: the argument is an integer or a pointer into memory we own (or a
+        // The argument is an integer or a pointer into memory we own (or a
         // deliberately bad address, which the kernel must refuse with EFAULT).
+        // SAFETY: as said above; the kernel validates every user pointer.
         let r = unsafe { libc::ioctl(fd, cmd as libc::c_ulong, arg) };
         if r < 0 {
             Res::Err(errno())
@@ -685,6 +686,7 @@ impl Fuzzer {
                 // SAFETY: the union's irq view was just written.
                 let d = format!(
                     "irq={:#x} level={}",
+                    // SAFETY: the union's irq view was just written.
                     unsafe { c.__bindgen_anon_1.irq },
                     c.level
                 );
@@ -1073,6 +1075,7 @@ impl Fuzzer {
             _ if !self.chunks[k].mapped => Res::Ok(1),
             _ => {
                 // SAFETY: drops the pages of our own chunk, mapped (checked).
+                // SAFETY: drops the pages of our own mapped chunk.
                 let e =
                     unsafe { libc::madvise(addr as *mut libc::c_void, CHUNK, libc::MADV_DONTNEED) };
                 if e == 0 {

@@ -88,8 +88,9 @@ impl Race {
                         unsafe { libc::ioctl(vm, KVM_SET_USER_MEMORY_REGION as libc::c_ulong, &m) };
                     }
                     2 if mapped => {
-                        // SAFETY: the racer's own chunk, mapped; nothing in
-                        // userspace reads or writes it.
+                        // The racer's own chunk, mapped; nothing in userspace
+                        // reads or writes it.
+                        // SAFETY: as said above.
                         unsafe { libc::munmap(racer_chunk as *mut libc::c_void, CHUNK) };
                         mapped = false;
                     }
